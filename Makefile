@@ -1,0 +1,44 @@
+# Instrumentality suite. `make sweep` and `make test` each set up .venv themselves on first use.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# CPU machines get the CPU torch wheel pinned here (and only here); GPU boxes take the range in pyproject.
+TORCH_CPU ?= torch==2.13.0
+HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+PRESET ?= $(if $(HAS_CUDA),full,quick)
+LAUNCHER ?= basic
+export WANDB_SILENT ?= true
+
+.PHONY: help install test sweep figures bench lint clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install: $(STAMP)  ## create .venv and install the package (a fast no-op once done)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@if [ -z "$(HAS_CUDA)" ]; then echo "no CUDA: installing the CPU torch wheel ($(TORCH_CPU))"; \
+		$(PY) -m pip install -q "$(TORCH_CPU)"; fi
+	$(PY) -m pip install -q -e '.[dev,launchers]'
+	@touch $(STAMP)
+
+test: install  ## run the test suite (W&B disabled)
+	WANDB_MODE=disabled $(PY) -m pytest
+
+sweep: install  ## run every experiment (quick preset without CUDA, full with), evaluate, draw figures
+	$(PY) scripts/sweep.py --preset $(PRESET) --launcher $(LAUNCHER)
+
+figures: install  ## redraw figures and REPORT.md from results/<preset>/results.csv
+	$(PY) scripts/figures.py --preset $(PRESET)
+
+bench: install  ## throughput ratios against plain reference loops
+	$(PY) scripts/bench.py
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check src tests scripts
+
+clean:  ## remove run folders and caches (keeps .venv and results/)
+	rm -rf runs outputs multirun wandb .pytest_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

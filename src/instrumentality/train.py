@@ -1,0 +1,80 @@
+"""Hydra entry point: `python -m instrumentality.train regime=supervised preset=quick seed=1`.
+
+Builds world, model, regime, tracker and trainer from the config, trains, evaluates, and writes
+`summary.json` (status, final metrics, config) into the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from instrumentality.model import GPT
+from instrumentality.tracking import Tracker, git_revision
+from instrumentality.trainer import Trainer, seed_everything
+from instrumentality.world import ConfigError, World
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def build(cfg: DictConfig):
+    """World, model and regime from a composed config. Raises ConfigError on an invalid value."""
+    world = World(instantiate(cfg.world))
+    model_cfg = instantiate(cfg.model, vocab_size=world.vocab_size)
+    seed_everything(cfg.seed)
+    model = GPT(model_cfg)
+    regime_cfg = OmegaConf.to_container(cfg.regime, resolve=True)
+    regime_cfg.pop("name", None)
+    regime = instantiate(regime_cfg, world=world, _convert_="all")
+    return world, model, regime
+
+
+def run(cfg: DictConfig, out_dir: str | Path) -> dict:
+    from instrumentality.evaluate import training_eval_hook
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    world, model, regime = build(cfg)
+    trainer_cfg = instantiate(cfg.trainer, seed=cfg.seed)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    tracker = Tracker(mode=cfg.logger.mode, project=cfg.logger.project, group=cfg.experiment,
+                      name=f"{cfg.experiment}/{cfg.run_name}", config=config, dir=out_dir,
+                      tags=[f"rev:{git_revision()}", f"preset:{cfg.get('preset_name', '')}", cfg.regime.name])
+    trainer = Trainer(model, regime, trainer_cfg, out_dir, tracker=tracker, run_config=config,
+                      evaluate=training_eval_hook(world, cfg, tracker))
+    t0 = time.perf_counter()
+    try:
+        status = trainer.fit()
+    finally:
+        tracker.finish()
+    last_eval = next((r for r in reversed(trainer.history) if any(k.startswith("probe/") for k in r)), {})
+    summary = {"status": status, "wall_s": time.perf_counter() - t0, "steps": trainer.step,
+               "metrics": last_eval, "world_fingerprint": world.fingerprint(), "config": config}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        summary = run(cfg, HydraConfig.get().runtime.output_dir)
+    except (ConfigError, InstantiationException) as e:
+        msg = str(e.__cause__ or e) if isinstance(e, InstantiationException) else str(e)
+        print(f"configuration error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    m = summary["metrics"]
+    print(f"[{cfg.run_name}] {summary['status']['status']} after {summary['steps']} steps, "
+          f"{summary['wall_s']:.1f}s; " + ", ".join(f"{k}={v:.4g}" for k, v in m.items() if k != "step"))
+    return m.get("probe/excess_nll")
+
+
+if __name__ == "__main__":
+    main()

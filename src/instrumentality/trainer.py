@@ -1,0 +1,293 @@
+"""The shared trainer: one loop for every regime.
+
+It owns the optimiser, schedule, gradient clipping, mixed precision, seeding, checkpoints and resume,
+periodic evaluation, progress and logging. A regime only says how a step becomes a loss:
+
+    loss, metrics, n_tokens = regime.loss(model, step, generator)
+
+All randomness of step s comes from a generator seeded with (seed, s), so a run resumed from a
+checkpoint replays exactly the steps an uninterrupted run would have taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from instrumentality.world import ConfigError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read; nothing was overwritten."""
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | constant
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    log_every: int = 25
+    eval_every: int = 0  # 0: only at the end
+    ckpt_every: int = 0  # 0: only at the end
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    compile: bool = False
+    progress: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        checks = [
+            ("trainer.max_steps", self.max_steps >= 1, "a positive integer"),
+            ("trainer.lr", self.lr > 0, "a number > 0"),
+            ("trainer.min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
+            ("trainer.warmup_steps", self.warmup_steps >= 0, "an integer >= 0"),
+            ("trainer.schedule", self.schedule in ("cosine", "constant"), "one of: cosine, constant"),
+            ("trainer.weight_decay", self.weight_decay >= 0, "a number >= 0"),
+            ("trainer.grad_clip", self.grad_clip >= 0, "a number >= 0 (0 disables clipping)"),
+            ("trainer.log_every", self.log_every >= 1, "a positive integer"),
+            ("trainer.eval_every", self.eval_every >= 0, "an integer >= 0"),
+            ("trainer.ckpt_every", self.ckpt_every >= 0, "an integer >= 0"),
+        ]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"{key} must be {allowed}; got {getattr(self, key.split('.')[1])!r}")
+
+
+# ---------------------------------------------------------------------------- seeding and device
+def seed_everything(seed: int):
+    """The one place where global seeds are set."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """All randomness of one step: a generator determined by (seed, step) alone."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) % 2**63)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={name!r} but CUDA is not available; use auto or cpu")
+    return torch.device(name)
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on CUDA, plain float32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: str | os.PathLike, payload: dict):
+    """Atomic write: a sha256 line, then the torch payload; written to a temp file and renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    data = buf.getvalue()
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(hashlib.sha256(data).hexdigest().encode() + b"\n")
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    raw = path.read_bytes()
+    digest, _, data = raw.partition(b"\n")
+    if len(digest) != 64 or hashlib.sha256(data).hexdigest().encode() != digest:
+        raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch or truncated); "
+                              "delete it to start over, or point trainer.out_dir elsewhere")
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt checkpoint
+        raise CheckpointError(f"checkpoint {path} could not be loaded: {e}") from e
+
+
+# ---------------------------------------------------------------------------- the trainer
+EvalHook = Callable[[torch.nn.Module, int], dict]
+
+
+class Trainer:
+    def __init__(self, model: torch.nn.Module, regime, cfg: TrainerConfig, out_dir: str | os.PathLike,
+                 tracker=None, evaluate: EvalHook | None = None, run_config: dict | None = None):
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.model = model.to(self.device)
+        self.regime = regime
+        self.out_dir = Path(out_dir)
+        self.tracker = tracker
+        self.evaluate = evaluate
+        self.run_config = run_config or {}
+        self.step = 0
+        self.history: list[dict] = []  # every logged row, kept in the checkpoint
+        self.status = {"status": "running", "step": 0, "reason": ""}
+        if hasattr(regime, "setup"):
+            regime.setup(self.model, self.device)
+        decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=self.device.type == "cuda")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+
+    def _lr_factor(self, step: int) -> float:
+        c = self.cfg
+        if step < c.warmup_steps:
+            return (step + 1) / c.warmup_steps
+        if c.schedule == "constant":
+            return 1.0
+        t = min(1.0, (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps))
+        return c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT_NAME
+
+    # -------------------------------------------------------------- checkpoint / resume
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "regime": self.regime.state_dict() if hasattr(self.regime, "state_dict") else {},
+            "history": self.history,
+            "status": self.status,
+            "torch_rng": torch.get_rng_state(),
+            "model_config": asdict(self.model.cfg) if hasattr(self.model, "cfg") else {},
+            "run_config": self.run_config,
+        }
+
+    def save(self):
+        save_checkpoint(self.checkpoint_path, self.state_dict())
+
+    def resume(self) -> bool:
+        """Load the checkpoint in out_dir if there is one. Raises CheckpointError if it is corrupt."""
+        if not self.checkpoint_path.exists():
+            return False
+        ck = load_checkpoint(self.checkpoint_path, map_location=self.device)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        if hasattr(self.regime, "load_state_dict"):
+            self.regime.load_state_dict(ck["regime"])
+        self.step, self.history, self.status = ck["step"], ck["history"], ck["status"]
+        torch.set_rng_state(ck["torch_rng"].cpu())
+        return True
+
+    # -------------------------------------------------------------- the loop
+    def _log(self, row: dict):
+        self.history.append(row)
+        if self.tracker is not None:
+            self.tracker.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+    def _run_eval(self):
+        if self.evaluate is None:
+            return
+        self.model.eval()
+        metrics = self.evaluate(self.model, self.step)
+        self.model.train()
+        self._log({"step": self.step, **metrics})
+
+    def _collapse(self, reason: str):
+        self.status = {"status": "collapsed", "step": self.step, "reason": reason}
+
+    def fit(self, stop_after: int | None = None) -> dict:
+        """Train to cfg.max_steps (resuming from a checkpoint if present). `stop_after` ends the call
+        after that many optimizer steps without a final checkpoint (a simulated kill, for tests)."""
+        c = self.cfg
+        self.resume()
+        if self.status["status"] in ("finished", "collapsed"):
+            return self.status
+        self.model.train()
+        bar = None
+        if c.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=c.max_steps, initial=self.step, desc=getattr(self.regime, "name", "train"),
+                       dynamic_ncols=True, leave=False)
+        t_last, tokens_since, steps_done = time.perf_counter(), 0, 0
+        while self.step < c.max_steps:
+            gen = step_generator(c.seed, self.step, self.device)
+            with autocast_for(self.device):
+                loss, metrics, n_tokens = self.regime.loss(self.forward_model, self.step, gen)
+            if not torch.isfinite(loss):
+                self._collapse(f"non-finite loss ({float(loss)}) at step {self.step}")
+                break
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+                     if c.grad_clip > 0 else torch.tensor(0.0))
+            if not torch.isfinite(gnorm):
+                self._collapse(f"non-finite gradient norm at step {self.step}")
+                break
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            steps_done += 1
+            tokens_since += n_tokens
+            if bar is not None:
+                bar.update(1)
+            if self.step % c.log_every == 0 or self.step == c.max_steps:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - t_last
+                row = {"step": self.step, "train/loss": float(loss.detach()), "train/grad_norm": float(gnorm),
+                       "train/lr": self.scheduler.get_last_lr()[0],
+                       **{f"train/{k}": float(v) for k, v in metrics.items()},
+                       "perf/tokens_per_s": tokens_since / max(dt, 1e-9)}
+                self._log(row)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+                t_last, tokens_since = time.perf_counter(), 0
+                reason = self.regime.collapsed(metrics) if hasattr(self.regime, "collapsed") else None
+                if reason:
+                    self._collapse(f"{reason} at step {self.step}")
+                    break
+            if c.eval_every and self.step % c.eval_every == 0 and self.step < c.max_steps:
+                self._run_eval()
+            if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < c.max_steps:
+                self.save()
+            if stop_after is not None and steps_done >= stop_after:
+                if bar is not None:
+                    bar.close()
+                return {"status": "interrupted", "step": self.step, "reason": "stop_after"}
+        if bar is not None:
+            bar.close()
+        if self.status["status"] == "running":
+            self.status = {"status": "finished", "step": self.step, "reason": ""}
+            self._run_eval()
+        self.save()
+        if self.tracker is not None:
+            self.tracker.summary({"status": self.status["status"], "status/step": self.status["step"],
+                                  "status/reason": self.status["reason"]})
+        return self.status

@@ -1,0 +1,301 @@
+"""The world: a seeded probabilistic deterministic finite automaton (PDFA) over tokens.
+
+The hidden state is a deterministic function of the tokens so far, so the true next-token
+distribution p*(x_t | x_<t) is exact: it is the emission row of the state reached by the context.
+
+Segments (DESIGN section 2):
+  prose     order-1 Markov chain over word tokens with sparse random transitions
+  fork      marker F_k, then branch <A> with probability p_k or <B> with 1 - p_k; each branch is a
+            phrase of m tokens: *easy* = one fixed phrase, *hard* = m tokens uniform over k hard words;
+            after the phrase, back to prose at a fixed return word (the same for both branches).
+            Asymmetric forks: <A> easy, <B> hard.  Symmetric (control) forks: both branches of the
+            same kind (`symmetric_kind`), so neither has more value than the other.
+  keyword   one phrase word placed in every easy phrase and nowhere else.
+
+New segment kinds (quest transcripts, ClueQuest issue) plug in by adding states to `_Builder`.
+
+Everything is a table: `emission[S, V]` (probabilities) and `transition[S, V]` (next state, -1 where the
+token cannot occur), so sampling, exact conditionals and dynamic programming are tensor ops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the key and what is allowed."""
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 0
+    n_prose_words: int = 32
+    prose_out_degree: int = 4  # successors per prose word (sparse transitions)
+    fork_rate: float = 0.15  # probability that a prose state emits a fork marker
+    fork_probs: list[float] = field(default_factory=lambda: [0.2, 0.5, 0.8])
+    symmetric_forks: bool = True  # one symmetric control fork per fork probability
+    symmetric_kind: str = "easy"  # both branches easy, or both hard
+    phrase_len: int = 4  # m
+    n_hard_words: int = 8  # k
+    n_phrase_words: int = 12
+    seq_len: int = 64  # length of a corpus sequence, <bos> included
+
+    def __post_init__(self):
+        self.fork_probs = [float(p) for p in self.fork_probs]
+        checks = [
+            ("world.n_prose_words", self.n_prose_words >= 2, "an integer >= 2"),
+            ("world.prose_out_degree", 1 <= self.prose_out_degree <= self.n_prose_words,
+             f"an integer in [1, n_prose_words={self.n_prose_words}]"),
+            ("world.fork_rate", 0.0 <= self.fork_rate < 1.0, "a number in [0, 1)"),
+            ("world.fork_probs", len(self.fork_probs) > 0 and all(0.0 < p < 1.0 for p in self.fork_probs),
+             "a non-empty list of probabilities, each strictly inside (0, 1)"),
+            ("world.symmetric_kind", self.symmetric_kind in ("easy", "hard"), "one of: easy, hard"),
+            ("world.phrase_len", self.phrase_len >= 1, "an integer >= 1"),
+            ("world.n_hard_words", self.n_hard_words >= 2, "an integer >= 2"),
+            ("world.n_phrase_words", self.n_phrase_words >= 2, "an integer >= 2"),
+            ("world.seq_len", self.seq_len >= 2, "an integer >= 2"),
+        ]
+        for key, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(f"{key} must be {allowed}; got {getattr(self, key.split('.')[1])!r}")
+
+
+@dataclass(frozen=True)
+class Fork:
+    index: int
+    marker: int  # token id of F_k
+    p: float  # probability of branch <A>
+    symmetric: bool
+    kinds: tuple[str, str]  # kind of branch A and B: "easy" / "hard"
+    state: int  # state right after the marker
+    return_state: int  # prose state after the phrase
+
+
+class World:
+    """A seeded PDFA world with exact conditionals. Build with `World(WorldConfig(...))`."""
+
+    BOS, BRANCH_A, BRANCH_B = "<bos>", "<A>", "<B>"
+
+    def __init__(self, cfg: WorldConfig | None = None, **overrides):
+        cfg = cfg or WorldConfig(**overrides)
+        self.cfg = cfg
+        rng = np.random.default_rng(cfg.seed)
+
+        # ---- vocabulary
+        names = [self.BOS, self.BRANCH_A, self.BRANCH_B]
+        self.prose_tokens = list(range(len(names), len(names) + cfg.n_prose_words))
+        names += [f"w{i}" for i in range(cfg.n_prose_words)]
+        fork_specs = [(p, False) for p in cfg.fork_probs]
+        if cfg.symmetric_forks:
+            fork_specs += [(p, True) for p in cfg.fork_probs]
+        self.marker_tokens = list(range(len(names), len(names) + len(fork_specs)))
+        names += [f"F{i}" for i in range(len(fork_specs))]
+        self.phrase_tokens = list(range(len(names), len(names) + cfg.n_phrase_words))
+        names += [f"e{i}" for i in range(cfg.n_phrase_words)]
+        self.hard_tokens = list(range(len(names), len(names) + cfg.n_hard_words))
+        names += [f"h{i}" for i in range(cfg.n_hard_words)]
+        self.token_names = names
+        self.vocab_size = len(names)
+        self.bos, self.branch_a, self.branch_b = 0, 1, 2
+        self.keyword = self.phrase_tokens[0]
+
+        # ---- states: 0 = start (after <bos>), 1..n = prose word, then per fork: marker + phrases
+        V = self.vocab_size
+        m = cfg.phrase_len
+        n_states = 1 + cfg.n_prose_words + len(fork_specs) * (1 + 2 * m)
+        E = np.zeros((n_states, V))
+        T = np.full((n_states, V), -1, dtype=np.int64)
+        self.state_kind: list[str] = []
+
+        # prose: sparse Dirichlet transitions; the start state behaves like a prose word of its own
+        n_prose_states = 1 + cfg.n_prose_words
+        marker_w = cfg.fork_rate / len(fork_specs)
+        for s in range(n_prose_states):
+            succ = rng.choice(cfg.n_prose_words, size=cfg.prose_out_degree, replace=False)
+            w = rng.dirichlet(np.ones(cfg.prose_out_degree))
+            for j, wt in zip(succ, w):
+                E[s, self.prose_tokens[j]] = (1 - cfg.fork_rate) * wt
+                T[s, self.prose_tokens[j]] = 1 + j
+            self.state_kind.append("prose")
+
+        # phrase words other than the keyword, for easy phrases
+        non_key = self.phrase_tokens[1:]
+        self.forks: list[Fork] = []
+        self.easy_phrases: dict[tuple[int, int], list[int]] = {}
+        s = n_prose_states
+        for k, (p, symmetric) in enumerate(fork_specs):
+            marker = self.marker_tokens[k]
+            marker_state = s
+            kinds = (cfg.symmetric_kind,) * 2 if symmetric else ("easy", "hard")
+            ret = 1 + int(rng.integers(cfg.n_prose_words))
+            for prose_s in range(n_prose_states):
+                E[prose_s, marker] = marker_w
+                T[prose_s, marker] = marker_state
+            E[marker_state, self.branch_a] = p
+            E[marker_state, self.branch_b] = 1 - p
+            self.state_kind.append("marker")
+            s += 1
+            for b, (branch_tok, kind) in enumerate(zip((self.branch_a, self.branch_b), kinds)):
+                T[marker_state, branch_tok] = s
+                if kind == "easy":
+                    phrase = [int(x) for x in rng.choice(non_key, size=m)]
+                    phrase[int(rng.integers(m))] = self.keyword
+                    self.easy_phrases[(k, b)] = phrase
+                for j in range(m):
+                    nxt = s + 1 if j < m - 1 else ret
+                    if kind == "easy":
+                        E[s, phrase[j]] = 1.0
+                        T[s, phrase[j]] = nxt
+                    else:
+                        E[s, self.hard_tokens] = 1.0 / cfg.n_hard_words
+                        T[s, self.hard_tokens] = nxt
+                    self.state_kind.append(f"{kind}_phrase")
+                    s += 1
+            self.forks.append(Fork(k, marker, p, symmetric, kinds, marker_state, ret))
+        assert s == n_states
+        assert np.allclose(E.sum(1), 1.0)
+        assert ((E > 0) == (T >= 0)).all()
+
+        self.n_states = n_states
+        self.start_state = 0
+        self.emission = torch.tensor(E, dtype=torch.float64)
+        self.transition = torch.tensor(T, dtype=torch.long)
+        # per-state entropy H(p*(.|s)) in nats
+        logE = torch.where(self.emission > 0, self.emission.log(), torch.zeros_like(self.emission))
+        self.state_entropy = -(self.emission * logE).sum(1)
+        self.fork_by_marker = {f.marker: f for f in self.forks}
+
+    # ------------------------------------------------------------------ identity
+    def config_dict(self) -> dict:
+        return asdict(self.cfg)
+
+    def fingerprint(self) -> str:
+        """Hash of the world tables: two worlds with the same fingerprint have the same conditionals."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.config_dict(), sort_keys=True).encode())
+        h.update(self.emission.numpy().tobytes())
+        h.update(self.transition.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def decode(self, tokens) -> str:
+        return " ".join(self.token_names[int(t)] for t in tokens)
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, n: int, length: int | None = None, generator: torch.Generator | None = None,
+               return_states: bool = False):
+        """Sample `n` sequences of `length` tokens (the first is <bos>). Returns LongTensor [n, length]
+        (and the state *before* each token, [n, length], where state[:, 0] is -1 for <bos>)."""
+        length = length or self.cfg.seq_len
+        tokens = torch.empty(n, length, dtype=torch.long)
+        states = torch.empty(n, length, dtype=torch.long)
+        tokens[:, 0], states[:, 0] = self.bos, -1
+        s = torch.full((n,), self.start_state, dtype=torch.long)
+        probs = self.emission.float()
+        for t in range(1, length):
+            x = torch.multinomial(probs[s], 1, generator=generator).squeeze(1)
+            tokens[:, t], states[:, t] = x, s
+            s = self.transition[s, x]
+        return (tokens, states) if return_states else tokens
+
+    def continue_from(self, states: torch.Tensor, length: int, generator: torch.Generator | None = None):
+        """Sample `length` tokens from the given states (the ground-truth future of a context)."""
+        s = states.clone().cpu()
+        out = torch.empty(len(s), length, dtype=torch.long)
+        probs = self.emission.float()
+        for t in range(length):
+            x = torch.multinomial(probs[s], 1, generator=generator).squeeze(1)
+            out[:, t] = x
+            s = self.transition[s, x]
+        return out
+
+    # ------------------------------------------------------------------ exact quantities
+    def states_of(self, tokens: torch.Tensor) -> torch.Tensor:
+        """State reached after each prefix: out[:, t] is the state after tokens[:, :t+1].
+        tokens[:, 0] must be <bos>. Impossible tokens give state -1 from then on."""
+        tokens = torch.as_tensor(tokens, dtype=torch.long).cpu()
+        if tokens.dim() == 1:
+            tokens = tokens[None]
+        if (tokens[:, 0] != self.bos).any():
+            raise ValueError("every context must start with <bos> (token 0)")
+        out = torch.empty_like(tokens)
+        s = torch.full((tokens.shape[0],), self.start_state, dtype=torch.long)
+        out[:, 0] = s
+        for t in range(1, tokens.shape[1]):
+            ok = s >= 0
+            nxt = torch.full_like(s, -1)
+            nxt[ok] = self.transition[s[ok], tokens[ok, t]]
+            s = nxt
+            out[:, t] = s
+        return out
+
+    def state_after(self, context) -> int:
+        """The hidden state after one context (a sequence starting with <bos>); -1 if impossible."""
+        return int(self.states_of(torch.as_tensor(context)[None])[0, -1])
+
+    def conditional(self, contexts: torch.Tensor) -> torch.Tensor:
+        """Exact p*(. | context) for a batch of equal-length contexts [B, T] -> [B, V] (float64)."""
+        s = self.states_of(contexts)[:, -1]
+        if (s < 0).any():
+            raise ValueError("a context has probability 0 under the world; no conditional exists")
+        return self.emission[s]
+
+    def conditionals_along(self, tokens: torch.Tensor) -> torch.Tensor:
+        """p*(. | tokens[:, :t+1]) for every position t: [B, T, V] (float64)."""
+        s = self.states_of(tokens)
+        if (s < 0).any():
+            raise ValueError("a sequence has probability 0 under the world")
+        return self.emission[s]
+
+    def log_prob(self, tokens: torch.Tensor) -> torch.Tensor:
+        """log p*(x_t | x_<t) for t = 1..T-1: [B, T-1]."""
+        p = self.conditionals_along(tokens[:, :-1])
+        return p.gather(-1, tokens[:, 1:, None]).squeeze(-1).clamp_min(1e-300).log()
+
+    def state_occupancy(self, length: int | None = None) -> torch.Tensor:
+        """Exact distribution over the state that emits position t, t = 1..length-1: [length-1, S]."""
+        length = length or self.cfg.seq_len
+        d = torch.zeros(self.n_states, dtype=torch.float64)
+        d[self.start_state] = 1.0
+        rows = []
+        S = self.n_states
+        # flow matrix M[s, s'] = sum_x E[s, x] [T[s, x] = s']
+        M = torch.zeros(S, S, dtype=torch.float64)
+        src, tok = (self.transition >= 0).nonzero(as_tuple=True)
+        M.index_put_((src, self.transition[src, tok]), self.emission[src, tok], accumulate=True)
+        for _ in range(1, length):
+            rows.append(d)
+            d = d @ M
+        return torch.stack(rows)
+
+    def entropy_floor(self, length: int | None = None) -> float:
+        """Expected per-token entropy (nats) of corpus sequences of `length`: the best achievable NLL."""
+        occ = self.state_occupancy(length)
+        return float((occ @ self.state_entropy).mean())
+
+    def branch_value(self, fork: Fork, branch: int, horizon: int | None = None) -> float:
+        """Expected sum of log p* over the phrase following `branch` (0 = A, 1 = B), over its first
+        `horizon` tokens (default: the whole phrase). Easy phrases give 0, hard ones -log k per token."""
+        m = self.cfg.phrase_len
+        horizon = m if horizon is None else min(horizon, m)
+        s = int(self.transition[fork.state, self.branch_a if branch == 0 else self.branch_b])
+        total = 0.0
+        for _ in range(horizon):  # phrase states are a chain (every token leads to the same state)
+            total -= float(self.state_entropy[s])
+            s = int(self.transition[s][self.transition[s] >= 0][0])
+        return total
+
+    def describe(self) -> str:
+        lines = [f"World(seed={self.cfg.seed}): vocab {self.vocab_size}, states {self.n_states}, "
+                 f"entropy floor {self.entropy_floor():.4f} nats/token"]
+        for f in self.forks:
+            lines.append(f"  F{f.index}: p(A)={f.p} kinds={f.kinds} return=w{f.return_state - 1}"
+                         + (" (symmetric control)" if f.symmetric else ""))
+        lines.append(f"  keyword: {self.token_names[self.keyword]}; log k = {math.log(self.cfg.n_hard_words):.4f}")
+        return "\n".join(lines)

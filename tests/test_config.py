@@ -1,0 +1,49 @@
+"""Hydra configs compose, and a wrong value stops before training with a message naming the key."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException, MissingConfigException
+from hydra.utils import instantiate
+
+from instrumentality.train import CONFIG_DIR, build
+
+
+def composed(*overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("preset", ["quick", "full", "debug"])
+def test_presets_compose_and_build(preset):
+    cfg = composed(f"preset={preset}")
+    world, model, regime = build(cfg)
+    assert model.cfg.vocab_size == world.vocab_size and model.cfg.block_size >= world.cfg.seq_len
+    assert instantiate(cfg.trainer).max_steps == cfg.trainer.max_steps
+    if preset == "debug":
+        assert cfg.logger.mode == "disabled"
+
+
+def test_unknown_regime_lists_the_valid_choices():
+    with pytest.raises(MissingConfigException) as e:
+        composed("regime=telepathy")
+    assert "regime" in str(e.value) and "supervised" in str(e.value)
+
+
+@pytest.mark.parametrize("override,key", [("model.n_layer=-1", "model.n_layer"),
+                                          ("world.fork_probs=[0.5,1.5]", "world.fork_probs")])
+def test_invalid_values_name_the_key(override, key):
+    with pytest.raises(InstantiationException, match=key):
+        build(composed(override))
+
+
+@pytest.mark.parametrize("override,key", [("trainer.lr=0", "trainer.lr"), ("model.n_layer=-2", "model.n_layer"),
+                                          ("regime=telepathy", "supervised")])
+def test_cli_stops_before_training_with_a_clear_message(tmp_path, override, key):
+    proc = subprocess.run([sys.executable, "-m", "instrumentality.train", "preset=debug", override,
+                           f"hydra.run.dir={tmp_path}/run"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert key in proc.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

@@ -1,0 +1,82 @@
+"""The shared trainer: exact resume, safe checkpoints, clean collapse."""
+
+import pytest
+import torch
+
+from instrumentality.model import GPT, GPTConfig
+from instrumentality.regimes import Supervised
+from instrumentality.trainer import CheckpointError, Trainer, TrainerConfig, load_checkpoint
+from instrumentality.world import ConfigError, World, WorldConfig
+
+
+def make_trainer(out_dir, world, **cfg):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=world.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16))
+    cfg = TrainerConfig(**{"max_steps": 12, "log_every": 2, "ckpt_every": 5, "warmup_steps": 3,
+                           "progress": False, "seed": 3, **cfg})
+    return Trainer(model, Supervised(world, batch_size=8, seq_len=32), cfg, out_dir,
+                   evaluate=lambda m, s: {"probe/sum": float(sum(p.detach().sum() for p in m.parameters()))})
+
+
+@pytest.fixture(scope="module")
+def small_world():
+    return World(WorldConfig(seq_len=32))
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, small_world):
+    straight = make_trainer(tmp_path / "a", small_world)
+    assert straight.fit()["status"] == "finished"
+
+    killed = make_trainer(tmp_path / "b", small_world)
+    assert killed.fit(stop_after=8)["status"] == "interrupted"  # killed at step 8, checkpoint at step 5
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 5
+    resumed = make_trainer(tmp_path / "b", small_world)  # a fresh process would build everything anew
+    assert resumed.fit()["status"] == "finished"
+
+    for (n, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), n
+    def science(history):  # everything but wall-clock throughput
+        return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in history]
+
+    assert science(straight.history) == science(resumed.history)
+    assert straight.history[-1]["probe/sum"] == resumed.history[-1]["probe/sum"]
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_overwrites_nothing(tmp_path, small_world):
+    t = make_trainer(tmp_path, small_world, max_steps=5)
+    t.fit()
+    path = tmp_path / "checkpoint.pt"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # flip one byte in the middle
+    path.write_bytes(bytes(raw))
+    before = path.read_bytes()
+    again = make_trainer(tmp_path, small_world, max_steps=10)
+    with pytest.raises(CheckpointError, match=str(path)):
+        again.fit()
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    path.write_bytes(before[:100])  # truncated
+    with pytest.raises(CheckpointError, match="corrupt"):
+        make_trainer(tmp_path, small_world).fit()
+
+
+class ExplodingRegime(Supervised):
+    def loss(self, model, step, gen):
+        loss, metrics, n = super().loss(model, step, gen)
+        return (loss * float("nan") if step == 4 else loss), metrics, n
+
+
+def test_nan_loss_ends_the_run_as_collapsed(tmp_path, small_world):
+    t = make_trainer(tmp_path, small_world)
+    t.regime = ExplodingRegime(small_world, batch_size=4, seq_len=32)
+    status = t.fit()
+    assert status["status"] == "collapsed" and status["step"] == 4 and "non-finite" in status["reason"]
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())  # the NaN step was never applied
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["status"]["status"] == "collapsed"
+
+
+@pytest.mark.parametrize("bad,key", [({"lr": 0.0}, "trainer.lr"), ({"lr": -1e-3}, "trainer.lr"),
+                                     ({"max_steps": 0}, "trainer.max_steps"), ({"schedule": "x"}, "trainer.schedule")])
+def test_invalid_trainer_config_names_the_key(bad, key):
+    with pytest.raises(ConfigError, match=key):
+        TrainerConfig(**bad)
