@@ -1,6 +1,7 @@
 """The world's exact conditionals against Monte-Carlo frequencies, and its structure."""
 
 import math
+
 import pytest
 import torch
 

@@ -18,9 +18,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -127,7 +127,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
                               "delete it to start over, or point trainer.out_dir elsewhere")
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a corrupt checkpoint
+    except Exception as e:
         raise CheckpointError(f"checkpoint {path} could not be loaded: {e}") from e
 
 
