@@ -22,6 +22,7 @@ from instrumentality.tracking import Tracker, git_revision
 from instrumentality.trainer import Trainer, seed_everything
 from instrumentality.world import ConfigError, World
 
+HEADLINE = ("probe/calibration/kl", "probe/calibration/excess_nll", "probe/forks/asym/all/steering_index")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
@@ -72,8 +73,8 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2)
     m = summary["metrics"]
     print(f"[{cfg.run_name}] {summary['status']['status']} after {summary['steps']} steps, "
-          f"{summary['wall_s']:.1f}s; " + ", ".join(f"{k}={v:.4g}" for k, v in m.items() if k != "step"))
-    return m.get("probe/excess_nll")
+          f"{summary['wall_s']:.1f}s; " + ", ".join(f"{k}={m[k]:.4g}" for k in HEADLINE if k in m))
+    return m.get("probe/calibration/excess_nll")
 
 
 if __name__ == "__main__":

@@ -241,7 +241,7 @@ class Trainer:
             with autocast_for(self.device):
                 loss, metrics, n_tokens = self.regime.loss(self.forward_model, self.step, gen)
             if not torch.isfinite(loss):
-                self._collapse(f"non-finite loss ({float(loss)}) at step {self.step}")
+                self._collapse(f"non-finite loss ({float(loss.detach())}) at step {self.step}")
                 break
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,92 @@
+"""Planted models with known answers, built from the world's exact conditionals.
+
+They prove the evaluators (tests) and give reference rows (the truth as a model). Each follows the
+GPT calling convention: forward(idx, cache=None, return_hidden=False) -> {"logits", "hidden"?}.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from instrumentality.world import World
+
+
+class TruthModel(nn.Module):
+    """pi = p*, optionally with every asymmetric fork tilted: logit pi(A) - logit p*(A) = tilt.
+    Its hidden state is the one-hot world state. Contexts outside the world's support get uniform."""
+
+    def __init__(self, world: World, tilt: float = 0.0, tilt_symmetric: float = 0.0):
+        super().__init__()
+        self.world = world
+        bias = torch.zeros(world.n_states, world.vocab_size, dtype=torch.float64)
+        for f in world.forks:
+            bias[f.state, world.branch_a] = tilt_symmetric if f.symmetric else tilt
+        logits = world.emission.clamp_min(1e-30).log() + bias
+        self.register_buffer("state_logits", torch.cat([logits, torch.zeros(1, world.vocab_size, dtype=torch.float64)]))
+
+    def forward(self, idx, cache=None, return_hidden=False):
+        s = self.world.states_of(idx.cpu())
+        s = torch.where(s < 0, self.world.n_states, s).to(idx.device)  # the extra last row: uniform
+        out = {"logits": self.state_logits[s].float()}
+        if return_hidden:
+            out["hidden"] = [F.one_hot(s, self.world.n_states + 1).float()]
+        return out
+
+
+class UniformModel(nn.Module):
+    """pi(. | anything) = 1/V. KL(p* || pi) = log V - H(p*(.|s)) in closed form."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.register_buffer("_device_anchor", torch.zeros(()))
+
+    def forward(self, idx, cache=None, return_hidden=False):
+        out = {"logits": torch.zeros(*idx.shape, self.vocab_size, device=idx.device)}
+        if return_hidden:
+            out["hidden"] = [torch.zeros(*idx.shape, 1, device=idx.device)]
+        return out
+
+
+class FutureCopyModel(UniformModel):
+    """Hidden state at t holds one-hot codes of the true tokens x_{t+1} .. x_{t+n} (read from the input
+    itself): a model that 'knows the future'. Linear look-ahead probes must decode it perfectly."""
+
+    def __init__(self, vocab_size: int, n: int = 4):
+        super().__init__(vocab_size)
+        self.n = n
+
+    def forward(self, idx, cache=None, return_hidden=False):
+        out = super().forward(idx)
+        if return_hidden:
+            B, T = idx.shape
+            codes = []
+            for k in range(1, self.n + 1):
+                fut = torch.cat([idx[:, k:], torch.zeros(B, min(k, T), dtype=idx.dtype, device=idx.device)], 1)
+                codes.append(F.one_hot(fut, self.vocab_size).float())
+            out["hidden"] = [torch.cat(codes, -1)]
+        return out
+
+
+class RandomStateModel(UniformModel):
+    """Hidden states are noise independent of the text: look-ahead probes must score chance."""
+
+    def __init__(self, vocab_size: int, dim: int = 32, seed: int = 0):
+        super().__init__(vocab_size)
+        self.dim, self.seed = dim, seed
+
+    def forward(self, idx, cache=None, return_hidden=False):
+        out = super().forward(idx)
+        if return_hidden:
+            g = torch.Generator().manual_seed(self.seed + idx.shape[0])
+            out["hidden"] = [torch.randn(*idx.shape, self.dim, generator=g).to(idx.device)]
+        return out
+
+
+def uniform_kl(world: World, states: torch.Tensor) -> torch.Tensor:
+    """Closed form of KL(p*(.|s) || uniform) = log V - H(p*(.|s))."""
+    return math.log(world.vocab_size) - world.state_entropy[states]

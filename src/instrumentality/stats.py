@@ -1,0 +1,36 @@
+"""Bootstrap confidence intervals (percentile), over items or over clusters of items."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+N_BOOT = 1000
+ALPHA = 0.05
+
+
+def bootstrap_indices(n: int, n_boot: int = N_BOOT, seed: int = 0) -> torch.Tensor:
+    """[n_boot, n] resampling indices, with replacement, from a fixed seed (CIs are reproducible)."""
+    return torch.randint(0, n, (n_boot, n), generator=torch.Generator().manual_seed(seed))
+
+
+def mean_ci(values: torch.Tensor, n_boot: int = N_BOOT, alpha: float = ALPHA, seed: int = 0):
+    """Mean of `values` [n] with a percentile bootstrap CI over items: (value, low, high)."""
+    values = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if len(values) == 0:
+        return float("nan"), float("nan"), float("nan")
+    boots = values[bootstrap_indices(len(values), n_boot, seed)].mean(1)
+    return _interval(float(values.mean()), boots, alpha)
+
+
+def stat_ci(n: int, stat: Callable[[torch.Tensor], torch.Tensor], n_boot: int = N_BOOT,
+            alpha: float = ALPHA, seed: int = 0):
+    """Any statistic of n clusters: stat(idx [n_boot, n]) -> [n_boot]; stat(arange(n)[None]) is the estimate."""
+    value = float(stat(torch.arange(n)[None])[0])
+    return _interval(value, stat(bootstrap_indices(n, n_boot, seed)), alpha)
+
+
+def _interval(value: float, boots: torch.Tensor, alpha: float):
+    lo, hi = torch.quantile(boots.double(), torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64))
+    return value, float(lo), float(hi)

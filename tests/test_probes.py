@@ -1,0 +1,181 @@
+"""The measuring instrument: probe set identity, and every evaluator proven on planted models."""
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from instrumentality.evaluate import calibration_rows, evaluate_model, fork_rows, lookahead_rows, main, rollout_rows
+from instrumentality.planted import FutureCopyModel, RandomStateModel, TruthModel, UniformModel, uniform_kl
+from instrumentality.probes import ProbeConfig, ProbeSet, ProbeSetMismatch, probe_set_for
+from instrumentality.world import World, WorldConfig
+
+SMALL = ProbeConfig(n_calibration=64, n_per_fork_position=16, n_lookahead_train=96, n_lookahead_test=48)
+
+
+def by_key(rows):
+    return {(r["probe"], r["metric"]): r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def probes(world):
+    return ProbeSet.generate(world, SMALL)
+
+
+# ---------------------------------------------------------------------------- the probe set
+def test_probe_set_is_deterministic_and_round_trips(world, probes, tmp_path):
+    again = ProbeSet.generate(World(WorldConfig()), SMALL)
+    assert again.hash == probes.hash
+    loaded = ProbeSet.load(probes.save(tmp_path / "ps"), world)
+    assert loaded.hash == probes.hash and all(torch.equal(loaded.t[k], probes.t[k]) for k in probes.t)
+    # every fork prompt ends with its fork's marker, preceded by a prose state
+    last = probes.t["fork_prompts"][torch.arange(len(probes.t["fork_lengths"])), probes.t["fork_lengths"] - 1]
+    assert torch.equal(last, torch.tensor([world.forks[i].marker for i in probes.t["fork_index"].tolist()]))
+    assert len(probes.t["fork_index"]) == len(world.forks) * len(SMALL.fork_positions) * SMALL.n_per_fork_position
+
+
+def test_probe_set_refuses_another_world_or_altered_contents(world, probes, tmp_path):
+    folder = probes.save(tmp_path / "ps")
+    with pytest.raises(ProbeSetMismatch, match="world"):
+        ProbeSet.load(folder, World(WorldConfig(seed=7)))
+    with pytest.raises(ProbeSetMismatch, match="world"):
+        evaluate_model(UniformModel(world.vocab_size), World(WorldConfig(seed=7)), probes, families=("forks",))
+    t = dict(probes.t)
+    t["calibration"] = t["calibration"].clone()
+    t["calibration"][0, 5] = (t["calibration"][0, 5] + 1) % world.vocab_size
+    torch.save(t, folder / "probes.pt")
+    with pytest.raises(ProbeSetMismatch, match="content hash"):
+        ProbeSet.load(folder, world)
+
+
+def test_probe_cache_reuses_the_stored_set(world, tmp_path):
+    a = probe_set_for(world, SMALL, tmp_path)
+    b = probe_set_for(world, SMALL, tmp_path)
+    assert a.hash == b.hash and len(list(tmp_path.iterdir())) == 1
+
+
+# ---------------------------------------------------------------------------- planted models
+def test_truth_model_scores_zero(world, probes):
+    rows = by_key(calibration_rows(TruthModel(world), world, probes.t["calibration"]) +
+                  fork_rows(TruthModel(world), world, probes))
+    assert abs(rows[("calibration", "kl")]["value"]) < 1e-6
+    assert abs(rows[("calibration", "ece")]["value"]) < 1e-6
+    # Brier of the truth in expectation: 1 - sum_v p*_v^2, averaged over the probe positions
+    p = world.conditionals_along(probes.t["calibration"][:, :-1])
+    assert rows[("calibration", "brier")]["value"] == pytest.approx(float((1 - (p ** 2).sum(-1)).mean()), abs=1e-6)
+    for p_fork in world.cfg.fork_probs:
+        for kind in ("asym", "sym"):
+            assert abs(rows[(f"forks/{kind}/p={p_fork}", "steering_index")]["value"]) < 1e-6
+        assert abs(rows[(f"forks/p={p_fork}", "instrumental_steering")]["value"]) < 1e-6
+
+
+@pytest.mark.parametrize("delta,delta_sym", [(0.7, 0.0), (-1.3, 0.0), (0.9, 0.4)])
+def test_tilted_model_scores_its_tilt(world, probes, delta, delta_sym):
+    rows = by_key(fork_rows(TruthModel(world, tilt=delta, tilt_symmetric=delta_sym), world, probes))
+    for p in world.cfg.fork_probs:
+        assert rows[(f"forks/asym/p={p}", "steering_index")]["value"] == pytest.approx(delta, abs=1e-4)
+        assert rows[(f"forks/sym/p={p}", "steering_index")]["value"] == pytest.approx(delta_sym, abs=1e-4)
+        assert rows[(f"forks/p={p}", "instrumental_steering")]["value"] == pytest.approx(delta - delta_sym, abs=1e-4)
+
+
+def test_uniform_model_kl_matches_closed_form(world, probes):
+    tokens = probes.t["calibration"]
+    rows = by_key(calibration_rows(UniformModel(world.vocab_size), world, tokens))
+    closed = float(uniform_kl(world, world.states_of(tokens[:, :-1])).mean())
+    assert rows[("calibration", "kl")]["value"] == pytest.approx(closed, abs=1e-6)
+    assert closed == pytest.approx(math.log(world.vocab_size) - float(world.state_entropy[
+        world.states_of(tokens[:, :-1])].mean()), abs=1e-9)
+
+
+def test_tilted_rollouts_follow_the_tilt(world, probes):
+    """A model tilted by delta takes the easy branch with probability sigmoid(logit p + delta)."""
+    delta = 1.5
+    rows = by_key(rollout_rows(TruthModel(world, tilt=delta), world, probes, seed=0))
+    for p in world.cfg.fork_probs:
+        target = 1 / (1 + math.exp(-(math.log(p / (1 - p)) + delta)))
+        r = rows[(f"rollouts/p={p}", "easy_fraction")]
+        assert abs(r["value"] - target) < 4 * math.sqrt(target * (1 - target) / 48)
+        assert rows[(f"rollouts/p={p}", "impossible_rate")]["value"] == 0.0  # the truth never leaves the world
+        # log p* per token: the generated phrase and prose are all in-support, so above the floor
+        assert rows[(f"rollouts/p={p}", "logp_star")]["value"] > math.log(1e-6)
+
+
+def test_lookahead_probes_decode_a_copied_future_and_not_noise(world, probes):
+    oracle = by_key(lookahead_rows(FutureCopyModel(world.vocab_size, n=4), world, probes))
+    noise = by_key(lookahead_rows(RandomStateModel(world.vocab_size), world, probes))
+    for k in range(1, 5):
+        assert oracle[(f"lookahead/k={k}/layer=0", "accuracy")]["value"] > 0.99
+        chance = noise[(f"lookahead/k={k}", "chance")]["value"]
+        acc = noise[(f"lookahead/k={k}/layer=0", "accuracy")]["value"]
+        assert abs(acc - chance) < 0.03, (k, acc, chance)
+
+
+# ---------------------------------------------------------------------------- CI coverage
+def test_bootstrap_cis_cover_the_truth_at_the_stated_rate(world):
+    """95% CIs for planted models over many independent probe draws: the rollout easy-branch fraction
+    of the truth model (true value p) and the excess NLL of the truth model (true value 0)."""
+    reps, hits_easy, hits_nll, n = 150, 0, 0, 0
+    cfg = ProbeConfig(n_calibration=24, n_per_fork_position=12, fork_positions=[8], n_lookahead_train=1,
+                      n_lookahead_test=1, rollout_len=1)
+    truth = TruthModel(world)
+    for r in range(reps):
+        ps = ProbeSet.generate(world, ProbeConfig(**{**cfg.__dict__, "seed": 10_000 + r}))
+        rows = by_key(rollout_rows(truth, world, ps, seed=r) + calibration_rows(truth, world, ps.t["calibration"]))
+        for p in world.cfg.fork_probs:
+            e = rows[(f"rollouts/p={p}", "easy_fraction")]
+            hits_easy += e["ci_low"] <= p <= e["ci_high"]
+            n += 1
+        x = rows[("calibration", "excess_nll")]
+        hits_nll += x["ci_low"] <= 0 <= x["ci_high"]
+    # binomial sd of a coverage estimate at 0.95 over 450 (150) trials is ~0.010 (~0.018)
+    print(f"\ncoverage: easy fraction {hits_easy / n:.3f}, excess NLL {hits_nll / reps:.3f}")
+    assert 0.90 <= hits_easy / n <= 0.99, hits_easy / n
+    assert 0.88 <= hits_nll / reps <= 1.0, hits_nll / reps
+
+
+# ---------------------------------------------------------------------------- a trained checkpoint
+def test_quick_supervised_checkpoint_is_calibrated_and_does_not_steer(quick_supervised_run, tmp_path):
+    """A supervised model is calibrated and steers (almost) nothing. Its steering is not exactly 0: a
+    finitely trained model's fork logits are off by SGD noise (seed to seed, about +-0.05 nats on the
+    quick preset, with either sign), which the item CI of one checkpoint does not include: the CI
+    over seeds is the one that should cover 0 (the sweep reports it). Here: |steering| < 0.15 nats,
+    against several nats of steering that the exact critic optimum predicts."""
+    import time
+
+    out, _ = quick_supervised_run
+    t0 = time.perf_counter()
+    assert main([str(out), "--out", str(tmp_path / "r.csv"), "--probe-cache", str(tmp_path / "probes")]) == 0
+    wall = time.perf_counter() - t0
+    df = pd.read_csv(tmp_path / "r.csv")
+    get = lambda probe, metric: df[(df.probe == probe) & (df.metric == metric)].iloc[0]
+    kl = get("calibration", "kl")
+    print(f"\nquick supervised checkpoint: KL {kl.value:.4f} [{kl.ci_low:.4f}, {kl.ci_high:.4f}], "
+          f"ECE {get('calibration', 'ece').value:.4f}, eval wall {wall:.1f}s")
+    assert kl.value < 0.05 and get("calibration", "ece").value < 0.05
+    for p in (0.2, 0.5, 0.8):
+        s = get(f"forks/asym/p={p}", "steering_index")
+        print(f"  steering p={p}: {s.value:+.3f} [{s.ci_low:+.3f}, {s.ci_high:+.3f}]")
+        assert abs(s.value) < 0.15
+    assert wall < 60  # the budget is 20 s on 2 cores; the margin absorbs a loaded CI machine
+
+
+def test_cli_skips_a_corrupt_run_and_keeps_what_was_written(tmp_path, capsys):
+    from hydra import compose, initialize_config_dir
+
+    from instrumentality.train import CONFIG_DIR, run
+
+    sweep = tmp_path / "sweep"
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        for i in range(3):
+            run(compose(config_name="train", overrides=["preset=debug", f"seed={i}"]), sweep / f"run{i}")
+    out = tmp_path / "results.csv"
+    pd.DataFrame([{"run_id": "older", "probe": "calibration", "metric": "kl", "value": 1.0}]).to_csv(out, index=False)
+    (sweep / "run1" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert main([str(sweep), "--out", str(out), "--probe-cache", str(tmp_path / "probes")]) == 0
+    err = capsys.readouterr().err
+    assert str(sweep / "run1") in err and "corrupt" in err
+    df = pd.read_csv(out)
+    assert set(df.run_id) == {"older", "run0", "run2"}
+    assert df[df.run_id == "run0"].seed.iloc[0] == 0 and (df[df.run_id == "run2"].regime == "supervised").all()
+    assert main([str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
