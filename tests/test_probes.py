@@ -176,6 +176,7 @@ def test_cli_skips_a_corrupt_run_and_keeps_what_was_written(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(sweep / "run1") in err and "corrupt" in err
     df = pd.read_csv(out)
-    assert set(df.run_id) == {"older", "run0", "run2"}
-    assert df[df.run_id == "run0"].seed.iloc[0] == 0 and (df[df.run_id == "run2"].regime == "supervised").all()
+    assert set(df.run_id) == {"older", "sweep/run0", "sweep/run2"}
+    assert df[df.run_id == "sweep/run0"].seed.iloc[0] == 0
+    assert (df[df.run_id == "sweep/run2"].regime == "supervised").all()
     assert main([str(tmp_path / "nothing-here"), "--out", str(out)]) == 2

@@ -76,10 +76,11 @@ def test_fork_structure_and_branch_values(world):
     assert sorted(f.p for f in asym) == sorted(world.cfg.fork_probs) == sorted(f.p for f in sym)
     for f in world.forks:
         row = world.emission[f.state]
-        assert row[world.branch_a] == pytest.approx(f.p) and row[world.branch_b] == pytest.approx(1 - f.p)
+        assert row[f.first_token] == pytest.approx(f.p) and row[f.second_token] == pytest.approx(1 - f.p)
+        assert {f.first_token, f.second_token} == {world.branch_a, world.branch_b}
         # both branches rejoin prose at the same state after m tokens
         ends = []
-        for b in (world.branch_a, world.branch_b):
+        for b in (f.first_token, f.second_token):
             s = int(world.transition[f.state, b])
             for _ in range(m):
                 s = int(world.transition[s][world.transition[s] >= 0][0])
@@ -124,3 +125,11 @@ def test_entropy_floor_equals_mean_state_entropy():
 def test_invalid_world_config_names_the_key(bad):
     with pytest.raises(ConfigError, match=f"world.{next(iter(bad))}"):
         WorldConfig(**bad)
+
+
+def test_easy_token_alternates_and_controls_use_their_twins_tokens(world):
+    asym = [f for f in world.forks if not f.symmetric]
+    assert {f.first_token for f in asym} == {world.branch_a, world.branch_b}  # no single "good" token
+    for f in world.forks:
+        twin = next(g for g in asym if g.p == f.p)
+        assert f.first_token == twin.first_token

@@ -6,10 +6,10 @@ identity (run_id, regime, swept config values, seed). Metrics (DESIGN section 4)
   calibration  kl = KL(p* || pi); excess_nll = -log pi(x_t) - H(p*(.|s_t)); ece (top-label, expected
                accuracy p*(argmax pi)); brier = E_{x~p*} sum_v (pi_v - 1[v = x])^2; all per token, CIs over
                sequences; plus reliability-diagram bins
-  forks        steering_index = logit pi(A) - logit p*(A), with pi renormalised over the two branch tokens,
-               per fork probability, asymmetric (A = easy) and symmetric (control); instrumental_steering
+  forks        steering_index = logit pi(first) - logit p*(first), pi renormalised over the two branch tokens,
+               per fork probability, asymmetric (first = easy) and symmetric (control); instrumental_steering
                = asymmetric minus symmetric
-  rollouts     easy_fraction (first token = A) vs truth p; logp_star (mean log p* per generated token,
+  rollouts     easy_fraction (first token = the easy branch) vs truth p; logp_star (mean log p* per generated token,
                floored at log 1e-6); impossible_rate; distinct_2 (distinct bigrams per generation)
   lookahead    accuracy of ridge linear probes decoding x_{t+k} from layer l, on probe-test; chance = the
                majority-class accuracy
@@ -33,9 +33,10 @@ from instrumentality.stats import bootstrap_indices, mean_ci, stat_ci
 from instrumentality.world import World, WorldConfig
 
 LOG_FLOOR = math.log(1e-6)
+THEORY_CURVE_MAX_H = 12
 FAMILIES = ("calibration", "forks", "rollouts", "lookahead")
 # config values copied into every row (the ones experiments sweep); absent ones are left empty
-SWEPT_KEYS = ("preset_name", "experiment", "world.seed", "model.n_layer", "model.n_embd", "model.myopic",
+SWEPT_KEYS = ("preset_name", "exp_name", "world.seed", "model.n_layer", "model.n_embd", "model.myopic",
               "regime.reward", "regime.baseline", "regime.critic", "regime.rollout", "regime.horizon",
               "regime.gamma", "regime.beta", "trainer.max_steps")
 
@@ -109,9 +110,14 @@ def fork_log_probs(model, probes: ProbeSet) -> torch.Tensor:
 
 
 def steering_per_prompt(world: World, probes: ProbeSet, logp_fork: torch.Tensor) -> torch.Tensor:
-    """logit pi(A) - logit p*(A) at each fork prompt, pi renormalised over {A, B}."""
+    """logit pi(first) - logit p*(first) at each fork prompt, pi renormalised over the two branch tokens.
+    At an asymmetric fork the first branch is the easy one."""
     p = torch.tensor([world.forks[i].p for i in probes.t["fork_index"].tolist()], dtype=torch.float64)
-    return (logp_fork[:, world.branch_a] - logp_fork[:, world.branch_b]) - torch.log(p / (1 - p))
+    forks = [world.forks[i] for i in probes.t["fork_index"].tolist()]
+    first = torch.tensor([f.first_token for f in forks])
+    second = torch.tensor([f.second_token for f in forks])
+    rows = torch.arange(len(forks))
+    return (logp_fork[rows, first] - logp_fork[rows, second]) - torch.log(p / (1 - p))
 
 
 def fork_rows(model, world: World, probes: ProbeSet) -> list[dict]:
@@ -181,8 +187,8 @@ def rollout_rows(model, world: World, probes: ProbeSet, seed: int = 0) -> list[d
         distinct = torch.tensor([len(set(r.tolist())) / max(1, len(r)) for r in bigrams], dtype=torch.float64)
         for j, i in enumerate(fork_index[sel].tolist()):
             per_p.setdefault(world.forks[i].p, []).append(
-                (float(gen[j, 0] == world.branch_a), float(logp_star[j].mean()), float((p_tok[j] == 0).float().mean()),
-                 float(distinct[j])))
+                (float(gen[j, 0] == world.forks[i].first_token), float(logp_star[j].mean()),
+                 float((p_tok[j] == 0).float().mean()), float(distinct[j])))
     rows = []
     for p, items in sorted(per_p.items()):
         v = torch.tensor(items, dtype=torch.float64)
@@ -320,8 +326,51 @@ def evaluate_run(run_dir: Path, probe_cache: str | None = None) -> list[dict]:
     model = GPT(GPTConfig(**ck["model_config"]))
     model.load_state_dict(ck["model"])
     probes = probe_set_for(world, ProbeConfig(**run_config.get("eval", {}).get("probes", {})), probe_cache)
-    rows = evaluate_model(model, world, probes)
-    return tidy_rows(rows, run_id=run_dir.name, run_config=run_config, status=ck["status"])
+    rows = (evaluate_model(model, world, probes) + critic_theory_rows(world, run_config.get("regime", {}))
+            + curve_rows(ck["history"]) + status_rows(ck["status"]))
+    return tidy_rows(rows, run_id=run_id_of(run_dir), run_config=run_config, status=ck["status"])
+
+
+def run_id_of(run_dir: Path) -> str:
+    """<experiment folder>/<run folder>: unique within a sweep."""
+    return f"{run_dir.parent.name}/{run_dir.name}"
+
+
+def curve_rows(history: list[dict]) -> list[dict]:
+    """The evaluations made during training (every trainer.eval_every steps) as curve rows."""
+    rows = []
+    for h in history:
+        for key in ("probe/calibration/kl", "probe/calibration/excess_nll"):
+            if key in h:
+                rows.append({"probe": "curve/calibration", "metric": key.rsplit("/", 1)[1], "value": h[key],
+                             "ci_low": math.nan, "ci_high": math.nan, "step": h["step"],
+                             "tokens": h.get("perf/tokens_seen", math.nan)})
+    return rows
+
+
+def status_rows(status: dict) -> list[dict]:
+    """1 for the run's final status (finished / collapsed / failed), with the step it ended at."""
+    return [{"probe": "run", "metric": status.get("status", "unknown"), "value": 1.0, "ci_low": math.nan,
+             "ci_high": math.nan, "step": status.get("step", math.nan)}]
+
+
+def critic_theory_rows(world: World, regime_cfg: dict) -> list[dict]:
+    """For a critic run whose critic is a function of state and token: the exact optimum's steering,
+    as rows with metric `<metric>_theory` beside the learned ones."""
+    if regime_cfg.get("name") != "critic":
+        return []
+    from instrumentality.critics import make_critic
+    from instrumentality.optimum import theory_rows
+
+    critic = make_critic(regime_cfg.get("critic", "truth"), world, **(regime_cfg.get("critic_kwargs") or {}))
+    if not hasattr(critic, "table"):
+        return []
+    beta, gamma, H = float(regime_cfg["beta"]), float(regime_cfg["gamma"]), int(regime_cfg["horizon"])
+    rows = [{**r, "metric": r["metric"] + "_theory"} for r in theory_rows(world, critic.table(world), beta, gamma, H)]
+    for h in range(1, THEORY_CURVE_MAX_H + 1):  # the whole exact curve, for the figures
+        rows += [{**r, "probe": "theory_curve/" + r["probe"], "horizon": h}
+                 for r in theory_rows(world, critic.table(world), beta, gamma, h)]
+    return rows
 
 
 def write_results(rows: list[dict], out: Path, replace_runs: set[str]):
@@ -338,11 +387,20 @@ def write_results(rows: list[dict], out: Path, replace_runs: set[str]):
     return new
 
 
+def _up_to_date(run_dir: Path, out: Path) -> bool:
+    if not out.exists() or (run_dir / "checkpoint.pt").stat().st_mtime > out.stat().st_mtime:
+        return False
+    done = pd.read_csv(out, usecols=["run_id"])["run_id"].astype(str)
+    return run_id_of(run_dir) in set(done)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Evaluate checkpoints on the common probe set into a tidy CSV.")
     ap.add_argument("paths", nargs="+", help="run folders, checkpoint files, or sweep folders to search")
     ap.add_argument("--out", required=True, type=Path, help="results CSV (merged with what is there)")
     ap.add_argument("--probe-cache", default="runs/probes", help="where probe sets are stored")
+    ap.add_argument("--skip-existing", action="store_true",
+                    help="skip runs already in --out whose checkpoint is older than the CSV")
     args = ap.parse_args(argv)
     runs = find_runs(args.paths)
     if not runs:
@@ -354,17 +412,28 @@ def main(argv=None):
     for run_dir in tqdm(runs, desc="evaluate", dynamic_ncols=True):
         t0 = time.perf_counter()
         try:
-            rows = evaluate_run(run_dir, args.probe_cache)
+            if not (run_dir / "checkpoint.pt").exists() and (run_dir / "summary.json").exists():
+                rows = failed_run_rows(run_dir)  # a job that failed: its error is in the summary
+            elif args.skip_existing and _up_to_date(run_dir, args.out):
+                continue
+            else:
+                rows = evaluate_run(run_dir, args.probe_cache)
         except Exception as e:  # noqa: BLE001 - report the run and go on with the others
             failures.append((run_dir, e))
             tqdm.write(f"skipped {run_dir}: {e}")
             continue
-        write_results(rows, args.out, {run_dir.name})
+        write_results(rows, args.out, {run_id_of(run_dir)})
         tqdm.write(f"{run_dir}: {len(rows)} rows in {time.perf_counter() - t0:.1f}s")
     print(f"wrote {args.out}; {len(runs) - len(failures)} evaluated, {len(failures)} skipped")
     for run_dir, e in failures:
         print(f"  FAILED {run_dir}: {e}", file=sys.stderr)
     return 1 if failures and len(failures) == len(runs) else 0
+
+
+def failed_run_rows(run_dir: Path) -> list[dict]:
+    """A run that failed before writing a checkpoint: its summary.json has the error."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return tidy_rows(status_rows(summary["status"]), run_id_of(run_dir), summary.get("config", {}), summary["status"])
 
 
 if __name__ == "__main__":

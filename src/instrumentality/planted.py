@@ -16,7 +16,7 @@ from instrumentality.world import World
 
 
 class TruthModel(nn.Module):
-    """pi = p*, optionally with every asymmetric fork tilted: logit pi(A) - logit p*(A) = tilt.
+    """pi = p*, optionally with every asymmetric fork tilted: logit pi(easy) - logit p*(easy) = tilt.
     Its hidden state is the one-hot world state. Contexts outside the world's support get uniform."""
 
     def __init__(self, world: World, tilt: float = 0.0, tilt_symmetric: float = 0.0):
@@ -24,7 +24,7 @@ class TruthModel(nn.Module):
         self.world = world
         bias = torch.zeros(world.n_states, world.vocab_size, dtype=torch.float64)
         for f in world.forks:
-            bias[f.state, world.branch_a] = tilt_symmetric if f.symmetric else tilt
+            bias[f.state, f.first_token] = tilt_symmetric if f.symmetric else tilt
         logits = world.emission.clamp_min(1e-30).log() + bias
         self.register_buffer("state_logits", torch.cat([logits, torch.zeros(1, world.vocab_size, dtype=torch.float64)]))
 

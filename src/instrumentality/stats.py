@@ -34,3 +34,20 @@ def stat_ci(n: int, stat: Callable[[torch.Tensor], torch.Tensor], n_boot: int = 
 def _interval(value: float, boots: torch.Tensor, alpha: float):
     lo, hi = torch.quantile(boots.double(), torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64))
     return value, float(lo), float(hi)
+
+
+def seed_ci(values, lows=None, highs=None, n_boot: int = N_BOOT, alpha: float = ALPHA, seed: int = 0):
+    """Combine per-seed estimates (each with an item CI) into one mean with a CI over seeds and items:
+    resample seeds with replacement, and each resampled seed's value from N(value, se) with
+    se = (high - low) / (2 * 1.96) from its item CI. Returns (mean, low, high)."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    se = torch.zeros_like(v)
+    if lows is not None and highs is not None:
+        width = torch.as_tensor(highs, dtype=torch.float64) - torch.as_tensor(lows, dtype=torch.float64)
+        se = torch.nan_to_num(width / (2 * 1.959964), nan=0.0)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(v), (n_boot, len(v)), generator=g)
+    draws = v[idx] + se[idx] * torch.randn(n_boot, len(v), generator=g, dtype=torch.float64)
+    return _interval(float(v.mean()), draws.mean(1), alpha)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -46,8 +48,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     world, model, regime = build(cfg)
     trainer_cfg = instantiate(cfg.trainer, seed=cfg.seed)
     config = OmegaConf.to_container(cfg, resolve=True)
-    tracker = Tracker(mode=cfg.logger.mode, project=cfg.logger.project, group=cfg.experiment,
-                      name=f"{cfg.experiment}/{cfg.run_name}", config=config, dir=out_dir,
+    tracker = Tracker(mode=cfg.logger.mode, project=cfg.logger.project, group=cfg.exp_name,
+                      name=f"{cfg.exp_name}/{cfg.run_name}", config=config, dir=out_dir,
                       tags=[f"rev:{git_revision()}", f"preset:{cfg.get('preset_name', '')}", cfg.regime.name])
     trainer = Trainer(model, regime, trainer_cfg, out_dir, tracker=tracker, run_config=config,
                       evaluate=training_eval_hook(world, cfg, tracker))
@@ -63,14 +65,33 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     return summary
 
 
+def record_failure(cfg: DictConfig, out_dir: Path, error: BaseException):
+    """A failed job of a sweep: its error goes into summary.json, and the sweep goes on."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    status = {"status": "failed", "step": 0, "reason": f"{type(error).__name__}: {error}"}
+    summary = {"status": status, "traceback": traceback.format_exc(),
+               "config": OmegaConf.to_container(cfg, resolve=False)}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        summary = run(cfg, HydraConfig.get().runtime.output_dir)
+        summary = run(cfg, out_dir)
     except (ConfigError, InstantiationException) as e:
         msg = str(e.__cause__ or e) if isinstance(e, InstantiationException) else str(e)
         print(f"configuration error: {msg}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            record_failure(cfg, out_dir, e)
+            return None
         sys.exit(2)
+    except Exception as e:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        print(f"[{cfg.run_name}] FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        record_failure(cfg, out_dir, e)
+        return None
     m = summary["metrics"]
     print(f"[{cfg.run_name}] {summary['status']['status']} after {summary['steps']} steps, "
           f"{summary['wall_s']:.1f}s; " + ", ".join(f"{k}={m[k]:.4g}" for k in HEADLINE if k in m))

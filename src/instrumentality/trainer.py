@@ -147,6 +147,7 @@ class Trainer:
         self.evaluate = evaluate
         self.run_config = run_config or {}
         self.step = 0
+        self.tokens_seen = 0  # tokens the regime processed (world tokens, or generated tokens)
         self.history: list[dict] = []  # every logged row, kept in the checkpoint
         self.status = {"status": "running", "step": 0, "reason": ""}
         if hasattr(regime, "setup"):
@@ -176,6 +177,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "step": self.step,
+            "tokens_seen": self.tokens_seen,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -201,6 +203,7 @@ class Trainer:
         if hasattr(self.regime, "load_state_dict"):
             self.regime.load_state_dict(ck["regime"])
         self.step, self.history, self.status = ck["step"], ck["history"], ck["status"]
+        self.tokens_seen = ck.get("tokens_seen", 0)
         torch.set_rng_state(ck["torch_rng"].cpu())
         return True
 
@@ -216,7 +219,7 @@ class Trainer:
         self.model.eval()
         metrics = self.evaluate(self.model, self.step)
         self.model.train()
-        self._log({"step": self.step, **metrics})
+        self._log({"step": self.step, "perf/tokens_seen": self.tokens_seen, **metrics})
 
     def _collapse(self, reason: str):
         self.status = {"status": "collapsed", "step": self.step, "reason": reason}
@@ -255,6 +258,7 @@ class Trainer:
             self.step += 1
             steps_done += 1
             tokens_since += n_tokens
+            self.tokens_seen += n_tokens
             if bar is not None:
                 bar.update(1)
             if self.step % c.log_every == 0 or self.step == c.max_steps:
@@ -264,7 +268,7 @@ class Trainer:
                 row = {"step": self.step, "train/loss": float(loss.detach()), "train/grad_norm": float(gnorm),
                        "train/lr": self.scheduler.get_last_lr()[0],
                        **{f"train/{k}": float(v) for k, v in metrics.items()},
-                       "perf/tokens_per_s": tokens_since / max(dt, 1e-9)}
+                       "perf/tokens_per_s": tokens_since / max(dt, 1e-9), "perf/tokens_seen": self.tokens_seen}
                 self._log(row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}")

@@ -5,11 +5,14 @@ distribution p*(x_t | x_<t) is exact: it is the emission row of the state reache
 
 Segments (DESIGN section 2):
   prose     order-1 Markov chain over word tokens with sparse random transitions
-  fork      marker F_k, then branch <A> with probability p_k or <B> with 1 - p_k; each branch is a
-            phrase of m tokens: *easy* = one fixed phrase, *hard* = m tokens uniform over k hard words;
-            after the phrase, back to prose at a fixed return word (the same for both branches).
-            Asymmetric forks: <A> easy, <B> hard.  Symmetric (control) forks: both branches of the
-            same kind (`symmetric_kind`), so neither has more value than the other.
+  fork      marker F_k, then one of two branch tokens <A>, <B>: the *first* branch (Fork.first_token)
+            with probability p_k, the other with 1 - p_k; each branch is a phrase of m tokens: *easy* =
+            one fixed phrase, *hard* = m tokens uniform over k hard words; after the phrase, back to
+            prose at a fixed return word (the same for both branches). Asymmetric forks: the first
+            branch is easy, the second hard. Symmetric (control) forks: both of one kind
+            (`symmetric_kind`), so neither has more value. Which token is first alternates with the
+            fork index (<A> for even k, <B> for odd k; the symmetric control at each p uses the same
+            token as its asymmetric twin), so that a bias for one token is not mistaken for steering.
   keyword   one phrase word placed in every easy phrase and nowhere else.
 
 New segment kinds (quest transcripts, ClueQuest issue) plug in by adding states to `_Builder`.
@@ -73,9 +76,11 @@ class Fork:
     marker: int  # token id of F_k
     p: float  # probability of branch <A>
     symmetric: bool
-    kinds: tuple[str, str]  # kind of branch A and B: "easy" / "hard"
+    kinds: tuple[str, str]  # kind of the first and second branch: "easy" / "hard"
     state: int  # state right after the marker
     return_state: int  # prose state after the phrase
+    first_token: int  # the branch token taken with probability p (the easy one at an asymmetric fork)
+    second_token: int
 
 
 class World:
@@ -132,17 +137,19 @@ class World:
         s = n_prose_states
         for k, (p, symmetric) in enumerate(fork_specs):
             marker = self.marker_tokens[k]
+            twin = k % len(cfg.fork_probs)  # the symmetric control uses its asymmetric twin's tokens
+            first, second = (self.branch_a, self.branch_b) if twin % 2 == 0 else (self.branch_b, self.branch_a)
             marker_state = s
             kinds = (cfg.symmetric_kind,) * 2 if symmetric else ("easy", "hard")
             ret = 1 + int(rng.integers(cfg.n_prose_words))
             for prose_s in range(n_prose_states):
                 E[prose_s, marker] = marker_w
                 T[prose_s, marker] = marker_state
-            E[marker_state, self.branch_a] = p
-            E[marker_state, self.branch_b] = 1 - p
+            E[marker_state, first] = p
+            E[marker_state, second] = 1 - p
             self.state_kind.append("marker")
             s += 1
-            for b, (branch_tok, kind) in enumerate(zip((self.branch_a, self.branch_b), kinds)):
+            for b, (branch_tok, kind) in enumerate(zip((first, second), kinds)):
                 T[marker_state, branch_tok] = s
                 if kind == "easy":
                     phrase = [int(x) for x in rng.choice(non_key, size=m)]
@@ -158,7 +165,7 @@ class World:
                         T[s, self.hard_tokens] = nxt
                     self.state_kind.append(f"{kind}_phrase")
                     s += 1
-            self.forks.append(Fork(k, marker, p, symmetric, kinds, marker_state, ret))
+            self.forks.append(Fork(k, marker, p, symmetric, kinds, marker_state, ret, first, second))
         assert s == n_states
         assert np.allclose(E.sum(1), 1.0)
         assert ((E > 0) == (T >= 0)).all()
@@ -281,10 +288,11 @@ class World:
 
     def branch_value(self, fork: Fork, branch: int, horizon: int | None = None) -> float:
         """Expected sum of log p* over the phrase following `branch` (0 = A, 1 = B), over its first
-        `horizon` tokens (default: the whole phrase). Easy phrases give 0, hard ones -log k per token."""
+        `horizon` tokens (default: the whole phrase). Easy phrases give 0, hard ones -log k per token.
+        Branch 0 is the fork's first branch (probability p), 1 the second."""
         m = self.cfg.phrase_len
         horizon = m if horizon is None else min(horizon, m)
-        s = int(self.transition[fork.state, self.branch_a if branch == 0 else self.branch_b])
+        s = int(self.transition[fork.state, fork.first_token if branch == 0 else fork.second_token])
         total = 0.0
         for _ in range(horizon):  # phrase states are a chain (every token leads to the same state)
             total -= float(self.state_entropy[s])
@@ -295,7 +303,8 @@ class World:
         lines = [f"World(seed={self.cfg.seed}): vocab {self.vocab_size}, states {self.n_states}, "
                  f"entropy floor {self.entropy_floor():.4f} nats/token"]
         for f in self.forks:
-            lines.append(f"  F{f.index}: p(A)={f.p} kinds={f.kinds} return=w{f.return_state - 1}"
+            lines.append(f"  F{f.index}: p({self.token_names[f.first_token]})={f.p} kinds={f.kinds} "
+                         f"return=w{f.return_state - 1}"
                          + (" (symmetric control)" if f.symmetric else ""))
         lines.append(f"  keyword: {self.token_names[self.keyword]}; log k = {math.log(self.cfg.n_hard_words):.4f}")
         return "\n".join(lines)

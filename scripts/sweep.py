@@ -1,0 +1,103 @@
+"""`make sweep`: every experiment as a Hydra multirun, then evaluation, figures and REPORT.md.
+
+Runs live in runs/<preset>/<experiment>/<run name>/: re-running resumes unfinished runs and skips
+finished ones (their checkpoints say so), so a second `make sweep` trains nothing.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ["F1", "F2"]  # in dependency order: F2 fine-tunes F1's supervised runs
+LAUNCHERS = {"basic": "basic", "joblib": "joblib", "submitit_slurm": "submitit_slurm"}
+
+
+def n_seeds(preset: str) -> int:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return int(compose(config_name="train", overrides=[f"preset={preset}"]).n_seeds)
+
+
+def hardware() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}"
+
+
+def run_experiment(exp: str, preset: str, launcher: str, seeds: int, extra: list[str]) -> float:
+    """One multirun; its progress (job k of n, time left) is printed as jobs start."""
+    cmd = [sys.executable, "-m", "instrumentality.train", "--multirun", f"experiment={exp}", f"preset={preset}",
+           f"seed={','.join(map(str, range(seeds)))}", f"hydra/launcher={LAUNCHERS[launcher]}", *extra]
+    print(f"\n=== {exp}: {' '.join(cmd[3:])}", flush=True)
+    t0 = time.perf_counter()
+    total, started = None, 0
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    for line in proc.stdout:
+        if m := re.search(r"Launching (\d+) jobs", line):
+            total = int(m.group(1))
+        if re.search(r"\t#\d+ : ", line):
+            started += 1
+            elapsed = time.perf_counter() - t0
+            eta = "" if started == 1 or not total else \
+                f", about {elapsed / (started - 1) * (total - started + 1) / 60:.1f} min left"
+            print(f"[{exp}] job {started}/{total or '?'}{eta}: {line.split(' : ', 1)[1].strip()}", flush=True)
+        elif line.startswith("[") and ("finished after" in line or "FAILED" in line or "collapsed" in line):
+            print("    " + line.rstrip(), flush=True)
+        elif "error" in line.lower() and not line.startswith("[20"):
+            print("    " + line.rstrip(), flush=True)
+    if proc.wait() != 0:
+        print(f"[{exp}] the multirun exited with {proc.returncode}; the runs it finished are kept", flush=True)
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--launcher", default="basic", choices=sorted(LAUNCHERS))
+    ap.add_argument("--experiments", default=",".join(EXPERIMENTS))
+    ap.add_argument("--results", default="results")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
+    args = ap.parse_args()
+    os.environ.setdefault("WANDB_SILENT", "true")
+    out = ROOT / args.results / args.preset
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = n_seeds(args.preset)
+    t_all = time.perf_counter()
+    walls = {exp: run_experiment(exp, args.preset, args.launcher, seeds, args.overrides)
+             for exp in args.experiments.split(",")}
+    print("\n=== evaluating every run on the common probe set", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "instrumentality.evaluate", str(ROOT / "runs" / args.preset),
+                    "--out", str(out / "results.csv"), "--probe-cache", str(ROOT / "runs" / "probes"),
+                    "--skip-existing"], cwd=ROOT, check=False)
+    walls["evaluate"] = time.perf_counter() - t0
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    provenance = {"preset": args.preset, "git_revision": rev.strip() or "unknown",
+                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hardware": hardware(),
+                  "seeds": seeds, "launcher": args.launcher, "wall_s": {k: round(v, 1) for k, v in walls.items()},
+                  "total_wall_s": round(time.perf_counter() - t_all, 1)}
+    (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
+    from instrumentality.report import write_report
+
+    report = write_report(out / "results.csv", out, provenance)
+    failed = [p.parent for p in (ROOT / "runs" / args.preset).rglob("summary.json")
+              if '"status": "failed"' in p.read_text()]
+    print(f"\nwrote {out / 'results.csv'}, {report}, {out / 'figures'}/ in {provenance['total_wall_s'] / 60:.1f} min")
+    for p in failed:
+        print(f"  FAILED job: {p} (see its summary.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

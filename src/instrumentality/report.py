@@ -1,0 +1,279 @@
+"""Figures and REPORT.md, from the tidy results table alone (`make figures`).
+
+Verdict rule (written into the report): a claim's metric is combined over seeds (mean, with a 95% CI
+from resampling seeds and each seed's item CI). If the whole CI lies on the predicted side of the
+threshold, the claim is *supported*; if the whole CI lies on the other side, *not supported*;
+otherwise *inconclusive*. A claim whose runs are not in the table is *not measured*.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from instrumentality.stats import seed_ci  # noqa: E402
+
+KL_THRESHOLD = 0.1  # nats/token: "reached the predictor" for the samples-to-threshold ratio
+REGIME_COLORS = {"supervised": "C0", "reinforce": "C1", "reinforce_indicator": "C3", "critic": "C2"}
+
+
+def load(path: str | Path) -> pd.DataFrame:
+    df = pd.read_csv(path)
+    for col in ("step", "tokens", "horizon", "regime.gamma", "regime.horizon"):
+        if col not in df:
+            df[col] = np.nan
+    return df
+
+
+def final_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the final evaluation (not curves, not theory curves)."""
+    return df[~df.probe.astype(str).str.startswith(("curve/", "theory_curve/", "run"))]
+
+
+def combine(df: pd.DataFrame, probe: str, metric: str, **where) -> tuple[float, float, float, int]:
+    """Mean over seeds of one metric with the seed-and-item CI; also the number of seeds."""
+    sel = df[(df.probe == probe) & (df.metric == metric)]
+    for k, v in where.items():
+        sel = sel[np.isclose(sel[k].astype(float), v)] if isinstance(v, float) else sel[sel[k] == v]
+    if sel.empty:
+        return math.nan, math.nan, math.nan, 0
+    return (*seed_ci(sel.value.values, sel.ci_low.values, sel.ci_high.values), len(sel))
+
+
+# ---------------------------------------------------------------------------- claims and verdicts
+@dataclass
+class Claim:
+    claim: str
+    metric: str
+    prediction: str  # "< x", "> x", or "abs < x"
+    value: float
+    low: float
+    high: float
+    n_seeds: int
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.prediction, self.value, self.low, self.high, self.n_seeds)
+
+
+def verdict(prediction: str, value: float, low: float, high: float, n: int = 1) -> str:
+    if n == 0 or any(map(math.isnan, (value, low, high))):
+        return "not measured"
+    op, x = prediction.split()[0], float(prediction.split()[-1])
+    if op == "abs":  # |metric| < x: CI inside (-x, x) / CI entirely outside
+        if -x < low and high < x:
+            return "supported"
+        if high < -x or low > x:
+            return "not supported"
+        return "inconclusive"
+    below = high < x
+    above = low > x
+    if op == "<":
+        return "supported" if below else "not supported" if above else "inconclusive"
+    if op == ">":
+        return "supported" if above else "not supported" if below else "inconclusive"
+    raise ValueError(f"unknown prediction {prediction!r}")
+
+
+def samples_to_threshold(df: pd.DataFrame, threshold: float = KL_THRESHOLD) -> pd.DataFrame:
+    """Tokens at which each run's KL curve first falls below `threshold` (NaN: never, within its budget)."""
+    curves = df[(df.probe == "curve/calibration") & (df.metric == "kl") & (df.regime != "critic")]
+    curves = curves.sort_values("tokens")
+    out = []
+    for run_id, c in curves.groupby("run_id"):
+        below = c[c.value < threshold]
+        out.append({"run_id": run_id, "regime": c.regime.iloc[0], "seed": c.seed.iloc[0],
+                    "tokens": float(below.tokens.iloc[0]) if len(below) else math.nan,
+                    "budget": float(c.tokens.max())})
+    return pd.DataFrame(out, columns=["run_id", "regime", "seed", "tokens", "budget"])
+
+
+def efficiency_ratio(stt: pd.DataFrame, regime: str) -> tuple[float, float, float, int]:
+    """Median over seeds of tokens-to-threshold(regime) / tokens-to-threshold(supervised), seed-paired.
+    A run that never reached the threshold counts at its budget: the ratio is then a lower bound."""
+    sup = stt[stt.regime == "supervised"].set_index("seed")
+    other = stt[stt.regime == regime].set_index("seed")
+    seeds = sorted(set(sup.index) & set(other.index))
+    ratios = []
+    for s in seeds:
+        a = other.loc[s, "tokens"] if not math.isnan(other.loc[s, "tokens"]) else other.loc[s, "budget"]
+        b = sup.loc[s, "tokens"]
+        if not math.isnan(b):
+            ratios.append(a / b)
+    if not ratios:
+        return math.nan, math.nan, math.nan, 0
+    r = np.array(ratios)
+    return float(np.median(r)), float(r.min()), float(r.max()), len(r)
+
+
+def claims(df: pd.DataFrame) -> list[Claim]:
+    fin = final_rows(df)
+    sup = fin[fin.regime == "supervised"]
+    crit = fin[(fin.regime == "critic") & (fin["regime.critic"] == "truth")] if "regime.critic" in fin else fin[:0]
+    out = [Claim("C1", "supervised KL(p*||pi), nats/token", "< 0.05", *combine(sup, "calibration", "kl")),
+           Claim("C1", "supervised steering index, asymmetric p=0.5 fork (nats)", "abs < 0.1",
+                 *combine(sup, "forks/asym/p=0.5", "steering_index"))]
+    stt = samples_to_threshold(df)
+    for regime in ("reinforce", "reinforce_indicator"):
+        med, lo, hi, n = efficiency_ratio(stt, regime)
+        out.append(Claim("C2", f"tokens to KL < {KL_THRESHOLD}: {regime} / supervised (median, min-max over seeds)",
+                         "> 1", med, lo, hi, n))
+        out.append(Claim("C2", f"{regime} final KL(p*||pi), nats/token", "< 0.05",
+                         *combine(fin[fin.regime == regime], "calibration", "kl")))
+    for g in (1.0,):
+        out.append(Claim("C3", f"critic (truth) instrumental steering at p=0.5, gamma={g:g}, H=8 (nats)", "> 0",
+                         *combine(crit, "forks/p=0.5", "instrumental_steering", **{"regime.gamma": g,
+                                                                                     "regime.horizon": 8.0})))
+    # C4: more horizon, more steering (gamma = 1); none without credit (gamma = 0)
+    h8 = combine(crit, "forks/asym/p=0.5", "steering_index", **{"regime.gamma": 1.0, "regime.horizon": 8.0})
+    h1 = combine(crit, "forks/asym/p=0.5", "steering_index", **{"regime.gamma": 1.0, "regime.horizon": 1.0})
+    if h8[3] and h1[3]:
+        d = (h8[0] - h1[0], h8[1] - h1[2], h8[2] - h1[1], min(h8[3], h1[3]))  # conservative interval
+    else:
+        d = (math.nan, math.nan, math.nan, 0)
+    out.append(Claim("C4", "steering(H=8) - steering(H=1), gamma=1, p=0.5 (nats)", "> 0", *d))
+    out.append(Claim("C4", "critic steering at p=0.5 with gamma=0, H=8 (nats)", "abs < 0.5",
+                     *combine(crit, "forks/asym/p=0.5", "steering_index", **{"regime.gamma": 0.0,
+                                                                             "regime.horizon": 8.0})))
+    for c in ("C5", "C6", "C7"):
+        out.append(Claim(c, "(experiment not in this sweep yet)", "> 0", math.nan, math.nan, math.nan, 0))
+    return out
+
+
+# ---------------------------------------------------------------------------- figures
+def _save(fig, folder: Path, name: str) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}.png", folder / f"{name}.pdf"]
+    for p in paths:
+        fig.savefig(p, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def figure_f1(df: pd.DataFrame, folder: Path) -> list[Path]:
+    curves = df[(df.probe == "curve/calibration") & (df.metric == "kl") & (df.regime != "critic")]
+    if curves.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for regime, c in curves.groupby("regime"):
+        table = c.pivot_table(index="tokens", columns="seed", values="value")
+        mean = table.mean(1)
+        color = REGIME_COLORS.get(regime)
+        ax.plot(mean.index, mean.values, label=f"{regime} ({table.shape[1]} seeds)", color=color)
+        ax.fill_between(mean.index, table.min(1), table.max(1), alpha=0.2, color=color)
+    status = df[df.probe == "run"]
+    collapsed = status[status.metric == "collapsed"].groupby("regime").size().to_dict()
+    ax.axhline(KL_THRESHOLD, ls=":", color="grey", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="tokens seen", ylabel="KL(p* || pi), nats/token",
+           title="F1: KL to the truth vs tokens (band: min-max over seeds)"
+           + (f"\ncollapsed runs: {collapsed}" if collapsed else ""))
+    ax.legend(fontsize=8)
+    return _save(fig, folder, "F1_kl_vs_tokens")
+
+
+def figure_f2(df: pd.DataFrame, folder: Path) -> list[Path]:
+    fin = final_rows(df)
+    crit = fin[fin.regime == "critic"]
+    if crit.empty:
+        return []
+    theory = df[df.probe == "theory_curve/forks/asym/p=0.5"]
+    critics = sorted(crit["regime.critic"].dropna().unique())
+    fig, axes = plt.subplots(1, len(critics), figsize=(6 * len(critics), 4), squeeze=False)
+    for ax, critic in zip(axes[0], critics):
+        for i, gamma in enumerate(sorted(crit["regime.gamma"].dropna().unique())):
+            color = f"C{i}"
+            th = theory[(theory["regime.critic"] == critic) & np.isclose(theory["regime.gamma"], gamma)
+                        & (theory.metric == "steering_index")]
+            th = th.groupby("horizon").value.mean()
+            ax.plot(th.index, th.values, color=color, lw=1, label=f"exact optimum, gamma={gamma:g}")
+            pts = []
+            for H in sorted(crit["regime.horizon"].dropna().unique()):
+                v = combine(crit[crit["regime.critic"] == critic], "forks/asym/p=0.5", "steering_index",
+                            **{"regime.gamma": float(gamma), "regime.horizon": float(H)})
+                if v[3]:
+                    pts.append((H, *v[:3]))
+            if pts:
+                H, m, lo, hi = map(np.array, zip(*pts))
+                ax.errorbar(H, m, yerr=[m - lo, hi - m], fmt="o", color=color, capsize=3,
+                            label=f"learned, gamma={gamma:g}")
+        ax.set(xlabel="horizon H", ylabel="steering index at p=0.5 fork (nats)", title=f"F2: critic = {critic}")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.legend(fontsize=8)
+    return _save(fig, folder, "F2_steering_vs_horizon")
+
+
+def figure_f6(df: pd.DataFrame, folder: Path) -> list[Path]:
+    rel = df[df.probe == "calibration/reliability"]
+    if rel.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], ls=":", color="grey")
+    for regime, r in rel.groupby("regime"):
+        r = r.assign(bin=r.metric.str.slice(3, 5).astype(int), kind=r.metric.str.split("_").str[-1])
+        t = r.pivot_table(index="bin", columns="kind", values="value", aggfunc="mean").dropna()
+        t = t[t["count"] > 0]
+        ax.plot(t["conf"], t["acc"], "o-", color=REGIME_COLORS.get(regime), label=regime, ms=3)
+    ax.set(xlabel="confidence of the top token", ylabel="expected accuracy p*(top token)",
+           title="F6: reliability (mean over seeds)", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(fontsize=8)
+    return _save(fig, folder, "F6_reliability")
+
+
+FIGURES = {"F1": figure_f1, "F2": figure_f2, "F6": figure_f6}
+NOT_YET = {"F3": "C5 (free-running vs teacher-forced critic)", "F4": "C6 (ClueQuest agents)",
+           "F5": "C7 (look-ahead decodability vs steering)"}
+
+
+# ---------------------------------------------------------------------------- the report
+def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict | None = None) -> Path:
+    df = load(results_csv)
+    out_dir = Path(out_dir)
+    figs = {name: fn(df, out_dir / "figures") for name, fn in FIGURES.items()}
+    lines = ["# Report", "",
+             f"Generated by `make figures` from `{Path(results_csv).name}` "
+             f"({df.run_id.nunique()} runs, {len(df)} rows). Do not edit by hand.", ""]
+    if provenance:
+        lines += [f"Preset `{provenance.get('preset')}`, git `{provenance.get('git_revision')}`, "
+                  f"{provenance.get('date')}, {provenance.get('hardware')}.", ""]
+    rule = __doc__.split("Verdict rule (written into the report): ")[1].strip().replace("\n", " ")
+    lines += ["## Claims", "", "Verdict rule: " + rule, "",
+              "| claim | metric | prediction | measured (95% CI) | seeds | verdict |", "|---|---|---|---|---|---|"]
+    for c in claims(df):
+        measured = "-" if c.n_seeds == 0 else f"{c.value:.4g} [{c.low:.4g}, {c.high:.4g}]"
+        lines.append(f"| {c.claim} | {c.metric} | {c.prediction} | {measured} | {c.n_seeds} | **{c.verdict}** |")
+    stt = samples_to_threshold(df)
+    if not stt.empty:
+        lines += ["", f"### Tokens to KL < {KL_THRESHOLD} nats/token (per run; blank: not reached within budget)",
+                  "", "| run | tokens | budget |", "|---|---|---|"]
+        for r in stt.itertuples():
+            lines.append(f"| {r.run_id} | {'' if math.isnan(r.tokens) else f'{r.tokens:.3g}'} | {r.budget:.3g} |")
+    status = df[df.probe == "run"]
+    if not status.empty:
+        counts = status.groupby(["regime", "metric"]).size().unstack(fill_value=0)
+        lines += ["", "### Run status (count of runs)", "", counts.to_markdown() if _has_tabulate() else
+                  "```\n" + counts.to_string() + "\n```"]
+    lines += ["", "## Figures", ""]
+    for name, paths in figs.items():
+        if paths:
+            lines += [f"### {name}", "", f"![{name}](figures/{paths[0].name})", ""]
+    for name, what in NOT_YET.items():
+        lines += [f"### {name}", "", f"Not produced: the experiment for {what} is not part of this sweep yet.", ""]
+    path = out_dir / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
