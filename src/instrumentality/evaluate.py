@@ -19,6 +19,7 @@ CLI: `python -m instrumentality.evaluate RUN_OR_SWEEP_DIR ... --out results.csv`
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
