@@ -35,10 +35,11 @@ def hardware() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}"
 
 
-def run_experiment(exp: str, preset: str, launcher: str, seeds: int, extra: list[str]) -> float:
+def run_experiment(exp: str, preset: str, launcher: str, seeds: int, runs_root: Path, extra: list[str]) -> float:
     """One multirun; its progress (job k of n, time left) is printed as jobs start."""
     cmd = [sys.executable, "-m", "instrumentality.train", "--multirun", f"experiment={exp}", f"preset={preset}",
-           f"seed={','.join(map(str, range(seeds)))}", f"hydra/launcher={LAUNCHERS[launcher]}", *extra]
+           f"seed={','.join(map(str, range(seeds)))}", f"hydra/launcher={LAUNCHERS[launcher]}",
+           f"runs_root={runs_root}", *extra]
     print(f"\n=== {exp}: {' '.join(cmd[3:])}", flush=True)
     t0 = time.perf_counter()
     total, started = None, 0
@@ -66,20 +67,27 @@ def main() -> int:
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--launcher", default="basic", choices=sorted(LAUNCHERS))
     ap.add_argument("--experiments", default=",".join(EXPERIMENTS))
-    ap.add_argument("--results", default="results")
-    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job")
+    ap.add_argument("--results", default="results", type=Path, help="results/<preset>/ is written here")
+    ap.add_argument("--runs-root", default="runs", type=Path, help="run folders: <runs-root>/<preset>/<experiment>/")
+    ap.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's n_seeds)")
+    ap.add_argument("overrides", nargs="*",
+                    help="extra Hydra overrides for every job; EXP:key=value applies to experiment EXP only")
     args = ap.parse_args()
     os.environ.setdefault("WANDB_SILENT", "true")
-    out = ROOT / args.results / args.preset
+    out = (ROOT / args.results / args.preset).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    seeds = n_seeds(args.preset)
+    runs_root = (ROOT / args.runs_root).resolve()
+    seeds = args.seeds or n_seeds(args.preset)
     t_all = time.perf_counter()
-    walls = {exp: run_experiment(exp, args.preset, args.launcher, seeds, args.overrides)
-             for exp in args.experiments.split(",")}
+    walls = {}
+    for exp in args.experiments.split(","):
+        extra = [o.split(":", 1)[1] if ":" in o.split("=")[0] else o for o in args.overrides
+                 if ":" not in o.split("=")[0] or o.split(":", 1)[0] == exp]
+        walls[exp] = run_experiment(exp, args.preset, args.launcher, seeds, runs_root, extra)
     print("\n=== evaluating every run on the common probe set", flush=True)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "instrumentality.evaluate", str(ROOT / "runs" / args.preset),
-                    "--out", str(out / "results.csv"), "--probe-cache", str(ROOT / "runs" / "probes"),
+    subprocess.run([sys.executable, "-m", "instrumentality.evaluate", str(runs_root / args.preset),
+                    "--out", str(out / "results.csv"), "--probe-cache", str(runs_root / "probes"),
                     "--skip-existing"], cwd=ROOT, check=False)
     walls["evaluate"] = time.perf_counter() - t0
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
@@ -91,7 +99,7 @@ def main() -> int:
     from instrumentality.report import write_report
 
     report = write_report(out / "results.csv", out, provenance)
-    failed = [p.parent for p in (ROOT / "runs" / args.preset).rglob("summary.json")
+    failed = [p.parent for p in (runs_root / args.preset).rglob("summary.json")
               if '"status": "failed"' in p.read_text()]
     print(f"\nwrote {out / 'results.csv'}, {report}, {out / 'figures'}/ in {provenance['total_wall_s'] / 60:.1f} min")
     for p in failed:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instrumentality.world import ConfigError
+from instrumentality.errors import check_config
 
 
 @dataclass
@@ -34,19 +34,16 @@ class GPTConfig:
     n_future_heads: int = 0
 
     def __post_init__(self):
-        checks = [
-            ("model.vocab_size", self.vocab_size >= 2, "an integer >= 2"),
-            ("model.block_size", self.block_size >= 1, "an integer >= 1"),
-            ("model.n_layer", self.n_layer >= 1, "a positive integer"),
-            ("model.n_head", self.n_head >= 1, "a positive integer"),
-            ("model.n_embd", self.n_embd >= 1 and self.n_embd % max(self.n_head, 1) == 0,
+        check_config(self, "model", [
+            ("vocab_size", self.vocab_size >= 2, "an integer >= 2"),
+            ("block_size", self.block_size >= 1, "an integer >= 1"),
+            ("n_layer", self.n_layer >= 1, "a positive integer"),
+            ("n_head", self.n_head >= 1, "a positive integer"),
+            ("n_embd", self.n_embd >= 1 and self.n_embd % max(self.n_head, 1) == 0,
              f"a positive multiple of model.n_head={self.n_head}"),
-            ("model.dropout", 0.0 <= self.dropout < 1.0, "a number in [0, 1)"),
-            ("model.n_future_heads", self.n_future_heads >= 0, "an integer >= 0"),
-        ]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"{key} must be {allowed}; got {getattr(self, key.split('.')[1])!r}")
+            ("dropout", 0.0 <= self.dropout < 1.0, "a number in [0, 1)"),
+            ("n_future_heads", self.n_future_heads >= 0, "an integer >= 0"),
+        ])
 
 
 class KVCache:

@@ -118,7 +118,7 @@ def claims(df: pd.DataFrame) -> list[Claim]:
     fin = final_rows(df)
     sup = fin[fin.regime == "supervised"]
     crit = fin[(fin.regime == "critic") & (fin["regime.critic"] == "truth")] if "regime.critic" in fin else fin[:0]
-    out = [Claim("C1", "supervised KL(p*||pi), nats/token", "< 0.05", *combine(sup, "calibration", "kl")),
+    out = [Claim("C1", "supervised KL(p* ‖ pi), nats/token", "< 0.05", *combine(sup, "calibration", "kl")),
            Claim("C1", "supervised steering index, asymmetric p=0.5 fork (nats)", "abs < 0.1",
                  *combine(sup, "forks/asym/p=0.5", "steering_index"))]
     stt = samples_to_threshold(df)
@@ -126,7 +126,7 @@ def claims(df: pd.DataFrame) -> list[Claim]:
         med, lo, hi, n = efficiency_ratio(stt, regime)
         out.append(Claim("C2", f"tokens to KL < {KL_THRESHOLD}: {regime} / supervised (median, min-max over seeds)",
                          "> 1", med, lo, hi, n))
-        out.append(Claim("C2", f"{regime} final KL(p*||pi), nats/token", "< 0.05",
+        out.append(Claim("C2", f"{regime} final KL(p* ‖ pi), nats/token", "< 0.05",
                          *combine(fin[fin.regime == regime], "calibration", "kl")))
     for g in (1.0,):
         out.append(Claim("C3", f"critic (truth) instrumental steering at p=0.5, gamma={g:g}, H=8 (nats)", "> 0",

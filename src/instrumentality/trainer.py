@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instrumentality.world import ConfigError
+from instrumentality.errors import ConfigError, check_config
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -54,21 +54,18 @@ class TrainerConfig:
     seed: int = 0
 
     def __post_init__(self):
-        checks = [
-            ("trainer.max_steps", self.max_steps >= 1, "a positive integer"),
-            ("trainer.lr", self.lr > 0, "a number > 0"),
-            ("trainer.min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
-            ("trainer.warmup_steps", self.warmup_steps >= 0, "an integer >= 0"),
-            ("trainer.schedule", self.schedule in ("cosine", "constant"), "one of: cosine, constant"),
-            ("trainer.weight_decay", self.weight_decay >= 0, "a number >= 0"),
-            ("trainer.grad_clip", self.grad_clip >= 0, "a number >= 0 (0 disables clipping)"),
-            ("trainer.log_every", self.log_every >= 1, "a positive integer"),
-            ("trainer.eval_every", self.eval_every >= 0, "an integer >= 0"),
-            ("trainer.ckpt_every", self.ckpt_every >= 0, "an integer >= 0"),
-        ]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"{key} must be {allowed}; got {getattr(self, key.split('.')[1])!r}")
+        check_config(self, "trainer", [
+            ("max_steps", self.max_steps >= 1, "a positive integer"),
+            ("lr", self.lr > 0, "a number > 0"),
+            ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]"),
+            ("warmup_steps", self.warmup_steps >= 0, "an integer >= 0"),
+            ("schedule", self.schedule in ("cosine", "constant"), "one of: cosine, constant"),
+            ("weight_decay", self.weight_decay >= 0, "a number >= 0"),
+            ("grad_clip", self.grad_clip >= 0, "a number >= 0 (0 disables clipping)"),
+            ("log_every", self.log_every >= 1, "a positive integer"),
+            ("eval_every", self.eval_every >= 0, "an integer >= 0"),
+            ("ckpt_every", self.ckpt_every >= 0, "an integer >= 0"),
+        ])
 
 
 # ---------------------------------------------------------------------------- seeding and device

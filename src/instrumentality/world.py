@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from instrumentality.errors import ConfigError, check_config
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the key and what is allowed."""
+__all__ = ["ConfigError", "Fork", "World", "WorldConfig"]
 
 
 @dataclass
@@ -52,22 +52,19 @@ class WorldConfig:
 
     def __post_init__(self):
         self.fork_probs = [float(p) for p in self.fork_probs]
-        checks = [
-            ("world.n_prose_words", self.n_prose_words >= 2, "an integer >= 2"),
-            ("world.prose_out_degree", 1 <= self.prose_out_degree <= self.n_prose_words,
+        check_config(self, "world", [
+            ("n_prose_words", self.n_prose_words >= 2, "an integer >= 2"),
+            ("prose_out_degree", 1 <= self.prose_out_degree <= self.n_prose_words,
              f"an integer in [1, n_prose_words={self.n_prose_words}]"),
-            ("world.fork_rate", 0.0 <= self.fork_rate < 1.0, "a number in [0, 1)"),
-            ("world.fork_probs", len(self.fork_probs) > 0 and all(0.0 < p < 1.0 for p in self.fork_probs),
+            ("fork_rate", 0.0 <= self.fork_rate < 1.0, "a number in [0, 1)"),
+            ("fork_probs", len(self.fork_probs) > 0 and all(0.0 < p < 1.0 for p in self.fork_probs),
              "a non-empty list of probabilities, each strictly inside (0, 1)"),
-            ("world.symmetric_kind", self.symmetric_kind in ("easy", "hard"), "one of: easy, hard"),
-            ("world.phrase_len", self.phrase_len >= 1, "an integer >= 1"),
-            ("world.n_hard_words", self.n_hard_words >= 2, "an integer >= 2"),
-            ("world.n_phrase_words", self.n_phrase_words >= 2, "an integer >= 2"),
-            ("world.seq_len", self.seq_len >= 2, "an integer >= 2"),
-        ]
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ConfigError(f"{key} must be {allowed}; got {getattr(self, key.split('.')[1])!r}")
+            ("symmetric_kind", self.symmetric_kind in ("easy", "hard"), "one of: easy, hard"),
+            ("phrase_len", self.phrase_len >= 1, "an integer >= 1"),
+            ("n_hard_words", self.n_hard_words >= 2, "an integer >= 2"),
+            ("n_phrase_words", self.n_phrase_words >= 2, "an integer >= 2"),
+            ("seq_len", self.seq_len >= 2, "an integer >= 2"),
+        ])
 
 
 @dataclass(frozen=True)

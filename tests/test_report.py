@@ -1,0 +1,96 @@
+"""Figures and REPORT.md from a results table alone; the verdict rule on tables with known answers."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from instrumentality.report import claims, efficiency_ratio, samples_to_threshold, verdict, write_report
+from instrumentality.stats import seed_ci
+
+
+@pytest.mark.parametrize("prediction,ci,expected", [
+    ("< 0.05", (0.01, 0.005, 0.02), "supported"),
+    ("< 0.05", (0.10, 0.07, 0.20), "not supported"),
+    ("< 0.05", (0.04, 0.03, 0.06), "inconclusive"),
+    ("> 0", (2.0, 1.0, 3.0), "supported"),
+    ("> 0", (-2.0, -3.0, -1.0), "not supported"),
+    ("> 0", (0.5, -0.1, 1.0), "inconclusive"),
+    ("abs < 0.1", (0.0, -0.05, 0.05), "supported"),
+    ("abs < 0.1", (0.5, 0.3, 0.7), "not supported"),
+    ("abs < 0.1", (0.08, 0.0, 0.2), "inconclusive"),
+    ("> 0", (math.nan, math.nan, math.nan), "not measured"),
+])
+def test_verdict_rule(prediction, ci, expected):
+    assert verdict(prediction, *ci) == expected
+
+
+def test_seed_ci_without_item_noise_is_the_bootstrap_over_seeds():
+    v, lo, hi = seed_ci([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert v == 2.0 and 1.0 <= lo < 2.0 < hi <= 3.0
+    v, lo, hi = seed_ci([5.0], [4.0], [6.0])  # one seed: its item CI
+    assert v == 5.0 and lo == pytest.approx(4.0, abs=0.2) and hi == pytest.approx(6.0, abs=0.2)
+
+
+def fixture_table() -> pd.DataFrame:
+    """A planted results table: supervised is calibrated and does not steer; reinforce reaches the KL
+    threshold 4x later; the critic steers at gamma=1 (more with H) and not at gamma=0."""
+    rows = []
+
+    def add(run, regime, seed, probe, metric, value, width=0.01, **extra):
+        rows.append({"run_id": run, "regime": regime, "seed": seed, "probe": probe, "metric": metric,
+                     "value": value, "ci_low": value - width, "ci_high": value + width, **extra})
+
+    for s in range(3):
+        for regime, speed in (("supervised", 1), ("reinforce", 4)):
+            run = f"F1/{regime}-s{s}"
+            add(run, regime, s, "calibration", "kl", 0.01 if regime == "supervised" else 0.08)
+            add(run, regime, s, "forks/asym/p=0.5", "steering_index", 0.0)
+            for t, kl in enumerate([2.0, 0.5, 0.2, 0.09, 0.05, 0.03, 0.02, 0.015]):
+                add(run, regime, s, "curve/calibration", "kl", kl, tokens=(t + 1) * 1000 * speed)
+            for b, (conf, acc) in enumerate([(0.15, 0.14), (0.55, 0.56), (0.95, 0.95)]):
+                for kind, v in (("conf", conf), ("acc", acc), ("count", 100)):
+                    add(run, regime, s, "calibration/reliability", f"bin{b:02d}_{kind}", v, width=0)
+            add(run, regime, s, "run", "finished", 1.0, width=0)
+        for gamma in (0.0, 1.0):
+            for H in (1, 4, 8):
+                run = f"F2/critic-truth-g{gamma}-H{H}-s{s}"
+                steer = gamma * min(H - 1, 4) * 2.0
+                extra = {"regime.critic": "truth", "regime.gamma": gamma, "regime.horizon": H}
+                add(run, "critic", s, "forks/asym/p=0.5", "steering_index", steer, **extra)
+                add(run, "critic", s, "forks/p=0.5", "instrumental_steering", steer, **extra)
+                for h in range(1, 9):
+                    add(run, "critic", s, "theory_curve/forks/asym/p=0.5", "steering_index",
+                        gamma * min(h - 1, 4) * 2.08, width=0, horizon=h, **extra)
+                add(run, "critic", s, "run", "finished", 1.0, width=0, **extra)
+    return pd.DataFrame(rows)
+
+
+def test_claims_on_a_planted_table():
+    df = fixture_table()
+    verdicts = {(c.claim, c.metric.split(",")[0]): c.verdict for c in claims(df)}
+    assert verdicts[("C1", "supervised KL(p* ‖ pi)")] == "supported"
+    assert verdicts[("C1", "supervised steering index")] == "supported"
+    stt = samples_to_threshold(df)
+    assert set(stt[stt.regime == "supervised"].tokens) == {4000.0}  # first KL < 0.1 at the 4th point
+    assert efficiency_ratio(stt, "reinforce")[0] == pytest.approx(4.0)
+    assert any(c.claim == "C2" and "reinforce /" in c.metric and c.verdict == "supported" for c in claims(df))
+    assert any(c.claim == "C2" and c.metric.startswith("reinforce final") and c.verdict == "not supported"
+               for c in claims(df))
+    assert any(c.claim == "C3" and c.verdict == "supported" for c in claims(df))
+    c4 = [c for c in claims(df) if c.claim == "C4"]
+    assert [c.verdict for c in c4] == ["supported", "supported"]
+    assert all(c.verdict == "not measured" for c in claims(df) if c.claim in ("C5", "C6", "C7"))
+
+
+def test_report_and_figures_rebuild_from_the_table_alone(tmp_path):
+    csv = tmp_path / "results.csv"
+    fixture_table().to_csv(csv, index=False)
+    report = write_report(csv, tmp_path, {"preset": "fixture", "git_revision": "abc", "date": "today",
+                                          "hardware": "none"})
+    text = report.read_text()
+    assert "| C1 | supervised KL(p* ‖ pi), nats/token | < 0.05 |" in text and "**supported**" in text
+    for fig in ("F1_kl_vs_tokens", "F2_steering_vs_horizon", "F6_reliability"):
+        assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 1000
+        assert f"figures/{fig}.png" in text
+    assert "F4" in text and "Not produced" in text

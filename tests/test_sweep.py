@@ -1,0 +1,39 @@
+"""The sweep end to end: two experiments through the joblib launcher, one job made to fail."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_sweep_with_a_failing_job_still_writes_results_and_figures(tmp_path):
+    cmd = [sys.executable, "scripts/sweep.py", "--preset", "debug", "--launcher", "joblib", "--seeds", "1",
+           "--runs-root", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+           "F1:regime=supervised,reinforce",           # F1: two jobs
+           "F2:regime.gamma=1.0", "F2:regime.horizon=1,60",  # F2: H=60 exceeds the sequence: that job fails
+           "hydra.launcher.n_jobs=2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "FAILED job" in out and "H60" in out
+    results = tmp_path / "results" / "debug"
+    df = pd.read_csv(results / "results.csv")
+    runs = set(df.run_id)
+    assert {"F1/supervised-s0", "F1/reinforce-s0", "F2/critic-truth-g1.0-H1-s0", "F2/critic-truth-g1.0-H60-s0"} <= runs
+    status = df[df.probe == "run"].set_index("run_id").metric
+    assert status["F2/critic-truth-g1.0-H60-s0"] == "failed"
+    assert status["F2/critic-truth-g1.0-H1-s0"] == "finished" and status["F1/supervised-s0"] == "finished"
+    for fig in ("F1_kl_vs_tokens", "F2_steering_vs_horizon", "F6_reliability"):
+        assert (results / "figures" / f"{fig}.png").stat().st_size > 1000
+        assert (results / "figures" / f"{fig}.pdf").exists()
+    report = (results / "REPORT.md").read_text()
+    assert "| C1 |" in report and "Verdict rule" in report and "failed" in report
+    assert (results / "provenance.json").exists()
+    # a second sweep trains nothing: every run is finished and is skipped
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0
+    assert "finished after" in again.stdout  # each finished job only reports its stored status
+    assert "steps, 0." in again.stdout or "steps, 1." in again.stdout

@@ -1,0 +1,52 @@
+"""The logging contract: an offline W&B run written by the trainer, read back from its .wandb log."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from instrumentality.tracking import resolve_mode
+
+
+def test_offline_run_holds_config_probe_metrics_group_and_tags(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    env.pop("WANDB_API_KEY", None)
+    proc = subprocess.run([sys.executable, "-m", "instrumentality.train", "preset=debug", "logger=wandb",
+                           "logger.mode=offline", "exp_name=contract", f"hydra.run.dir={tmp_path}/run",
+                           f"eval.probe_cache={tmp_path}/probes"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 1
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    summary = json.loads(subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", str(logs[0])],
+                                        capture_output=True, text=True, check=True, timeout=120).stdout)
+    assert summary["config"]["regime"]["name"] == "supervised" and summary["config"]["preset_name"] == "debug"
+    assert summary["config"]["trainer"]["max_steps"] == 10  # the config, logged in full
+    metrics = summary["summary"]
+    for key in ("probe/calibration/kl", "probe/forks/asym/p=0.5/steering_index", "train/loss", "perf/tokens_per_s"):
+        assert key in metrics, key
+    assert metrics["probe/calibration/kl"] > 0
+    assert summary["name"] == "contract/supervised-s0"
+    assert "preset:debug" in summary["tags"] and any(t.startswith("rev:") for t in summary["tags"])
+    records = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(logs[0])],
+                             capture_output=True, text=True, check=True, timeout=120).stdout.splitlines()
+    run_record = next(json.loads(r) for r in records if '"type":"run"' in r)
+    assert run_record["run"]["run_group"] == "contract"
+    assert any('"type":"run_table"' in r or "probe/table" in r for r in records)  # the probe table
+
+
+def test_mode_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_mode("auto") == "offline"  # not logged in
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert resolve_mode("auto") == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode("online") == "disabled"  # the environment wins (tests, CI)
+    with pytest.raises(ValueError, match="logger.mode"):
+        resolve_mode("sometimes")
