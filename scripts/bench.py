@@ -60,9 +60,8 @@ def bench_trainer(world, model_cfg, device, steps: int, batch: int, compile_ref:
     ref = GPT(model_cfg).to(device)
     opt = torch.optim.AdamW(ref.parameters(), lr=3e-3, fused=device.type == "cuda")
     fwd = torch.compile(ref) if compile_ref else ref
-    data = [world.sample(batch, generator=torch.Generator().manual_seed(i)).to(device) for i in range(steps)]
-
-    def step(x):
+    def step(i):
+        x = world.sample(batch, generator=torch.Generator().manual_seed(i)).to(device)  # the same data work
         with autocast_for(device):
             loss = F.cross_entropy(fwd(x[:, :-1])["logits"].flatten(0, 1).float(), x[:, 1:].flatten())
         opt.zero_grad(set_to_none=True)
@@ -70,12 +69,12 @@ def bench_trainer(world, model_cfg, device, steps: int, batch: int, compile_ref:
         torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
         opt.step()
 
-    for x in data[:3]:  # warm-up (and compilation)
-        step(x)
+    for i in range(3):  # warm-up (and compilation)
+        step(i)
     sync(device)
     t0 = time.perf_counter()
-    for x in data:
-        step(x)
+    for i in range(steps):
+        step(i)
     sync(device)
     t_ref = time.perf_counter() - t0
     return {"what": "supervised trainer tokens/s vs plain " + ("compiled" if compile_ref else "eager") + " loop",

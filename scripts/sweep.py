@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ["F1", "F2"]  # in dependency order: F2 fine-tunes F1's supervised runs
+EXPERIMENTS = ["F1", "F2", "F3"]  # in dependency order: F2 and F3 fine-tune F1's supervised runs
 LAUNCHERS = {"basic": "basic", "joblib": "joblib", "submitit_slurm": "submitit_slurm"}
 
 
@@ -62,6 +62,23 @@ def run_experiment(exp: str, preset: str, launcher: str, seeds: int, runs_root: 
     return time.perf_counter() - t0
 
 
+def log_report_to_wandb(out: Path, provenance: dict):
+    """One W&B run per sweep (group report-<preset>): the figures as images, the claims as a table."""
+    from instrumentality.report import claims, load
+    from instrumentality.tracking import Tracker
+
+    tracker = Tracker(mode="auto", group=f"report-{provenance['preset']}", name=f"report-{provenance['preset']}",
+                      tags=[f"rev:{provenance['git_revision']}", f"preset:{provenance['preset']}", "report"],
+                      config=provenance, dir=ROOT / "runs" / "wandb-report")
+    for png in sorted((out / "figures").glob("*.png")):
+        tracker.log_image(f"figures/{png.stem}", png, step=0)
+    tracker.log_table("report/claims", [{"claim": c.claim, "metric": c.metric, "prediction": c.prediction,
+                                         "value": c.value, "ci_low": c.low, "ci_high": c.high,
+                                         "seeds": c.n_seeds, "verdict": c.verdict}
+                                        for c in claims(load(out / "results.csv"))], step=0)
+    tracker.finish()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="quick")
@@ -99,6 +116,7 @@ def main() -> int:
     from instrumentality.report import write_report
 
     report = write_report(out / "results.csv", out, provenance)
+    log_report_to_wandb(out, provenance)
     failed = [p.parent for p in (runs_root / args.preset).rglob("summary.json")
               if '"status": "failed"' in p.read_text()]
     print(f"\nwrote {out / 'results.csv'}, {report}, {out / 'figures'}/ in {provenance['total_wall_s'] / 60:.1f} min")

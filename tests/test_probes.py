@@ -180,3 +180,15 @@ def test_cli_skips_a_corrupt_run_and_keeps_what_was_written(tmp_path, capsys):
     assert df[df.run_id == "sweep/run0"].seed.iloc[0] == 0
     assert (df[df.run_id == "sweep/run2"].regime == "supervised").all()
     assert main([str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
+
+
+def test_lookahead_bayes_ceiling_bounds_a_past_only_model_and_not_the_future_copy(world, probes):
+    """The truth model (hidden = world state) decodes x_{t+k} up to, not beyond, the Bayes ceiling;
+    the future-copying model exceeds it: it reads the future, which no past-only predictor can."""
+    truth = by_key(lookahead_rows(TruthModel(world), world, probes))
+    oracle = by_key(lookahead_rows(FutureCopyModel(world.vocab_size, n=4), world, probes))
+    for k in range(1, 5):
+        bayes = truth[(f"lookahead/k={k}", "bayes")]["value"]
+        acc = truth[(f"lookahead/k={k}/layer=0", "accuracy")]
+        assert acc["value"] <= bayes + 0.02 and acc["value"] > truth[(f"lookahead/k={k}", "chance")]["value"]
+        assert oracle[(f"lookahead/k={k}/layer=0", "accuracy")]["value"] > bayes + 0.1

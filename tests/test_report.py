@@ -52,12 +52,24 @@ def fixture_table() -> pd.DataFrame:
                 for kind, v in (("conf", conf), ("acc", acc), ("count", 100)):
                     add(run, regime, s, "calibration/reliability", f"bin{b:02d}_{kind}", v, width=0)
             add(run, regime, s, "run", "finished", 1.0, width=0)
+            add(run, regime, s, "lookahead/k=2", "chance", 0.06)
+            for layer, acc in enumerate((0.30, 0.35)):
+                add(run, regime, s, f"lookahead/k=2/layer={layer}", "accuracy", acc)
+        run = f"F3/critic-truth-teacher_forced-g1.0-H8-s{s}"
+        extra = {"regime.critic": "truth", "regime.gamma": 1.0, "regime.horizon": 8, "regime.rollout": "teacher_forced"}
+        for p in (0.2, 0.5, 0.8):
+            add(run, "critic", s, f"forks/asym/p={p}", "steering_index", 0.02 * s, **extra)
+        add(run, "critic", s, "lookahead/k=2", "chance", 0.06, **extra)
+        add(run, "critic", s, "lookahead/k=2/layer=0", "accuracy", 0.3, **extra)
         for gamma in (0.0, 1.0):
             for H in (1, 4, 8):
                 run = f"F2/critic-truth-g{gamma}-H{H}-s{s}"
                 steer = gamma * min(H - 1, 4) * 2.0
-                extra = {"regime.critic": "truth", "regime.gamma": gamma, "regime.horizon": H}
-                add(run, "critic", s, "forks/asym/p=0.5", "steering_index", steer, **extra)
+                extra = {"regime.critic": "truth", "regime.gamma": gamma, "regime.horizon": H, "regime.rollout": "free"}
+                for p in (0.2, 0.5, 0.8):
+                    add(run, "critic", s, f"forks/asym/p={p}", "steering_index", steer, **extra)
+                add(run, "critic", s, "lookahead/k=2", "chance", 0.06, **extra)
+                add(run, "critic", s, "lookahead/k=2/layer=0", "accuracy", 0.3, **extra)
                 add(run, "critic", s, "forks/p=0.5", "instrumental_steering", steer, **extra)
                 for h in range(1, 9):
                     add(run, "critic", s, "theory_curve/forks/asym/p=0.5", "steering_index",
@@ -72,7 +84,10 @@ def test_claims_on_a_planted_table():
     assert verdicts[("C1", "supervised KL(p* ‖ pi)")] == "supported"
     assert verdicts[("C1", "supervised steering index")] == "supported"
     stt = samples_to_threshold(df)
-    assert set(stt[stt.regime == "supervised"].tokens) == {4000.0}  # first KL < 0.1 at the 4th point
+    # KL crosses 0.1 between 0.2 (3000 tokens) and 0.09 (4000 tokens): log-log interpolation
+    frac = (math.log(0.1) - math.log(0.2)) / (math.log(0.09) - math.log(0.2))
+    expected = math.exp(math.log(3000) + frac * (math.log(4000) - math.log(3000)))
+    assert stt[stt.regime == "supervised"].tokens.to_numpy() == pytest.approx([expected] * 3)
     assert efficiency_ratio(stt, "reinforce")[0] == pytest.approx(4.0)
     assert any(c.claim == "C2" and "reinforce /" in c.metric and c.verdict == "supported" for c in claims(df))
     assert any(c.claim == "C2" and c.metric.startswith("reinforce final") and c.verdict == "not supported"
@@ -80,7 +95,10 @@ def test_claims_on_a_planted_table():
     assert any(c.claim == "C3" and c.verdict == "supported" for c in claims(df))
     c4 = [c for c in claims(df) if c.claim == "C4"]
     assert [c.verdict for c in c4] == ["supported", "supported"]
-    assert all(c.verdict == "not measured" for c in claims(df) if c.claim in ("C5", "C6", "C7"))
+    assert [c.verdict for c in claims(df) if c.claim == "C5"] == ["supported", "supported"]
+    assert [c.verdict for c in claims(df) if c.claim == "C6"] == ["not measured"]
+    c7 = next(c for c in claims(df) if c.claim == "C7")
+    assert c7.value == pytest.approx(0.35 - 0.06) and c7.verdict == "supported"
 
 
 def test_report_and_figures_rebuild_from_the_table_alone(tmp_path):
@@ -90,7 +108,8 @@ def test_report_and_figures_rebuild_from_the_table_alone(tmp_path):
                                           "hardware": "none"})
     text = report.read_text()
     assert "| C1 | supervised KL(p* ‖ pi), nats/token | < 0.05 |" in text and "**supported**" in text
-    for fig in ("F1_kl_vs_tokens", "F2_steering_vs_horizon", "F6_reliability"):
+    for fig in ("F1_kl_vs_tokens", "F2_steering_vs_horizon", "F3_free_vs_teacher_forced", "F5_lookahead_vs_steering",
+                "F6_reliability"):
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 1000
         assert f"figures/{fig}.png" in text
     assert "F4" in text and "Not produced" in text

@@ -133,3 +133,15 @@ def test_easy_token_alternates_and_controls_use_their_twins_tokens(world):
     for f in world.forks:
         twin = next(g for g in asym if g.p == f.p)
         assert f.first_token == twin.first_token
+
+
+def test_future_token_distribution_matches_monte_carlo(world):
+    """p*(x_{t+k} | state) by matrix powers vs frequencies of sampled continuations (5 SE)."""
+    s = world.forks[1].state  # the p = 0.5 fork: its future differs by branch
+    n = 20000
+    cont = world.continue_from(torch.full((n,), s), 4, torch.Generator().manual_seed(5))
+    for k in range(1, 5):
+        p = world.future_token_distribution(torch.tensor([s]), k)[0]
+        f = torch.bincount(cont[:, k - 1], minlength=world.vocab_size).double() / n
+        assert ((f - p).abs() <= 5 * torch.sqrt(p * (1 - p) / n) + 1e-3).all(), k
+        assert p.sum() == pytest.approx(1.0)

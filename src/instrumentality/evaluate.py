@@ -12,7 +12,8 @@ identity (run_id, regime, swept config values, seed). Metrics (DESIGN section 4)
   rollouts     easy_fraction (first token = the easy branch) vs truth p; logp_star (mean log p* per generated token,
                floored at log 1e-6); impossible_rate; distinct_2 (distinct bigrams per generation)
   lookahead    accuracy of ridge linear probes decoding x_{t+k} from layer l, on probe-test; chance = the
-               majority-class accuracy
+               majority-class accuracy; bayes = E max_x p*(x_{t+k} | state at t), the ceiling for any
+               predictor that sees only the past (a probe above it reads the future itself)
 CLI: `python -m instrumentality.evaluate RUN_OR_SWEEP_DIR ... --out results.csv`.
 """
 
@@ -238,6 +239,9 @@ def lookahead_rows(model, world: World, probes: ProbeSet) -> list[dict]:
         chance_cls = torch.bincount(y_train, minlength=world.vocab_size).argmax()
         chance = (y_test == chance_cls).double().mean(1)
         rows.append(_row(f"lookahead/k={k}", "chance", mean_ci(chance)))
+        # the best any predictor of x_{t+k} from the past can do: E max_x p*(x_{t+k} | state at t)
+        bayes = world.future_token_distribution(world.states_of(test)[:, :n_pos], k).max(-1).values
+        rows.append(_row(f"lookahead/k={k}", "bayes", mean_ci(bayes.mean(1))))
         for layer, (a, b) in enumerate(zip(h_train, h_test)):
             pred = ridge_probe(a[:, :n_pos].flatten(0, 1), y_train, b[:, :n_pos].flatten(0, 1), world.vocab_size)
             acc = (pred.view(len(test), n_pos) == y_test).double().mean(1)

@@ -268,15 +268,23 @@ class World:
         d = torch.zeros(self.n_states, dtype=torch.float64)
         d[self.start_state] = 1.0
         rows = []
-        S = self.n_states
-        # flow matrix M[s, s'] = sum_x E[s, x] [T[s, x] = s']
-        M = torch.zeros(S, S, dtype=torch.float64)
-        src, tok = (self.transition >= 0).nonzero(as_tuple=True)
-        M.index_put_((src, self.transition[src, tok]), self.emission[src, tok], accumulate=True)
+        M = self.flow_matrix()
         for _ in range(1, length):
             rows.append(d)
             d = d @ M
         return torch.stack(rows)
+
+    def flow_matrix(self) -> torch.Tensor:
+        """M[s, s'] = P(next state s' | state s) = sum_x E[s, x] [T[s, x] = s']."""
+        M = torch.zeros(self.n_states, self.n_states, dtype=torch.float64)
+        src, tok = (self.transition >= 0).nonzero(as_tuple=True)
+        M.index_put_((src, self.transition[src, tok]), self.emission[src, tok], accumulate=True)
+        return M
+
+    def future_token_distribution(self, states: torch.Tensor, k: int) -> torch.Tensor:
+        """p*(x_{t+k} | state after x_<=t) for k >= 1: [..., V] (float64)."""
+        dist = torch.linalg.matrix_power(self.flow_matrix(), k - 1) @ self.emission
+        return dist[states]
 
     def entropy_floor(self, length: int | None = None) -> float:
         """Expected per-token entropy (nats) of corpus sequences of `length`: the best achievable NLL."""
