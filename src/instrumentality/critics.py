@@ -1,4 +1,4 @@
-"""Critics: plain callables with one signature, like TRL's reward functions.
+"""Critics: plain callables with one signature, like TRL's reward functions (truth, keyword, learned).
 
     rewards = critic(contexts, actions)        # -> FloatTensor [N, H]
 
@@ -68,7 +68,64 @@ class KeywordCritic:
         return r.to(actions.device)
 
 
-CRITICS = {"truth": TruthCritic, "keyword": KeywordCritic}
+class LearnedCritic:
+    """A discriminator D between world text and the policy's samples, trained alongside the policy:
+    c(ctx, x_t) = logit D(ctx, x_t) = log D - log(1 - D) at the position of x_t (positive where the
+    continuation looks like world text). D is a small transformer whose value head gives the logit; the
+    regime calls `update(prompts, world_continuations, policy_actions)` each step (one Adam step of
+    binary cross-entropy on the continuation positions)."""
+
+    def __init__(self, world: World, n_layer: int = 1, n_head: int = 2, n_embd: int = 32, lr: float = 1e-3,
+                 seed: int = 0):
+        from instrumentality.model import GPT, GPTConfig
+
+        self.world = world
+        with torch.random.fork_rng():  # D's initialisation does not disturb the run's random stream
+            torch.manual_seed(seed)
+            self.model = GPT(GPTConfig(vocab_size=world.vocab_size, block_size=world.cfg.seq_len, n_layer=n_layer,
+                                       n_head=n_head, n_embd=n_embd, value_head=True))
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
+
+    def to(self, device):
+        self.model.to(device)
+        return self
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, d):
+        self.model.load_state_dict(d["model"])
+        self.opt.load_state_dict(d["opt"])
+
+    def logits(self, sequences: torch.Tensor) -> torch.Tensor:
+        return self.model(sequences)["value"]
+
+    def update(self, prompts: torch.Tensor, real: torch.Tensor, fake: torch.Tensor) -> float:
+        L = prompts.shape[1]
+        seqs = torch.cat([torch.cat([prompts, real], 1), torch.cat([prompts, fake], 1)])
+        target = torch.cat([torch.ones_like(real, dtype=torch.float32), torch.zeros_like(fake, dtype=torch.float32)])
+        with torch.enable_grad():
+            logit = self.logits(seqs)[:, L:].float()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def __call__(self, contexts, actions):
+        N, H = actions.shape
+        P = contexts.shape[1] - H + 1
+        if torch.equal(contexts[:, P:], actions[:, :-1]):  # free-running: one pass over the rollout
+            return self.logits(torch.cat([contexts, actions[:, -1:]], 1))[:, P:].float()
+        # teacher-forced: action t follows the world's tokens, score each (ctx_t, a_t) on its own
+        out = torch.empty(N, H, device=actions.device)
+        for t in range(H):
+            out[:, t] = self.logits(torch.cat([contexts[:, :P + t], actions[:, t:t + 1]], 1))[:, -1].float()
+        return out
+
+
+CRITICS = {"truth": TruthCritic, "keyword": KeywordCritic, "learned": LearnedCritic}
 
 
 def make_critic(name: str, world: World, **kwargs):

@@ -120,9 +120,15 @@ class Critic:
         rollout=free:            the policy's own samples are fed back (KV cache)
         rollout=teacher_forced:  world text is fed back; the policy's samples are graded, not followed
         r_t = c(ctx_t, a_t) - beta * log(pi / pi_ref)(a_t | ctx_t)           (no gradient through r)
+    algo=reinforce:
         G_t = sum_{k=0}^{H-1-t} gamma^k r_{t+k}                               (inside the H window)
         b_t = mean of G_t over the other K - 1 samples of the same prompt     (leave-one-out baseline)
         loss = - mean (G_t - b_t) log pi(a_t | ctx_t)
+    algo=ppo (value head V; one rollout serves ppo_epochs optimizer steps):
+        delta_t = r_t + gamma V(ctx_{t+1}) - V(ctx_t),  V after the window = 0
+        A_t = sum_k (gamma lambda)^k delta_{t+k}  (GAE, normalised),  R_t = A_t + V(ctx_t)
+        rho_t = pi(a_t|ctx_t) / pi_old(a_t|ctx_t)
+        loss = mean max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps)) + vf_coef * mean (V - R_t)^2 / 2
     pi_ref is the frozen supervised checkpoint, also the initialisation (init=scratch starts afresh);
     ref=truth uses the exact p* as pi_ref instead (the setting of the exact optimum).
     """
@@ -133,7 +139,8 @@ class Critic:
                  gamma: float = 1.0, beta: float = 1.0, k_samples: int = 4, n_prompts: int = 32,
                  rollout: str = "free", fork_fraction: float = 0.75, prompt_lengths=(8, 24, 40),
                  ref_checkpoint: str | None = None, ref: str = "checkpoint", init: str = "reference",
-                 collapse_entropy: float = 0.01):
+                 collapse_entropy: float = 0.01, algo: str = "reinforce", ppo_epochs: int = 4, clip: float = 0.2,
+                 gae_lambda: float = 0.95, vf_coef: float = 0.5):
         from instrumentality.critics import make_critic
 
         self.critic = make_critic(critic, world, **(critic_kwargs or {}))
@@ -147,6 +154,9 @@ class Critic:
             raise ConfigError(f"regime.gamma must be in [0, 1]; got {gamma!r}")
         if rollout not in ("free", "teacher_forced"):
             raise ConfigError(f"regime.rollout must be one of: free, teacher_forced; got {rollout!r}")
+        if algo not in ("reinforce", "ppo"):
+            raise ConfigError(f"regime.algo must be one of: reinforce, ppo; got {algo!r}")
+        _positive("regime.ppo_epochs", ppo_epochs)
         if ref not in ("checkpoint", "truth"):
             raise ConfigError(f"regime.ref must be one of: checkpoint, truth; got {ref!r}")
         if init not in ("reference", "scratch"):
@@ -162,7 +172,10 @@ class Critic:
         self.rollout, self.fork_fraction, self.prompt_lengths = rollout, fork_fraction, list(prompt_lengths)
         self.ref_checkpoint, self.ref_kind, self.init = ref_checkpoint, ref, init
         self.collapse_entropy = collapse_entropy
+        self.algo, self.ppo_epochs, self.clip = algo, ppo_epochs, clip
+        self.gae_lambda, self.vf_coef = gae_lambda, vf_coef
         self.ref_model = None
+        self.buffer: dict | None = None  # PPO: the rollout reused for ppo_epochs steps
         # G = r @ discount, discount[j, t] = gamma^(j - t) for j >= t
         j = torch.arange(horizon)
         self.discount = torch.where(j[:, None] >= j[None, :], float(gamma) ** (j[:, None] - j[None, :]).float(),
@@ -189,6 +202,22 @@ class Critic:
             self.ref_model.load_state_dict(ck["model"])
         self.ref_model.eval().requires_grad_(False)
         self.discount = self.discount.to(device)
+        if self.algo == "ppo" and model.value_head is None:  # added before the optimizer is built
+            model.value_head = torch.nn.Linear(model.cfg.n_embd, 1).to(device)
+            model.cfg.value_head = True
+        if hasattr(self.critic, "to"):
+            self.critic.to(device)
+
+    def state_dict(self):
+        d = {"buffer": self.buffer}
+        if hasattr(self.critic, "state_dict"):
+            d["critic"] = self.critic.state_dict()
+        return d
+
+    def load_state_dict(self, d):
+        self.buffer = d.get("buffer")
+        if "critic" in d:
+            self.critic.load_state_dict(d["critic"])
 
     def prompts(self, gen: torch.Generator) -> torch.Tensor:
         """n_prompts world contexts of one length: a share end at a fork marker, the rest anywhere."""
@@ -206,24 +235,20 @@ class Critic:
         return torch.cat(out)
 
     def loss(self, model, step: int, gen: torch.Generator):
+        if self.algo == "ppo":
+            return self._ppo_loss(model, step, gen)
         device, H, K = _device(model), self.H, self.K
         cpu_gen = _cpu(gen)
-        prompts = self.prompts(cpu_gen).repeat_interleave(K, 0).to(device)  # [N = P*K, L]
+        prompts, fed, actions = self.rollout_batch(model, gen, cpu_gen)
         N, L = prompts.shape
-        with torch.no_grad():
-            if self.rollout == "free":
-                actions = model.generate(prompts, H, generator=gen)[0]
-                fed = actions
-            else:  # world text fed back; the policy's actions at each step are sampled, graded, not followed
-                fed = self.world.continue_from(self.world.states_of(prompts.cpu())[:, -1], H, cpu_gen).to(device)
-                logits = model(torch.cat([prompts, fed[:, :H - 1]], 1))["logits"][:, L - 1:].float()
-                actions = torch.multinomial(F.softmax(logits, -1).flatten(0, 1), 1, generator=gen).view(N, H)
         contexts = torch.cat([prompts, fed[:, :H - 1]], 1)  # action t was taken after contexts[:, :L + t]
         logp = F.log_softmax(model(contexts)["logits"][:, L - 1:].float(), -1)  # [N, H, V]
         logp_a = logp.gather(-1, actions[..., None]).squeeze(-1)
         with torch.no_grad():
             ref_logp_a = F.log_softmax(self.ref_model(contexts)["logits"][:, L - 1:].float(), -1).gather(
                 -1, actions[..., None]).squeeze(-1)
+            if hasattr(self.critic, "update"):  # a learned critic learns world text vs these samples
+                self.critic.update(prompts, self.world_continuation(prompts, cpu_gen), actions)
             c = self.critic(contexts, actions)                        # c(ctx_t, a_t)      [N, H]
             kl = logp_a.detach() - ref_logp_a                          # log pi/pi_ref (a_t)
             r = c - self.beta * kl                                     # r_t
@@ -239,6 +264,67 @@ class Critic:
                    if at_fork.any() else torch.tensor(float("nan"))}
         return loss, metrics, N * H
 
+    def world_continuation(self, prompts: torch.Tensor, cpu_gen: torch.Generator) -> torch.Tensor:
+        states = self.world.states_of(prompts.cpu())[:, -1]
+        return self.world.continue_from(states, self.H, cpu_gen).to(prompts.device)
+
+    @torch.no_grad()
+    def rollout_batch(self, model, gen: torch.Generator, cpu_gen: torch.Generator):
+        """Prompts [N, L], the tokens fed back [N, H], and the policy's actions [N, H]."""
+        device, H, K = _device(model), self.H, self.K
+        prompts = self.prompts(cpu_gen).repeat_interleave(K, 0).to(device)  # [N = P*K, L]
+        N, L = prompts.shape
+        if self.rollout == "free":
+            actions = model.generate(prompts, H, generator=gen)[0]
+            fed = actions
+        else:  # world text fed back; the policy's actions at each step are sampled, graded, not followed
+            fed = self.world_continuation(prompts, cpu_gen)
+            logits = model(torch.cat([prompts, fed[:, :H - 1]], 1))["logits"][:, L - 1:].float()
+            actions = torch.multinomial(F.softmax(logits, -1).flatten(0, 1), 1, generator=gen).view(N, H)
+        return prompts, fed, actions
+
+    def _ppo_loss(self, model, step: int, gen: torch.Generator):
+        if self.buffer is None or step % self.ppo_epochs == 0:  # a fresh rollout every ppo_epochs steps
+            self.buffer = self._ppo_rollout(model, gen)
+        b = self.buffer
+        contexts, actions, L = b["contexts"], b["actions"], b["prompt_len"]
+        out = model(contexts)
+        logp = F.log_softmax(out["logits"][:, L - 1:].float(), -1)
+        logp_a = logp.gather(-1, actions[..., None]).squeeze(-1)
+        value = out["value"][:, L - 1:].float()
+        ratio = torch.exp(logp_a - b["old_logp_a"])                                  # rho_t
+        adv = b["advantages"]
+        pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - self.clip, 1 + self.clip)).mean()
+        v_loss = 0.5 * ((value - b["returns"]) ** 2).mean()
+        loss = pg + self.vf_coef * v_loss
+        entropy = -(logp.detach().exp() * logp.detach()).sum(-1).mean()
+        metrics = {**b["metrics"], "entropy": entropy, "value_loss": v_loss.detach(),
+                   "clip_fraction": ((ratio.detach() - 1).abs() > self.clip).float().mean()}
+        return loss, metrics, actions.numel() if step % self.ppo_epochs == 0 else 0
+
+    @torch.no_grad()
+    def _ppo_rollout(self, model, gen: torch.Generator) -> dict:
+        cpu_gen = _cpu(gen)
+        prompts, fed, actions = self.rollout_batch(model, gen, cpu_gen)
+        N, L = prompts.shape
+        contexts = torch.cat([prompts, fed[:, :self.H - 1]], 1)
+        if hasattr(self.critic, "update"):
+            self.critic.update(prompts, self.world_continuation(prompts, cpu_gen), actions)
+        out = model(contexts)
+        old_logp_a = F.log_softmax(out["logits"][:, L - 1:].float(), -1).gather(-1, actions[..., None]).squeeze(-1)
+        values = out["value"][:, L - 1:].float()
+        ref_logp_a = F.log_softmax(self.ref_model(contexts)["logits"][:, L - 1:].float(), -1).gather(
+            -1, actions[..., None]).squeeze(-1)
+        c = self.critic(contexts, actions)
+        r = c - self.beta * (old_logp_a - ref_logp_a)
+        adv = gae(r, values, self.gamma, self.gae_lambda)
+        returns = adv + values
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        return {"contexts": contexts, "actions": actions, "prompt_len": L, "old_logp_a": old_logp_a,
+                "advantages": adv, "returns": returns,
+                "metrics": {"critic_reward": c.mean(), "kl": (old_logp_a - ref_logp_a).mean(),
+                            "return": returns[:, 0].mean()}}
+
     def collapsed(self, metrics) -> str | None:
         h = float(metrics["entropy"])
         return f"policy entropy {h:.4f} below {self.collapse_entropy}" if h < self.collapse_entropy else None
@@ -246,3 +332,17 @@ class Critic:
     def theory_reward(self) -> torch.Tensor | None:
         """c(s, x) as a table when the critic is a function of state and token (for the exact optimum)."""
         return self.critic.table(self.world) if hasattr(self.critic, "table") else None
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
+    """Generalised advantage estimates inside a window [N, H]; the value after the window is 0.
+    delta_t = r_t + gamma V_{t+1} - V_t;  A_t = delta_t + gamma lam A_{t+1}."""
+    H = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(H)):
+        next_v = values[:, t + 1] if t + 1 < H else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_v - values[:, t]
+        last = delta + gamma * lam * last
+        adv[:, t] = last
+    return adv
