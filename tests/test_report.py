@@ -95,6 +95,7 @@ def test_claims_on_a_planted_table():
     assert any(c.claim == "C3" and c.verdict == "supported" for c in claims(df))
     c4 = [c for c in claims(df) if c.claim == "C4"]
     assert [c.verdict for c in c4] == ["supported", "supported"]
+    assert c4[0].value == pytest.approx(8.0) and c4[0].n_seeds == 3  # free-running runs only, not F3's
     assert [c.verdict for c in claims(df) if c.claim == "C5"] == ["supported", "supported"]
     assert [c.verdict for c in claims(df) if c.claim == "C6"] == ["not measured"]
     c7 = next(c for c in claims(df) if c.claim == "C7")

@@ -125,7 +125,8 @@ def efficiency_ratio(stt: pd.DataFrame, regime: str) -> tuple[float, float, floa
 def claims(df: pd.DataFrame) -> list[Claim]:
     fin = final_rows(df)
     sup = fin[fin.regime == "supervised"]
-    crit = fin[(fin.regime == "critic") & (fin["regime.critic"] == "truth")] if "regime.critic" in fin else fin[:0]
+    all_crit = fin[(fin.regime == "critic") & (fin["regime.critic"] == "truth")] if "regime.critic" in fin else fin[:0]
+    crit = free_running(all_crit)
     out = [Claim("C1", "supervised KL(p* ‖ pi), nats/token", "< 0.05", *combine(sup, "calibration", "kl")),
            Claim("C1", "supervised steering index, asymmetric p=0.5 fork (nats)", "abs < 0.1",
                  *combine(sup, "forks/asym/p=0.5", "steering_index"))]
@@ -155,8 +156,8 @@ def claims(df: pd.DataFrame) -> list[Claim]:
                                                                              "regime.horizon": 8.0})))
     # C5: teacher forcing removes the output channel for steering
     at = {"regime.gamma": 1.0, "regime.horizon": 8.0}
-    free = crit[crit["regime.rollout"] == "free"] if "regime.rollout" in crit else crit[:0]
-    forced = crit[crit["regime.rollout"] == "teacher_forced"] if "regime.rollout" in crit else crit[:0]
+    free = crit
+    forced = all_crit[all_crit["regime.rollout"] == "teacher_forced"] if "regime.rollout" in all_crit else crit[:0]
     out.append(Claim("C5", "teacher-forced critic steering at p=0.5, gamma=1, H=8 (nats)", "abs < 0.5",
                      *combine(forced, "forks/asym/p=0.5", "steering_index", **at)))
     f, t = (combine(free, "forks/asym/p=0.5", "steering_index", **at),
@@ -168,6 +169,13 @@ def claims(df: pd.DataFrame) -> list[Claim]:
     out.append(Claim("C7", "supervised look-ahead accuracy k=2 (best layer) minus chance", "> 0",
                      *lookahead_gain(sup, k=2)))
     return out
+
+
+def free_running(df: pd.DataFrame) -> pd.DataFrame:
+    """Critic runs whose own samples were fed back (F2's setting); teacher-forced runs are F3's contrast."""
+    if "regime.rollout" not in df:
+        return df
+    return df[df["regime.rollout"].isna() | (df["regime.rollout"] == "free")]
 
 
 def lookahead_gain(df: pd.DataFrame, k: int) -> tuple[float, float, float, int]:
@@ -221,7 +229,7 @@ def figure_f1(df: pd.DataFrame, folder: Path) -> list[Path]:
 
 def figure_f2(df: pd.DataFrame, folder: Path) -> list[Path]:
     fin = final_rows(df)
-    crit = fin[fin.regime == "critic"]
+    crit = free_running(fin[fin.regime == "critic"])
     if crit.empty:
         return []
     theory = df[df.probe == "theory_curve/forks/asym/p=0.5"]
