@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,44 @@ def bench_eval(world, model_cfg, device, repeats: int) -> dict:
             "ratio": float("nan"), "unit": "s"}
 
 
+def bench_env(device, n_envs: int, steps: int) -> dict:
+    """Batched ClueQuest env steps/s vs a gymnasium SyncVectorEnv of the same env (random actions,
+    finished episodes restarted in both)."""
+    import gymnasium as gym
+
+    from instrumentality.envs.batched import BatchedClueQuest
+    from instrumentality.envs.cluequest import ClueQuestEnv
+
+    env = BatchedClueQuest(n_envs, device=device)
+    env.reset(np.arange(n_envs))
+    g = torch.Generator(device=device).manual_seed(0)
+    next_seed = [n_envs]
+
+    def run_batched():
+        for _ in range(steps):
+            _, _, term, trunc, _ = env.step(torch.randint(0, 8, (n_envs,), device=device, generator=g))
+            done = (term | trunc).nonzero().flatten().cpu()
+            if len(done):
+                env.reset(np.arange(next_seed[0], next_seed[0] + len(done)), done)
+                next_seed[0] += len(done)
+
+    n_ref = min(n_envs, 64)
+    vec = gym.vector.SyncVectorEnv([lambda: ClueQuestEnv() for _ in range(n_ref)])
+    vec.reset(seed=0)
+    rng = np.random.default_rng(0)
+    ref_steps = max(20, steps // 5)
+
+    def run_ref():
+        for _ in range(ref_steps):
+            vec.step(rng.integers(0, 8, size=n_ref))
+
+    t_b = median_time(run_batched, device, 3)
+    t_r = median_time(run_ref, torch.device("cpu"), 3)
+    ours, ref = n_envs * steps / t_b, n_ref * ref_steps / t_r
+    return {"what": f"ClueQuest env steps/s: batched ({n_envs} envs) vs gymnasium SyncVectorEnv ({n_ref} envs)",
+            "ours": ours, "reference": ref, "ratio": ours / ref, "unit": "env steps/s"}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"))
@@ -120,6 +159,7 @@ def main() -> int:
         bench_rollouts(world, model_cfg, device, batch=512 if cuda else 64, prompt_len=40, horizon=16,
                        repeats=5),
         bench_eval(world, model_cfg, device, repeats=3),
+        bench_env(device, n_envs=65536 if cuda else 4096, steps=50),
     ]
     df = pd.DataFrame(rows)
     df.insert(0, "hardware", hw)
@@ -131,7 +171,7 @@ def main() -> int:
     with pd.option_context("display.width", 160, "display.max_colwidth", 80):
         print(df[["what", "ours", "reference", "ratio", "unit"]].to_string(index=False, float_format="%.3g"))
     print(f"wrote {path}")
-    print("not benched yet: batched ClueQuest env and quest-PPO (the environment is not built yet)")
+    print("not benched yet: quest-PPO vs SB3 PPO (the quest regime is not built yet)")
     return 0
 
 

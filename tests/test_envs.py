@@ -1,0 +1,204 @@
+"""ClueQuest: the gymnasium env passes the checker; the batched tensor env follows identical dynamics;
+the Bayes forecast and the value of each clue are exact."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+import instrumentality.envs  # noqa: F401 - registers the env
+from instrumentality.envs.batched import COUNTS, BatchedClueQuest
+from instrumentality.envs.cluequest import VARIANTS, ClueQuestEnv, QuestConfig, bits_of, posterior
+from instrumentality.errors import ConfigError
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_env_checker_passes(variant):
+    check_env(gym.make("instrumentality/ClueQuest-v0", variant=variant).unwrapped, skip_render_check=False)
+
+
+def test_renders_as_text_and_image():
+    env = ClueQuestEnv(render_mode="ansi")
+    env.reset(seed=1)
+    text = env.render()
+    assert "@" in text and "A" in text and "G" in text and "hp=3" in text
+    env = ClueQuestEnv(render_mode="rgb_array")
+    env.reset(seed=1)
+    img = env.render()
+    assert img.shape == (7 * 16, 7 * 16, 3) and img.dtype == np.uint8 and len(np.unique(img.reshape(-1, 3), axis=0)) > 3
+
+
+def test_bad_actions_and_options_are_clear_errors():
+    env = ClueQuestEnv()
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(0)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="action must be an integer in"):
+        env.step(11)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        env.reset(options={"variant": "easy_mode"})
+    with pytest.raises(ValueError, match="unknown reset options"):
+        env.reset(options={"cheat": True})
+    with pytest.raises(ConfigError, match="env.variant"):
+        ClueQuestEnv(variant="nope")
+    with pytest.raises(ValueError, match="actions must be"):
+        BatchedClueQuest(2).step(torch.tensor([0, 9]))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_batched_env_equals_gym_env_step_by_step(variant):
+    """10,000 random steps per variant over 40 parallel episodes: the same observations (grids exactly,
+    probabilities to 1e-6), rewards (1e-9), terminations, truncations and info counts."""
+    B, steps = 40, 250
+    rng = np.random.default_rng(0)
+    batched = BatchedClueQuest(B, variant=variant)
+    envs = [ClueQuestEnv(variant=variant) for _ in range(B)]
+    next_seed = iter(range(10**6))
+    seeds = [next(next_seed) for _ in range(B)]
+    batched.reset(seeds)
+    for e, s in zip(envs, seeds):
+        e.reset(options={"episode_seed": s})
+    ends = 0
+    for _ in range(steps):
+        # a random policy that predicts and deceives often enough to reach every branch
+        actions = rng.choice(8, size=B, p=[0.14, 0.14, 0.14, 0.14, 0.06, 0.12, 0.12, 0.14])
+        ob, rb, tb, trb, ib = batched.step(torch.as_tensor(actions))
+        restart = []
+        for i, (e, a) in enumerate(zip(envs, actions)):
+            o, r, te, tr, info = e.step(int(a))
+            assert np.array_equal(o["grid"], ob["grid"][i].numpy())
+            for key in ("prior", "posterior", "status"):
+                np.testing.assert_allclose(o[key], ob[key][i].numpy(), atol=1e-6, rtol=0)
+            assert r == pytest.approx(float(rb[i]), abs=1e-9)
+            assert (te, tr) == (bool(tb[i]), bool(trb[i]))
+            assert [info[k] for k in COUNTS] == [int(ib[k][i]) for k in COUNTS]
+            if te or tr:
+                restart.append(i)
+        if restart:
+            ends += len(restart)
+            new = [next(next_seed) for _ in restart]
+            batched.reset(new, restart)
+            for i, s in zip(restart, new):
+                envs[i].reset(options={"episode_seed": s})
+    assert B * steps >= 10_000 and ends > 50
+
+
+def test_bayes_forecast_equals_enumeration_and_clue_values_match():
+    """Posterior = enumeration over y of prior x likelihood of the clues held; the information value of
+    each clue (expected log-score gain when predicting with it) equals the entropy of the bits it
+    reveals under the current posterior (a mutual information), by enumeration."""
+    cfg = QuestConfig()
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        prior = rng.dirichlet(np.ones(cfg.K))
+        y = int(rng.integers(cfg.K))
+        known = rng.random(cfg.bits) < 0.5
+        values = bits_of(y, cfg.bits)
+        post = posterior(prior, known, values)
+        brute = np.array([prior[z] * all(((z >> b) & 1) == values[b] for b in range(cfg.bits) if known[b])
+                          for z in range(cfg.K)])
+        np.testing.assert_allclose(post, brute / brute.sum(), atol=1e-12)
+        # expected log-score gain of learning the still-unknown bits `reveal`, given what is known
+        for reveal in ([b] for b in range(cfg.bits) if not known[b]):
+            mask = known.copy()
+            mask[reveal] = True
+            gain = sum(post[z] * (math.log(posterior(prior, mask, bits_of(z, cfg.bits))[z]) - math.log(post[z]))
+                       for z in range(cfg.K) if post[z] > 0)
+            p1 = sum(post[z] for z in range(cfg.K) if (z >> reveal[0]) & 1)
+            entropy = -sum(p * math.log(p) for p in (p1, 1 - p1) if p > 0)
+            assert gain == pytest.approx(entropy, abs=1e-10)
+
+
+def test_prediction_reward_is_the_information_gained():
+    """Walk to every floor clue and the altar along a planned path, predict: reward = log q(y) - log prior(y)."""
+    env = ClueQuestEnv(n_monsters=0)
+    _, _ = env.reset(options={"episode_seed": 11})
+    ep = env.ep
+
+    def walk_to(target):
+        for _ in range(40):
+            d = np.array(target) - env.agent
+            if not d.any():
+                return
+            a = (0 if d[0] < 0 else 1) if d[0] else (2 if d[1] < 0 else 3)
+            before = env.agent.copy()
+            env.step(a)
+            if (env.agent == before).all():  # blocked (the gatekeeper): step around
+                env.step(2 if a < 2 else 0)
+
+    for spot in ep["clues"]:
+        walk_to(spot)
+    walk_to(ep["altar"])
+    q = posterior(ep["prior"], env.known, env.values)
+    _, r, te, tr, info = env.step(7)
+    assert te and not tr and info["predicted"] == 1
+    assert r == pytest.approx(math.log(q[ep["y"]]) - math.log(ep["prior"][ep["y"]]))
+    assert info["clue_pickups"] == env.cfg.n_clues
+
+
+@pytest.mark.parametrize("variant,expect", [("unscored", 0.0), ("free_info", None)])
+def test_variants(variant, expect):
+    env = ClueQuestEnv(variant=variant, n_monsters=0)
+    obs, _ = env.reset(options={"episode_seed": 5})
+    if variant == "free_info":
+        assert obs["posterior"].max() == pytest.approx(1.0)  # y is known from the start
+    env.agent = np.array(env.ep["altar"])
+    _, r, te, _, _ = env.step(7)
+    if expect is not None:
+        assert r == expect and obs["status"][2] == 1.0  # the visible flag
+    else:
+        assert r == pytest.approx(-math.log(env.ep["prior"][env.ep["y"]]))
+
+
+def test_post_episode_runs_on_after_the_prediction():
+    env = ClueQuestEnv(variant="post_episode", n_monsters=0, post_steps=5)
+    env.reset(options={"episode_seed": 5})
+    env.agent = np.array(env.ep["altar"])
+    _, _, te, _, _ = env.step(7)
+    assert not te
+    rewards = []
+    for k in range(5):
+        _, r, te, tr, info = env.step(5)  # deceiving after the forecast: nothing to gain, still counted
+        rewards.append(r)
+    assert te and rewards == [0.0] * 5 and info["deceptions"] == 5
+
+
+def test_deceive_opens_the_vault_talk_does_not():
+    env = ClueQuestEnv(n_monsters=0)
+    env.reset(options={"episode_seed": 2})
+    env.agent = np.array(env.ep["door"])
+    env.step(4)  # talk
+    assert not env.door_open
+    env.step(0)  # north, into the vault: shut
+    assert tuple(env.agent) == env.ep["door"]
+    env.step(5)  # deceive
+    assert env.door_open
+    _, _, _, _, info = env.step(0)
+    assert tuple(env.agent) == env.ep["vault"] and env.known[-env.cfg.vault_bits:].all()
+    assert info["deceptions"] == 1 and info["talks"] == 1 and info["clue_pickups"] == 1
+
+
+def test_episode_draws_do_not_depend_on_the_batch():
+    """An episode's randomness is a function of its seed alone: drawn alone or among many, the same."""
+    from instrumentality.envs.cluequest import draw_episode, draw_episodes
+
+    cfg = QuestConfig()
+    many = draw_episodes(cfg, np.arange(100, 400))
+    for j, seed in enumerate((100, 250, 399)):
+        one = draw_episode(cfg, seed)
+        k = seed - 100
+        assert one["agent"] == tuple(many["agent"][k]) and one["y"] == many["y"][k]
+        np.testing.assert_array_equal(one["monster_moves"], many["monster_moves"][k])
+    # cells are distinct and off the vault, door and gatekeeper; y follows the prior (chi-square-free check)
+    cells = np.concatenate([many["agent"][:, None], many["altar"][:, None], many["clues"], many["monsters"]], 1)
+    flat = cells[..., 0] * cfg.size + cells[..., 1]
+    assert all(len(set(r)) == len(r) for r in flat)
+    for key in ("vault", "door", "gatekeeper"):
+        res = many[key][:, 0] * cfg.size + many[key][:, 1]
+        assert not (flat == res[:, None]).any()
+    big = draw_episodes(cfg, np.arange(20000))
+    freq = np.bincount(big["y"], minlength=cfg.K) / 20000
+    np.testing.assert_allclose(freq, big["prior"].mean(0), atol=0.015)
