@@ -202,3 +202,23 @@ def test_episode_draws_do_not_depend_on_the_batch():
     big = draw_episodes(cfg, np.arange(20000))
     freq = np.bincount(big["y"], minlength=cfg.K) / 20000
     np.testing.assert_allclose(freq, big["prior"].mean(0), atol=0.015)
+
+
+def test_quest_evaluators_on_scripted_agents():
+    """The random agent scores 100 on every normalised count; a careful explorer never deceives and
+    earns a positive log score on `standard`; a careless one deceives in every variant, `free_info`
+    included, where it gains nothing."""
+    from instrumentality.envs.agents import Explorer, RandomAgent, quest_rows
+
+    rows = quest_rows({"random": RandomAgent(10_000), "careful": Explorer(careless_rate=0.0, seed=1),
+                       "careless": Explorer(careless_rate=1.0, forget_rate=0.0, seed=1)},
+                      n_episodes=60, variants=("standard", "free_info"))
+    get = {(r["agent"], r["probe"], r["metric"]): r for r in rows}
+    for metric in ("deceptions", "clue_pickups", "predicted"):
+        assert get[("random", "quest/standard", f"{metric}_norm")]["value"] == pytest.approx(100.0)
+    assert get[("careful", "quest/standard", "deceptions")]["value"] == 0
+    assert get[("careful", "quest/standard", "return")]["ci_low"] > 0
+    assert get[("random", "quest/standard", "return")]["value"] < 0
+    assert get[("careful", "quest/standard", "clue_pickups")]["value"] >= 1.5
+    for variant in ("standard", "free_info"):
+        assert get[("careless", f"quest/{variant}", "deceptions")]["value"] >= 0.9

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from instrumentality.model import device_of
 from instrumentality.probes import ProbeConfig, ProbeSet, probe_set_for
 from instrumentality.stats import bootstrap_indices, mean_ci, stat_ci
 from instrumentality.world import World, WorldConfig
@@ -43,11 +44,6 @@ SWEPT_KEYS = ("preset_name", "exp_name", "world.seed", "model.n_layer", "model.n
               "regime.gamma", "regime.beta", "trainer.max_steps")
 
 
-def _device(model) -> torch.device:
-    p = next(iter(list(model.parameters()) + list(model.buffers())), None)
-    return p.device if p is not None else torch.device("cpu")
-
-
 def _row(probe: str, metric: str, ci: tuple) -> dict:
     value, lo, hi = ci
     return {"probe": probe, "metric": metric, "value": value, "ci_low": lo, "ci_high": hi}
@@ -56,7 +52,7 @@ def _row(probe: str, metric: str, ci: tuple) -> dict:
 @torch.no_grad()
 def model_log_probs(model, tokens: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """log pi(. | x_<=t) for every position of every sequence: [B, T, V] float32 on the CPU."""
-    device = _device(model)
+    device = device_of(model)
     out = []
     for i in range(0, len(tokens), batch_size):
         logits = model(tokens[i:i + batch_size].to(device))["logits"].float()
@@ -157,7 +153,7 @@ def _diff_ci(a: torch.Tensor, b: torch.Tensor, n_boot: int = 1000):
 @torch.no_grad()
 def sample_continuations(model, prompts: torch.Tensor, n_new: int, generator: torch.Generator) -> torch.Tensor:
     """Free-running samples after equal-length prompts: KV cache when the model has one, else recompute."""
-    device = _device(model)
+    device = device_of(model)
     prompts = prompts.to(device)
     if hasattr(model, "generate"):
         return model.generate(prompts, n_new, generator=generator)[0].cpu()
@@ -172,7 +168,7 @@ def rollout_rows(model, world: World, probes: ProbeSet, seed: int = 0) -> list[d
     cfg = probes.config
     prompts, lengths, fork_index = probes.t["fork_prompts"], probes.t["fork_lengths"], probes.t["fork_index"]
     asym = torch.tensor([not world.forks[i].symmetric for i in fork_index.tolist()])
-    device = _device(model)
+    device = device_of(model)
     g = torch.Generator(device=device if hasattr(model, "generate") else "cpu").manual_seed(seed)
     per_p: dict[float, list] = {}
     for L in sorted(set(lengths.tolist())):
@@ -208,7 +204,7 @@ def rollout_rows(model, world: World, probes: ProbeSet, seed: int = 0) -> list[d
 # ---------------------------------------------------------------------------- look-ahead
 @torch.no_grad()
 def hidden_states(model, tokens: torch.Tensor, batch_size: int = 256) -> list[torch.Tensor]:
-    device = _device(model)
+    device = device_of(model)
     layers = None
     for i in range(0, len(tokens), batch_size):
         h = [x.float().cpu() for x in model(tokens[i:i + batch_size].to(device), return_hidden=True)["hidden"]]

@@ -46,6 +46,12 @@ class GPTConfig:
         ])
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where a model lives (its first parameter or buffer; the CPU for a model with neither)."""
+    t = next(iter(list(model.parameters()) + list(model.buffers())), None)
+    return t.device if t is not None else torch.device("cpu")
+
+
 class KVCache:
     """Preallocated keys/values for every layer: [n_layer, 2, B, n_head, max_len, head_dim]."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from instrumentality.model import device_of
 from instrumentality.world import ConfigError, World
 
 
@@ -31,14 +32,10 @@ class Supervised:
         self.seq_len = seq_len or world.cfg.seq_len
 
     def loss(self, model, step: int, gen: torch.Generator):
-        x = self.world.sample(self.batch_size, self.seq_len, generator=_cpu(gen)).to(_device(model))
+        x = self.world.sample(self.batch_size, self.seq_len, generator=_cpu(gen)).to(device_of(model))
         logits = model(x[:, :-1])["logits"]
         loss = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
         return loss, {"nll": loss.detach()}, x[:, 1:].numel()
-
-
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _cpu(gen: torch.Generator) -> torch.Generator:
@@ -84,7 +81,7 @@ class Reinforce:
         self.running_mean = d["running_mean"]
 
     def loss(self, model, step: int, gen: torch.Generator):
-        x = self.world.sample(self.batch_size, self.seq_len, generator=_cpu(gen)).to(_device(model))
+        x = self.world.sample(self.batch_size, self.seq_len, generator=_cpu(gen)).to(device_of(model))
         return self.loss_on(model, x, gen)
 
     def loss_on(self, model, x: torch.Tensor, gen: torch.Generator):
@@ -237,7 +234,7 @@ class Critic:
     def loss(self, model, step: int, gen: torch.Generator):
         if self.algo == "ppo":
             return self._ppo_loss(model, step, gen)
-        device, H, K = _device(model), self.H, self.K
+        device, H, K = device_of(model), self.H, self.K
         cpu_gen = _cpu(gen)
         prompts, fed, actions = self.rollout_batch(model, gen, cpu_gen)
         N, L = prompts.shape
@@ -271,7 +268,7 @@ class Critic:
     @torch.no_grad()
     def rollout_batch(self, model, gen: torch.Generator, cpu_gen: torch.Generator):
         """Prompts [N, L], the tokens fed back [N, H], and the policy's actions [N, H]."""
-        device, H, K = _device(model), self.H, self.K
+        device, H, K = device_of(model), self.H, self.K
         prompts = self.prompts(cpu_gen).repeat_interleave(K, 0).to(device)  # [N = P*K, L]
         N, L = prompts.shape
         if self.rollout == "free":
