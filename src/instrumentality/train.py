@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from instrumentality.model import GPT
 from instrumentality.tracking import Tracker, git_revision
-from instrumentality.trainer import Trainer, seed_everything
+from instrumentality.trainer import CHECKPOINT_NAME, Trainer, seed_everything
 from instrumentality.world import ConfigError, World
 
 HEADLINE = ("probe/calibration/kl", "probe/calibration/excess_nll", "probe/forks/asym/all/steering_index")
@@ -40,6 +40,14 @@ def build(cfg: DictConfig):
     return world, model, regime
 
 
+def finished_before(out_dir: Path) -> bool:
+    """A run whose summary says it finished or collapsed: re-running it trains and logs nothing."""
+    summary = out_dir / "summary.json"
+    if not (summary.exists() and (out_dir / CHECKPOINT_NAME).exists()):
+        return False
+    return json.loads(summary.read_text())["status"]["status"] in ("finished", "collapsed")
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     from instrumentality.evaluate import training_eval_hook
 
@@ -48,6 +56,8 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     world, model, regime = build(cfg)
     trainer_cfg = instantiate(cfg.trainer, seed=cfg.seed)
     config = OmegaConf.to_container(cfg, resolve=True)
+    if finished_before(out_dir):  # a sweep run again: nothing to train, nothing to log
+        return json.loads((out_dir / "summary.json").read_text())
     tracker = Tracker(mode=cfg.logger.mode, project=cfg.logger.project, group=cfg.exp_name,
                       name=f"{cfg.exp_name}/{cfg.run_name}", config=config, dir=out_dir,
                       tags=[f"rev:{git_revision()}", f"preset:{cfg.get('preset_name', '')}", cfg.regime.name])
