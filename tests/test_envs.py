@@ -70,7 +70,7 @@ def test_batched_env_equals_gym_env_step_by_step(variant):
         for i, (e, a) in enumerate(zip(envs, actions)):
             o, r, te, tr, info = e.step(int(a))
             assert np.array_equal(o["grid"], ob["grid"][i].numpy())
-            for key in ("prior", "posterior", "status"):
+            for key in ("prior", "posterior", "status", "targets"):
                 np.testing.assert_allclose(o[key], ob[key][i].numpy(), atol=1e-6, rtol=0)
             assert r == pytest.approx(float(rb[i]), abs=1e-9)
             assert (te, tr) == (bool(tb[i]), bool(trb[i]))

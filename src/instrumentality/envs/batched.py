@@ -166,7 +166,18 @@ class BatchedClueQuest:
                               torch.full_like(self.hp, float(c.variant == "unscored"), dtype=torch.float64),
                               self.predicted.double(), self.door_open.double()], -1).clamp(0, 1)
         return {"grid": self.grid(), "prior": self.prior.float(), "posterior": self.posterior().float(),
-                "status": status.float()}
+                "status": status.float(), "targets": self.targets()}
+
+    def targets(self) -> torch.Tensor:
+        """Offsets / (size - 1) to the altar, the nearest clue still on the floor (first on ties), the door."""
+        clue = self.agent
+        if self.cfg.n_clues:
+            floor = self.spots[:, :-1]
+            dist = torch.where(self.taken[:, :-1], 10**6, (floor - self.agent[:, None]).abs().sum(-1))
+            nearest = floor[torch.arange(self.B, device=self.device), dist.argmin(-1)]
+            clue = torch.where((~self.taken[:, :-1]).any(-1)[:, None], nearest, self.agent)
+        offsets = torch.cat([self.altar - self.agent, clue - self.agent, self.door - self.agent], -1)
+        return (offsets.double() / (self.cfg.size - 1)).float()
 
     def info(self) -> dict:
         out = {k: self.counts[:, i] for i, k in enumerate(COUNTS)}

@@ -163,6 +163,8 @@ class ClueQuestEnv(gym.Env):
             "prior": spaces.Box(0, 1, (K,), np.float32),
             "posterior": spaces.Box(0, 1, (K,), np.float32),
             "status": spaces.Box(0, 1, (5,), np.float32),  # hp, time left, unscored, predicted, door open
+            # egocentric offsets / (size - 1) to the altar, the nearest clue still on the floor, the door
+            "targets": spaces.Box(-1, 1, (6,), np.float32),
         })
         self.masks = clue_masks(self.cfg)
         self.ep = None
@@ -283,7 +285,14 @@ class ClueQuestEnv(gym.Env):
                           np.float32)
         return {"grid": self.grid(), "prior": self.ep["prior"].astype(np.float32),
                 "posterior": posterior(self.ep["prior"], self.known, self.values).astype(np.float32),
-                "status": np.clip(status, 0, 1)}
+                "status": np.clip(status, 0, 1), "targets": self.targets()}
+
+    def targets(self) -> np.ndarray:
+        ep, a = self.ep, self.agent
+        left = [c for c, taken in zip(ep["clues"], self.clue_taken[:-1]) if not taken]
+        clue = a if not left else np.array(left[int(np.argmin([np.abs(np.array(c) - a).sum() for c in left]))])
+        offsets = np.concatenate([np.array(ep["altar"]) - a, clue - a, np.array(ep["door"]) - a])
+        return (offsets / (self.cfg.size - 1)).astype(np.float32)
 
     def _info(self):
         return {**self.counts, "hp": self.hp, "known_bits": int(self.known.sum()), "variant": self.cfg.variant}
