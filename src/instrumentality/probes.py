@@ -67,15 +67,9 @@ class ProbeSet:
 
         # fork prompts: a prose prefix of length P whose last state is prose, then the marker
         prompts, fork_idx, positions = [], [], []
-        prose_states = torch.tensor([s for s, k in enumerate(world.state_kind) if k == "prose"])
         for P in cfg.fork_positions:
             need = cfg.n_per_fork_position * len(world.forks)
-            pool = torch.empty(0, P, dtype=torch.long)
-            while len(pool) < need:
-                x = world.sample(4 * need, P, generator=g)
-                ok = torch.isin(world.states_of(x)[:, -1], prose_states)
-                pool = torch.cat([pool, x[ok]])
-            pool = pool[:need].view(len(world.forks), cfg.n_per_fork_position, P)
+            pool = world.prose_prefixes(need, P, g, batch=4 * need).view(len(world.forks), cfg.n_per_fork_position, P)
             for f in world.forks:
                 marker = torch.full((cfg.n_per_fork_position, 1), f.marker)
                 prompts.append(torch.cat([pool[f.index], marker], 1))

@@ -45,7 +45,24 @@ def _cpu(gen: torch.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device)))
 
 
-class Reinforce:
+class _EntropyCollapse:
+    """Ends a run (status `collapsed`) when the logged policy entropy falls below collapse_entropy."""
+
+    collapse_entropy: float
+
+    def collapsed(self, metrics) -> str | None:
+        h = float(metrics["entropy"])
+        return f"policy entropy {h:.4f} below {self.collapse_entropy}" if h < self.collapse_entropy else None
+
+
+def action_log_probs(logits: torch.Tensor, actions: torch.Tensor, start: int):
+    """log pi over the vocabulary at the positions where actions [N, H] were taken (logits from
+    position start - 1 on), and log pi of the actions themselves: ([N, H, V], [N, H])."""
+    logp = F.log_softmax(logits[:, start - 1:].float(), -1)
+    return logp, logp.gather(-1, actions[..., None]).squeeze(-1)
+
+
+class Reinforce(_EntropyCollapse):
     """REINFORCE that approximates the supervised gradient (DESIGN section 3, regime 2).
 
     At every position t of world text, sample a ~ pi(.|x_<t) (K samples per position):
@@ -105,12 +122,9 @@ class Reinforce:
         nll = -logp.detach().gather(-1, target[..., None]).mean()
         return loss, {"reward": r.mean(), "entropy": entropy, "nll": nll}, target.numel()
 
-    def collapsed(self, metrics) -> str | None:
-        h = float(metrics["entropy"])
-        return f"policy entropy {h:.4f} below {self.collapse_entropy}" if h < self.collapse_entropy else None
 
 
-class Critic:
+class Critic(_EntropyCollapse):
     """Multi-token generation graded by a critic, later rewards credited to earlier tokens (regime 3).
 
     From P prompts (mostly contexts ending at a fork marker), K samples each of H tokens:
@@ -177,7 +191,6 @@ class Critic:
         j = torch.arange(horizon)
         self.discount = torch.where(j[:, None] >= j[None, :], float(gamma) ** (j[:, None] - j[None, :]).float(),
                                     torch.zeros(()))
-        self._prose_states = torch.tensor([s for s, k in enumerate(world.state_kind) if k == "prose"])
         self.first_token_of_marker = torch.full((world.vocab_size,), -1, dtype=torch.long)
         for f in world.forks:
             self.first_token_of_marker[f.marker] = f.first_token
@@ -222,13 +235,10 @@ class Critic:
         n_fork = round(self.fork_fraction * self.n_prompts)
         out = [self.world.sample(self.n_prompts - n_fork, L, generator=gen)]
         if n_fork:
-            prefix = torch.empty(0, L - 1, dtype=torch.long)
-            while len(prefix) < n_fork:
-                x = self.world.sample(2 * n_fork, L - 1, generator=gen)
-                prefix = torch.cat([prefix, x[torch.isin(self.world.states_of(x)[:, -1], self._prose_states)]])
+            prefix = self.world.prose_prefixes(n_fork, L - 1, gen, batch=2 * n_fork)
             markers = torch.tensor(self.world.marker_tokens)[torch.randint(len(self.world.forks), (n_fork, 1),
                                                                            generator=gen)]
-            out.append(torch.cat([prefix[:n_fork], markers], 1))
+            out.append(torch.cat([prefix, markers], 1))
         return torch.cat(out)
 
     def loss(self, model, step: int, gen: torch.Generator):
@@ -239,11 +249,9 @@ class Critic:
         prompts, fed, actions = self.rollout_batch(model, gen, cpu_gen)
         N, L = prompts.shape
         contexts = torch.cat([prompts, fed[:, :H - 1]], 1)  # action t was taken after contexts[:, :L + t]
-        logp = F.log_softmax(model(contexts)["logits"][:, L - 1:].float(), -1)  # [N, H, V]
-        logp_a = logp.gather(-1, actions[..., None]).squeeze(-1)
+        logp, logp_a = action_log_probs(model(contexts)["logits"], actions, L)  # [N, H, V], [N, H]
         with torch.no_grad():
-            ref_logp_a = F.log_softmax(self.ref_model(contexts)["logits"][:, L - 1:].float(), -1).gather(
-                -1, actions[..., None]).squeeze(-1)
+            ref_logp_a = action_log_probs(self.ref_model(contexts)["logits"], actions, L)[1]
             if hasattr(self.critic, "update"):  # a learned critic learns world text vs these samples
                 self.critic.update(prompts, self.world_continuation(prompts, cpu_gen), actions)
             c = self.critic(contexts, actions)                        # c(ctx_t, a_t)      [N, H]
@@ -286,8 +294,7 @@ class Critic:
         b = self.buffer
         contexts, actions, L = b["contexts"], b["actions"], b["prompt_len"]
         out = model(contexts)
-        logp = F.log_softmax(out["logits"][:, L - 1:].float(), -1)
-        logp_a = logp.gather(-1, actions[..., None]).squeeze(-1)
+        logp, logp_a = action_log_probs(out["logits"], actions, L)
         value = out["value"][:, L - 1:].float()
         ratio = torch.exp(logp_a - b["old_logp_a"])                                  # rho_t
         adv = b["advantages"]
@@ -308,10 +315,9 @@ class Critic:
         if hasattr(self.critic, "update"):
             self.critic.update(prompts, self.world_continuation(prompts, cpu_gen), actions)
         out = model(contexts)
-        old_logp_a = F.log_softmax(out["logits"][:, L - 1:].float(), -1).gather(-1, actions[..., None]).squeeze(-1)
+        old_logp_a = action_log_probs(out["logits"], actions, L)[1]
         values = out["value"][:, L - 1:].float()
-        ref_logp_a = F.log_softmax(self.ref_model(contexts)["logits"][:, L - 1:].float(), -1).gather(
-            -1, actions[..., None]).squeeze(-1)
+        ref_logp_a = action_log_probs(self.ref_model(contexts)["logits"], actions, L)[1]
         c = self.critic(contexts, actions)
         r = c - self.beta * (old_logp_a - ref_logp_a)
         adv = gae(r, values, self.gamma, self.gae_lambda)
@@ -322,9 +328,6 @@ class Critic:
                 "metrics": {"critic_reward": c.mean(), "kl": (old_logp_a - ref_logp_a).mean(),
                             "return": returns[:, 0].mean()}}
 
-    def collapsed(self, metrics) -> str | None:
-        h = float(metrics["entropy"])
-        return f"policy entropy {h:.4f} below {self.collapse_entropy}" if h < self.collapse_entropy else None
 
     def theory_reward(self) -> torch.Tensor | None:
         """c(s, x) as a table when the critic is a function of state and token (for the exact optimum)."""

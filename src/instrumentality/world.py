@@ -197,27 +197,36 @@ class World:
         """Sample `n` sequences of `length` tokens (the first is <bos>). Returns LongTensor [n, length]
         (and the state *before* each token, [n, length], where state[:, 0] is -1 for <bos>)."""
         length = length or self.cfg.seq_len
-        tokens = torch.empty(n, length, dtype=torch.long)
-        states = torch.empty(n, length, dtype=torch.long)
-        tokens[:, 0], states[:, 0] = self.bos, -1
-        s = torch.full((n,), self.start_state, dtype=torch.long)
-        probs = self.emission.float()
-        for t in range(1, length):
-            x = torch.multinomial(probs[s], 1, generator=generator).squeeze(1)
-            tokens[:, t], states[:, t] = x, s
-            s = self.transition[s, x]
+        start = torch.full((n,), self.start_state, dtype=torch.long)
+        rest, before = self.continue_from(start, length - 1, generator, return_states=True)
+        tokens = torch.cat([torch.full((n, 1), self.bos, dtype=torch.long), rest], 1)
+        states = torch.cat([torch.full((n, 1), -1, dtype=torch.long), before], 1)
         return (tokens, states) if return_states else tokens
 
-    def continue_from(self, states: torch.Tensor, length: int, generator: torch.Generator | None = None):
-        """Sample `length` tokens from the given states (the ground-truth future of a context)."""
+    def continue_from(self, states: torch.Tensor, length: int, generator: torch.Generator | None = None,
+                      return_states: bool = False):
+        """Sample `length` tokens from the given states (the ground-truth future of a context); with
+        return_states, also the state before each sampled token."""
         s = states.clone().cpu()
         out = torch.empty(len(s), length, dtype=torch.long)
+        before = torch.empty(len(s), length, dtype=torch.long)
         probs = self.emission.float()
         for t in range(length):
             x = torch.multinomial(probs[s], 1, generator=generator).squeeze(1)
-            out[:, t] = x
+            out[:, t], before[:, t] = x, s
             s = self.transition[s, x]
-        return out
+        return (out, before) if return_states else out
+
+    def prose_prefixes(self, n: int, length: int, generator: torch.Generator | None = None,
+                       batch: int | None = None) -> torch.Tensor:
+        """n sequences of `length` tokens whose last state is prose, so a fork marker may follow
+        (rejection sampling, `batch` sequences at a time)."""
+        prose = torch.tensor([s for s, k in enumerate(self.state_kind) if k == "prose"])
+        pool = torch.empty(0, length, dtype=torch.long)
+        while len(pool) < n:
+            x = self.sample(batch or 2 * n, length, generator=generator)
+            pool = torch.cat([pool, x[torch.isin(self.states_of(x)[:, -1], prose)]])
+        return pool[:n]
 
     # ------------------------------------------------------------------ exact quantities
     def states_of(self, tokens: torch.Tensor) -> torch.Tensor:
