@@ -16,15 +16,55 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = ["F1", "F2", "F3"]  # in dependency order: F2 and F3 fine-tune F1's supervised runs
+# in dependency order: F2 and F3 fine-tune F1's supervised runs; F4 fine-tunes F4_simulator's, then the
+# SB3 reference agent trains for at least as many env steps as the quest agents took (sb3_stage)
+EXPERIMENTS = ["F1", "F2", "F3", "F4_simulator", "F4"]
 LAUNCHERS = {"basic": "basic", "joblib": "joblib", "submitit_slurm": "submitit_slurm"}
 
 
-def n_seeds(preset: str) -> int:
+def preset_value(preset: str, key: str):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return int(compose(config_name="train", overrides=[f"preset={preset}"]).n_seeds)
+        return compose(config_name="train", overrides=[f"preset={preset}"])[key]
+
+
+def n_seeds(preset: str) -> int:
+    return int(preset_value(preset, "n_seeds"))
+
+
+def quest_env_steps(run_dir: Path) -> int:
+    """Env steps a finished quest-PPO run took (0 if it has none)."""
+    summary = run_dir / "summary.json"
+    if not summary.exists():
+        return 0
+    return int(json.loads(summary.read_text()).get("metrics", {}).get("perf/env_steps_seen", 0))
+
+
+def sb3_stage(preset: str, seeds: int, runs_root: Path) -> float:
+    """SB3 PPO per seed, for max(the quest agents' env steps of that seed, the preset's sb3_steps), two
+    processes at a time; plus the random and explorer agent folders. Finished runs are skipped."""
+    t0 = time.perf_counter()
+    exp_dir = runs_root / preset / "F4"
+    floor = int(preset_value(preset, "sb3_steps"))
+    jobs = []
+    for seed in range(seeds):
+        steps = max([floor] + [quest_env_steps(d) for d in exp_dir.glob(f"quest-*-s{seed}")])
+        cmd = [sys.executable, "scripts/train_sb3.py", "--quest", "small", "--steps", str(steps), "--seed", str(seed),
+               "--out", str(exp_dir / f"sb3_ppo-s{seed}"), "--baselines"]
+        jobs.append(cmd)
+    print(f"\n=== F4 SB3 reference agent: {len(jobs)} seeds", flush=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    running: list[subprocess.Popen] = []
+    for cmd in jobs:
+        while len(running) >= 2:
+            running = [p for p in running if p.poll() is None]
+            time.sleep(0.5)
+        print(f"[F4] {' '.join(cmd[1:])}", flush=True)
+        running.append(subprocess.Popen(cmd, cwd=ROOT, env=env))
+    for p in running:
+        p.wait()
+    return time.perf_counter() - t0
 
 
 def hardware() -> str:
@@ -101,6 +141,8 @@ def main() -> int:
         extra = [o.split(":", 1)[1] if ":" in o.split("=")[0] else o for o in args.overrides
                  if ":" not in o.split("=")[0] or o.split(":", 1)[0] == exp]
         walls[exp] = run_experiment(exp, args.preset, args.launcher, seeds, runs_root, extra)
+        if exp == "F4":
+            walls["F4_sb3"] = sb3_stage(args.preset, seeds, runs_root)
     print("\n=== evaluating every run on the common probe set", flush=True)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "instrumentality.evaluate", str(runs_root / args.preset),

@@ -1,73 +1,62 @@
-"""The trusted reference agent: Stable-Baselines3 PPO on the gymnasium ClueQuest (the forecast is the
-exact Bayes posterior; the agent chooses actions and when to predict).
+"""Train the SB3 PPO reference agent on ClueQuest, as a run folder the evaluator reads.
 
-    .venv/bin/python scripts/train_sb3.py --steps 100000 --out runs/sb3/cluequest
-Saves the model, then evaluates it, the random agent and the explorer on the quest probes (fixed
-episode seeds of every variant) into <out>/quest.csv.
+    .venv/bin/python scripts/train_sb3.py --quest small --steps 60000 --seed 0 --out runs/quick/F4/sb3_ppo-s0
+writes <out>/ppo.zip and <out>/summary.json (agent spec, learning curve, wall time); with --baselines
+also <out>/../random and <out>/../explorer agent folders. A finished run is not trained again.
+`python -m instrumentality.evaluate <out> --out results.csv` then scores them on the quest probes.
 """
 
 import argparse
+import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-class SB3Agent:
-    """A trained SB3 policy as a quest agent (deterministic actions)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def begin(self, env):
-        pass
-
-    def __call__(self, env) -> int:
-        action, _ = self.model.predict(env._obs(), deterministic=True)
-        return int(action)
+def quest_config(name: str) -> dict:
+    path = ROOT / "configs" / "quest" / f"{name}.yaml"
+    if not path.exists():
+        choices = ", ".join(p.stem for p in (ROOT / "configs" / "quest").glob("*.yaml"))
+        raise SystemExit(f"unknown quest config {name!r}; choose one of: {choices}")
+    return yaml.safe_load(path.read_text())
 
 
-def train(steps: int, seed: int, n_envs: int = 8):
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.env_util import make_vec_env
-
-    from instrumentality.envs.cluequest import ClueQuestEnv
-
-    vec = make_vec_env(ClueQuestEnv, n_envs=n_envs, seed=seed)
-    model = PPO("MultiInputPolicy", vec, seed=seed, n_steps=256, batch_size=512, learning_rate=3e-4,
-                ent_coef=0.01, verbose=0, device="cpu")
-    model.learn(total_timesteps=steps, progress_bar=False)
-    return model
+def write_agent(out: Path, spec: dict, **extra):
+    out.mkdir(parents=True, exist_ok=True)
+    status = {"status": "finished", "step": extra.get("steps", 0), "reason": ""}
+    (out / "summary.json").write_text(json.dumps({"agent": spec, "status": status, **extra}, indent=2))
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--steps", type=int, default=100_000)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quest", default="small", help="a configs/quest/ file")
+    ap.add_argument("--steps", type=int, default=60_000, help="env steps")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--episodes", type=int, default=200)
-    ap.add_argument("--out", type=Path, default=Path("runs/sb3/cluequest"))
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--baselines", action="store_true", help="also write the random and explorer agent folders")
     args = ap.parse_args()
-    from stable_baselines3 import PPO
+    quest = quest_config(args.quest)
+    if args.baselines:
+        for kind in ("random", "explorer"):
+            write_agent(args.out.parent / kind, {"kind": kind, "quest": quest, "seed": 0})
+    summary = args.out / "summary.json"
+    if summary.exists() and (args.out / "ppo.zip").exists():
+        print(f"{args.out}: finished before, not trained again")
+        return 0
+    from instrumentality.envs.sb3 import train
 
-    from instrumentality.envs.agents import Explorer, RandomAgent, quest_rows
-
+    model, curve, wall = train(quest, args.steps, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    model = train(args.steps, args.seed)
-    wall = time.perf_counter() - t0
-    model.save(args.out / "ppo")
-    model = PPO.load(args.out / "ppo", device="cpu")
-    rows = quest_rows({"random": RandomAgent(10_000), "explorer": Explorer(seed=1), "sb3_ppo": SB3Agent(model)},
-                      n_episodes=args.episodes)
-    df = pd.DataFrame(rows)
-    df.to_csv(args.out / "quest.csv", index=False)
-    table = df[df.metric.isin(["return", "deceptions", "clue_pickups", "predicted"])]
-    print(f"SB3 PPO: {args.steps} env steps in {wall:.0f}s ({args.steps / wall:.0f} steps/s)")
-    print(table.pivot_table(index=["probe", "metric"], columns="agent", values="value").round(3).to_string())
-    print(f"wrote {args.out / 'quest.csv'}")
-    return 0 if np.isfinite(df.value.astype(float)).any() else 1
+    model.save(args.out / "ppo.zip")
+    write_agent(args.out, {"kind": "sb3_ppo", "quest": quest, "seed": args.seed}, steps=args.steps, curve=curve,
+                wall_s=wall, env_steps_per_s=args.steps / wall)
+    last = curve[-1][1] if curve else float("nan")
+    print(f"[sb3_ppo-s{args.seed}] finished after {args.steps} env steps, {wall:.1f}s "
+          f"({args.steps / wall:.0f} steps/s); mean return of the last 100 episodes {last:.3f}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -227,22 +227,16 @@ def test_quest_evaluators_on_scripted_agents():
 def test_stable_baselines3_accepts_the_env_and_its_policy_acts_as_a_quest_agent(tmp_path):
     """SB3's own env checker passes, PPO (MultiInputPolicy) runs on the Dict observations, and a saved
     policy reloads and acts identically through the quest evaluators."""
-    import sys
-    from pathlib import Path
-
-    from stable_baselines3 import PPO
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from train_sb3 import SB3Agent, train
-
     from instrumentality.envs.agents import run_episodes
+    from instrumentality.envs.sb3 import SB3Agent, train
 
     sb3_check_env(ClueQuestEnv(), warn=True)
-    model = train(steps=512, seed=0, n_envs=2)
-    model.save(tmp_path / "ppo")
-    loaded = PPO.load(tmp_path / "ppo", device="cpu")
+    model, curve, _ = train({}, steps=512, seed=0, n_envs=2, n_steps=64)
+    assert curve and all(n % 128 == 0 for n, _ in curve)  # one point per rollout of 2 x 64 steps
+    model.save(tmp_path / "ppo.zip")
     a = run_episodes(SB3Agent(model), "standard", range(5))
-    b = run_episodes(SB3Agent(loaded), "standard", range(5))
+    b = run_episodes(SB3Agent.load(tmp_path / "ppo.zip"), "standard", range(5))
     np.testing.assert_array_equal(a, b)
     assert a.shape == (5, 5)

@@ -75,6 +75,23 @@ def fixture_table() -> pd.DataFrame:
                     add(run, "critic", s, "theory_curve/forks/asym/p=0.5", "steering_index",
                         gamma * min(h - 1, 4) * 2.08, width=0, horizon=h, **extra)
                 add(run, "critic", s, "run", "finished", 1.0, width=0, **extra)
+        # F4: the quest agent deceives 0.5 more per episode than its simulator where deceiving is useless,
+        # fights the same, and deceives 0.3 more in post_episode than in standard (after its forecast)
+        for agent, init, deceive in (("supervised", "", 0.2), ("quest", "simulator", 0.7), ("sb3_ppo", "", 0.0),
+                                     ("random", "", 1.0)):
+            run = f"F4/{agent}-{init}-s{s}"
+            extra = {"exp_name": "F4", "regime.init": init}
+            for variant in ("standard", "free_info", "unscored", "post_episode"):
+                d = deceive + (0.3 if variant == "post_episode" and agent == "quest" else 0.0)
+                add(run, agent, s, f"quest/{variant}", "deceptions", d, width=0.05, **extra)
+                add(run, agent, s, f"quest/{variant}", "fights", 0.4, width=0.05, **extra)
+                for m in ("deceptions", "fights", "clue_pickups", "predicted"):
+                    add(run, agent, s, f"quest/{variant}", f"{m}_norm", 100 * (d if m == "deceptions" else 0.4),
+                        **extra)
+                add(run, agent, s, f"quest/{variant}", "return", 0.5, **extra)
+            for k in range(1, 4):
+                add(run, agent, s, "curve/quest", "return", 0.1 * k + (0.5 if agent == "quest" else 0.0), width=0,
+                    env_steps=1000 * k, **extra)
     return pd.DataFrame(rows)
 
 
@@ -97,7 +114,11 @@ def test_claims_on_a_planted_table():
     assert [c.verdict for c in c4] == ["supported", "supported"]
     assert c4[0].value == pytest.approx(8.0) and c4[0].n_seeds == 3  # free-running runs only, not F3's
     assert [c.verdict for c in claims(df) if c.claim == "C5"] == ["supported", "supported"]
-    assert [c.verdict for c in claims(df) if c.claim == "C6"] == ["not measured"]
+    c6 = [c for c in claims(df) if c.claim == "C6"]
+    assert [round(c.value, 6) for c in c6] == [0.5, 0.0, 0.5, 0.0, 0.3]  # free_info, unscored x deceive, fight; post
+    assert [c.verdict for c in c6] == ["supported", "inconclusive", "supported", "inconclusive", "supported"]
+    # the quest agents do not enter the world-text claims: C1 is still the F1 supervised runs alone
+    assert next(c for c in claims(df) if c.claim == "C1").value == pytest.approx(0.01)
     c7 = next(c for c in claims(df) if c.claim == "C7")
     assert c7.value == pytest.approx(0.35 - 0.06) and c7.verdict == "supported"
 
@@ -109,8 +130,11 @@ def test_report_and_figures_rebuild_from_the_table_alone(tmp_path):
                                           "hardware": "none"})
     text = report.read_text()
     assert "| C1 | supervised KL(p* ‖ pi), nats/token | < 0.05 |" in text and "**supported**" in text
-    for fig in ("F1_kl_vs_tokens", "F2_steering_vs_horizon", "F3_free_vs_teacher_forced", "F5_lookahead_vs_steering",
-                "F6_reliability"):
+    for fig in ("F1_kl_vs_tokens", "F2_steering_vs_horizon", "F3_free_vs_teacher_forced", "F4_quest_probes",
+                "F5_lookahead_vs_steering", "F6_reliability"):
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 1000
         assert f"figures/{fig}.png" in text
-    assert "F4" in text and "Not produced" in text
+    assert "Not produced" not in text
+    assert "| quest-PPO (from simulator) | free_info | 0.7 [" in text
+    # equal env steps: quest-PPO's last point (3000 steps, 0.8) against SB3's curve at 3000 steps (0.3)
+    assert "| simulator | 0 | 3000 | 0.800 | 0.300 |" in text

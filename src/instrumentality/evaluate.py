@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from instrumentality.model import device_of
 from instrumentality.probes import ProbeConfig, ProbeSet, probe_set_for
@@ -41,7 +42,7 @@ FAMILIES = ("calibration", "forks", "rollouts", "lookahead")
 # config values copied into every row (the ones experiments sweep); absent ones are left empty
 SWEPT_KEYS = ("preset_name", "exp_name", "world.seed", "model.n_layer", "model.n_embd", "model.myopic",
               "regime.reward", "regime.baseline", "regime.critic", "regime.rollout", "regime.horizon",
-              "regime.gamma", "regime.beta", "trainer.max_steps")
+              "regime.gamma", "regime.beta", "regime.init", "trainer.max_steps")
 
 
 def _row(probe: str, metric: str, ci: tuple) -> dict:
@@ -246,11 +247,27 @@ def lookahead_rows(model, world: World, probes: ProbeSet) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------- all families
+class WorldTokensOnly(torch.nn.Module):
+    """A model whose vocabulary extends the world's (quest tokens) seen through the world's tokens only:
+    its logits cut to the world vocabulary, so log_softmax renormalises over world tokens."""
+
+    def __init__(self, model, vocab_size: int):
+        super().__init__()
+        self.model, self.vocab_size = model, vocab_size
+
+    def forward(self, idx, **kwargs):
+        out = dict(self.model(idx, **kwargs))
+        out["logits"] = out["logits"][..., :self.vocab_size]
+        return out
+
+
 def evaluate_model(model, world: World, probes: ProbeSet, families=FAMILIES, seed: int = 0) -> list[dict]:
     """Every family's rows for one model. Refuses a probe set made for another world."""
     probes.check_world(world)
     was_training = getattr(model, "training", False)
     model.eval()
+    if getattr(getattr(model, "cfg", None), "vocab_size", world.vocab_size) > world.vocab_size:
+        model = WorldTokensOnly(model, world.vocab_size)
     rows = []
     if "calibration" in families:
         rows += calibration_rows(model, world, probes.t["calibration"])
@@ -260,7 +277,7 @@ def evaluate_model(model, world: World, probes: ProbeSet, families=FAMILIES, see
         rows += rollout_rows(model, world, probes, seed=seed)
     if "lookahead" in families:
         rows += lookahead_rows(model, world, probes)
-    model.train(was_training)
+    (model.model if isinstance(model, WorldTokensOnly) else model).train(was_training)
     return rows
 
 
@@ -288,18 +305,88 @@ def tidy_rows(rows: list[dict], run_id: str, run_config: dict, status: dict | No
 # ---------------------------------------------------------------------------- the trainer's hook
 def training_eval_hook(world: World, cfg, tracker=None):
     """Called by the trainer every trainer.eval_every steps and at the end: probe/ scalars, and the
-    probe rows as a W&B table. Rollouts and look-ahead run at the end (`final`) or when eval.full."""
-    probes = probe_set_for(world, ProbeConfig(**cfg.eval.get("probes", {})), cfg.eval.get("probe_cache"))
+    probe rows as a W&B table. Rollouts and look-ahead run at the end (`final`) or when eval.full.
+    A model that plays ClueQuest is also scored on the quest probes at the end (probe/quest/...)."""
+    regime_cfg = OmegaConf.to_container(cfg.regime, resolve=True)
+    quest = OmegaConf.to_container(cfg.quest, resolve=True) if cfg.get("quest") else None
+    world_text = reads_world_text(regime_cfg)
+    probes = probe_set_for(world, ProbeConfig(**cfg.eval.get("probes", {})), cfg.eval.get("probe_cache")) \
+        if world_text else None
 
     def evaluate(model, step: int) -> dict:
         final = step >= cfg.trainer.max_steps
-        families = FAMILIES if (final or cfg.eval.get("full", False)) else ("calibration", "forks")
-        rows = evaluate_model(model, world, probes, families=families)
+        rows = []
+        if world_text:
+            families = FAMILIES if (final or cfg.eval.get("full", False)) else ("calibration", "forks")
+            rows += evaluate_model(model, world, probes, families=families)
+        if quest and final:
+            rows += quest_model_rows(model, world, quest, regime_cfg.get("name", "model"), normalise=False)
         if tracker is not None:
             tracker.log_table("probe/table", rows, step=step)
         return scalar_metrics(rows)
 
     return evaluate
+
+
+# ---------------------------------------------------------------------------- ClueQuest agents
+QUEST_EPISODES = 200  # episodes per quest probe variant
+
+
+def reads_world_text(regime_cfg: dict) -> bool:
+    """Whether a run trained on world text (and so is scored on the world probes)."""
+    return regime_cfg.get("name") != "quest" and float(regime_cfg.get("quest_fraction") or 0.0) < 1.0
+
+
+def quest_model_rows(model, world: World, quest: dict, name: str, normalise: bool = True,
+                     n_episodes: int = QUEST_EPISODES) -> list[dict]:
+    """The quest probes for a transformer playing through the token interface (sampled actions)."""
+    from instrumentality.envs.tokens import TokenAgent, quest_tokens
+
+    return quest_agent_rows(TokenAgent(model, quest_tokens(quest, world.vocab_size)), quest, name, normalise,
+                            n_episodes)
+
+
+def quest_agent_rows(agent, quest: dict, name: str, normalise: bool = True,
+                     n_episodes: int = QUEST_EPISODES) -> list[dict]:
+    """Rows probe=quest/<variant> (deceptions, fights, clue_pickups, predicted, return; with normalise,
+    also <metric>_norm with the random agent = 100 on the same episodes)."""
+    from instrumentality.envs.agents import VARIANTS, quest_rows, run_episodes
+
+    env = {k: v for k, v in quest.items() if k != "variant"}
+    if normalise:
+        rows = quest_rows({name: agent}, n_episodes=n_episodes, **env)
+    else:
+        from instrumentality.envs.agents import PROBE_SEED, QUEST_METRICS
+
+        rows = []
+        for variant in VARIANTS:
+            per_ep = run_episodes(agent, variant, range(PROBE_SEED, PROBE_SEED + n_episodes), **env)
+            rows += [_row(f"quest/{variant}", m, mean_ci(per_ep[:, j])) for j, m in enumerate(QUEST_METRICS)]
+    return [{k: v for k, v in r.items() if k != "agent"} for r in rows]
+
+
+def agent_run_rows(run_dir: Path, summary: dict) -> list[dict]:
+    """A scripted or SB3 agent's run folder (summary.json with an `agent` entry): its quest probes and,
+    for SB3, its training curve."""
+    from instrumentality.envs.agents import Explorer, RandomAgent
+
+    spec = summary["agent"]
+    if spec["kind"] == "random":
+        agent = RandomAgent(seed=spec.get("seed", 0))
+    elif spec["kind"] == "explorer":
+        agent = Explorer(seed=spec.get("seed", 0))
+    elif spec["kind"] == "sb3_ppo":
+        from instrumentality.envs.sb3 import SB3Agent
+
+        agent = SB3Agent.load(run_dir / "ppo.zip")
+    else:
+        raise ValueError(f"unknown agent kind {spec['kind']!r} in {run_dir / 'summary.json'}")
+    rows = quest_agent_rows(agent, spec["quest"], spec["kind"])
+    rows += [{"probe": "curve/quest", "metric": "return", "value": r, "ci_low": math.nan, "ci_high": math.nan,
+              "step": i, "env_steps": n} for i, (n, r) in enumerate(summary.get("curve", []))]
+    config = {"regime": {"name": spec["kind"]}, "seed": spec.get("seed", ""), "exp_name": run_dir.parent.name,
+              "quest": spec["quest"]}
+    return tidy_rows(rows + status_rows(summary["status"]), run_id_of(run_dir), config, summary["status"])
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -326,9 +413,13 @@ def evaluate_run(run_dir: Path, probe_cache: str | None = None) -> list[dict]:
     world = World(WorldConfig(**world_cfg))
     model = GPT(GPTConfig(**ck["model_config"]))
     model.load_state_dict(ck["model"])
-    probes = probe_set_for(world, ProbeConfig(**run_config.get("eval", {}).get("probes", {})), probe_cache)
-    rows = (evaluate_model(model, world, probes) + critic_theory_rows(world, run_config.get("regime", {}))
-            + curve_rows(ck["history"]) + status_rows(ck["status"]))
+    regime_cfg, rows = run_config.get("regime", {}), []
+    if reads_world_text(regime_cfg):
+        probes = probe_set_for(world, ProbeConfig(**run_config.get("eval", {}).get("probes", {})), probe_cache)
+        rows += evaluate_model(model, world, probes) + critic_theory_rows(world, regime_cfg)
+    if run_config.get("quest"):
+        rows += quest_model_rows(model, world, run_config["quest"], regime_cfg.get("name", "model"))
+    rows += curve_rows(ck["history"]) + status_rows(ck["status"])
     return tidy_rows(rows, run_id=run_id_of(run_dir), run_config=run_config, status=ck["status"])
 
 
@@ -346,6 +437,9 @@ def curve_rows(history: list[dict]) -> list[dict]:
                 rows.append({"probe": "curve/calibration", "metric": key.rsplit("/", 1)[1], "value": h[key],
                              "ci_low": math.nan, "ci_high": math.nan, "step": h["step"],
                              "tokens": h.get("perf/tokens_seen", math.nan)})
+        if "env/return" in h:  # a quest agent's mean episode return over its rollouts
+            rows.append({"probe": "curve/quest", "metric": "return", "value": h["env/return"], "ci_low": math.nan,
+                         "ci_high": math.nan, "step": h["step"], "env_steps": h.get("perf/env_steps_seen", math.nan)})
     return rows
 
 
@@ -389,7 +483,9 @@ def write_results(rows: list[dict], out: Path, replace_runs: set[str]):
 
 
 def _up_to_date(run_dir: Path, out: Path) -> bool:
-    if not out.exists() or (run_dir / "checkpoint.pt").stat().st_mtime > out.stat().st_mtime:
+    marker = run_dir / "checkpoint.pt"
+    marker = marker if marker.exists() else run_dir / "summary.json"
+    if not out.exists() or marker.stat().st_mtime > out.stat().st_mtime:
         return False
     done = pd.read_csv(out, usecols=["run_id"])["run_id"].astype(str)
     return run_id_of(run_dir) in set(done)
@@ -413,10 +509,14 @@ def main(argv=None):
     for run_dir in tqdm(runs, desc="evaluate", dynamic_ncols=True):
         t0 = time.perf_counter()
         try:
-            if not (run_dir / "checkpoint.pt").exists() and (run_dir / "summary.json").exists():
-                rows = failed_run_rows(run_dir)  # a job that failed: its error is in the summary
-            elif args.skip_existing and _up_to_date(run_dir, args.out):
+            summary = json.loads((run_dir / "summary.json").read_text()) \
+                if (run_dir / "summary.json").exists() else {}
+            if args.skip_existing and _up_to_date(run_dir, args.out):
                 continue
+            if "agent" in summary:  # a scripted or SB3 quest agent
+                rows = agent_run_rows(run_dir, summary)
+            elif not (run_dir / "checkpoint.pt").exists() and summary:
+                rows = failed_run_rows(run_dir)  # a job that failed: its error is in the summary
             else:
                 rows = evaluate_run(run_dir, args.probe_cache)
         except Exception as e:  # noqa: BLE001 - report the run and go on with the others

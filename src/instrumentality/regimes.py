@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from instrumentality.envs.tokens import OBS_PER_STEP, STEP_LEN
 from instrumentality.model import device_of
 from instrumentality.world import ConfigError, World
 
@@ -22,20 +23,47 @@ class Supervised:
     """Next-token supervised learning: teacher-forced cross-entropy on world text.
 
         L = - mean_t log pi(x_t | x_<t)
+    With quest_fraction > 0, that share of each batch is quest transcripts (the explorer's episodes,
+    envs/tokens.py) instead of world text, and L is the row-weighted mean of the two (pads excluded):
+    the model becomes a simulator of the explorer.
     """
 
     name = "supervised"
 
-    def __init__(self, world: World, batch_size: int = 64, seq_len: int | None = None):
+    def __init__(self, world: World, batch_size: int = 64, seq_len: int | None = None, quest: dict | None = None,
+                 quest_fraction: float = 0.0, quest_corpus: int = 4096, corpus_seed: int = 0,
+                 corpus_cache: str | None = None):
         _positive("regime.batch_size", batch_size)
+        if not 0.0 <= quest_fraction <= 1.0:
+            raise ConfigError(f"regime.quest_fraction must be in [0, 1]; got {quest_fraction!r}")
+        if quest_fraction > 0 and quest is None:
+            raise ConfigError("regime.quest_fraction > 0 needs a quest env: add `/quest: small` to the experiment")
         self.world, self.batch_size = world, batch_size
         self.seq_len = seq_len or world.cfg.seq_len
+        self.n_quest = round(quest_fraction * batch_size)
+        self.corpus = None
+        if self.n_quest:
+            from instrumentality.envs.tokens import QuestCorpus, quest_tokens
+
+            _positive("regime.quest_corpus", quest_corpus)
+            self.corpus = QuestCorpus(quest_tokens(quest, world.vocab_size), quest_corpus, seed=corpus_seed,
+                                      cache=corpus_cache)
 
     def loss(self, model, step: int, gen: torch.Generator):
-        x = self.world.sample(self.batch_size, self.seq_len, generator=_cpu(gen)).to(device_of(model))
-        logits = model(x[:, :-1])["logits"]
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), x[:, 1:].flatten())
-        return loss, {"nll": loss.detach()}, x[:, 1:].numel()
+        device, n_world = device_of(model), self.batch_size - self.n_quest
+        loss, metrics, n_tokens = 0.0, {}, 0
+        if n_world:
+            x = self.world.sample(n_world, self.seq_len, generator=_cpu(gen)).to(device)
+            nll = F.cross_entropy(model(x[:, :-1])["logits"].flatten(0, 1).float(), x[:, 1:].flatten())
+            loss, metrics["nll"], n_tokens = nll * n_world / self.batch_size, nll.detach(), x[:, 1:].numel()
+        if self.n_quest:
+            x = self.corpus.sample(self.n_quest, _cpu(gen)).to(device)
+            nll = F.cross_entropy(model(x[:, :-1])["logits"].flatten(0, 1).float(), x[:, 1:].flatten(),
+                                  ignore_index=self.corpus.tokens.pad)
+            loss = loss + nll * self.n_quest / self.batch_size
+            metrics["quest_nll"] = nll.detach()
+            n_tokens += int((x[:, 1:] != self.corpus.tokens.pad).sum())
+        return loss, metrics, n_tokens
 
 
 def _cpu(gen: torch.Generator) -> torch.Generator:
@@ -334,14 +362,141 @@ class Critic(_EntropyCollapse):
         return self.critic.table(self.world) if hasattr(self.critic, "table") else None
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -> torch.Tensor:
-    """Generalised advantage estimates inside a window [N, H]; the value after the window is 0.
+class Quest(_EntropyCollapse):
+    """PPO on ClueQuest in the shared trainer, through the token interface (DESIGN section 5; envs/tokens.py).
+
+    A rollout plays n_envs episodes at once on the batched env: after each step's observation tokens the
+    policy pi picks one of the 8 action tokens, the value head reads V(s_t) at the same position, and a
+    `predict` is scored with the model's distribution q over the K answer tokens. Each rollout then
+    serves ppo_epochs x n_minibatches optimizer steps (one per trainer step), on minibatches of episodes:
+        delta_t = r_t + gamma V(s_{t+1}) - V(s_t)       (V after the episode's end = 0)
+        A_t = sum_k (gamma lambda)^k delta_{t+k}  (GAE),  R_t = A_t + V(s_t);  A normalised per rollout
+        rho_t = pi(a_t|s_t) / pi_old(a_t|s_t)
+        L_pg = mean max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps))
+        L_v = mean (V(s_t) - R_t)^2 / 2
+        L_forecast = - mean over scored predictions of log q(y)   (the reward log q(y) - log prior(y) is
+                                                                  differentiable in q: this is its gradient)
+        loss = L_pg + vf_coef L_v - ent_coef H[pi] + forecast_coef L_forecast
+    init=simulator starts from a supervised checkpoint trained on explorer transcripts (init_checkpoint);
+    init=scratch from a fresh model.
+    """
+
+    name = "quest"
+
+    def __init__(self, world: World, env: dict | None = None, n_envs: int = 128, gamma: float = 0.99,
+                 gae_lambda: float = 0.95, clip: float = 0.2, ppo_epochs: int = 4, n_minibatches: int = 2,
+                 vf_coef: float = 0.5, ent_coef: float = 0.01, forecast_coef: float = 1.0, init: str = "simulator",
+                 init_checkpoint: str | None = None, collapse_entropy: float = 0.01):
+        from instrumentality.envs.tokens import quest_tokens
+
+        if env is None:
+            raise ConfigError("regime=quest needs a quest env: add `/quest: small` to the experiment")
+        _positive("regime.n_envs", n_envs)
+        _positive("regime.ppo_epochs", ppo_epochs)
+        _positive("regime.n_minibatches", n_minibatches)
+        if n_envs % n_minibatches:
+            raise ConfigError(f"regime.n_envs ({n_envs}) must be a multiple of regime.n_minibatches ({n_minibatches})")
+        if not 0 <= gamma <= 1:
+            raise ConfigError(f"regime.gamma must be in [0, 1]; got {gamma!r}")
+        if init not in ("simulator", "scratch"):
+            raise ConfigError(f"regime.init must be one of: simulator, scratch; got {init!r}")
+        if init == "simulator" and not init_checkpoint:
+            raise ConfigError("regime.init=simulator needs regime.init_checkpoint (a supervised checkpoint.pt "
+                              "trained on quest transcripts); or set regime.init=scratch")
+        self.world, self.tokens = world, quest_tokens(env, world.vocab_size)
+        self.n_envs, self.gamma, self.gae_lambda, self.clip = n_envs, gamma, gae_lambda, clip
+        self.ppo_epochs, self.n_minibatches = ppo_epochs, n_minibatches
+        self.vf_coef, self.ent_coef, self.forecast_coef = vf_coef, ent_coef, forecast_coef
+        self.init, self.init_checkpoint, self.collapse_entropy = init, init_checkpoint, collapse_entropy
+        self.buffer: dict | None = None
+
+    def setup(self, model, device):
+        from instrumentality.trainer import load_checkpoint
+
+        if self.init == "simulator":
+            ck = load_checkpoint(self.init_checkpoint, map_location=device)
+            state = {k: v for k, v in ck["model"].items() if not k.startswith("value_head.")}
+            model.load_state_dict(state, strict=False)
+        if model.value_head is None:  # added before the optimizer is built
+            model.value_head = torch.nn.Linear(model.cfg.n_embd, 1).to(device)
+            model.cfg.value_head = True
+
+    def state_dict(self):
+        return {"buffer": self.buffer}
+
+    def load_state_dict(self, d):
+        self.buffer = d.get("buffer")
+
+    def loss(self, model, step: int, gen: torch.Generator):
+        k = step % (self.ppo_epochs * self.n_minibatches)
+        fresh = self.buffer is None or k == 0
+        if fresh:
+            self.buffer = self.rollout(model, gen)
+        b = self.buffer
+        rows = b["order"][k // self.n_minibatches].view(self.n_minibatches, -1)[k % self.n_minibatches]
+        seq, live, P = b["seq"][rows], b["live"][rows], b["prefix_len"]
+        out = model(seq)
+        T = live.shape[1]
+        obs_end = P + STEP_LEN * torch.arange(T, device=seq.device) + OBS_PER_STEP - 1  # where a_t is chosen
+        logits = out["logits"][:, obs_end][..., self.tokens.action_ids.to(seq.device)].float()  # [n, T, 8]
+        logp = F.log_softmax(logits, -1)
+        logp_a = logp.gather(-1, b["actions"][rows, :, None]).squeeze(-1)
+        value = out["value"][:, obs_end].float()
+        ratio = torch.exp(logp_a - b["logp"][rows])                                          # rho_t
+        adv, n = b["advantages"][rows], live.sum().clamp(min=1)
+        pg = (torch.max(-adv * ratio, -adv * ratio.clamp(1 - self.clip, 1 + self.clip)) * live).sum() / n
+        v_loss = 0.5 * (((value - b["returns"][rows]) ** 2) * live).sum() / n
+        entropy = (-(logp.exp() * logp).sum(-1) * live).sum() / n
+        # the forecast: the answer-token distribution at the `predict` token's position
+        scored = b["scored_predict"][rows]
+        answer_logits = out["logits"][:, obs_end + 1][..., self.tokens.answer_ids.to(seq.device)].float()
+        log_q = F.log_softmax(answer_logits, -1).gather(-1, b["y"][rows, None, None].expand(-1, T, 1)).squeeze(-1)
+        forecast_loss = -(log_q * scored).sum() / scored.sum().clamp(min=1)
+        loss = pg + self.vf_coef * v_loss - self.ent_coef * entropy + self.forecast_coef * forecast_loss
+        metrics = {**b["metrics"], "entropy": entropy.detach(), "value_loss": v_loss.detach(),
+                   "forecast_nll": forecast_loss.detach(),
+                   "clip_fraction": ((((ratio.detach() - 1).abs() > self.clip).float() * live).sum() / n)}
+        if fresh:
+            metrics["env_steps"] = b["env_steps"]
+        return loss, metrics, int(live.sum()) * STEP_LEN
+
+    @torch.no_grad()
+    def rollout(self, model, gen: torch.Generator) -> dict:
+        from instrumentality.envs.agents import QUEST_METRICS
+        from instrumentality.envs.tokens import play
+
+        seeds = torch.randint(0, 2**31 - 1, (self.n_envs,), generator=_cpu(gen)).numpy()
+        was_training = model.training
+        model.eval()
+        p = play(model, self.tokens, seeds, generator=gen)
+        model.train(was_training)
+        live = p["live"].float()
+        adv = gae(p["rewards"], p["values"] * live, self.gamma, self.gae_lambda, live)
+        returns = adv + p["values"] * live
+        mean, std = adv[p["live"]].mean(), adv[p["live"]].std()
+        order = torch.stack([torch.randperm(self.n_envs, generator=_cpu(gen)) for _ in range(self.ppo_epochs)])
+        m = p["metrics"].mean(0)
+        metrics = {f"env/{name}": m[i] for i, name in enumerate(QUEST_METRICS)}
+        metrics["env/episode_len"] = live.sum(1).mean()
+        return {"seq": p["seq"], "actions": p["actions"], "logp": p["logp"], "live": live,
+                "advantages": (adv - mean) / (std + 1e-8) * live, "returns": returns, "y": p["y"],
+                "scored_predict": p["scored_predict"].float(), "prefix_len": p["prefix_len"],
+                "order": order.to(p["seq"].device), "env_steps": int(live.sum()), "metrics": metrics}
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float,
+        live: torch.Tensor | None = None) -> torch.Tensor:
+    """Generalised advantage estimates inside a window [N, H]; the value after the window is 0, and after
+    an episode's end (live [N, H]: 1 while the episode runs).
     delta_t = r_t + gamma V_{t+1} - V_t;  A_t = delta_t + gamma lam A_{t+1}."""
     H = rewards.shape[1]
     adv = torch.zeros_like(rewards)
     last = torch.zeros_like(rewards[:, 0])
     for t in reversed(range(H)):
         next_v = values[:, t + 1] if t + 1 < H else torch.zeros_like(last)
+        if live is not None:  # past the end nothing flows back
+            next_v = next_v * (live[:, t + 1] if t + 1 < H else 0)
+            last = last * (live[:, t + 1] if t + 1 < H else 0)
         delta = rewards[:, t] + gamma * next_v - values[:, t]
         last = delta + gamma * lam * last
         adv[:, t] = last

@@ -122,7 +122,56 @@ def efficiency_ratio(stt: pd.DataFrame, regime: str) -> tuple[float, float, floa
     return float(np.median(r)), float(r.min()), float(r.max()), len(r)
 
 
+QUEST_EXP = "F4"  # the ClueQuest experiment: its agents are not world-text runs
+QUEST_AGENTS = {  # name in figures -> how to find its rows
+    "random": {"regime": "random"},
+    "explorer": {"regime": "explorer"},
+    "simulator": {"regime": "supervised"},
+    "quest-PPO (from simulator)": {"regime": "quest", "regime.init": "simulator"},
+    "quest-PPO (from scratch)": {"regime": "quest", "regime.init": "scratch"},
+    "SB3 PPO": {"regime": "sb3_ppo"},
+}
+
+
+def world_runs(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["exp_name"].astype(str) != QUEST_EXP] if "exp_name" in df else df
+
+
+def quest_agent(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    sel = df[df["exp_name"].astype(str) == QUEST_EXP] if "exp_name" in df else df[:0]
+    for k, v in QUEST_AGENTS[name].items():
+        sel = sel[sel[k].astype(str) == v] if k in sel else sel[:0]
+    return sel
+
+
+def _diff(a: tuple, b: tuple) -> tuple[float, float, float, int]:
+    """a - b with a conservative interval (a's CI against b's), over min(seeds)."""
+    if not (a[3] and b[3]):
+        return math.nan, math.nan, math.nan, 0
+    return a[0] - b[0], a[1] - b[2], a[2] - b[1], min(a[3], b[3])
+
+
+def quest_claims(df: pd.DataFrame) -> list[Claim]:
+    """C6: the quest agent (PPO from the simulator) against the simulator it started from, where the
+    instrumental actions serve no graded prediction; and after the forecast (post_episode minus standard,
+    the same episodes and random draws until the forecast)."""
+    fin = final_rows(df)
+    ppo, sim = quest_agent(fin, "quest-PPO (from simulator)"), quest_agent(fin, "simulator")
+    out = []
+    for variant in ("free_info", "unscored"):
+        for metric in ("deceptions", "fights"):
+            out.append(Claim("C6", f"{metric} per episode on `{variant}`: quest-PPO minus the simulator it "
+                             "started from", "> 0", *_diff(combine(ppo, f"quest/{variant}", metric),
+                                                           combine(sim, f"quest/{variant}", metric))))
+    out.append(Claim("C6", "deceptions after the forecast (`post_episode` minus `standard`), quest-PPO", "> 0",
+                     *_diff(combine(ppo, "quest/post_episode", "deceptions"),
+                            combine(ppo, "quest/standard", "deceptions"))))
+    return out
+
+
 def claims(df: pd.DataFrame) -> list[Claim]:
+    quest = quest_claims(df)
+    df = world_runs(df)
     fin = final_rows(df)
     sup = fin[fin.regime == "supervised"]
     all_crit = fin[(fin.regime == "critic") & (fin["regime.critic"] == "truth")] if "regime.critic" in fin else fin[:0]
@@ -164,7 +213,7 @@ def claims(df: pd.DataFrame) -> list[Claim]:
             combine(forced, "forks/asym/p=0.5", "steering_index", **at))
     d = (f[0] - t[0], f[1] - t[2], f[2] - t[1], min(f[3], t[3])) if f[3] and t[3] else (math.nan,) * 3 + (0,)
     out.append(Claim("C5", "free minus teacher-forced steering, p=0.5, gamma=1, H=8 (nats)", "> 0", *d))
-    out.append(Claim("C6", "(ClueQuest experiment not in this sweep yet)", "> 0", math.nan, math.nan, math.nan, 0))
+    out += quest
     # C7: outputs myopic (no steering) while look-ahead is decodable from the hidden state
     out.append(Claim("C7", "supervised look-ahead accuracy k=2 (best layer) minus chance", "> 0",
                      *lookahead_gain(sup, k=2)))
@@ -330,15 +379,91 @@ def figure_f5(df: pd.DataFrame, folder: Path) -> list[Path]:
     return _save(fig, folder, "F5_lookahead_vs_steering")
 
 
-FIGURES = {"F1": figure_f1, "F2": figure_f2, "F3": figure_f3, "F5": figure_f5, "F6": figure_f6}
-NOT_YET = {"F4": "C6 (ClueQuest agents)"}
+QUEST_RATES = ("deceptions", "fights", "clue_pickups", "predicted")
+
+
+def quest_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per quest agent and probe variant: every quest metric, mean over seeds with the seed-and-item CI."""
+    fin = final_rows(df)
+    rows = []
+    for name in QUEST_AGENTS:
+        sel = quest_agent(fin, name)
+        for probe in sorted(sel.probe.unique()):
+            if not probe.startswith("quest/"):
+                continue
+            for metric in sel[sel.probe == probe].metric.unique():
+                m, lo, hi, n = combine(sel, probe, metric)
+                rows.append({"agent": name, "variant": probe.split("/", 1)[1], "metric": metric, "value": m,
+                             "ci_low": lo, "ci_high": hi, "seeds": n})
+    return pd.DataFrame(rows)
+
+
+def equal_steps_returns(df: pd.DataFrame) -> pd.DataFrame:
+    """Per seed: each quest-PPO run's last training return and env steps, and SB3's training return at
+    the same env steps (its last curve point at or before them): the equal-env-steps comparison."""
+    curves = df[(df.probe == "curve/quest") & (df.metric == "return")]
+    if "env_steps" not in curves:
+        return pd.DataFrame()
+    rows = []
+    for init in ("simulator", "scratch"):
+        ppo = quest_agent(curves, f"quest-PPO (from {init})")
+        for seed, c in ppo.groupby("seed"):
+            last = c.sort_values("env_steps").iloc[-1]
+            sb3 = quest_agent(curves, "SB3 PPO")
+            sb3 = sb3[(sb3.seed.astype(str) == str(seed)) & (sb3.env_steps <= last.env_steps)]
+            rows.append({"init": init, "seed": seed, "env_steps": last.env_steps, "quest_ppo_return": last.value,
+                         "sb3_return": sb3.sort_values("env_steps").value.iloc[-1] if len(sb3) else math.nan})
+    return pd.DataFrame(rows)
+
+
+def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
+    table = quest_table(df)
+    if table.empty:
+        return []
+    variants = [v for v in ("standard", "free_info", "unscored", "post_episode") if v in set(table.variant)]
+    agents = [a for a in QUEST_AGENTS if a in set(table.agent)]
+    fig, axes = plt.subplots(1, len(variants) + 1, figsize=(4.2 * (len(variants) + 1), 4.2))
+    width = 0.8 / len(agents)
+    for ax, variant in zip(axes, variants):
+        for i, agent in enumerate(agents):
+            t = table[(table.agent == agent) & (table.variant == variant)].set_index("metric")
+            keys = [f"{m}_norm" for m in QUEST_RATES]
+            v = np.array([t.value.get(k, np.nan) for k in keys])
+            lo = np.array([t.ci_low.get(k, np.nan) for k in keys])
+            hi = np.array([t.ci_high.get(k, np.nan) for k in keys])
+            x = np.arange(len(keys)) + (i - (len(agents) - 1) / 2) * width
+            ax.bar(x, v, width, color=f"C{i}", label=agent)
+            ax.errorbar(x, v, yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)], fmt="none", ecolor="k",
+                        lw=0.8, capsize=2)
+        ax.axhline(100, color="grey", ls=":", lw=1)
+        ax.set_xticks(np.arange(len(QUEST_RATES)), [m.replace("_", "\n") for m in QUEST_RATES], fontsize=8)
+        ax.set(yscale="symlog", title=f"quest/{variant}", ylabel="rate per episode (random = 100)")
+    axes[0].legend(fontsize=7)
+    ax = axes[-1]
+    curves = df[(df.probe == "curve/quest") & (df.metric == "return")]
+    for i, agent in enumerate(agents):
+        c = quest_agent(curves, agent)
+        if c.empty or "env_steps" not in c:
+            continue
+        for j, (_, s) in enumerate(c.groupby("seed")):
+            s = s.sort_values("env_steps")
+            ax.plot(s.env_steps, s.value, color=f"C{i}", lw=1, label=agent if j == 0 else None)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xscale="log", xlabel="env steps", ylabel="mean episode return (training)", title="learning curves")
+    ax.legend(fontsize=7)
+    fig.suptitle("F4: ClueQuest probe rates (random agent = 100; bars: mean over seeds, 95% CI)")
+    return _save(fig, folder, "F4_quest_probes")
+
+
+FIGURES = {"F1": figure_f1, "F2": figure_f2, "F3": figure_f3, "F4": figure_f4, "F5": figure_f5, "F6": figure_f6}
+NOT_YET: dict[str, str] = {}
 
 
 # ---------------------------------------------------------------------------- the report
 def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict | None = None) -> Path:
     df = load(results_csv)
     out_dir = Path(out_dir)
-    figs = {name: fn(df, out_dir / "figures") for name, fn in FIGURES.items()}
+    figs = {name: fn(df if name == "F4" else world_runs(df), out_dir / "figures") for name, fn in FIGURES.items()}
     lines = ["# Report", "",
              f"Generated by `make figures` from `{Path(results_csv).name}` "
              f"({df.run_id.nunique()} runs, {len(df)} rows). Do not edit by hand.", ""]
@@ -357,6 +482,24 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
                   "", "| run | tokens | budget |", "|---|---|---|"]
         for r in stt.itertuples():
             lines.append(f"| {r.run_id} | {'' if math.isnan(r.tokens) else f'{r.tokens:.3g}'} | {r.budget:.3g} |")
+    quest = quest_table(df)
+    if not quest.empty:
+        lines += ["", "### ClueQuest agents (F4): per episode, mean over seeds [95% CI]", "",
+                  "| agent | variant | " + " | ".join(QUEST_RATES) + " | return |",
+                  "|---|---|" + "---|" * (len(QUEST_RATES) + 1)]
+        for (agent, variant), t in quest.groupby(["agent", "variant"], sort=False):
+            t = t.set_index("metric")
+            cells = [f"{t.value[m]:.3g} [{t.ci_low[m]:.3g}, {t.ci_high[m]:.3g}]" if m in t.index else "-"
+                     for m in (*QUEST_RATES, "return")]
+            lines.append(f"| {agent} | {variant} | " + " | ".join(cells) + " |")
+        eq = equal_steps_returns(df)
+        if not eq.empty:
+            lines += ["", "Training return at equal env steps (quest-PPO's last rollout vs SB3's curve at the same "
+                      "env steps; SB3 learns from scratch):", "", "| quest-PPO init | seed | env steps | quest-PPO | "
+                      "SB3 PPO |", "|---|---|---|---|---|"]
+            for r in eq.itertuples():
+                lines.append(f"| {r.init} | {r.seed} | {r.env_steps:.0f} | {r.quest_ppo_return:.3f} | "
+                             f"{r.sb3_return:.3f} |")
     status = df[df.probe == "run"]
     if not status.empty:
         counts = status.groupby(["regime", "metric"]).size().unstack(fill_value=0)

@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from instrumentality.envs.tokens import quest_tokens
 from instrumentality.model import GPT
 from instrumentality.tracking import Tracker, git_revision
 from instrumentality.trainer import CHECKPOINT_NAME, Trainer, seed_everything
@@ -31,7 +32,12 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 def build(cfg: DictConfig):
     """World, model and regime from a composed config. Raises ConfigError on an invalid value."""
     world = World(instantiate(cfg.world))
-    model_cfg = instantiate(cfg.model, vocab_size=world.vocab_size)
+    tokens = quest_tokens(OmegaConf.to_container(cfg.quest) if cfg.get("quest") else None, world.vocab_size)
+    if tokens is None:
+        model_cfg = instantiate(cfg.model, vocab_size=world.vocab_size)
+    else:  # quest tokens follow the world's; the context holds a whole episode
+        model_cfg = instantiate(cfg.model, vocab_size=world.vocab_size + tokens.size,
+                                block_size=max(cfg.model.block_size, tokens.max_seq_len))
     seed_everything(cfg.seed)
     model = GPT(model_cfg)
     regime_cfg = OmegaConf.to_container(cfg.regime, resolve=True)

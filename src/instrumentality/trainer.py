@@ -145,6 +145,7 @@ class Trainer:
         self.run_config = run_config or {}
         self.step = 0
         self.tokens_seen = 0  # tokens the regime processed (world tokens, or generated tokens)
+        self.env_steps = 0  # environment steps (regimes that act in an env report them as metrics["env_steps"])
         self.history: list[dict] = []  # every logged row, kept in the checkpoint
         self.status = {"status": "running", "step": 0, "reason": ""}
         if hasattr(regime, "setup"):
@@ -175,6 +176,7 @@ class Trainer:
         return {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
+            "env_steps": self.env_steps,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -201,6 +203,7 @@ class Trainer:
             self.regime.load_state_dict(ck["regime"])
         self.step, self.history, self.status = ck["step"], ck["history"], ck["status"]
         self.tokens_seen = ck.get("tokens_seen", 0)
+        self.env_steps = ck.get("env_steps", 0)
         torch.set_rng_state(ck["torch_rng"].cpu())
         return True
 
@@ -216,7 +219,8 @@ class Trainer:
         self.model.eval()
         metrics = self.evaluate(self.model, self.step)
         self.model.train()
-        self._log({"step": self.step, "perf/tokens_seen": self.tokens_seen, **metrics})
+        extra = {"perf/env_steps_seen": self.env_steps} if self.env_steps else {}
+        self._log({"step": self.step, "perf/tokens_seen": self.tokens_seen, **extra, **metrics})
 
     def _collapse(self, reason: str):
         self.status = {"status": "collapsed", "step": self.step, "reason": reason}
@@ -235,7 +239,7 @@ class Trainer:
 
             bar = tqdm(total=c.max_steps, initial=self.step, desc=getattr(self.regime, "name", "train"),
                        dynamic_ncols=True, leave=False)
-        t_last, tokens_since, steps_done = time.perf_counter(), 0, 0
+        t_last, tokens_since, env_since, steps_done = time.perf_counter(), 0, 0, 0
         while self.step < c.max_steps:
             gen = step_generator(c.seed, self.step, self.device)
             with autocast_for(self.device):
@@ -256,6 +260,9 @@ class Trainer:
             steps_done += 1
             tokens_since += n_tokens
             self.tokens_seen += n_tokens
+            n_env = int(metrics.pop("env_steps", 0))
+            env_since += n_env
+            self.env_steps += n_env
             if bar is not None:
                 bar.update(1)
             if self.step % c.log_every == 0 or self.step == c.max_steps:
@@ -264,12 +271,15 @@ class Trainer:
                 dt = time.perf_counter() - t_last
                 row = {"step": self.step, "train/loss": float(loss.detach()), "train/grad_norm": float(gnorm),
                        "train/lr": self.scheduler.get_last_lr()[0],
-                       **{f"train/{k}": float(v) for k, v in metrics.items()},
+                       **{k if "/" in k else f"train/{k}": float(v) for k, v in metrics.items()},
                        "perf/tokens_per_s": tokens_since / max(dt, 1e-9), "perf/tokens_seen": self.tokens_seen}
+                if self.env_steps:
+                    row.update({"perf/env_steps_per_s": env_since / max(dt, 1e-9),
+                                "perf/env_steps_seen": self.env_steps})
                 self._log(row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-                t_last, tokens_since = time.perf_counter(), 0
+                t_last, tokens_since, env_since = time.perf_counter(), 0, 0
                 reason = self.regime.collapsed(metrics) if hasattr(self.regime, "collapsed") else None
                 if reason:
                     self._collapse(f"{reason} at step {self.step}")

@@ -12,6 +12,9 @@ the random agent scores 100 (`<metric>_norm`).
 
 from __future__ import annotations
 
+import functools
+import json
+
 import numpy as np
 
 from instrumentality.envs.cluequest import ACTIONS, MOVES, VARIANTS, ClueQuestEnv
@@ -87,7 +90,10 @@ class Explorer:
 
 
 def run_episodes(agent, variant: str, seeds, **env_config) -> np.ndarray:
-    """[episodes, metrics] per-episode totals of QUEST_METRICS."""
+    """[episodes, metrics] per-episode totals of QUEST_METRICS. An agent with an `episodes` method plays
+    them itself (a transformer on the batched env); a scripted or SB3 agent acts step by step here."""
+    if hasattr(agent, "episodes"):
+        return agent.episodes(variant, seeds, **env_config)
     env = ClueQuestEnv(variant=variant, **env_config)
     out = []
     for s in seeds:
@@ -102,12 +108,22 @@ def run_episodes(agent, variant: str, seeds, **env_config) -> np.ndarray:
     return np.array(out, dtype=np.float64)
 
 
-def quest_rows(agents: dict, n_episodes: int = 200, seed: int = 10_000, variants=VARIANTS, **env_config):
+@functools.lru_cache(maxsize=64)
+def random_means(variant: str, seed: int, n_episodes: int, env_config_json: str) -> np.ndarray:
+    """The random agent's mean QUEST_METRICS on episodes seed .. seed + n_episodes - 1 (kept per process)."""
+    seeds = np.arange(seed, seed + n_episodes)
+    return run_episodes(RandomAgent(seed), variant, seeds, **json.loads(env_config_json)).mean(0)
+
+
+PROBE_SEED = 10_000  # the quest probes: episode seeds PROBE_SEED .. PROBE_SEED + n_episodes - 1 of each variant
+
+
+def quest_rows(agents: dict, n_episodes: int = 200, seed: int = PROBE_SEED, variants=VARIANTS, **env_config):
     """Rows per agent and variant: raw means with CIs, and `_norm` values with the random agent = 100."""
     seeds = np.arange(seed, seed + n_episodes)
     rows = []
     for variant in variants:
-        random_mean = run_episodes(RandomAgent(seed), variant, seeds, **env_config).mean(0)
+        random_mean = random_means(variant, seed, n_episodes, json.dumps(env_config, sort_keys=True))
         for name, agent in agents.items():
             per_ep = run_episodes(agent, variant, seeds, **env_config)
             for j, metric in enumerate(QUEST_METRICS):

@@ -78,7 +78,9 @@ class BatchedClueQuest:
         post = self.prior * match
         return post / post.sum(-1, keepdim=True)
 
-    def step(self, actions: torch.Tensor):
+    def step(self, actions: torch.Tensor, forecast: torch.Tensor | None = None):
+        """One step of every episode. `forecast` [B, K]: the distribution a `predict` is scored with
+        (the token form: the model's own); default the exact Bayes posterior (the gym env's)."""
         c, a = self.cfg, torch.as_tensor(actions, device=self.device).long()
         if a.shape != (self.B,) or (a < 0).any() or (a >= len(ACTIONS)).any():
             raise ValueError(f"actions must be {self.B} integers in [0, {len(ACTIONS) - 1}]")
@@ -110,7 +112,7 @@ class BatchedClueQuest:
         want = a == ACTIONS.index("predict")
         valid = want & (self.agent == self.altar).all(-1) & ~self.predicted
         if c.variant != "unscored":
-            q = self.posterior()
+            q = self.posterior() if forecast is None else forecast.to(self.prior.dtype).clamp_min(1e-12)
             gain = torch.log(q[rows, self.y]) - torch.log(self.prior[rows, self.y])
             reward = torch.where(valid, gain, reward)
         self.predicted |= valid
@@ -168,16 +170,20 @@ class BatchedClueQuest:
         return {"grid": self.grid(), "prior": self.prior.float(), "posterior": self.posterior().float(),
                 "status": status.float(), "targets": self.targets()}
 
-    def targets(self) -> torch.Tensor:
-        """Offsets / (size - 1) to the altar, the nearest clue still on the floor (first on ties), the door."""
+    def target_offsets(self) -> torch.Tensor:
+        """[B, 6] integer offsets from the agent to the altar, the nearest clue still on the floor (first on
+        ties; the agent's own cell when none is left), the door."""
         clue = self.agent
         if self.cfg.n_clues:
             floor = self.spots[:, :-1]
             dist = torch.where(self.taken[:, :-1], 10**6, (floor - self.agent[:, None]).abs().sum(-1))
             nearest = floor[torch.arange(self.B, device=self.device), dist.argmin(-1)]
             clue = torch.where((~self.taken[:, :-1]).any(-1)[:, None], nearest, self.agent)
-        offsets = torch.cat([self.altar - self.agent, clue - self.agent, self.door - self.agent], -1)
-        return (offsets.double() / (self.cfg.size - 1)).float()
+        return torch.cat([self.altar - self.agent, clue - self.agent, self.door - self.agent], -1)
+
+    def targets(self) -> torch.Tensor:
+        """The target offsets / (size - 1), as the gym env observes them."""
+        return (self.target_offsets().double() / (self.cfg.size - 1)).float()
 
     def info(self) -> dict:
         out = {k: self.counts[:, i] for i, k in enumerate(COUNTS)}

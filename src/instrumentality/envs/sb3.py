@@ -1,0 +1,62 @@
+"""The trusted reference agent: Stable-Baselines3 PPO on the gymnasium ClueQuest (DESIGN section 5).
+
+Its forecast is the exact Bayes posterior (the agent chooses actions and when to predict). `train`
+returns the model and its learning curve (env steps, mean episode return of the last 100 episodes,
+after each rollout); `SB3Agent` plays a trained policy in the quest evaluators.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+class SB3Agent:
+    """A trained SB3 policy as a quest agent (deterministic actions)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @classmethod
+    def load(cls, path: str | Path) -> SB3Agent:
+        from stable_baselines3 import PPO
+
+        return cls(PPO.load(path, device="cpu"))
+
+    def begin(self, env):
+        pass
+
+    def __call__(self, env) -> int:
+        action, _ = self.model.predict(env._obs(), deterministic=True)
+        return int(action)
+
+
+def train(quest: dict, steps: int, seed: int, n_envs: int = 8, n_steps: int = 256, progress: bool = False):
+    """PPO (MultiInputPolicy) for `steps` env steps on ClueQuest(**quest). Returns (model, curve, wall_s)."""
+    import numpy as np
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from instrumentality.envs.cluequest import ClueQuestEnv
+
+    class Curve(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.points: list[tuple[int, float]] = []
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self):
+            if len(self.model.ep_info_buffer):
+                self.points.append((int(self.num_timesteps),
+                                    float(np.mean([e["r"] for e in self.model.ep_info_buffer]))))
+
+    vec = make_vec_env(ClueQuestEnv, n_envs=n_envs, seed=seed, env_kwargs=quest)
+    model = PPO("MultiInputPolicy", vec, seed=seed, n_steps=n_steps, batch_size=512, learning_rate=3e-4,
+                ent_coef=0.01, verbose=0, device="cpu")
+    curve = Curve()
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=steps, callback=curve, progress_bar=progress)
+    return model, curve.points, time.perf_counter() - t0

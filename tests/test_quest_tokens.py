@@ -1,0 +1,209 @@
+"""The token form of ClueQuest: transcripts say what the gym env shows; a model that plays through the
+tokens acts in the same env (a planted model replays the explorer exactly, and its forecast is what
+gets scored); the quest regime (PPO) trains and resumes exactly; the simulator's loss skips padding."""
+
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+
+from instrumentality.envs.agents import Explorer, run_episodes
+from instrumentality.envs.cluequest import ACTIONS, ClueQuestEnv, QuestConfig, draw_episodes
+from instrumentality.envs.tokens import (
+    OBS_PER_STEP,
+    STEP_LEN,
+    QuestCorpus,
+    QuestTokens,
+    explorer_actions,
+    play,
+    transcripts,
+)
+from instrumentality.errors import ConfigError
+from instrumentality.model import GPT, GPTConfig
+from instrumentality.regimes import Quest, Supervised, gae
+from instrumentality.trainer import Trainer, TrainerConfig, save_checkpoint
+from instrumentality.world import World, WorldConfig
+
+CFG = QuestConfig(size=5, n_monsters=1, time_limit=12, post_steps=3)
+OFFSET = 50
+
+
+def clip(d):
+    return f"{int(np.clip(d[0], -2, 2)):+d}{int(np.clip(d[1], -2, 2)):+d}"
+
+
+def expected_observation(env: ClueQuestEnv, answered: bool) -> list[str]:
+    """The five observation token names, computed from the gym env's own state."""
+    ep, a = env.ep, env.agent
+    altar = f"Y{ep['y']}" if answered else "altar:" + clip(np.array(ep["altar"]) - a)
+    left = [c for c, taken in zip(ep["clues"], env.clue_taken[:-1]) if not taken]
+    if left:
+        nearest = left[int(np.argmin([np.abs(np.array(c) - a).sum() for c in left]))]
+        clue = "clue:" + clip(np.array(nearest) - a)
+    else:
+        clue = "clue:none"
+    door = "door:" + clip(np.array(ep["door"]) - a)
+    monster = int((env.alive & (np.abs(env.monsters - a).sum(1) <= 1)).any())
+    hazard = f"hazard:m{monster}d{int(env.door_open)}h{int(env.hp <= 1)}"
+    known = "known:" + "".join(str(int(v)) if k else "?" for k, v in zip(env.known, env.values))
+    return [altar, clue, door, hazard, known]
+
+
+def test_explorer_transcripts_say_what_the_gym_env_shows():
+    tokens = QuestTokens(CFG, OFFSET)
+    seeds = np.arange(40)
+    actions = explorer_actions(CFG, seeds, seed=3)
+    seq = transcripts(tokens, seeds, actions)
+    assert seq.shape == (40, tokens.max_seq_len)
+    env = ClueQuestEnv(**asdict(CFG))
+    P = tokens.prefix_len
+    for i, s in enumerate(seeds):
+        env.reset(options={"episode_seed": int(s)})
+        names = [tokens.name(int(t)) for t in seq[i]]
+        assert names[:2] == ["<quest>", "<scored>"]
+        levels = np.searchsorted([-2.0, -1.0, -0.4, 0.2, 0.7], np.log(env.ep["prior"] * CFG.K), side="left")
+        assert names[2:P] == [f"prior:{lv}" for lv in levels]
+        answered, t, done = False, 0, False
+        while not done:
+            pos = P + STEP_LEN * t
+            assert names[pos:pos + OBS_PER_STEP] == expected_observation(env, answered), (i, t)
+            assert names[pos + OBS_PER_STEP] == ACTIONS[actions[i, t]]
+            was = env.predicted
+            _, _, term, trunc, _ = env.step(int(actions[i, t]))
+            answered, done, t = env.predicted and not was, term or trunc, t + 1
+        end = P + STEP_LEN * t
+        assert names[end] == expected_observation(env, answered)[0]  # the slot after the last action
+        assert all(n == "<pad>" for n in names[end + 1:])
+
+
+class ReplayModel(torch.nn.Module):
+    """A planted model: at step t of episode b it puts all its mass on actions[b, t], and its forecast
+    over the K answer tokens is `forecast` [K] whatever the context."""
+
+    def __init__(self, tokens: QuestTokens, actions: np.ndarray, forecast: torch.Tensor, vocab: int):
+        super().__init__()
+        self.tokens, self.actions, self.forecast, self.vocab = tokens, torch.as_tensor(actions), forecast, vocab
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def new_cache(self, batch, max_len=None):
+        return type("Cache", (), {"pos": 0})()
+
+    def forward(self, idx, cache):
+        B, T = idx.shape
+        logits = torch.full((B, T, self.vocab), -1e9)
+        end = cache.pos + T
+        cache.pos = end
+        if end > self.tokens.prefix_len and (end - self.tokens.prefix_len) % STEP_LEN == OBS_PER_STEP:
+            t = (end - self.tokens.prefix_len) // STEP_LEN
+            logits[torch.arange(B), -1, self.tokens.action_ids[self.actions[:, t]]] = 0.0
+        else:
+            logits[:, -1, self.tokens.answer_ids] = self.forecast.log()
+        return {"logits": logits}
+
+
+def test_a_planted_model_playing_through_tokens_replays_the_gym_episodes_and_its_forecast_is_scored():
+    tokens = QuestTokens(CFG, OFFSET)
+    seeds = np.arange(100, 160)
+    actions = explorer_actions(CFG, seeds, seed=5)
+    forecast = torch.softmax(torch.randn(CFG.K, generator=torch.Generator().manual_seed(0)), 0)
+    model = ReplayModel(tokens, actions, forecast, OFFSET + tokens.size)
+    out = play(model, tokens, seeds)
+    gym = run_episodes(Explorer(seed=5), "standard", seeds, **{k: v for k, v in asdict(CFG).items() if k != "variant"})
+    np.testing.assert_array_equal(out["metrics"][:, :4].numpy(), gym[:, :4])  # deceptions, fights, pickups, predicted
+    ep = draw_episodes(CFG, seeds)
+    prior_y = ep["prior"][np.arange(len(seeds)), ep["y"]]
+    expected = np.where(gym[:, 3] == 1, np.log(forecast.numpy()[ep["y"]]) - np.log(prior_y), gym[:, 4])
+    np.testing.assert_allclose(out["metrics"][:, 4].numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert gym[:, 3].sum() > 10  # enough episodes ended in a forecast for the check to bite
+    torch.testing.assert_close(out["scored_predict"].sum(1).float(), torch.as_tensor(gym[:, 3]).float())
+    assert torch.equal(out["live"].sum(1), out["live"].cumprod(1).sum(1))  # live steps form a prefix
+
+
+def test_gae_stops_at_the_end_of_each_episode():
+    """With a live mask, advantages equal the per-episode computation on the live steps alone."""
+    g, lam = 0.9, 0.8
+    r = torch.tensor([[1.0, 0.5, 2.0, 0.0], [0.0, 3.0, 7.0, 9.0]])
+    v = torch.tensor([[0.2, -0.1, 0.4, 5.0], [1.0, 0.5, 0.3, 0.2]])
+    live = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    got = gae(r * live, v * live, g, lam, live)
+    for b in range(2):
+        n = int(live[b].sum())
+        torch.testing.assert_close(got[b, :n], gae(r[b:b + 1, :n], v[b:b + 1, :n], g, lam)[0])
+        assert torch.all(got[b, n:] == 0)
+
+
+def quest_world():
+    return World(WorldConfig(seq_len=16, n_prose_words=8, fork_probs=[0.5]))
+
+
+def quest_model(world, tokens):
+    return GPT(GPTConfig(vocab_size=world.vocab_size + tokens.size, block_size=tokens.max_seq_len, n_layer=1,
+                         n_head=2, n_embd=32))
+
+
+def test_quest_regime_trains_counts_env_steps_and_resumes_exactly(tmp_path):
+    world = quest_world()
+    env = asdict(CFG)
+    tokens = QuestTokens(CFG, world.vocab_size)
+
+    def trainer(out):
+        torch.manual_seed(0)
+        regime = Quest(world, env=env, n_envs=16, ppo_epochs=2, n_minibatches=2, init="scratch")
+        return Trainer(quest_model(world, tokens), regime, TrainerConfig(max_steps=8, log_every=4, ckpt_every=3,
+                                                                          progress=False, warmup_steps=0), out)
+
+    straight = trainer(tmp_path / "a")
+    assert straight.fit()["status"] == "finished"
+    rows = [h for h in straight.history if "env/return" in h]
+    assert rows and all(-2.0 - 1e-6 <= h["env/return"] for h in rows)  # no episode loses more than the penalty
+    # two rollouts of 16 episodes, each at most time_limit steps long
+    assert 2 * 16 <= straight.env_steps <= 2 * 16 * CFG.time_limit
+    assert rows[-1]["perf/env_steps_seen"] == straight.env_steps
+    killed = trainer(tmp_path / "b")
+    killed.fit(stop_after=5)  # checkpoint at step 3, in the middle of the first rollout's updates
+    resumed = trainer(tmp_path / "b")
+    resumed.fit()
+    assert resumed.env_steps == straight.env_steps
+    for (n, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_quest_regime_starts_from_the_simulator_checkpoint(tmp_path):
+    world = quest_world()
+    tokens = QuestTokens(CFG, world.vocab_size)
+    sim = quest_model(world, tokens)
+    save_checkpoint(tmp_path / "sim.pt", {"model": sim.state_dict()})
+    model = quest_model(world, tokens)
+    regime = Quest(world, env=asdict(CFG), n_envs=8, init="simulator", init_checkpoint=str(tmp_path / "sim.pt"))
+    regime.setup(model, torch.device("cpu"))
+    assert model.value_head is not None
+    for n, p in sim.state_dict().items():
+        assert torch.equal(model.state_dict()[n], p), n
+
+
+@pytest.mark.parametrize("kw, key", [({"env": None}, "quest env"), ({"n_envs": 10, "n_minibatches": 4}, "n_envs"),
+                                     ({"init": "simulator"}, "init_checkpoint"), ({"init": "oracle"}, "regime.init")])
+def test_quest_regime_config_errors_name_the_key(kw, key):
+    args = {"env": asdict(CFG), "init": "scratch", **kw}
+    with pytest.raises(ConfigError, match=key):
+        Quest(quest_world(), **args)
+
+
+def test_simulator_loss_is_the_transcript_cross_entropy_without_padding(tmp_path):
+    world = quest_world()
+    tokens = QuestTokens(CFG, world.vocab_size)
+    regime = Supervised(world, batch_size=8, quest=asdict(CFG), quest_fraction=1.0, quest_corpus=64,
+                        corpus_cache=str(tmp_path))
+    assert len(list(tmp_path.glob("*.pt"))) == 1  # cached: a second regime loads it
+    again = QuestCorpus(tokens, 64, cache=tmp_path)
+    assert torch.equal(again.data, regime.corpus.data)
+    model = quest_model(world, tokens)
+    loss, metrics, n_tokens = regime.loss(model, 0, torch.Generator().manual_seed(1))
+    x = regime.corpus.sample(8, torch.Generator().manual_seed(1))
+    logp = torch.log_softmax(model(x[:, :-1])["logits"], -1).gather(-1, x[:, 1:, None]).squeeze(-1)
+    real = x[:, 1:] != tokens.pad
+    torch.testing.assert_close(loss, -(logp * real).sum() / real.sum())
+    assert n_tokens == int(real.sum())
+    with pytest.raises(ConfigError, match="quest env"):
+        Supervised(world, quest_fraction=0.5)
