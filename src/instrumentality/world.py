@@ -23,6 +23,7 @@ token cannot occur), so sampling, exact conditionals and dynamic programming are
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -203,6 +204,15 @@ class World:
         states = torch.cat([torch.full((n, 1), -1, dtype=torch.long), before], 1)
         return (tokens, states) if return_states else tokens
 
+    @functools.cached_property
+    def emission_cdf(self) -> torch.Tensor:
+        """[S, V] cumulative emission probabilities, exactly 1 from each state's last possible token on (so
+        inverse-CDF sampling never picks a token of probability 0, whatever the rounding)."""
+        e = self.emission.double()
+        cdf = e.cumsum(1)
+        last = (e > 0).long().cumsum(1).argmax(1)  # index of the last token with p > 0
+        return torch.where(torch.arange(e.shape[1])[None] >= last[:, None], 1.0, cdf)
+
     def continue_from(self, states: torch.Tensor, length: int, generator: torch.Generator | None = None,
                       return_states: bool = False):
         """Sample `length` tokens from the given states (the ground-truth future of a context); with
@@ -210,9 +220,10 @@ class World:
         s = states.clone().cpu()
         out = torch.empty(len(s), length, dtype=torch.long)
         before = torch.empty(len(s), length, dtype=torch.long)
-        probs = self.emission.float()
-        for t in range(length):
-            x = torch.multinomial(probs[s], 1, generator=generator).squeeze(1)
+        u = torch.rand(len(s), length, generator=generator, dtype=torch.float64)
+        cdf = self.emission_cdf
+        for t in range(length):  # inverse CDF: token x where cdf[x - 1] <= u < cdf[x]
+            x = (cdf[s] <= u[:, t:t + 1]).sum(1)
             out[:, t], before[:, t] = x, s
             s = self.transition[s, x]
         return (out, before) if return_states else out
