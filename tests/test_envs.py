@@ -237,6 +237,13 @@ def test_stable_baselines3_accepts_the_env_and_its_policy_acts_as_a_quest_agent(
     assert curve and all(n % 128 == 0 for n, _ in curve)  # one point per rollout of 2 x 64 steps
     model.save(tmp_path / "ppo.zip")
     a = run_episodes(SB3Agent(model), "standard", range(5))
-    b = run_episodes(SB3Agent.load(tmp_path / "ppo.zip"), "standard", range(5))
-    np.testing.assert_array_equal(a, b)
+    loaded = SB3Agent.load(tmp_path / "ppo.zip")
+
+    class StepByStep:  # the same policy acting in the gym env, one step at a time
+        begin = loaded.begin
+        __call__ = staticmethod(loaded.__call__)
+
+    b = run_episodes(StepByStep(), "standard", range(5))
+    np.testing.assert_array_equal(a[:, :4], b[:, :4])  # batched (SB3Agent.episodes) == gym env
+    np.testing.assert_allclose(a[:, 4], b[:, 4], rtol=1e-6)
     assert a.shape == (5, 5)
