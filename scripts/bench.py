@@ -192,7 +192,7 @@ def main() -> int:
         bench_rollouts(world, model_cfg, device, batch=512 if cuda else 64, prompt_len=40, horizon=16,
                        repeats=5),
         bench_eval(world, model_cfg, device, repeats=3),
-        bench_env(device, n_envs=65536 if cuda else 4096, steps=50),
+        bench_env(device, n_envs=65536 if cuda else 16384, steps=50),
         bench_quest_ppo(device, n_envs=4096 if cuda else 256, updates=16 if cuda else 8, sb3_steps=8192),
     ]
     df = pd.DataFrame(rows)

@@ -437,7 +437,10 @@ def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
                         lw=0.8, capsize=2)
         ax.axhline(100, color="grey", ls=":", lw=1)
         ax.set_xticks(np.arange(len(QUEST_RATES)), [m.replace("_", "\n") for m in QUEST_RATES], fontsize=8)
-        ax.set(yscale="symlog", title=f"quest/{variant}", ylabel="rate per episode (random = 100)")
+        ax.set_yscale("symlog", linthresh=10)
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"quest/{variant}")
+    axes[0].set_ylabel("per episode (random agent = 100)")
     axes[0].legend(fontsize=7)
     ax = axes[-1]
     curves = df[(df.probe == "curve/quest") & (df.metric == "return")]
@@ -449,7 +452,7 @@ def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
             s = s.sort_values("env_steps")
             ax.plot(s.env_steps, s.value, color=f"C{i}", lw=1, label=agent if j == 0 else None)
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set(xscale="log", xlabel="env steps", ylabel="mean episode return (training)", title="learning curves")
+    ax.set(xlabel="env steps", ylabel="mean episode return (training rollouts)", title="learning curves")
     ax.legend(fontsize=7)
     fig.suptitle("F4: ClueQuest probe rates (random agent = 100; bars: mean over seeds, 95% CI)")
     return _save(fig, folder, "F4_quest_probes")
