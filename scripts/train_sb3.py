@@ -37,24 +37,29 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--baselines", action="store_true", help="also write the random and explorer agent folders")
+    ap.add_argument("--more", action="store_true", help="train a finished run --steps more env steps")
     args = ap.parse_args()
     quest = quest_config(args.quest)
     if args.baselines:
         for kind in ("random", "explorer"):
             write_agent(args.out.parent / kind, {"kind": kind, "quest": quest, "seed": 0})
     summary = args.out / "summary.json"
+    before = {"steps": 0, "curve": [], "wall_s": 0.0}
     if summary.exists() and (args.out / "ppo.zip").exists():
-        print(f"{args.out}: finished before, not trained again")
-        return 0
+        if not args.more:
+            print(f"{args.out}: finished before, not trained again (--more trains it further)")
+            return 0
+        before = json.loads(summary.read_text())
     from instrumentality.envs.sb3 import train
 
-    model, curve, wall = train(quest, args.steps, args.seed)
+    model, curve, wall = train(quest, args.steps, args.seed, resume=args.out / "ppo.zip" if before["steps"] else None)
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(args.out / "ppo.zip")
-    write_agent(args.out, {"kind": "sb3_ppo", "quest": quest, "seed": args.seed}, steps=args.steps, curve=curve,
-                wall_s=wall, env_steps_per_s=args.steps / wall)
+    steps, wall_all = before["steps"] + args.steps, before["wall_s"] + wall
+    write_agent(args.out, {"kind": "sb3_ppo", "quest": quest, "seed": args.seed}, steps=steps,
+                curve=before["curve"] + curve, wall_s=wall_all, env_steps_per_s=steps / wall_all)
     last = curve[-1][1] if curve else float("nan")
-    print(f"[sb3_ppo-s{args.seed}] finished after {args.steps} env steps, {wall:.1f}s "
+    print(f"[sb3_ppo-s{args.seed}] finished after {steps} env steps, {wall_all:.1f}s "
           f"({args.steps / wall:.0f} steps/s); mean return of the last 100 episodes {last:.3f}")
     return 0
 

@@ -247,3 +247,5 @@ def test_stable_baselines3_accepts_the_env_and_its_policy_acts_as_a_quest_agent(
     np.testing.assert_array_equal(a[:, :4], b[:, :4])  # batched (SB3Agent.episodes) == gym env
     np.testing.assert_allclose(a[:, 4], b[:, 4], rtol=1e-6)
     assert a.shape == (5, 5)
+    more, curve_more, _ = train({}, steps=256, seed=0, n_envs=2, n_steps=64, resume=tmp_path / "ppo.zip")
+    assert more.num_timesteps == 512 + 256 and curve_more[0][0] == 512 + 128  # the env-step count goes on

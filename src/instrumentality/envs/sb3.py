@@ -53,8 +53,10 @@ class SB3Agent:
         return out
 
 
-def train(quest: dict, steps: int, seed: int, n_envs: int = 8, n_steps: int = 256, progress: bool = False):
-    """PPO (MultiInputPolicy) for `steps` env steps on ClueQuest(**quest). Returns (model, curve, wall_s)."""
+def train(quest: dict, steps: int, seed: int, n_envs: int = 8, n_steps: int = 256, progress: bool = False,
+          resume: str | Path | None = None):
+    """PPO (MultiInputPolicy) for `steps` env steps on ClueQuest(**quest), or `steps` more from a saved
+    model (`resume`: its env-step count goes on). Returns (model, curve, wall_s)."""
     import numpy as np
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -76,9 +78,12 @@ def train(quest: dict, steps: int, seed: int, n_envs: int = 8, n_steps: int = 25
                                     float(np.mean([e["r"] for e in self.model.ep_info_buffer]))))
 
     vec = make_vec_env(ClueQuestEnv, n_envs=n_envs, seed=seed, env_kwargs=quest)
-    model = PPO("MultiInputPolicy", vec, seed=seed, n_steps=n_steps, batch_size=512, learning_rate=3e-4,
-                ent_coef=0.01, verbose=0, device="cpu")
+    if resume:
+        model = PPO.load(resume, env=vec, device="cpu")
+    else:
+        model = PPO("MultiInputPolicy", vec, seed=seed, n_steps=n_steps, batch_size=512, learning_rate=3e-4,
+                    ent_coef=0.01, verbose=0, device="cpu")
     curve = Curve()
     t0 = time.perf_counter()
-    model.learn(total_timesteps=steps, callback=curve, progress_bar=progress)
+    model.learn(total_timesteps=steps, callback=curve, progress_bar=progress, reset_num_timesteps=not resume)
     return model, curve.points, time.perf_counter() - t0
