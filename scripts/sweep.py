@@ -29,6 +29,16 @@ def preset_value(preset: str, key: str):
         return compose(config_name="train", overrides=[f"preset={preset}"])[key]
 
 
+def quest_choice(preset: str, experiment: str = "F4") -> str:
+    """The configs/quest/ option an experiment uses (SB3 must train on the same quest)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"preset={preset}", f"experiment={experiment}"],
+                      return_hydra_config=True)
+        return cfg.hydra.runtime.choices["quest"]
+
+
 def n_seeds(preset: str) -> int:
     return int(preset_value(preset, "n_seeds"))
 
@@ -46,11 +56,11 @@ def sb3_stage(preset: str, seeds: int, runs_root: Path) -> float:
     processes at a time; plus the random and explorer agent folders. Finished runs are skipped."""
     t0 = time.perf_counter()
     exp_dir = runs_root / preset / "F4"
-    floor = int(preset_value(preset, "sb3_steps"))
+    floor, quest = int(preset_value(preset, "sb3_steps")), quest_choice(preset)
     jobs = []
     for seed in range(seeds):
         steps = max([floor] + [quest_env_steps(d) for d in exp_dir.glob(f"quest-*-s{seed}")])
-        cmd = [sys.executable, "scripts/train_sb3.py", "--quest", "small", "--steps", str(steps), "--seed", str(seed),
+        cmd = [sys.executable, "scripts/train_sb3.py", "--quest", quest, "--steps", str(steps), "--seed", str(seed),
                "--out", str(exp_dir / f"sb3_ppo-s{seed}"), "--baselines"]
         jobs.append(cmd)
     print(f"\n=== F4 SB3 reference agent: {len(jobs)} seeds", flush=True)
