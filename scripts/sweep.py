@@ -22,21 +22,23 @@ EXPERIMENTS = ["F1", "F2", "F3", "F4_simulator", "F4"]
 LAUNCHERS = {"basic": "basic", "joblib": "joblib", "submitit_slurm": "submitit_slurm"}
 
 
-def preset_value(preset: str, key: str):
-    from hydra import compose, initialize_config_dir
+def compose(preset: str, *overrides: str, hydra: bool = False):
+    """The config a job of this preset gets (with `hydra`, also Hydra's own node)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose(config_name="train", overrides=[f"preset={preset}"])[key]
+        return hydra_compose(config_name="train", overrides=[f"preset={preset}", *overrides],
+                             return_hydra_config=hydra)
+
+
+def preset_value(preset: str, key: str):
+    return compose(preset)[key]
 
 
 def quest_choice(preset: str, experiment: str = "F4") -> str:
     """The configs/quest/ option an experiment uses (SB3 must train on the same quest)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"preset={preset}", f"experiment={experiment}"],
-                      return_hydra_config=True)
-        return cfg.hydra.runtime.choices["quest"]
+    return compose(preset, f"experiment={experiment}", hydra=True).hydra.runtime.choices["quest"]
 
 
 def n_seeds(preset: str) -> int:

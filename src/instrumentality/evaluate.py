@@ -264,7 +264,7 @@ class WorldTokensOnly(torch.nn.Module):
 def evaluate_model(model, world: World, probes: ProbeSet, families=FAMILIES, seed: int = 0) -> list[dict]:
     """Every family's rows for one model. Refuses a probe set made for another world."""
     probes.check_world(world)
-    was_training = getattr(model, "training", False)
+    trained, was_training = model, getattr(model, "training", False)
     model.eval()
     if getattr(getattr(model, "cfg", None), "vocab_size", world.vocab_size) > world.vocab_size:
         model = WorldTokensOnly(model, world.vocab_size)
@@ -277,7 +277,7 @@ def evaluate_model(model, world: World, probes: ProbeSet, families=FAMILIES, see
         rows += rollout_rows(model, world, probes, seed=seed)
     if "lookahead" in families:
         rows += lookahead_rows(model, world, probes)
-    (model.model if isinstance(model, WorldTokensOnly) else model).train(was_training)
+    trained.train(was_training)
     return rows
 
 
@@ -350,18 +350,10 @@ def quest_agent_rows(agent, quest: dict, name: str, normalise: bool = True,
                      n_episodes: int = QUEST_EPISODES) -> list[dict]:
     """Rows probe=quest/<variant> (deceptions, fights, clue_pickups, predicted, return; with normalise,
     also <metric>_norm with the random agent = 100 on the same episodes)."""
-    from instrumentality.envs.agents import VARIANTS, quest_rows, run_episodes
+    from instrumentality.envs.agents import quest_rows
 
     env = {k: v for k, v in quest.items() if k != "variant"}
-    if normalise:
-        rows = quest_rows({name: agent}, n_episodes=n_episodes, **env)
-    else:
-        from instrumentality.envs.agents import PROBE_SEED, QUEST_METRICS
-
-        rows = []
-        for variant in VARIANTS:
-            per_ep = run_episodes(agent, variant, range(PROBE_SEED, PROBE_SEED + n_episodes), **env)
-            rows += [_row(f"quest/{variant}", m, mean_ci(per_ep[:, j])) for j, m in enumerate(QUEST_METRICS)]
+    rows = quest_rows({name: agent}, n_episodes=n_episodes, normalise=normalise, **env)
     return [{k: v for k, v in r.items() if k != "agent"} for r in rows]
 
 

@@ -195,11 +195,7 @@ def claims(df: pd.DataFrame) -> list[Claim]:
     # C4: more horizon, more steering (gamma = 1); none without credit (gamma = 0)
     h8 = combine(crit, "forks/asym/p=0.5", "steering_index", **{"regime.gamma": 1.0, "regime.horizon": 8.0})
     h1 = combine(crit, "forks/asym/p=0.5", "steering_index", **{"regime.gamma": 1.0, "regime.horizon": 1.0})
-    if h8[3] and h1[3]:
-        d = (h8[0] - h1[0], h8[1] - h1[2], h8[2] - h1[1], min(h8[3], h1[3]))  # conservative interval
-    else:
-        d = (math.nan, math.nan, math.nan, 0)
-    out.append(Claim("C4", "steering(H=8) - steering(H=1), gamma=1, p=0.5 (nats)", "> 0", *d))
+    out.append(Claim("C4", "steering(H=8) - steering(H=1), gamma=1, p=0.5 (nats)", "> 0", *_diff(h8, h1)))
     out.append(Claim("C4", "critic steering at p=0.5 with gamma=0, H=8 (nats)", "abs < 0.5",
                      *combine(crit, "forks/asym/p=0.5", "steering_index", **{"regime.gamma": 0.0,
                                                                              "regime.horizon": 8.0})))
@@ -211,8 +207,7 @@ def claims(df: pd.DataFrame) -> list[Claim]:
                      *combine(forced, "forks/asym/p=0.5", "steering_index", **at)))
     f, t = (combine(free, "forks/asym/p=0.5", "steering_index", **at),
             combine(forced, "forks/asym/p=0.5", "steering_index", **at))
-    d = (f[0] - t[0], f[1] - t[2], f[2] - t[1], min(f[3], t[3])) if f[3] and t[3] else (math.nan,) * 3 + (0,)
-    out.append(Claim("C5", "free minus teacher-forced steering, p=0.5, gamma=1, H=8 (nats)", "> 0", *d))
+    out.append(Claim("C5", "free minus teacher-forced steering, p=0.5, gamma=1, H=8 (nats)", "> 0", *_diff(f, t)))
     out += quest
     # C7: outputs myopic (no steering) while look-ahead is decodable from the hidden state
     out.append(Claim("C7", "supervised look-ahead accuracy k=2 (best layer) minus chance", "> 0",

@@ -118,21 +118,24 @@ def random_means(variant: str, seed: int, n_episodes: int, env_config_json: str)
 PROBE_SEED = 10_000  # the quest probes: episode seeds PROBE_SEED .. PROBE_SEED + n_episodes - 1 of each variant
 
 
-def quest_rows(agents: dict, n_episodes: int = 200, seed: int = PROBE_SEED, variants=VARIANTS, **env_config):
-    """Rows per agent and variant: raw means with CIs, and `_norm` values with the random agent = 100."""
+def quest_rows(agents: dict, n_episodes: int = 200, seed: int = PROBE_SEED, variants=VARIANTS,
+               normalise: bool = True, **env_config):
+    """Rows per agent and variant: raw means with CIs, and (normalise) `_norm` values with the random
+    agent = 100."""
     seeds = np.arange(seed, seed + n_episodes)
     rows = []
     for variant in variants:
-        random_mean = random_means(variant, seed, n_episodes, json.dumps(env_config, sort_keys=True))
+        if normalise:
+            random_mean = random_means(variant, seed, n_episodes, json.dumps(env_config, sort_keys=True))
         for name, agent in agents.items():
             per_ep = run_episodes(agent, variant, seeds, **env_config)
             for j, metric in enumerate(QUEST_METRICS):
                 v = mean_ci(per_ep[:, j])
                 rows.append({"agent": name, "probe": f"quest/{variant}", "metric": metric, "value": v[0],
                              "ci_low": v[1], "ci_high": v[2]})
-                ref = random_mean[j]
-                if metric == "return":  # a log score (or a penalty): compared raw, not as a ratio
+                if not normalise or metric == "return":  # a log score (or a penalty): compared raw
                     continue
+                ref = random_mean[j]
                 norm = tuple(100 * x / ref for x in v) if ref != 0 else (np.nan,) * 3
                 rows.append({"agent": name, "probe": f"quest/{variant}", "metric": f"{metric}_norm",
                              "value": norm[0], "ci_low": min(norm[1:]), "ci_high": max(norm[1:])})
