@@ -87,26 +87,33 @@ def hardware() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}"
 
 
-def run_experiment(exp: str, preset: str, launcher: str, seeds: int, runs_root: Path, extra: list[str]) -> float:
-    """One multirun; its progress (job k of n, time left) is printed as jobs start."""
+def run_experiment(exp: str, preset: str, launcher: str, jobs: int, seeds: int, runs_root: Path,
+                   extra: list[str]) -> float:
+    """One multirun; its progress (runs done of n, time left) is printed as runs finish. With the joblib
+    launcher `jobs` runs go at once, each process with cores // jobs threads (OMP_NUM_THREADS)."""
     cmd = [sys.executable, "-m", "instrumentality.train", "--multirun", f"experiment={exp}", f"preset={preset}",
            f"seed={','.join(map(str, range(seeds)))}", f"hydra/launcher={LAUNCHERS[launcher]}",
-           f"runs_root={runs_root}", *extra]
+           f"runs_root={runs_root}"]
+    env = dict(os.environ)
+    if launcher == "joblib":
+        cmd.append(f"hydra.launcher.n_jobs={jobs}")
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    cmd += extra
     print(f"\n=== {exp}: {' '.join(cmd[3:])}", flush=True)
     t0 = time.perf_counter()
-    total, started = None, 0
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    total, done = None, 0
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
     for line in proc.stdout:
-        if m := re.search(r"Launching (\d+) jobs", line):
+        if m := re.search(r"[Ll]aunching (\d+) jobs", line):
             total = int(m.group(1))
-        if re.search(r"\t#\d+ : ", line):
-            started += 1
+            print(f"[{exp}] {total} runs" + (f", {jobs} at a time" if launcher == "joblib" else ""), flush=True)
+        finished = re.match(r"\[(\S+)\] (?:finished after|collapsed after|FAILED)", line)
+        if finished or line.startswith("configuration error"):
+            done += 1
             elapsed = time.perf_counter() - t0
-            eta = "" if started == 1 or not total else \
-                f", about {elapsed / (started - 1) * (total - started + 1) / 60:.1f} min left"
-            print(f"[{exp}] job {started}/{total or '?'}{eta}: {line.split(' : ', 1)[1].strip()}", flush=True)
-        elif line.startswith("[") and ("finished after" in line or "FAILED" in line or "collapsed" in line):
-            print("    " + line.rstrip(), flush=True)
+            eta = f", about {elapsed / done * (total - done) / 60:.1f} min left" if total and done < total else ""
+            print(f"[{exp}] {done}/{total or '?'} done{eta}: {line.rstrip()}", flush=True)
         elif "error" in line.lower() and not line.startswith("[20"):
             print("    " + line.rstrip(), flush=True)
     if proc.wait() != 0:
@@ -135,6 +142,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--launcher", default="basic", choices=sorted(LAUNCHERS))
+    ap.add_argument("--jobs", type=int, default=2, help="joblib launcher: runs at once (threads split between them)")
     ap.add_argument("--experiments", default=",".join(EXPERIMENTS))
     ap.add_argument("--results", default="results", type=Path, help="results/<preset>/ is written here")
     ap.add_argument("--runs-root", default="runs", type=Path, help="run folders: <runs-root>/<preset>/<experiment>/")
@@ -152,7 +160,7 @@ def main() -> int:
     for exp in args.experiments.split(","):
         extra = [o.split(":", 1)[1] if ":" in o.split("=")[0] else o for o in args.overrides
                  if ":" not in o.split("=")[0] or o.split(":", 1)[0] == exp]
-        walls[exp] = run_experiment(exp, args.preset, args.launcher, seeds, runs_root, extra)
+        walls[exp] = run_experiment(exp, args.preset, args.launcher, args.jobs, seeds, runs_root, extra)
         if exp == "F4":
             walls["F4_sb3"] = sb3_stage(args.preset, seeds, runs_root)
     print("\n=== evaluating every run on the common probe set", flush=True)
@@ -164,7 +172,9 @@ def main() -> int:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     provenance = {"preset": args.preset, "git_revision": rev.strip() or "unknown",
                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hardware": hardware(),
-                  "seeds": seeds, "launcher": args.launcher, "wall_s": {k: round(v, 1) for k, v in walls.items()},
+                  "seeds": seeds, "launcher": args.launcher,
+                  "jobs_at_once": args.jobs if args.launcher == "joblib" else 1,
+                  "wall_s": {k: round(v, 1) for k, v in walls.items()},
                   "total_wall_s": round(time.perf_counter() - t_all, 1)}
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
     from instrumentality.report import write_report

@@ -75,6 +75,12 @@ def fixture_table() -> pd.DataFrame:
                     add(run, "critic", s, "theory_curve/forks/asym/p=0.5", "steering_index",
                         gamma * min(h - 1, 4) * 2.08, width=0, horizon=h, **extra)
                 add(run, "critic", s, "run", "finished", 1.0, width=0, **extra)
+        for H in (1, 8):  # the keyword critic steers 1.0 nats at H=8 (its exact optimum), none at H=1
+            run = f"F2/critic-keyword-g1.0-H{H}-s{s}"
+            extra = {"regime.critic": "keyword", "regime.gamma": 1.0, "regime.horizon": H, "regime.rollout": "free"}
+            add(run, "critic", s, "forks/asym/p=0.5", "steering_index", 1.0 if H == 8 else 0.0, **extra)
+            add(run, "critic", s, "forks/p=0.5", "instrumental_steering", 5.0, **extra)  # not C3's truth critic
+            add(run, "critic", s, "run", "finished", 1.0, width=0, **extra)
         # F4: the quest agent deceives 0.5 more per episode than its simulator where deceiving is useless,
         # fights the same, and deceives 0.3 more in post_episode than in standard (after its forecast)
         for agent, init, deceive in (("supervised", "", 0.2), ("quest", "simulator", 0.7), ("sb3_ppo", "", 0.0),
@@ -109,10 +115,13 @@ def test_claims_on_a_planted_table():
     assert any(c.claim == "C2" and "reinforce /" in c.metric and c.verdict == "supported" for c in claims(df))
     assert any(c.claim == "C2" and c.metric.startswith("reinforce final") and c.verdict == "not supported"
                for c in claims(df))
-    assert any(c.claim == "C3" and c.verdict == "supported" for c in claims(df))
+    c3 = next(c for c in claims(df) if c.claim == "C3")
+    assert c3.verdict == "supported" and c3.value == pytest.approx(8.0)  # the truth critic's runs only
     c4 = [c for c in claims(df) if c.claim == "C4"]
-    assert [c.verdict for c in c4] == ["supported", "supported"]
+    assert [c.verdict for c in c4] == ["supported", "supported", "supported"]
     assert c4[0].value == pytest.approx(8.0) and c4[0].n_seeds == 3  # free-running runs only, not F3's
+    assert c4[1].value == pytest.approx(0.0)  # gamma=0: the truth critic's runs only, not the keyword's
+    assert c4[2].value == pytest.approx(1.0) and "keyword" in c4[2].metric
     assert [c.verdict for c in claims(df) if c.claim == "C5"] == ["supported", "supported"]
     c6 = [c for c in claims(df) if c.claim == "C6"]
     assert [round(c.value, 6) for c in c6] == [0.5, 0.0, 0.5, 0.0, 0.3]  # free_info, unscored x deceive, fight; post

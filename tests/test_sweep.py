@@ -10,16 +10,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sweep_with_a_failing_job_still_writes_results_and_figures(tmp_path):
-    cmd = [sys.executable, "scripts/sweep.py", "--preset", "debug", "--launcher", "joblib", "--seeds", "1",
-           "--experiments", "F1,F2",
+    cmd = [sys.executable, "scripts/sweep.py", "--preset", "debug", "--launcher", "joblib", "--jobs", "2",
+           "--seeds", "1", "--experiments", "F1,F2",
            "--runs-root", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
            "F1:regime=supervised,reinforce",           # F1: two jobs
-           "F2:regime.gamma=1.0", "F2:regime.horizon=1,60",  # F2: H=60 exceeds the sequence: that job fails
-           "hydra.launcher.n_jobs=2"]
+           "F2:arm=truth-g1-H1", "F2:regime.horizon=1,60"]  # F2: H=60 exceeds the sequence: that job fails
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "FAILED job" in out and "H60" in out
+    assert "[F1] 2 runs, 2 at a time" in out and "[F1] 2/2 done" in out  # progress: runs done of n
     results = tmp_path / "results" / "debug"
     df = pd.read_csv(results / "results.csv")
     runs = set(df.run_id)

@@ -28,8 +28,8 @@ REGIME_COLORS = {"supervised": "C0", "reinforce": "C1", "reinforce_indicator": "
 def load(path: str | Path) -> pd.DataFrame:
     df = pd.read_csv(path)
     for col in ("step", "tokens", "horizon", "regime.gamma", "regime.horizon"):
-        if col not in df:
-            df[col] = np.nan
+        # numbers; a failed job whose config could not be resolved has text here: NaN
+        df[col] = pd.to_numeric(df[col], errors="coerce") if col in df else np.nan
     return df
 
 
@@ -199,6 +199,14 @@ def claims(df: pd.DataFrame) -> list[Claim]:
     out.append(Claim("C4", "critic steering at p=0.5 with gamma=0, H=8 (nats)", "abs < 0.5",
                      *combine(crit, "forks/asym/p=0.5", "steering_index", **{"regime.gamma": 0.0,
                                                                              "regime.horizon": 8.0})))
+    # C4 with an exploitable grader: the keyword critic's exact optimum steers 1.0 nats at H=8, none at H=1
+    kw = free_running(fin[(fin.regime == "critic") & (fin["regime.critic"] == "keyword")]) \
+        if "regime.critic" in fin else fin[:0]
+    if not kw.empty:
+        k8, k1 = (combine(kw, "forks/asym/p=0.5", "steering_index", **{"regime.gamma": 1.0, "regime.horizon": h})
+                  for h in (8.0, 1.0))
+        out.append(Claim("C4", "keyword critic: steering(H=8) - steering(H=1), gamma=1, p=0.5 (nats)", "> 0",
+                         *_diff(k8, k1)))
     # C5: teacher forcing removes the output channel for steering
     at = {"regime.gamma": 1.0, "regime.horizon": 8.0}
     free = crit
@@ -287,14 +295,16 @@ def figure_f2(df: pd.DataFrame, folder: Path) -> list[Path]:
             th = th.groupby("horizon").value.mean()
             ax.plot(th.index, th.values, color=color, lw=1, label=f"exact optimum, gamma={gamma:g}")
             pts = []
-            for H in sorted(crit["regime.horizon"].dropna().unique()):
-                v = combine(crit[crit["regime.critic"] == critic], "forks/asym/p=0.5", "steering_index",
-                            **{"regime.gamma": float(gamma), "regime.horizon": float(H)})
+            runs = crit[crit["regime.critic"] == critic]
+            # at H = 1 gamma does not enter: the H = 1 runs belong on every gamma's curve
+            runs = runs[np.isclose(runs["regime.gamma"], gamma) | (runs["regime.horizon"] == 1)]
+            for H in sorted(runs["regime.horizon"].dropna().unique()):
+                v = combine(runs, "forks/asym/p=0.5", "steering_index", **{"regime.horizon": float(H)})
                 if v[3]:
                     pts.append((H, *v[:3]))
             if pts:
                 H, m, lo, hi = map(np.array, zip(*pts))
-                ax.errorbar(H, m, yerr=[m - lo, hi - m], fmt="o", color=color, capsize=3,
+                ax.errorbar(H + 0.12 * (i - 1), m, yerr=[m - lo, hi - m], fmt="o", color=color, capsize=3,
                             label=f"learned, gamma={gamma:g}")
         ax.set(xlabel="horizon H", ylabel="steering index at p=0.5 fork (nats)", title=f"F2: critic = {critic}")
         ax.axhline(0, color="grey", lw=0.5)

@@ -85,8 +85,11 @@ def record_failure(cfg: DictConfig, out_dir: Path, error: BaseException):
     """A failed job of a sweep: its error goes into summary.json, and the sweep goes on."""
     out_dir.mkdir(parents=True, exist_ok=True)
     status = {"status": "failed", "step": 0, "reason": f"{type(error).__name__}: {error}"}
-    summary = {"status": status, "traceback": traceback.format_exc(),
-               "config": OmegaConf.to_container(cfg, resolve=False)}
+    try:  # resolved where it can be (the results table reads swept values such as regime.gamma)
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - the error may be in the config itself
+        config = OmegaConf.to_container(cfg, resolve=False)
+    summary = {"status": status, "traceback": traceback.format_exc(), "config": config}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 
