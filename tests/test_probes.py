@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -145,7 +146,8 @@ def test_quick_supervised_checkpoint_is_calibrated_and_does_not_steer(quick_supe
 
     out, _ = quick_supervised_run
     t0 = time.perf_counter()
-    assert main([str(out), "--out", str(tmp_path / "r.csv"), "--probe-cache", str(tmp_path / "probes")]) == 0
+    assert main([str(out), "--out", str(tmp_path / "r.csv"), "--probe-cache", str(tmp_path / "probes"),
+                 "--recompute"]) == 0
     wall = time.perf_counter() - t0
     df = pd.read_csv(tmp_path / "r.csv")
     get = lambda probe, metric: df[(df.probe == probe) & (df.metric == metric)].iloc[0]
@@ -158,6 +160,36 @@ def test_quick_supervised_checkpoint_is_calibrated_and_does_not_steer(quick_supe
         print(f"  steering p={p}: {s.value:+.3f} [{s.ci_low:+.3f}, {s.ci_high:+.3f}]")
         assert abs(s.value) < 0.15
     assert wall < 60  # the budget is 20 s on 2 cores; the margin absorbs a loaded CI machine
+
+
+def test_the_trainers_final_evaluation_is_what_evaluating_the_checkpoint_gives(quick_supervised_run, tmp_path):
+    """The evaluation CLI reuses a run's final_probes.csv (the trainer's last evaluation) instead of
+    evaluating the same weights again, only where it is newer than the checkpoint."""
+    import os
+
+    from instrumentality.evaluate import FINAL_PROBES, evaluate_run
+
+    out, _ = quick_supervised_run
+    cache = str(tmp_path / "probes")
+    fresh = pd.DataFrame(evaluate_run(out, cache, reuse=False)).sort_values(["probe", "metric", "step"])
+    reused = pd.DataFrame(evaluate_run(out, cache)).sort_values(["probe", "metric", "step"])
+    assert len(fresh) == len(reused) > 50 and {"lookahead/k=2/layer=0", "rollouts/p=0.5"} <= set(fresh.probe)
+    assert fresh[["probe", "metric"]].to_numpy().tolist() == reused[["probe", "metric"]].to_numpy().tolist()
+    for col in ("value", "ci_low", "ci_high"):
+        assert np.allclose(fresh[col].astype(float), reused[col].astype(float), rtol=1e-5, atol=1e-7,
+                           equal_nan=True), col
+    # it is read, not recomputed: a planted file newer than the checkpoint comes back as planted ...
+    final, ckpt = out / FINAL_PROBES, out / "checkpoint.pt"
+    original = final.read_bytes()
+    planted = pd.read_csv(final).assign(value=7.0)
+    planted.to_csv(final, index=False)
+    rows = pd.DataFrame(evaluate_run(out, cache))
+    assert (rows[rows.probe == "calibration"].value == 7.0).all()
+    # ... and one older than the checkpoint is ignored: the checkpoint is evaluated
+    os.utime(final, (ckpt.stat().st_mtime - 10, ckpt.stat().st_mtime - 10))
+    rows = pd.DataFrame(evaluate_run(out, cache))
+    assert rows[(rows.probe == "calibration") & (rows.metric == "kl")].value.iloc[0] < 0.05
+    final.write_bytes(original)
 
 
 def test_cli_skips_a_corrupt_run_and_keeps_what_was_written(tmp_path, capsys):

@@ -75,6 +75,19 @@ def test_nan_loss_ends_the_run_as_collapsed(tmp_path, small_world):
     assert load_checkpoint(tmp_path / "checkpoint.pt")["status"]["status"] == "collapsed"
 
 
+def test_deferred_nonfinite_check_skips_the_update_on_the_device_and_collapses_at_the_next_log(tmp_path,
+                                                                                               small_world):
+    """The CUDA path (no host sync per step), run on the CPU: fused AdamW skips the NaN step's update, and
+    the run collapses at the next logging step (log_every=3: step 6) naming step 4."""
+    t = make_trainer(tmp_path, small_world, nonfinite_check="deferred", log_every=3)
+    t.regime = ExplodingRegime(small_world, batch_size=4, seq_len=32)
+    assert t.deferred_check and t.optimizer.defaults["fused"]
+    status = t.fit()
+    assert status["status"] == "collapsed" and status["step"] == 4 and "at step 4" in status["reason"]
+    assert "seen at step 6" in status["reason"]
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())  # the NaN step was never applied
+
+
 @pytest.mark.parametrize("bad,key", [({"lr": 0.0}, "trainer.lr"), ({"lr": -1e-3}, "trainer.lr"),
                                      ({"max_steps": 0}, "trainer.max_steps"), ({"schedule": "x"}, "trainer.schedule")])
 def test_invalid_trainer_config_names_the_key(bad, key):

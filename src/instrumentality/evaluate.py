@@ -305,26 +305,26 @@ def tidy_rows(rows: list[dict], run_id: str, run_config: dict, status: dict | No
 # ---------------------------------------------------------------------------- the trainer's hook
 def training_eval_hook(world: World, cfg, tracker=None):
     """Called by the trainer every trainer.eval_every steps and at the end: probe/ scalars, and the
-    probe rows as a W&B table. Rollouts and look-ahead run at the end (`final`) or when eval.full.
-    A model that plays ClueQuest is also scored on the quest probes at the end (probe/quest/...)."""
-    regime_cfg = OmegaConf.to_container(cfg.regime, resolve=True)
-    quest = OmegaConf.to_container(cfg.quest, resolve=True) if cfg.get("quest") else None
-    world_text = reads_world_text(regime_cfg)
+    probe rows as a W&B table. Calibration and forks during training (every family with eval.full); at
+    the end every probe `model_rows` runs (the results table's rows, kept as `evaluate.final_rows`)."""
+    world_text = reads_world_text(OmegaConf.to_container(cfg.regime, resolve=True))
     probes = probe_set_for(world, ProbeConfig(**cfg.eval.get("probes", {})), cfg.eval.get("probe_cache")) \
         if world_text else None
 
     def evaluate(model, step: int) -> dict:
-        final = step >= cfg.trainer.max_steps
-        rows = []
-        if world_text:
-            families = FAMILIES if (final or cfg.eval.get("full", False)) else ("calibration", "forks")
-            rows += evaluate_model(model, world, probes, families=families)
-        if quest and final:
-            rows += quest_model_rows(model, world, quest, regime_cfg.get("name", "model"), normalise=False)
+        if step >= cfg.trainer.max_steps:  # the final evaluation: every probe, kept for the results table
+            rows = evaluate.final_rows = model_rows(model, world, OmegaConf.to_container(cfg, resolve=True),
+                                                    cfg.eval.get("probe_cache"), probes)
+        elif world_text:
+            families = FAMILIES if cfg.eval.get("full", False) else ("calibration", "forks")
+            rows = evaluate_model(model, world, probes, families=families)
+        else:
+            rows = []
         if tracker is not None:
             tracker.log_table("probe/table", rows, step=step)
         return scalar_metrics(rows)
 
+    evaluate.final_rows = None
     return evaluate
 
 
@@ -394,23 +394,41 @@ def find_runs(paths) -> list[Path]:
     return sorted(set(runs))
 
 
-def evaluate_run(run_dir: Path, probe_cache: str | None = None) -> list[dict]:
-    """Load a run's checkpoint and evaluate it on its world's probe set. Raises on a bad checkpoint."""
+FINAL_PROBES = "final_probes.csv"  # a run's final evaluation (model_rows), written by train.run
+
+
+def model_rows(model, world: World, run_config: dict, probe_cache: str | None = None,
+               probes: ProbeSet | None = None) -> list[dict]:
+    """Every probe of a trained model: the world probes (with the critic's exact optimum beside them)
+    for a model of world text, the quest probes for a model that plays ClueQuest."""
+    regime_cfg, rows = run_config.get("regime", {}), []
+    if reads_world_text(regime_cfg):
+        probes = probes or probe_set_for(world, ProbeConfig(**run_config.get("eval", {}).get("probes", {})),
+                                         probe_cache)
+        rows += evaluate_model(model, world, probes) + critic_theory_rows(world, regime_cfg)
+    if run_config.get("quest"):
+        rows += quest_model_rows(model, world, run_config["quest"], regime_cfg.get("name", "model"))
+    return rows
+
+
+def evaluate_run(run_dir: Path, probe_cache: str | None = None, reuse: bool = True) -> list[dict]:
+    """A run's rows for the results table: its checkpoint evaluated on its world's probe set, or (with
+    `reuse`) the trainer's final evaluation of the same weights where it is newer than the checkpoint.
+    Raises on a bad checkpoint."""
     from instrumentality.model import GPT, GPTConfig
     from instrumentality.trainer import load_checkpoint
 
     ck = load_checkpoint(run_dir / "checkpoint.pt")
     run_config = ck["run_config"]
-    world_cfg = {k: v for k, v in run_config.get("world", {}).items() if not k.startswith("_")}
-    world = World(WorldConfig(**world_cfg))
-    model = GPT(GPTConfig(**ck["model_config"]))
-    model.load_state_dict(ck["model"])
-    regime_cfg, rows = run_config.get("regime", {}), []
-    if reads_world_text(regime_cfg):
-        probes = probe_set_for(world, ProbeConfig(**run_config.get("eval", {}).get("probes", {})), probe_cache)
-        rows += evaluate_model(model, world, probes) + critic_theory_rows(world, regime_cfg)
-    if run_config.get("quest"):
-        rows += quest_model_rows(model, world, run_config["quest"], regime_cfg.get("name", "model"))
+    final = run_dir / FINAL_PROBES
+    if reuse and final.exists() and final.stat().st_mtime >= (run_dir / "checkpoint.pt").stat().st_mtime:
+        rows = pd.read_csv(final).to_dict("records")  # a key a row lacked reads NaN: the same in the table
+    else:
+        world_cfg = {k: v for k, v in run_config.get("world", {}).items() if not k.startswith("_")}
+        world = World(WorldConfig(**world_cfg))
+        model = GPT(GPTConfig(**ck["model_config"]))
+        model.load_state_dict(ck["model"])
+        rows = model_rows(model, world, run_config, probe_cache)
     rows += curve_rows(ck["history"]) + status_rows(ck["status"])
     return tidy_rows(rows, run_id=run_id_of(run_dir), run_config=run_config, status=ck["status"])
 
@@ -490,6 +508,9 @@ def main(argv=None):
     ap.add_argument("--probe-cache", default="runs/probes", help="where probe sets are stored")
     ap.add_argument("--skip-existing", action="store_true",
                     help="skip runs already in --out whose checkpoint is older than the CSV")
+    ap.add_argument("--recompute", action="store_true",
+                    help=f"evaluate every checkpoint afresh (default: reuse a run's {FINAL_PROBES}, the trainer's "
+                         "final evaluation of the same weights, where it is newer than the checkpoint)")
     args = ap.parse_args(argv)
     runs = find_runs(args.paths)
     if not runs:
@@ -510,7 +531,7 @@ def main(argv=None):
             elif not (run_dir / "checkpoint.pt").exists() and summary:
                 rows = failed_run_rows(run_dir)  # a job that failed: its error is in the summary
             else:
-                rows = evaluate_run(run_dir, args.probe_cache)
+                rows = evaluate_run(run_dir, args.probe_cache, reuse=not args.recompute)
         except Exception as e:  # noqa: BLE001 - report the run and go on with the others
             failures.append((run_dir, e))
             tqdm.write(f"skipped {run_dir}: {e}")

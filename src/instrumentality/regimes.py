@@ -293,8 +293,8 @@ class Critic(_EntropyCollapse):
         at_fork = torch.isin(prompts[:, -1], torch.tensor(self.world.marker_tokens, device=device))
         first = self.first_token_of_marker.to(device)[prompts[:, -1]]
         metrics = {"critic_reward": c.mean(), "kl": kl.mean(), "return": G[:, 0].mean(), "entropy": entropy,
-                   "first_branch_rate": (actions[at_fork, 0] == first[at_fork]).float().mean()
-                   if at_fork.any() else torch.tensor(float("nan"))}
+                   # share of fork prompts whose first token opens the first branch (NaN if none: 0/0, no sync)
+                   "first_branch_rate": ((actions[:, 0] == first) & at_fork).sum() / at_fork.sum()}
         return loss, metrics, N * H
 
     def world_continuation(self, prompts: torch.Tensor, cpu_gen: torch.Generator) -> torch.Tensor:

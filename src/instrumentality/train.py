@@ -55,7 +55,9 @@ def finished_before(out_dir: Path) -> bool:
 
 
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
-    from instrumentality.evaluate import training_eval_hook
+    import pandas as pd
+
+    from instrumentality.evaluate import FINAL_PROBES, training_eval_hook
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,13 +69,15 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     tracker = Tracker(mode=cfg.logger.mode, project=cfg.logger.project, group=cfg.exp_name,
                       name=f"{cfg.exp_name}/{cfg.run_name}", config=config, dir=out_dir,
                       tags=[f"rev:{git_revision()}", f"preset:{cfg.get('preset_name', '')}", cfg.regime.name])
-    trainer = Trainer(model, regime, trainer_cfg, out_dir, tracker=tracker, run_config=config,
-                      evaluate=training_eval_hook(world, cfg, tracker))
+    evaluate = training_eval_hook(world, cfg, tracker)
+    trainer = Trainer(model, regime, trainer_cfg, out_dir, tracker=tracker, run_config=config, evaluate=evaluate)
     t0 = time.perf_counter()
     try:
         status = trainer.fit()
     finally:
         tracker.finish()
+    if status["status"] == "finished" and evaluate.final_rows is not None:  # the evaluation CLI reuses these
+        pd.DataFrame(evaluate.final_rows).to_csv(out_dir / FINAL_PROBES, index=False)
     last_eval = next((r for r in reversed(trainer.history) if any(k.startswith("probe/") for k in r)), {})
     summary = {"status": status, "wall_s": time.perf_counter() - t0, "steps": trainer.step,
                "metrics": last_eval, "world_fingerprint": world.fingerprint(), "config": config}

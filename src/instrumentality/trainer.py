@@ -51,6 +51,10 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False
     progress: bool = True
+    # step: check loss and gradient norm on the host every step (a host sync per step; free on the CPU).
+    # deferred: no sync; fused AdamW skips a non-finite update on the device, and the run collapses at the
+    # next logging step naming the first bad step. auto: deferred on CUDA, step elsewhere.
+    nonfinite_check: str = "auto"
     seed: int = 0
 
     def __post_init__(self):
@@ -65,6 +69,7 @@ class TrainerConfig:
             ("log_every", self.log_every >= 1, "a positive integer"),
             ("eval_every", self.eval_every >= 0, "an integer >= 0"),
             ("ckpt_every", self.ckpt_every >= 0, "an integer >= 0"),
+            ("nonfinite_check", self.nonfinite_check in ("auto", "step", "deferred"), "one of: auto, step, deferred"),
         ])
 
 
@@ -145,6 +150,7 @@ class Trainer:
         self.run_config = run_config or {}
         self.step = 0
         self.tokens_seen = 0  # tokens the regime processed (world tokens, or generated tokens)
+        self.first_bad_step = torch.full((), -1, device=self.device)  # nonfinite_check=deferred
         self.env_steps = 0  # environment steps (regimes that act in an env report them as metrics["env_steps"])
         self.history: list[dict] = []  # every logged row, kept in the checkpoint
         self.status = {"status": "running", "step": 0, "reason": ""}
@@ -152,9 +158,11 @@ class Trainer:
             regime.setup(self.model, self.device)
         decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() < 2]
+        self.deferred_check = cfg.nonfinite_check == "deferred" or (cfg.nonfinite_check == "auto"
+                                                                    and self.device.type == "cuda")
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=self.device.type == "cuda")
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=self.device.type == "cuda" or self.deferred_check)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.forward_model = torch.compile(self.model) if cfg.compile else self.model
 
@@ -244,14 +252,18 @@ class Trainer:
             gen = step_generator(c.seed, self.step, self.device)
             with autocast_for(self.device):
                 loss, metrics, n_tokens = self.regime.loss(self.forward_model, self.step, gen)
-            if not torch.isfinite(loss):
+            if not self.deferred_check and not torch.isfinite(loss):
                 self._collapse(f"non-finite loss ({float(loss.detach())}) at step {self.step}")
                 break
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-                     if c.grad_clip > 0 else torch.tensor(0.0))
-            if not torch.isfinite(gnorm):
+                     if c.grad_clip > 0 else torch.zeros((), device=self.device))
+            if self.deferred_check:  # on the device: skip this update if it is not finite, remember the step
+                bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
+                self.optimizer.found_inf = bad.float()  # read by fused AdamW: no update where 1
+                self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), self.step, self.first_bad_step)
+            elif not torch.isfinite(gnorm):
                 self._collapse(f"non-finite gradient norm at step {self.step}")
                 break
             self.optimizer.step()
@@ -280,6 +292,12 @@ class Trainer:
                 if bar is not None:
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
                 t_last, tokens_since, env_since = time.perf_counter(), 0, 0
+                if self.deferred_check and int(self.first_bad_step) >= 0:  # synced here, once per log_every steps
+                    bad_step = int(self.first_bad_step)
+                    self.status = {"status": "collapsed", "step": bad_step,
+                                   "reason": f"non-finite loss or gradient norm at step {bad_step} (the update "
+                                             f"was skipped; seen at step {self.step})"}
+                    break
                 reason = self.regime.collapsed(metrics) if hasattr(self.regime, "collapsed") else None
                 if reason:
                     self._collapse(f"{reason} at step {self.step}")
