@@ -38,6 +38,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--baselines", action="store_true", help="also write the random and explorer agent folders")
     ap.add_argument("--more", action="store_true", help="train a finished run --steps more env steps")
+    ap.add_argument("--ppo", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="PPO arguments over envs/sb3.py's PPO_DEFAULTS, e.g. learning_rate=1e-3 n_steps=64")
+    ap.add_argument("--n-envs", type=int, default=8)
     args = ap.parse_args()
     quest = quest_config(args.quest)
     if args.baselines:
@@ -50,14 +53,17 @@ def main() -> int:
             print(f"{args.out}: finished before, not trained again (--more trains it further)")
             return 0
         before = json.loads(summary.read_text())
-    from instrumentality.envs.sb3 import train
+    from instrumentality.envs.sb3 import PPO_DEFAULTS, train
 
-    model, curve, wall = train(quest, args.steps, args.seed, resume=args.out / "ppo.zip" if before["steps"] else None)
+    ppo = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.ppo)}
+    model, curve, wall = train(quest, args.steps, args.seed, n_envs=args.n_envs,
+                               resume=args.out / "ppo.zip" if before["steps"] else None, **ppo)
     args.out.mkdir(parents=True, exist_ok=True)
     model.save(args.out / "ppo.zip")
     steps, wall_all = before["steps"] + args.steps, before["wall_s"] + wall
     write_agent(args.out, {"kind": "sb3_ppo", "quest": quest, "seed": args.seed}, steps=steps,
-                curve=before["curve"] + curve, wall_s=wall_all, env_steps_per_s=steps / wall_all)
+                curve=before["curve"] + curve, wall_s=wall_all, env_steps_per_s=steps / wall_all,
+                ppo={**PPO_DEFAULTS, **ppo, **before.get("ppo", {})}, n_envs=args.n_envs)
     last = curve[-1][1] if curve else float("nan")
     print(f"[sb3_ppo-s{args.seed}] finished after {steps} env steps, {wall_all:.1f}s "
           f"({args.steps / wall:.0f} steps/s); mean return of the last 100 episodes {last:.3f}")

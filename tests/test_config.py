@@ -26,6 +26,31 @@ def test_presets_compose_and_build(preset):
         assert cfg.logger.mode == "disabled"
 
 
+def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config():
+    """Each job a sweep would launch resolves (e.g. every F2 arm names a critic, gamma and H), without
+    training: the sweep's params are read from the experiment files themselves."""
+    import itertools
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    for path in sorted((Path(CONFIG_DIR).parent / "experiments").glob("*.yaml")):
+        cfg = composed(f"experiment={path.stem}", "preset=quick")
+        params = {k: str(v).split(",") for k, v in (OmegaConf.select(
+            OmegaConf.load(path), "hydra.sweeper.params") or {}).items() if k != "seed"}
+        for values in itertools.product(*params.values()):
+            job = composed(f"experiment={path.stem}", "preset=quick",
+                           *(f"{k}={v}" for k, v in zip(params, values)))
+            resolved = OmegaConf.to_container(job, resolve=True)  # raises on a dangling interpolation
+            assert resolved["exp_name"] == cfg.exp_name
+            if path.stem == "F2":
+                arm = dict(zip(params, values))["arm"]
+                critic, gamma, horizon = arm.split("-")
+                assert resolved["regime"]["critic"] == critic
+                assert resolved["regime"]["horizon"] == int(horizon[1:])
+                assert resolved["regime"]["gamma"] == float(gamma[1:].replace("05", "0.5"))
+
+
 def test_unknown_regime_lists_the_valid_choices():
     with pytest.raises(MissingConfigException) as e:
         composed("regime=telepathy")

@@ -53,10 +53,14 @@ class SB3Agent:
         return out
 
 
-def train(quest: dict, steps: int, seed: int, n_envs: int = 8, n_steps: int = 256, progress: bool = False,
-          resume: str | Path | None = None):
+PPO_DEFAULTS = {"n_steps": 256, "batch_size": 512, "learning_rate": 3e-4, "ent_coef": 0.01}
+
+
+def train(quest: dict, steps: int, seed: int, n_envs: int = 8, progress: bool = False,
+          resume: str | Path | None = None, **ppo):
     """PPO (MultiInputPolicy) for `steps` env steps on ClueQuest(**quest), or `steps` more from a saved
-    model (`resume`: its env-step count goes on). Returns (model, curve, wall_s)."""
+    model (`resume`: its env-step count goes on). `ppo` overrides PPO_DEFAULTS (any `PPO` argument).
+    Returns (model, curve, wall_s)."""
     import numpy as np
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -81,8 +85,7 @@ def train(quest: dict, steps: int, seed: int, n_envs: int = 8, n_steps: int = 25
     if resume:
         model = PPO.load(resume, env=vec, device="cpu")
     else:
-        model = PPO("MultiInputPolicy", vec, seed=seed, n_steps=n_steps, batch_size=512, learning_rate=3e-4,
-                    ent_coef=0.01, verbose=0, device="cpu")
+        model = PPO("MultiInputPolicy", vec, seed=seed, verbose=0, device="cpu", **{**PPO_DEFAULTS, **ppo})
     curve = Curve()
     t0 = time.perf_counter()
     model.learn(total_timesteps=steps, callback=curve, progress_bar=progress, reset_num_timesteps=not resume)

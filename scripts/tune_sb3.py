@@ -1,0 +1,97 @@
+"""How fast can SB3 PPO learn ClueQuest? A small grid of PPO settings, each trained for --steps env steps
+per seed and scored on the quest probes (`standard`, the same probe seeds as every agent).
+
+    .venv/bin/python scripts/tune_sb3.py --steps 60000 --seeds 0,1 --out results/quest/sb3_tuning.csv
+
+Runs --jobs settings at a time (one thread each). The optimum of `standard` is the prior's entropy in
+nats, E[-log prior(y)] (every bit known, never failing): printed beside the returns.
+"""
+
+import argparse
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = {  # name -> PPO arguments over envs/sb3.py's PPO_DEFAULTS
+    "defaults": {},
+    "n64-b128": {"n_steps": 64, "batch_size": 128},
+    "n64-b128-lr1e-3": {"n_steps": 64, "batch_size": 128, "learning_rate": 1e-3},
+    "n128-b256-lr1e-3": {"n_steps": 128, "batch_size": 256, "learning_rate": 1e-3},
+    "n64-b128-lr1e-3-ent0": {"n_steps": 64, "batch_size": 128, "learning_rate": 1e-3, "ent_coef": 0.0},
+    "n32-b64-lr1e-3": {"n_steps": 32, "batch_size": 64, "learning_rate": 1e-3},
+}
+
+
+def one(job: tuple[str, dict, int, int, dict]) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    from instrumentality.envs.agents import quest_rows
+    from instrumentality.envs.sb3 import SB3Agent, train
+
+    name, ppo, seed, steps, quest = job
+    model, curve, wall = train(quest, steps, seed, **ppo)
+    rows = {(r["probe"], r["metric"]): r for r in quest_rows({"sb3": SB3Agent(model)}, normalise=False,
+                                                              variants=("standard",), **quest)}
+    std = lambda m: rows[("quest/standard", m)]["value"]  # noqa: E731
+    ret = rows[("quest/standard", "return")]
+    return {"setting": name, "seed": seed, "env_steps": steps, "wall_s": round(wall, 1),
+            "steps_per_s": round(steps / wall), "train_return_last": curve[-1][1] if curve else float("nan"),
+            "return": ret["value"], "return_ci_low": ret["ci_low"], "return_ci_high": ret["ci_high"],
+            "predicted": std("predicted"), "clue_pickups": std("clue_pickups"), "deceptions": std("deceptions"),
+            **{f"ppo.{k}": v for k, v in ppo.items()}}
+
+
+def optimal_return(quest: dict, n_episodes: int = 200) -> float:
+    """E[-log prior(y)] over the probe episodes: the log score of knowing y, never failing."""
+    import numpy as np
+
+    from instrumentality.envs.agents import PROBE_SEED
+    from instrumentality.envs.cluequest import ClueQuestEnv
+
+    env = ClueQuestEnv(**quest)
+    gains = []
+    for s in range(PROBE_SEED, PROBE_SEED + n_episodes):
+        env.reset(options={"episode_seed": s})
+        gains.append(-np.log(env.ep["prior"][env.ep["y"]]))
+    return float(np.mean(gains))
+
+
+def main() -> int:
+    import pandas as pd
+    import yaml
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quest", default="small")
+    ap.add_argument("--steps", type=int, default=60_000)
+    ap.add_argument("--seeds", default="0,1")
+    ap.add_argument("--settings", default=",".join(GRID), help=f"from: {', '.join(GRID)}")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    quest = yaml.safe_load((ROOT / "configs" / "quest" / f"{args.quest}.yaml").read_text())
+    unknown = set(args.settings.split(",")) - set(GRID)
+    if unknown:
+        raise SystemExit(f"unknown settings {sorted(unknown)}; choose from: {', '.join(GRID)}")
+    jobs = [(name, GRID[name], int(s), args.steps, quest) for name in args.settings.split(",")
+            for s in args.seeds.split(",")]
+    os.environ["OMP_NUM_THREADS"] = "1"
+    rows = []
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for r in pool.map(one, jobs):
+            rows.append(r)
+            print(f"{r['setting']:>22} s{r['seed']}: return {r['return']:+.2f} [{r['return_ci_low']:+.2f}, "
+                  f"{r['return_ci_high']:+.2f}], predicted {r['predicted']:.2f}, clues {r['clue_pickups']:.2f}, "
+                  f"{r['steps_per_s']} steps/s", flush=True)
+    df = pd.DataFrame(rows)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out, index=False)
+    print(f"\n`standard` return by setting (mean over seeds; optimum {optimal_return(quest):.2f}):")
+    print(df.groupby("setting")[["return", "predicted", "clue_pickups", "steps_per_s"]].mean().round(2).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
