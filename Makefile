@@ -7,8 +7,10 @@ STAMP := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 PRESET ?= $(if $(HAS_CUDA),full,quick)
-# without CUDA two runs at a time, one thread each: 1.4x the throughput of one run on two threads
-LAUNCHER ?= $(if $(HAS_CUDA),basic,joblib)
+LAUNCHER ?= basic
+# units (experiment, seed) at once: without CUDA two, one thread each (the tiny quick models use two
+# threads poorly); see README "Launchers and lanes"
+LANES ?= $(if $(HAS_CUDA),1,2)
 export WANDB_SILENT ?= true
 
 .PHONY: help install test sweep figures bench lint clean
@@ -29,7 +31,7 @@ test: install  ## run the test suite (W&B disabled)
 	WANDB_MODE=disabled $(PY) -m pytest
 
 sweep: install  ## run every experiment (quick preset without CUDA, full with), evaluate, draw figures
-	$(PY) scripts/sweep.py --preset $(PRESET) --launcher $(LAUNCHER)
+	$(PY) scripts/sweep.py --preset $(PRESET) --launcher $(LAUNCHER) --lanes $(LANES)
 
 figures: install  ## redraw figures and REPORT.md from results/<preset>/results.csv
 	$(PY) scripts/figures.py --preset $(PRESET)

@@ -1,4 +1,5 @@
-"""`make sweep`: every experiment as a Hydra multirun, then evaluation, figures and REPORT.md.
+"""`make sweep`: every experiment as Hydra multiruns (one per experiment and seed, `--lanes` at once), then
+evaluation, figures and REPORT.md.
 
 Runs live in runs/<preset>/<experiment>/<run name>/: re-running resumes unfinished runs and skips
 finished ones (their checkpoints say so), so a second `make sweep` trains nothing.
@@ -11,15 +12,20 @@ import platform
 import re
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# in dependency order: F2 and F3 fine-tune F1's supervised runs; F4 fine-tunes F4_simulator's, then the
-# SB3 reference agent trains for at least as many env steps as the quest agents took (sb3_stage)
-EXPERIMENTS = ["F1", "F2", "F3", "F4_simulator", "F4"]
+# A sweep is units (experiment, seed), each a Hydra multirun of one experiment for one seed (F4_sb3: the SB3
+# reference agent's script). A unit starts once the unit it needs, of the same seed, has finished: F2 and F3
+# fine-tune F1's supervised run; F4 fine-tunes F4_simulator's; F4_sb3 trains for at least as many env
+# steps as that seed's quest agents took. `lanes` units run at once; the order below is the priority.
+EXPERIMENTS = ["F1", "F4_simulator", "F2", "F3", "F4", "F4_sb3"]
+NEEDS = {"F2": "F1", "F3": "F1", "F4": "F4_simulator", "F4_sb3": "F4"}
 LAUNCHERS = {"basic": "basic", "joblib": "joblib", "submitit_slurm": "submitit_slurm"}
+RUN_DONE = re.compile(r"\[(\S+)\] (?:finished after|collapsed after|FAILED)|^configuration error")
 
 
 def compose(preset: str, *overrides: str, hydra: bool = False):
@@ -53,30 +59,14 @@ def quest_env_steps(run_dir: Path) -> int:
     return int(json.loads(summary.read_text()).get("metrics", {}).get("perf/env_steps_seen", 0))
 
 
-def sb3_stage(preset: str, seeds: int, runs_root: Path) -> float:
-    """SB3 PPO per seed, for max(the quest agents' env steps of that seed, the preset's sb3_steps), two
-    processes at a time; plus the random and explorer agent folders. Finished runs are skipped."""
-    t0 = time.perf_counter()
+def sb3_command(preset: str, seed: int, runs_root: Path) -> list[str]:
+    """SB3 PPO for one seed, for max(that seed's quest agents' env steps, the preset's sb3_steps); it also
+    writes the random and explorer agent folders. A finished run is skipped by the script."""
     exp_dir = runs_root / preset / "F4"
-    floor, quest = int(preset_value(preset, "sb3_steps")), quest_choice(preset)
-    jobs = []
-    for seed in range(seeds):
-        steps = max([floor] + [quest_env_steps(d) for d in exp_dir.glob(f"quest-*-s{seed}")])
-        cmd = [sys.executable, "scripts/train_sb3.py", "--quest", quest, "--steps", str(steps), "--seed", str(seed),
-               "--out", str(exp_dir / f"sb3_ppo-s{seed}"), "--baselines"]
-        jobs.append(cmd)
-    print(f"\n=== F4 SB3 reference agent: {len(jobs)} seeds", flush=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    running: list[subprocess.Popen] = []
-    for cmd in jobs:
-        while len(running) >= 2:
-            running = [p for p in running if p.poll() is None]
-            time.sleep(0.5)
-        print(f"[F4] {' '.join(cmd[1:])}", flush=True)
-        running.append(subprocess.Popen(cmd, cwd=ROOT, env=env))
-    for p in running:
-        p.wait()
-    return time.perf_counter() - t0
+    steps = max([int(preset_value(preset, "sb3_steps"))]
+                + [quest_env_steps(d) for d in exp_dir.glob(f"quest-*-s{seed}")])
+    return [sys.executable, "scripts/train_sb3.py", "--quest", quest_choice(preset), "--steps", str(steps),
+            "--seed", str(seed), "--out", str(exp_dir / f"sb3_ppo-s{seed}"), "--baselines"]
 
 
 def hardware() -> str:
@@ -87,38 +77,107 @@ def hardware() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}"
 
 
-def run_experiment(exp: str, preset: str, launcher: str, jobs: int, seeds: int, runs_root: Path,
-                   extra: list[str]) -> float:
-    """One multirun; its progress (runs done of n, time left) is printed as runs finish. With the joblib
-    launcher `jobs` runs go at once, each process with cores // jobs threads (OMP_NUM_THREADS)."""
-    cmd = [sys.executable, "-m", "instrumentality.train", "--multirun", f"experiment={exp}", f"preset={preset}",
-           f"seed={','.join(map(str, range(seeds)))}", f"hydra/launcher={LAUNCHERS[launcher]}",
-           f"runs_root={runs_root}"]
-    env = dict(os.environ)
-    if launcher == "joblib":
-        cmd.append(f"hydra.launcher.n_jobs={jobs}")
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
-    cmd += extra
-    print(f"\n=== {exp}: {' '.join(cmd[3:])}", flush=True)
-    t0 = time.perf_counter()
-    total, done = None, 0
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1)
-    for line in proc.stdout:
-        if m := re.search(r"[Ll]aunching (\d+) jobs", line):
-            total = int(m.group(1))
-            print(f"[{exp}] {total} runs" + (f", {jobs} at a time" if launcher == "joblib" else ""), flush=True)
-        finished = re.match(r"\[(\S+)\] (?:finished after|collapsed after|FAILED)", line)
-        if finished or line.startswith("configuration error"):
-            done += 1
-            elapsed = time.perf_counter() - t0
-            eta = f", about {elapsed / done * (total - done) / 60:.1f} min left" if total and done < total else ""
-            print(f"[{exp}] {done}/{total or '?'} done{eta}: {line.rstrip()}", flush=True)
-        elif "error" in line.lower() and not line.startswith("[20"):
-            print("    " + line.rstrip(), flush=True)
-    if proc.wait() != 0:
-        print(f"[{exp}] the multirun exited with {proc.returncode}; the runs it finished are kept", flush=True)
-    return time.perf_counter() - t0
+class Unit:
+    """One experiment for one seed, run as a subprocess whose lines are read by a thread: each finished
+    run is printed as it ends."""
+
+    def __init__(self, exp: str, seed: int, cmd: list[str], env: dict, progress):
+        self.exp, self.seed, self.name = exp, seed, f"{exp} s{seed}"
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1)
+        self.thread = threading.Thread(target=self._read, args=(progress,), daemon=True)
+        self.thread.start()
+
+    def _read(self, progress):
+        for line in self.proc.stdout:
+            line = line.rstrip()
+            if m := re.search(r"[Ll]aunching (\d+) jobs", line):
+                progress(self, f"launching {m.group(1)} run(s)")
+            elif RUN_DONE.search(line) or line.startswith("[sb3_ppo"):
+                progress(self, line[line.rfind("\r") + 1:], run_done=True)
+            elif "error" in line.lower() and not line.startswith("[20"):
+                progress(self, "    " + line)
+
+    def finished(self) -> bool:
+        return self.proc.poll() is not None
+
+
+def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lanes: int, seeds: int,
+              runs_root: Path, overrides: list[str]) -> dict[str, float]:
+    """Every (experiment, seed) unit, `lanes` at a time, each process with cores // (lanes x jobs) threads.
+    Returns the seconds each experiment's units ran (summed over seeds: units of one experiment overlap)."""
+    pending = [(exp, s) for exp in sorted(experiments, key=EXPERIMENTS.index) for s in range(seeds)]
+    in_sweep = set(experiments)
+    done: set[tuple[str, int]] = set()
+    durations: dict[tuple[str, int], float] = {}
+    running: list[Unit] = []
+    busy = {exp: 0.0 for exp in experiments}
+    t0, runs_done = time.perf_counter(), [0]
+    lock = threading.Lock()
+    per_process = jobs if launcher == "joblib" else 1
+    threads = str(max(1, (os.cpu_count() or 1) // (lanes * per_process)))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # a worker process's lines arrive as they are written
+    env.setdefault("OMP_NUM_THREADS", threads)
+    print(f"=== {len(pending)} units ({', '.join(experiments)} x {seeds} seeds), {lanes} at a time; "
+          f"launcher {launcher}" + (f" with {jobs} jobs at a time" if launcher == "joblib" else "")
+          + f"; {env['OMP_NUM_THREADS']} thread(s) per process", flush=True)
+
+    def minutes_left() -> str:
+        """From the units that finished: each pending unit takes the mean time of its experiment's (or of
+        all) finished units, a running one what is left of that; the sum shared by the lanes."""
+        if not done:
+            return ""
+        mean_all = sum(durations.values()) / len(durations)
+        est = {e: sum(v for (x, _), v in durations.items() if x == e) / n
+               for e in in_sweep if (n := sum(x == e for x, _ in durations))}
+        now = time.perf_counter()
+        left = sum(est.get(e, mean_all) for e, _ in pending) + sum(
+            max(est.get(u.exp, mean_all) - (now - u.t0), 0.0) for u in running)
+        return f", about {left / lanes / 60:.1f} min left"
+
+    def progress(unit: Unit, message: str, run_done: bool = False):
+        with lock:
+            runs_done[0] += run_done
+            elapsed = (time.perf_counter() - t0) / 60
+            print(f"[{unit.name} | {elapsed:.1f} min{minutes_left()}, {len(done)}/"
+                  f"{len(done) + len(running) + len(pending)} units done, {runs_done[0]} runs] {message}", flush=True)
+
+    def ready(unit):
+        exp, s = unit
+        need = NEEDS.get(exp)
+        return need is None or need not in in_sweep or (need, s) in done
+
+    while pending or running:
+        for u in [u for u in running if u.finished()]:
+            u.thread.join()
+            with lock:
+                running.remove(u)
+                done.add((u.exp, u.seed))
+                durations[(u.exp, u.seed)] = time.perf_counter() - u.t0
+                busy[u.exp] += durations[(u.exp, u.seed)]
+            if u.proc.returncode != 0:
+                progress(u, f"exited with {u.proc.returncode}; the runs it finished are kept")
+        while len(running) < lanes and (nxt := next((u for u in pending if ready(u)), None)):
+            with lock:
+                pending.remove(nxt)
+            exp, s = nxt
+            if exp == "F4_sb3":
+                cmd = sb3_command(preset, s, runs_root)
+            else:
+                extra = [o.split(":", 1)[1] if ":" in o.split("=")[0] else o for o in overrides
+                         if ":" not in o.split("=")[0] or o.split(":", 1)[0] == exp]
+                cmd = [sys.executable, "-m", "instrumentality.train", "--multirun", f"experiment={exp}",
+                       f"preset={preset}", f"seed={s}", f"hydra/launcher={LAUNCHERS[launcher]}",
+                       f"runs_root={runs_root}"]
+                cmd += [f"hydra.launcher.n_jobs={jobs}"] if launcher == "joblib" else []
+                cmd += extra
+            unit = Unit(exp, s, cmd, env, progress)
+            with lock:
+                running.append(unit)
+            progress(unit, "started: " + " ".join(cmd[3 if exp != "F4_sb3" else 1:]))
+        time.sleep(0.2)
+    return busy
 
 
 def log_report_to_wandb(out: Path, provenance: dict):
@@ -141,8 +200,10 @@ def log_report_to_wandb(out: Path, provenance: dict):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="quick")
-    ap.add_argument("--launcher", default="basic", choices=sorted(LAUNCHERS))
-    ap.add_argument("--jobs", type=int, default=2, help="joblib launcher: runs at once (threads split between them)")
+    ap.add_argument("--launcher", default="basic", choices=sorted(LAUNCHERS), help="each unit's Hydra launcher")
+    ap.add_argument("--jobs", type=int, default=2, help="joblib launcher: runs of a unit at once")
+    ap.add_argument("--lanes", type=int, default=1,
+                    help="units (experiment, seed) at once; the cores are split between them (threads)")
     ap.add_argument("--experiments", default=",".join(EXPERIMENTS))
     ap.add_argument("--results", default="results", type=Path, help="results/<preset>/ is written here")
     ap.add_argument("--runs-root", default="runs", type=Path, help="run folders: <runs-root>/<preset>/<experiment>/")
@@ -156,13 +217,8 @@ def main() -> int:
     runs_root = (ROOT / args.runs_root).resolve()
     seeds = args.seeds or n_seeds(args.preset)
     t_all = time.perf_counter()
-    walls = {}
-    for exp in args.experiments.split(","):
-        extra = [o.split(":", 1)[1] if ":" in o.split("=")[0] else o for o in args.overrides
-                 if ":" not in o.split("=")[0] or o.split(":", 1)[0] == exp]
-        walls[exp] = run_experiment(exp, args.preset, args.launcher, args.jobs, seeds, runs_root, extra)
-        if exp == "F4":
-            walls["F4_sb3"] = sb3_stage(args.preset, seeds, runs_root)
+    walls = run_units(args.experiments.split(","), args.preset, args.launcher, args.jobs, args.lanes, seeds,
+                      runs_root, args.overrides)
     print("\n=== evaluating every run on the common probe set", flush=True)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "instrumentality.evaluate", str(runs_root / args.preset),
@@ -172,9 +228,9 @@ def main() -> int:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     provenance = {"preset": args.preset, "git_revision": rev.strip() or "unknown",
                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hardware": hardware(),
-                  "seeds": seeds, "launcher": args.launcher,
-                  "jobs_at_once": args.jobs if args.launcher == "joblib" else 1,
-                  "wall_s": {k: round(v, 1) for k, v in walls.items()},
+                  "seeds": seeds, "launcher": args.launcher, "lanes": args.lanes,
+                  "jobs_per_unit_at_once": args.jobs if args.launcher == "joblib" else 1,
+                  "unit_s": {k: round(v, 1) for k, v in walls.items()},  # summed over seeds; units overlap
                   "total_wall_s": round(time.perf_counter() - t_all, 1)}
     (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
     from instrumentality.report import write_report

@@ -14,13 +14,16 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GRID = {  # name -> PPO arguments over envs/sb3.py's PPO_DEFAULTS
-    "defaults": {},
+GRID = {  # name -> PPO arguments (the settings before tuning, then over them)
+    "defaults": {"n_steps": 256, "batch_size": 512, "learning_rate": 3e-4, "n_epochs": 10},
     "n64-b128": {"n_steps": 64, "batch_size": 128},
     "n64-b128-lr1e-3": {"n_steps": 64, "batch_size": 128, "learning_rate": 1e-3},
     "n128-b256-lr1e-3": {"n_steps": 128, "batch_size": 256, "learning_rate": 1e-3},
     "n64-b128-lr1e-3-ent0": {"n_steps": 64, "batch_size": 128, "learning_rate": 1e-3, "ent_coef": 0.0},
     "n32-b64-lr1e-3": {"n_steps": 32, "batch_size": 64, "learning_rate": 1e-3},
+    "n64-b128-lr2e-3": {"n_steps": 64, "batch_size": 128, "learning_rate": 2e-3},
+    "n128-b128-lr1e-3": {"n_steps": 128, "batch_size": 128, "learning_rate": 1e-3},
+    "n64-b128-lr1e-3-ep4": {"n_steps": 64, "batch_size": 128, "learning_rate": 1e-3, "n_epochs": 4},
 }
 
 
@@ -33,8 +36,9 @@ def one(job: tuple[str, dict, int, int, dict]) -> dict:
 
     name, ppo, seed, steps, quest = job
     model, curve, wall = train(quest, steps, seed, **ppo)
+    env_config = {k: v for k, v in quest.items() if k != "variant"}  # the probe sets the variant
     rows = {(r["probe"], r["metric"]): r for r in quest_rows({"sb3": SB3Agent(model)}, normalise=False,
-                                                              variants=("standard",), **quest)}
+                                                              variants=("standard",), **env_config)}
     std = lambda m: rows[("quest/standard", m)]["value"]  # noqa: E731
     ret = rows[("quest/standard", "return")]
     return {"setting": name, "seed": seed, "env_steps": steps, "wall_s": round(wall, 1),

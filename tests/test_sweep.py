@@ -1,5 +1,6 @@
 """The sweep end to end: two experiments through the joblib launcher, one job made to fail."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_sweep_with_a_failing_job_still_writes_results_and_figures(tmp_path):
     cmd = [sys.executable, "scripts/sweep.py", "--preset", "debug", "--launcher", "joblib", "--jobs", "2",
-           "--seeds", "1", "--experiments", "F1,F2",
+           "--lanes", "2", "--seeds", "2", "--experiments", "F1,F2",
            "--runs-root", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
            "F1:regime=supervised,reinforce",           # F1: two jobs
            "F2:arm=truth-g1-H1", "F2:regime.horizon=1,60"]  # F2: H=60 exceeds the sequence: that job fails
@@ -19,7 +20,13 @@ def test_sweep_with_a_failing_job_still_writes_results_and_figures(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "FAILED job" in out and "H60" in out
-    assert "[F1] 2 runs, 2 at a time" in out and "[F1] 2/2 done" in out  # progress: runs done of n
+    # progress: each unit (experiment, seed) says how many runs it launches and prints each as it ends
+    assert re.search(r"\[F1 s0 \|[^]]*\] launching 2 run", out) and re.search(r"\[F2 s0 \|[^]]*\] launching 2 run", out)
+    assert re.search(r"\[F1 s0 \|[^]]*units done, \d runs\] \[supervised-s0\] finished after", out), out[-3000:]
+    # two lanes: both seeds' F1 units start at once, before any run has finished; F2 s0 waits for F1 s0
+    starts = [m.group(1) for m in re.finditer(r"\[(F\d s\d) \|[^]]*\] started", out)]
+    assert starts[:2] == ["F1 s0", "F1 s1"] and out.index("F1 s1 | ") < out.index("finished after")
+    assert out.index("[supervised-s0] finished after") < out.index("[F2 s0 |")
     results = tmp_path / "results" / "debug"
     df = pd.read_csv(results / "results.csv")
     runs = set(df.run_id)
@@ -35,7 +42,7 @@ def test_sweep_with_a_failing_job_still_writes_results_and_figures(tmp_path):
     assert (results / "provenance.json").exists()
     # a second sweep trains nothing: every finished run is skipped, its checkpoint left untouched
     checkpoints = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("checkpoint.pt")}
-    assert len(checkpoints) == 3
+    assert len(checkpoints) == 6  # F1: 2 regimes x 2 seeds; F2: H=1 x 2 seeds (H=60 failed)
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0
     assert "finished after" in again.stdout  # each finished job reports its stored summary

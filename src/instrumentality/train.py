@@ -117,7 +117,7 @@ def main(cfg: DictConfig) -> float | None:
         return None
     m = summary["metrics"]
     print(f"[{cfg.run_name}] {summary['status']['status']} after {summary['steps']} steps, "
-          f"{summary['wall_s']:.1f}s; " + ", ".join(f"{k}={m[k]:.4g}" for k in HEADLINE if k in m))
+          f"{summary['wall_s']:.1f}s; " + ", ".join(f"{k}={m[k]:.4g}" for k in HEADLINE if k in m), flush=True)
     return m.get("probe/calibration/excess_nll")
 
 
