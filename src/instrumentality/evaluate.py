@@ -283,7 +283,8 @@ def evaluate_model(model, world: World, probes: ProbeSet, families=FAMILIES, see
 
 def scalar_metrics(rows: list[dict]) -> dict:
     """Rows as flat W&B scalars: probe/<probe>/<metric>."""
-    return {f"probe/{r['probe']}/{r['metric']}": r["value"] for r in rows if not r["probe"].endswith("reliability")}
+    return {f"probe/{r['probe']}/{r['metric']}": r["value"] for r in rows
+            if not r["probe"].endswith("reliability") and not r["probe"].startswith("theory_curve/")}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
