@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # A sweep is units (experiment, seed), each a Hydra multirun of one experiment for one seed (F4_sb3: the SB3
 # reference agent's script). A unit starts once the unit it needs, of the same seed, has finished: F2 and F3
 # fine-tune F1's supervised run; F4 fine-tunes F4_simulator's; F4_sb3 trains for at least as many env
-# steps as that seed's quest agents took. `lanes` units run at once; the order below is the priority.
-EXPERIMENTS = ["F1", "F4_simulator", "F2", "F3", "F4", "F4_sb3"]
+# steps as that seed's quest agents took. `lanes` units run at once; the order below is the priority
+# (long units first, so that short ones fill the lanes at the end).
+EXPERIMENTS = ["F1", "F2", "F4_simulator", "F3", "F4", "F4_sb3"]
 NEEDS = {"F2": "F1", "F3": "F1", "F4": "F4_simulator", "F4_sb3": "F4"}
 LAUNCHERS = {"basic": "basic", "joblib": "joblib", "submitit_slurm": "submitit_slurm"}
 RUN_DONE = re.compile(r"\[(\S+)\] (?:finished after|collapsed after|FAILED)|^configuration error")
