@@ -287,24 +287,28 @@ def figure_f2(df: pd.DataFrame, folder: Path) -> list[Path]:
     theory = df[df.probe == "theory_curve/forks/asym/p=0.5"]
     critics = sorted(crit["regime.critic"].dropna().unique())
     fig, axes = plt.subplots(1, len(critics), figsize=(6 * len(critics), 4), squeeze=False)
+    all_gammas = sorted(crit["regime.gamma"].dropna().unique())
     for ax, critic in zip(axes[0], critics):
-        for i, gamma in enumerate(sorted(crit["regime.gamma"].dropna().unique())):
+        of_critic = crit[crit["regime.critic"] == critic]
+        # the gammas this critic was run at (an H = 1 run's gamma does not enter: it joins every curve)
+        gammas = sorted(of_critic[of_critic["regime.horizon"] > 1]["regime.gamma"].dropna().unique()) or all_gammas
+        for gamma in gammas:
+            i = all_gammas.index(gamma)  # one colour per gamma in every panel
             color = f"C{i}"
             th = theory[(theory["regime.critic"] == critic) & np.isclose(theory["regime.gamma"], gamma)
                         & (theory.metric == "steering_index")]
             th = th.groupby("horizon").value.mean()
             ax.plot(th.index, th.values, color=color, lw=1, label=f"exact optimum, gamma={gamma:g}")
             pts = []
-            runs = crit[crit["regime.critic"] == critic]
-            # at H = 1 gamma does not enter: the H = 1 runs belong on every gamma's curve
-            runs = runs[np.isclose(runs["regime.gamma"], gamma) | (runs["regime.horizon"] == 1)]
+            runs = of_critic[np.isclose(of_critic["regime.gamma"], gamma) | (of_critic["regime.horizon"] == 1)]
             for H in sorted(runs["regime.horizon"].dropna().unique()):
                 v = combine(runs, "forks/asym/p=0.5", "steering_index", **{"regime.horizon": float(H)})
                 if v[3]:
                     pts.append((H, *v[:3]))
             if pts:
                 H, m, lo, hi = map(np.array, zip(*pts))
-                ax.errorbar(H + 0.12 * (i - 1), m, yerr=[m - lo, hi - m], fmt="o", color=color, capsize=3,
+                ax.errorbar(H + 0.12 * (i - (len(all_gammas) - 1) / 2), m, yerr=[m - lo, hi - m], fmt="o",
+                            color=color, capsize=3,
                             label=f"learned, gamma={gamma:g}")
         ax.set(xlabel="horizon H", ylabel="steering index at p=0.5 fork (nats)", title=f"F2: critic = {critic}")
         ax.axhline(0, color="grey", lw=0.5)
