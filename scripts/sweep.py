@@ -6,6 +6,7 @@ finished ones (their checkpoints say so), so a second `make sweep` trains nothin
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -39,10 +40,12 @@ def compose(preset: str, *overrides: str, hydra: bool = False):
                              return_hydra_config=hydra)
 
 
+@functools.cache  # the sweep asks once per SB3 unit: compose once
 def preset_value(preset: str, key: str):
     return compose(preset)[key]
 
 
+@functools.cache
 def quest_choice(preset: str, experiment: str = "F4") -> str:
     """The configs/quest/ option an experiment uses (SB3 must train on the same quest)."""
     return compose(preset, f"experiment={experiment}", hydra=True).hydra.runtime.choices["quest"]
@@ -113,7 +116,6 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
     done: set[tuple[str, int]] = set()
     durations: dict[tuple[str, int], float] = {}
     running: list[Unit] = []
-    busy = {exp: 0.0 for exp in experiments}
     t0, runs_done = time.perf_counter(), [0]
     lock = threading.Lock()
     per_process = jobs if launcher == "joblib" else 1
@@ -156,7 +158,6 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
                 running.remove(u)
                 done.add((u.exp, u.seed))
                 durations[(u.exp, u.seed)] = time.perf_counter() - u.t0
-                busy[u.exp] += durations[(u.exp, u.seed)]
             if u.proc.returncode != 0:
                 progress(u, f"exited with {u.proc.returncode}; the runs it finished are kept")
         while len(running) < lanes and (nxt := next((u for u in pending if ready(u)), None)):
@@ -178,7 +179,7 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
                 running.append(unit)
             progress(unit, "started: " + " ".join(cmd[3 if exp != "F4_sb3" else 1:]))
         time.sleep(0.2)
-    return busy
+    return {exp: sum(v for (e, _), v in durations.items() if e == exp) for exp in experiments}
 
 
 def log_report_to_wandb(out: Path, provenance: dict):
