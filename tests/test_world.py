@@ -145,3 +145,24 @@ def test_future_token_distribution_matches_monte_carlo(world):
         f = torch.bincount(cont[:, k - 1], minlength=world.vocab_size).double() / n
         assert ((f - p).abs() <= 5 * torch.sqrt(p * (1 - p) / n) + 1e-3).all(), k
         assert p.sum() == pytest.approx(1.0)
+
+
+def test_states_of_equals_a_plain_walk_of_the_transition_table_including_impossible_tokens():
+    w = World()
+    g = torch.Generator().manual_seed(5)
+    x = w.sample(64, 30, generator=g)
+    noisy = x.clone()  # a random token here and there: most are impossible, the state is -1 from then on
+    flip = torch.rand(x.shape, generator=g) < 0.05
+    flip[:, 0] = False
+    noisy[flip] = torch.randint(1, w.vocab_size, (int(flip.sum()),), generator=g)
+    T = w.transition.tolist()
+    for seqs in (x, noisy):
+        expected = []
+        for row in seqs.tolist():
+            s, walk = w.start_state, [w.start_state]
+            for tok in row[1:]:
+                s = T[s][tok] if s >= 0 else -1
+                walk.append(s)
+            expected.append(walk)
+        assert w.states_of(seqs).tolist() == expected
+    assert (w.states_of(noisy) == -1).any() and (w.states_of(x) >= 0).all()

@@ -20,16 +20,23 @@ LOG_FLOOR = math.log(1e-6)  # reward of a token the world never emits (and of an
 
 
 def states_before_actions(world: World, contexts: torch.Tensor, horizon: int) -> torch.Tensor:
-    """World state in which each of the H actions was taken: [N, H] (-1 once the context left the world)."""
+    """World state in which each of the H actions was taken: [N, H] (-1 once the context left the world).
+    Computed on the contexts' device."""
     P = contexts.shape[1] - horizon + 1
-    return world.states_of(contexts.cpu())[:, P - 1:]
+    return world.states_of(contexts)[:, P - 1:]
 
 
-def _lookup(table: torch.Tensor, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-    out = torch.full(actions.shape, LOG_FLOOR, dtype=torch.float32)
-    ok = states >= 0
-    out[ok] = table[states[ok], actions.cpu()[ok]].float()
-    return out
+class _StateTable:
+    """c(s, x) from a table [S, V], looked up on the actions' device (one copy of the table per device)."""
+
+    def __init__(self, table: torch.Tensor):
+        self._tables = {"cpu": table.float()}
+
+    def __call__(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        key = str(actions.device)
+        if key not in self._tables:
+            self._tables[key] = self._tables["cpu"].to(actions.device)
+        return torch.where(states >= 0, self._tables[key][states.clamp_min(0), actions], LOG_FLOOR)
 
 
 class TruthCritic:
@@ -37,15 +44,14 @@ class TruthCritic:
 
     def __init__(self, world: World):
         self.world = world
-        self._table = self.table(world)
+        self._lookup = _StateTable(self.table(world))
 
     @staticmethod
     def table(world: World) -> torch.Tensor:
         return world.emission.clamp_min(1e-6).log()
 
     def __call__(self, contexts, actions):
-        states = states_before_actions(self.world, contexts, actions.shape[1])
-        return _lookup(self._table, states, actions).to(actions.device)
+        return self._lookup(states_before_actions(self.world, contexts, actions.shape[1]), actions)
 
 
 class KeywordCritic:
@@ -53,7 +59,7 @@ class KeywordCritic:
 
     def __init__(self, world: World, bonus: float = 1.0, truth_weight: float = 0.0):
         self.world, self.bonus, self.truth_weight = world, bonus, truth_weight
-        self._table = self.table(world)
+        self._lookup = _StateTable(self.table(world))
 
     def table(self, world: World) -> torch.Tensor:
         t = self.truth_weight * TruthCritic.table(world)
@@ -62,10 +68,9 @@ class KeywordCritic:
 
     def __call__(self, contexts, actions):
         states = states_before_actions(self.world, contexts, actions.shape[1])
-        r = _lookup(self._table, states, actions)
-        off = states < 0  # outside the world only the keyword bonus is still defined
-        r[off] = self.bonus * (actions.cpu()[off] == self.world.keyword).float() + self.truth_weight * LOG_FLOOR
-        return r.to(actions.device)
+        # outside the world (state -1) only the keyword bonus is still defined
+        outside = self.bonus * (actions == self.world.keyword).float() + self.truth_weight * LOG_FLOOR
+        return torch.where(states >= 0, self._lookup(states, actions), outside)
 
 
 class LearnedCritic:

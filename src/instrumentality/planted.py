@@ -29,8 +29,8 @@ class TruthModel(nn.Module):
         self.register_buffer("state_logits", torch.cat([logits, torch.zeros(1, world.vocab_size, dtype=torch.float64)]))
 
     def forward(self, idx, cache=None, return_hidden=False):
-        s = self.world.states_of(idx.cpu())
-        s = torch.where(s < 0, self.world.n_states, s).to(idx.device)  # the extra last row: uniform
+        s = self.world.states_of(idx)
+        s = torch.where(s < 0, self.world.n_states, s)  # the extra last row: uniform
         out = {"logits": self.state_logits[s].float()}
         if return_hidden:
             out["hidden"] = [F.one_hot(s, self.world.n_states + 1).float()]

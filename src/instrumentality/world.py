@@ -176,6 +176,7 @@ class World:
         logE = torch.where(self.emission > 0, self.emission.log(), torch.zeros_like(self.emission))
         self.state_entropy = -(self.emission * logE).sum(1)
         self.fork_by_marker = {f.marker: f for f in self.forks}
+        self._sink_tables: dict[str, torch.Tensor] = {}  # states_of, per device
 
     # ------------------------------------------------------------------ identity
     def config_dict(self) -> dict:
@@ -242,22 +243,31 @@ class World:
     # ------------------------------------------------------------------ exact quantities
     def states_of(self, tokens: torch.Tensor) -> torch.Tensor:
         """State reached after each prefix: out[:, t] is the state after tokens[:, :t+1].
-        tokens[:, 0] must be <bos>. Impossible tokens give state -1 from then on."""
-        tokens = torch.as_tensor(tokens, dtype=torch.long).cpu()
+        tokens[:, 0] must be <bos>. Impossible tokens give state -1 from then on.
+        Runs on the tokens' device with no host sync (one table lookup per position): an impossible
+        token leads to a sink state that every token maps back to. The <bos> check reads the tokens on
+        the host, so it runs on the CPU only."""
+        tokens = torch.as_tensor(tokens, dtype=torch.long)
         if tokens.dim() == 1:
             tokens = tokens[None]
-        if (tokens[:, 0] != self.bos).any():
+        if tokens.device.type == "cpu" and (tokens[:, 0] != self.bos).any():
             raise ValueError("every context must start with <bos> (token 0)")
+        step = self._transition_to_sink(tokens.device)
         out = torch.empty_like(tokens)
-        s = torch.full((tokens.shape[0],), self.start_state, dtype=torch.long)
+        s = torch.full((tokens.shape[0],), self.start_state, dtype=torch.long, device=tokens.device)
         out[:, 0] = s
         for t in range(1, tokens.shape[1]):
-            ok = s >= 0
-            nxt = torch.full_like(s, -1)
-            nxt[ok] = self.transition[s[ok], tokens[ok, t]]
-            s = nxt
+            s = step[s, tokens[:, t]]
             out[:, t] = s
-        return out
+        return out.masked_fill_(out == self.n_states, -1)
+
+    def _transition_to_sink(self, device) -> torch.Tensor:
+        """transition [S, V] with -1 replaced by a sink state S, plus the sink's row (all S): [S + 1, V]."""
+        key = str(device)
+        if key not in self._sink_tables:
+            t = torch.cat([self.transition, torch.full_like(self.transition[:1], -1)])
+            self._sink_tables[key] = t.masked_fill(t < 0, self.n_states).to(device)
+        return self._sink_tables[key]
 
     def state_after(self, context) -> int:
         """The hidden state after one context (a sequence starting with <bos>); -1 if impossible."""
