@@ -93,3 +93,30 @@ def test_deferred_nonfinite_check_skips_the_update_on_the_device_and_collapses_a
 def test_invalid_trainer_config_names_the_key(bad, key):
     with pytest.raises(ConfigError, match=key):
         TrainerConfig(**bad)
+
+
+class CountingRegime(Supervised):
+    """Reports its counts as tensors (as the quest regime does on a device): step s has s + 1 tokens and
+    2 s env steps, so the totals are known in closed form."""
+
+    def loss(self, model, step, gen):
+        loss, metrics, _ = super().loss(model, step, gen)
+        return loss, {**metrics, "env_steps": torch.tensor(2 * step)}, torch.tensor(step + 1)
+
+
+def test_counts_reported_as_tensors_are_read_at_log_and_checkpoint_steps_and_survive_resume(tmp_path,
+                                                                                            small_world):
+    t = make_trainer(tmp_path, small_world, log_every=4, ckpt_every=3)  # checkpoints fall between log steps
+    t.regime = CountingRegime(small_world, batch_size=4, seq_len=32)
+    assert t.fit(stop_after=7)["status"] == "interrupted"  # last checkpoint at step 6
+    ck = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert (ck["tokens_seen"], ck["env_steps"]) == (sum(s + 1 for s in range(6)), sum(2 * s for s in range(6)))
+    resumed = make_trainer(tmp_path, small_world, log_every=4, ckpt_every=3)
+    resumed.regime = CountingRegime(small_world, batch_size=4, seq_len=32)
+    assert resumed.fit()["status"] == "finished"
+    assert resumed.tokens_seen == sum(s + 1 for s in range(12)) and resumed.env_steps == sum(2 * s for s in range(12))
+    logged = {r["step"]: r for r in resumed.history if "train/loss" in r}
+    assert {s: (r["perf/tokens_seen"], r["perf/env_steps_seen"]) for s, r in logged.items()} == {
+        s: (sum(k + 1 for k in range(s)), sum(2 * k for k in range(s))) for s in (4, 8, 12)}
+    assert isinstance(resumed.tokens_seen, int) and isinstance(load_checkpoint(tmp_path / "checkpoint.pt")
+                                                               ["tokens_seen"], int)

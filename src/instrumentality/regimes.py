@@ -50,27 +50,29 @@ class Supervised:
                                       cache=corpus_cache)
 
     def loss(self, model, step: int, gen: torch.Generator):
-        device, n_world = device_of(model), self.batch_size - self.n_quest
+        device, n_world, cpu_gen = device_of(model), self.batch_size - self.n_quest, _cpu(gen)
         loss, metrics, n_tokens = 0.0, {}, 0
         if n_world:
-            x = self.world.sample(n_world, self.seq_len, generator=_cpu(gen)).to(device)
+            x = self.world.sample(n_world, self.seq_len, generator=cpu_gen).to(device)
             nll = F.cross_entropy(model(x[:, :-1])["logits"].flatten(0, 1).float(), x[:, 1:].flatten())
             loss, metrics["nll"], n_tokens = nll * n_world / self.batch_size, nll.detach(), x[:, 1:].numel()
         if self.n_quest:
-            x = self.corpus.sample(self.n_quest, _cpu(gen)).to(device)
+            x = self.corpus.sample(self.n_quest, cpu_gen)
+            n_tokens += int((x[:, 1:] != self.corpus.tokens.pad).sum())  # counted on the CPU: no device sync
+            x = x.to(device)
             nll = F.cross_entropy(model(x[:, :-1])["logits"].flatten(0, 1).float(), x[:, 1:].flatten(),
                                   ignore_index=self.corpus.tokens.pad)
             loss = loss + nll * self.n_quest / self.batch_size
             metrics["quest_nll"] = nll.detach()
-            n_tokens += int((x[:, 1:] != self.corpus.tokens.pad).sum())
         return loss, metrics, n_tokens
 
 
 def _cpu(gen: torch.Generator) -> torch.Generator:
-    """World sampling runs on the CPU; derive a CPU generator from a device generator deterministically."""
+    """World sampling runs on the CPU. On another device, a CPU generator with the device generator's seed
+    (the trainer seeds one per step): no draw on the device, so no host sync. Call it once per step."""
     if gen.device.type == "cpu":
         return gen
-    return torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device)))
+    return torch.Generator().manual_seed(gen.initial_seed())
 
 
 class _EntropyCollapse:
@@ -120,7 +122,7 @@ class Reinforce(_EntropyCollapse):
         self.running_mean = 1.0 if reward == "likelihood" else 0.0
 
     def state_dict(self):
-        return {"running_mean": self.running_mean}
+        return {"running_mean": float(self.running_mean)}
 
     def load_state_dict(self, d):
         self.running_mean = d["running_mean"]
@@ -141,8 +143,8 @@ class Reinforce(_EntropyCollapse):
         if self.baseline == "one":
             b = 1.0 if self.reward == "likelihood" else 0.0
         elif self.baseline == "mean":
-            b = self.running_mean
-            self.running_mean = self.momentum * b + (1 - self.momentum) * float(r.mean())
+            b = torch.as_tensor(self.running_mean, dtype=torch.float64, device=r.device)  # kept on the device
+            self.running_mean = self.momentum * b + (1 - self.momentum) * r.mean().double()
         else:
             b = 0.0
         loss = -((r - b) * logp_a).mean()
@@ -240,6 +242,8 @@ class Critic(_EntropyCollapse):
             self.ref_model.load_state_dict(ck["model"])
         self.ref_model.eval().requires_grad_(False)
         self.discount = self.discount.to(device)
+        self.first_token_of_marker = self.first_token_of_marker.to(device)
+        self.marker_tokens = torch.tensor(self.world.marker_tokens, device=device)
         if self.algo == "ppo" and model.value_head is None:  # added before the optimizer is built
             model.value_head = torch.nn.Linear(model.cfg.n_embd, 1).to(device)
             model.cfg.value_head = True
@@ -272,7 +276,7 @@ class Critic(_EntropyCollapse):
     def loss(self, model, step: int, gen: torch.Generator):
         if self.algo == "ppo":
             return self._ppo_loss(model, step, gen)
-        device, H, K = device_of(model), self.H, self.K
+        H, K = self.H, self.K
         cpu_gen = _cpu(gen)
         prompts, fed, actions = self.rollout_batch(model, gen, cpu_gen)
         N, L = prompts.shape
@@ -290,8 +294,8 @@ class Critic(_EntropyCollapse):
             b = ((Gk.sum(1, keepdim=True) - Gk) / (K - 1)).view(N, H)  # leave-one-out baseline
         loss = -((G - b) * logp_a).mean()
         entropy = -(logp.detach().exp() * logp.detach()).sum(-1).mean()
-        at_fork = torch.isin(prompts[:, -1], torch.tensor(self.world.marker_tokens, device=device))
-        first = self.first_token_of_marker.to(device)[prompts[:, -1]]
+        at_fork = torch.isin(prompts[:, -1], self.marker_tokens)
+        first = self.first_token_of_marker[prompts[:, -1]]
         metrics = {"critic_reward": c.mean(), "kl": kl.mean(), "return": G[:, 0].mean(), "entropy": entropy,
                    # share of fork prompts whose first token opens the first branch (NaN if none: 0/0, no sync)
                    "first_branch_rate": ((actions[:, 0] == first) & at_fork).sum() / at_fork.sum()}
@@ -458,14 +462,15 @@ class Quest(_EntropyCollapse):
                    "clip_fraction": ((((ratio.detach() - 1).abs() > self.clip).float() * live).sum() / n)}
         if fresh:
             metrics["env_steps"] = b["env_steps"]
-        return loss, metrics, int(live.sum()) * STEP_LEN
+        return loss, metrics, live.sum().long() * STEP_LEN  # a device tensor: the trainer reads it when it logs
 
     @torch.no_grad()
     def rollout(self, model, gen: torch.Generator) -> dict:
         from instrumentality.envs.agents import QUEST_METRICS
         from instrumentality.envs.tokens import play
 
-        seeds = torch.randint(0, 2**31 - 1, (self.n_envs,), generator=_cpu(gen)).numpy()
+        cpu_gen = _cpu(gen)
+        seeds = torch.randint(0, 2**31 - 1, (self.n_envs,), generator=cpu_gen).numpy()
         was_training = model.training
         model.eval()
         p = play(model, self.tokens, seeds, generator=gen)
@@ -474,14 +479,14 @@ class Quest(_EntropyCollapse):
         adv = gae(p["rewards"], p["values"] * live, self.gamma, self.gae_lambda, live)
         returns = adv + p["values"] * live
         mean, std = adv[p["live"]].mean(), adv[p["live"]].std()
-        order = torch.stack([torch.randperm(self.n_envs, generator=_cpu(gen)) for _ in range(self.ppo_epochs)])
+        order = torch.stack([torch.randperm(self.n_envs, generator=cpu_gen) for _ in range(self.ppo_epochs)])
         m = p["metrics"].mean(0)
         metrics = {f"env/{name}": m[i] for i, name in enumerate(QUEST_METRICS)}
         metrics["env/episode_len"] = live.sum(1).mean()
         return {"seq": p["seq"], "actions": p["actions"], "logp": p["logp"], "live": live,
                 "advantages": (adv - mean) / (std + 1e-8) * live, "returns": returns, "y": p["y"],
                 "scored_predict": p["scored_predict"].float(), "prefix_len": p["prefix_len"],
-                "order": order.to(p["seq"].device), "env_steps": int(live.sum()), "metrics": metrics}
+                "order": order.to(p["seq"].device), "env_steps": p["live"].sum(), "metrics": metrics}
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float,

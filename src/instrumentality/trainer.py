@@ -5,6 +5,9 @@ periodic evaluation, progress and logging. A regime only says how a step becomes
 
     loss, metrics, n_tokens = regime.loss(model, step, generator)
 
+n_tokens (and metrics["env_steps"], for regimes that act in an env) may be ints or device tensors: the
+trainer adds them up on the device and reads them at logging, evaluation and checkpoint steps only.
+
 All randomness of step s comes from a generator seeded with (seed, s), so a run resumed from a
 checkpoint replays exactly the steps an uninterrupted run would have taken.
 """
@@ -152,6 +155,8 @@ class Trainer:
         self.tokens_seen = 0  # tokens the regime processed (world tokens, or generated tokens)
         self.first_bad_step = torch.full((), -1, device=self.device)  # nonfinite_check=deferred
         self.env_steps = 0  # environment steps (regimes that act in an env report them as metrics["env_steps"])
+        self._unread = [0, 0]  # tokens, env steps of the steps since the last read (ints or device tensors)
+        self._since_log = [0, 0]  # tokens, env steps read since the last logged row
         self.history: list[dict] = []  # every logged row, kept in the checkpoint
         self.status = {"status": "running", "step": 0, "reason": ""}
         if hasattr(regime, "setup"):
@@ -196,7 +201,16 @@ class Trainer:
             "run_config": self.run_config,
         }
 
+    def _read_counts(self):
+        """Add the steps' token and env-step counts to the totals (a host sync where they are on a device)."""
+        tokens, env = (int(x) for x in self._unread)
+        self._unread = [0, 0]
+        self.tokens_seen += tokens
+        self.env_steps += env
+        self._since_log = [self._since_log[0] + tokens, self._since_log[1] + env]
+
     def save(self):
+        self._read_counts()
         save_checkpoint(self.checkpoint_path, self.state_dict())
 
     def resume(self) -> bool:
@@ -224,6 +238,7 @@ class Trainer:
     def _run_eval(self):
         if self.evaluate is None:
             return
+        self._read_counts()
         self.model.eval()
         metrics = self.evaluate(self.model, self.step)
         self.model.train()
@@ -247,7 +262,7 @@ class Trainer:
 
             bar = tqdm(total=c.max_steps, initial=self.step, desc=getattr(self.regime, "name", "train"),
                        dynamic_ncols=True, leave=False)
-        t_last, tokens_since, env_since, steps_done = time.perf_counter(), 0, 0, 0
+        t_last, steps_done = time.perf_counter(), 0
         while self.step < c.max_steps:
             gen = step_generator(c.seed, self.step, self.device)
             with autocast_for(self.device):
@@ -270,17 +285,15 @@ class Trainer:
             self.scheduler.step()
             self.step += 1
             steps_done += 1
-            tokens_since += n_tokens
-            self.tokens_seen += n_tokens
-            n_env = int(metrics.pop("env_steps", 0))
-            env_since += n_env
-            self.env_steps += n_env
+            self._unread = [self._unread[0] + n_tokens, self._unread[1] + metrics.pop("env_steps", 0)]
             if bar is not None:
                 bar.update(1)
             if self.step % c.log_every == 0 or self.step == c.max_steps:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()
                 dt = time.perf_counter() - t_last
+                self._read_counts()
+                (tokens_since, env_since), self._since_log = self._since_log, [0, 0]
                 row = {"step": self.step, "train/loss": float(loss.detach()), "train/grad_norm": float(gnorm),
                        "train/lr": self.scheduler.get_last_lr()[0],
                        **{k if "/" in k else f"train/{k}": float(v) for k, v in metrics.items()},
@@ -291,7 +304,7 @@ class Trainer:
                 self._log(row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-                t_last, tokens_since, env_since = time.perf_counter(), 0, 0
+                t_last = time.perf_counter()
                 if self.deferred_check and int(self.first_bad_step) >= 0:  # synced here, once per log_every steps
                     bad_step = int(self.first_bad_step)
                     self.status = {"status": "collapsed", "step": bad_step,

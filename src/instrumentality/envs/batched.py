@@ -82,8 +82,15 @@ class BatchedClueQuest:
         """One step of every episode. `forecast` [B, K]: the distribution a `predict` is scored with
         (the token form: the model's own); default the exact Bayes posterior (the gym env's)."""
         c, a = self.cfg, torch.as_tensor(actions, device=self.device).long()
-        if a.shape != (self.B,) or (a < 0).any() or (a >= len(ACTIONS)).any():
-            raise ValueError(f"actions must be {self.B} integers in [0, {len(ACTIONS) - 1}]")
+        msg = f"actions must be {self.B} integers in [0, {len(ACTIONS) - 1}]"
+        if a.shape != (self.B,):
+            raise ValueError(msg)
+        in_range = ((a >= 0) & (a < len(ACTIONS))).all()
+        if a.device.type == "cpu":
+            if not in_range:
+                raise ValueError(msg)
+        else:  # checked on the device (an error at the next sync), not by a host sync every step
+            torch._assert_async(in_range, msg)
         B = self.B
         rows = torch.arange(B, device=self.device)
         reward = torch.zeros(B, dtype=torch.float64, device=self.device)
@@ -106,7 +113,7 @@ class BatchedClueQuest:
         near = self.alive & ((self.monsters - self.agent[:, None]).abs().sum(-1) <= 1)
         hit = (a == ACTIONS.index("attack")) & near.any(-1)
         first = near.float().argmax(-1)
-        self.alive[rows[hit], first[hit]] = False
+        self.alive[rows, first] &= ~hit  # no boolean indexing: no host sync on a device
         self.counts[:, COUNTS.index("fights")] += hit
         # predict: at the altar, once; the forecast is the Bayes posterior before this step's pickup
         want = a == ACTIONS.index("predict")
