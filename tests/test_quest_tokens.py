@@ -207,3 +207,19 @@ def test_simulator_loss_is_the_transcript_cross_entropy_without_padding(tmp_path
     assert n_tokens == int(real.sum())
     with pytest.raises(ConfigError, match="quest env"):
         Supervised(world, quest_fraction=0.5)
+
+
+def test_quest_rollout_advantages_are_normalised_over_the_steps_that_happened():
+    world = quest_world()
+    tokens = QuestTokens(CFG, world.vocab_size)
+    torch.manual_seed(0)
+    model = quest_model(world, tokens)
+    regime = Quest(world, env=asdict(CFG), n_envs=32, init="scratch")
+    regime.setup(model, torch.device("cpu"))
+    b = regime.rollout(model, torch.Generator().manual_seed(1))
+    live = b["live"].bool()
+    assert 0 < live.sum() < live.numel()  # some episodes end before the horizon
+    adv = b["advantages"]
+    assert abs(float(adv[live].mean())) < 1e-5 and abs(float(adv[live].std()) - 1) < 1e-5
+    assert (adv[~live] == 0).all()
+    assert int(b["env_steps"]) == int(live.sum())

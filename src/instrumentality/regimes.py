@@ -478,7 +478,9 @@ class Quest(_EntropyCollapse):
         live = p["live"].float()
         adv = gae(p["rewards"], p["values"] * live, self.gamma, self.gae_lambda, live)
         returns = adv + p["values"] * live
-        mean, std = adv[p["live"]].mean(), adv[p["live"]].std()
+        n = live.sum()  # mean and (unbiased) std of A over the steps that happened, without boolean indexing
+        mean = (adv * live).sum() / n
+        std = ((((adv - mean) * live) ** 2).sum() / (n - 1)).sqrt()
         order = torch.stack([torch.randperm(self.n_envs, generator=cpu_gen) for _ in range(self.ppo_epochs)])
         m = p["metrics"].mean(0)
         metrics = {f"env/{name}": m[i] for i, name in enumerate(QUEST_METRICS)}
