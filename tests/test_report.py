@@ -147,3 +147,11 @@ def test_report_and_figures_rebuild_from_the_table_alone(tmp_path):
     assert "| quest-PPO (from simulator) | free_info | 0.7 [" in text
     # equal env steps: quest-PPO's last point (3000 steps, 0.8) against SB3's curve at 3000 steps (0.3)
     assert "| simulator | 0 | 3000 | 0.800 | 0.300 |" in text
+
+
+def test_seed_ci_does_not_depend_on_the_order_of_the_seeds():
+    values, lows, highs = [0.3, -0.1, 0.8, 0.2], [0.1, -0.4, 0.5, 0.1], [0.5, 0.2, 1.1, 0.3]
+    first = seed_ci(values, lows, highs)
+    for perm in ([3, 2, 1, 0], [1, 3, 0, 2]):
+        assert seed_ci(*([x[i] for i in perm] for x in (values, lows, highs))) == first
+    assert first[1] < 0.3 < first[2]

@@ -47,6 +47,8 @@ def seed_ci(values, lows=None, highs=None, n_boot: int = N_BOOT, alpha: float = 
     if lows is not None and highs is not None:
         width = torch.as_tensor(highs, dtype=torch.float64) - torch.as_tensor(lows, dtype=torch.float64)
         se = torch.nan_to_num(width / (2 * 1.959964), nan=0.0)
+    order = sorted(range(len(v)), key=lambda i: (float(v[i]), float(se[i])))  # the CI is that of the set:
+    v, se = v[order], se[order]                                              # the rows' order does not enter
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(v), (n_boot, len(v)), generator=g)
     draws = v[idx] + se[idx] * torch.randn(n_boot, len(v), generator=g, dtype=torch.float64)
