@@ -9,8 +9,9 @@ HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 PRESET ?= $(if $(HAS_CUDA),full,quick)
 LAUNCHER ?= basic
 # units (experiment, seed) at once: without CUDA two, one thread each (the tiny quick models use two
-# threads poorly); see README "Launchers and lanes"
-LANES ?= $(if $(HAS_CUDA),1,2)
+# threads poorly); with CUDA four processes share the GPU (one small model's process leaves it mostly
+# idle; not yet timed on a GPU: scripts/device_check.sh does); see README "Lanes"
+LANES ?= $(if $(HAS_CUDA),4,2)
 export WANDB_SILENT ?= true
 
 .PHONY: help install test sweep figures bench lint clean
