@@ -26,23 +26,30 @@ def test_presets_compose_and_build(preset):
         assert cfg.logger.mode == "disabled"
 
 
-def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config():
-    """Each job a sweep would launch resolves (e.g. every F2 arm names a critic, gamma and H), without
-    training: the sweep's params are read from the experiment files themselves."""
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(preset):
+    """Each job a sweep would launch resolves (e.g. every F2 arm names a critic, gamma and H) and its
+    world, model, regime and trainer instantiate, without training: the sweep's params are read from the
+    experiment files themselves. The full preset too: it runs only on a GPU, where a config error
+    would cost a lent machine's minutes."""
     import itertools
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
     for path in sorted((Path(CONFIG_DIR).parent / "experiments").glob("*.yaml")):
-        cfg = composed(f"experiment={path.stem}", "preset=quick")
+        cfg = composed(f"experiment={path.stem}", f"preset={preset}")
         params = {k: str(v).split(",") for k, v in (OmegaConf.select(
             OmegaConf.load(path), "hydra.sweeper.params") or {}).items() if k != "seed"}
         for values in itertools.product(*params.values()):
-            job = composed(f"experiment={path.stem}", "preset=quick",
+            job = composed(f"experiment={path.stem}", f"preset={preset}",
                            *(f"{k}={v}" for k, v in zip(params, values)))
             resolved = OmegaConf.to_container(job, resolve=True)  # raises on a dangling interpolation
-            assert resolved["exp_name"] == cfg.exp_name
+            assert resolved["exp_name"] == cfg.exp_name and resolved["preset_name"] == preset
+            assert instantiate(job.trainer).max_steps == resolved["trainer"]["max_steps"]
+            if resolved["regime"].get("quest_fraction"):  # a small transcript corpus: the sizes are not the point
+                job.regime.quest_corpus, job.regime.corpus_cache = 16, None
+            build(job)  # world, model and regime instantiate (checkpoints are read later, in setup)
             if path.stem == "F2":
                 arm = dict(zip(params, values))["arm"]
                 critic, gamma, horizon = arm.split("-")
