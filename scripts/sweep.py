@@ -41,14 +41,20 @@ def compose(preset: str, *overrides: str, hydra: bool = False):
 
 
 @functools.cache  # the sweep asks once per SB3 unit: compose once
-def preset_value(preset: str, key: str):
-    return compose(preset)[key]
+def preset_value(preset: str, key: str, overrides: tuple[str, ...] = ()):
+    return compose(preset, *overrides)[key]
 
 
 @functools.cache
-def quest_choice(preset: str, experiment: str = "F4") -> str:
+def quest_choice(preset: str, overrides: tuple[str, ...] = (), experiment: str = "F4") -> str:
     """The configs/quest/ option an experiment uses (SB3 must train on the same quest)."""
-    return compose(preset, f"experiment={experiment}", hydra=True).hydra.runtime.choices["quest"]
+    return compose(preset, f"experiment={experiment}", *overrides, hydra=True).hydra.runtime.choices["quest"]
+
+
+def unit_overrides(overrides: list[str], exp: str) -> list[str]:
+    """The sweep's extra overrides that apply to one experiment: plain ones, and EXP:key=value for it."""
+    return [o.split(":", 1)[1] if ":" in o.split("=")[0] else o for o in overrides
+            if ":" not in o.split("=")[0] or o.split(":", 1)[0] == exp]
 
 
 def n_seeds(preset: str) -> int:
@@ -63,13 +69,14 @@ def quest_env_steps(run_dir: Path) -> int:
     return int(json.loads(summary.read_text()).get("metrics", {}).get("perf/env_steps_seen", 0))
 
 
-def sb3_command(preset: str, seed: int, runs_root: Path) -> list[str]:
-    """SB3 PPO for one seed, for max(that seed's quest agents' env steps, the preset's sb3_steps); it also
-    writes the random and explorer agent folders. A finished run is skipped by the script."""
+def sb3_command(preset: str, seed: int, runs_root: Path, overrides: tuple[str, ...] = ()) -> list[str]:
+    """SB3 PPO for one seed, for max(that seed's quest agents' env steps, the preset's sb3_steps, after the
+    sweep's overrides for F4_sb3); it also writes the random and explorer agent folders. A finished run is
+    skipped by the script."""
     exp_dir = runs_root / preset / "F4"
-    steps = max([int(preset_value(preset, "sb3_steps"))]
+    steps = max([int(preset_value(preset, "sb3_steps", overrides))]
                 + [quest_env_steps(d) for d in exp_dir.glob(f"quest-*-s{seed}")])
-    return [sys.executable, "scripts/train_sb3.py", "--quest", quest_choice(preset), "--steps", str(steps),
+    return [sys.executable, "scripts/train_sb3.py", "--quest", quest_choice(preset, overrides), "--steps", str(steps),
             "--seed", str(seed), "--out", str(exp_dir / f"sb3_ppo-s{seed}"), "--baselines"]
 
 
@@ -165,15 +172,13 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
                 pending.remove(nxt)
             exp, s = nxt
             if exp == "F4_sb3":
-                cmd = sb3_command(preset, s, runs_root)
+                cmd = sb3_command(preset, s, runs_root, tuple(unit_overrides(overrides, exp)))
             else:
-                extra = [o.split(":", 1)[1] if ":" in o.split("=")[0] else o for o in overrides
-                         if ":" not in o.split("=")[0] or o.split(":", 1)[0] == exp]
                 cmd = [sys.executable, "-m", "instrumentality.train", "--multirun", f"experiment={exp}",
                        f"preset={preset}", f"seed={s}", f"hydra/launcher={LAUNCHERS[launcher]}",
                        f"runs_root={runs_root}"]
                 cmd += [f"hydra.launcher.n_jobs={jobs}"] if launcher == "joblib" else []
-                cmd += extra
+                cmd += unit_overrides(overrides, exp)
             unit = Unit(exp, s, cmd, env, progress)
             with lock:
                 running.append(unit)

@@ -47,3 +47,26 @@ def test_sweep_with_a_failing_job_still_writes_results_and_figures(tmp_path):
     assert again.returncode == 0
     assert "finished after" in again.stdout  # each finished job reports its stored summary
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
+
+
+def test_sb3_units_follow_the_sweeps_overrides_and_the_quest_agents_env_steps(tmp_path):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("sweep", Path(__file__).resolve().parents[1] / "scripts" / "sweep.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    overrides = ["sb3_steps=777", "F2:arm=truth-g1-H1", "F4_sb3:seed=5", "F4:quest_steps=3"]
+    assert sweep.unit_overrides(overrides, "F4_sb3") == ["sb3_steps=777", "seed=5"]
+    assert sweep.unit_overrides(overrides, "F2") == ["sb3_steps=777", "arm=truth-g1-H1"]
+
+    def steps(cmd):
+        return int(cmd[cmd.index("--steps") + 1])
+
+    assert steps(sweep.sb3_command("debug", 0, tmp_path)) == 512  # the debug preset's sb3_steps
+    assert steps(sweep.sb3_command("debug", 0, tmp_path, ("sb3_steps=777",))) == 777
+    run = tmp_path / "debug" / "F4" / "quest-scratch-s0"  # a finished quest agent that took more env steps
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"metrics": {"perf/env_steps_seen": 1234}}))
+    assert steps(sweep.sb3_command("debug", 0, tmp_path, ("sb3_steps=777",))) == 1234
+    assert steps(sweep.sb3_command("debug", 1, tmp_path, ("sb3_steps=777",))) == 777  # another seed's agent
