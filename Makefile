@@ -14,7 +14,7 @@ LAUNCHER ?= basic
 LANES ?= $(if $(HAS_CUDA),4,2)
 export WANDB_SILENT ?= true
 
-.PHONY: help install test sweep figures bench lint clean
+.PHONY: help install test sweep check-full figures bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -35,6 +35,13 @@ test: install  ## run the test suite (W&B disabled)
 
 sweep: install  ## run every experiment (quick preset without CUDA, full with), evaluate, draw figures
 	$(PY) scripts/sweep.py --preset $(PRESET) --launcher $(LAUNCHER) --lanes $(LANES)
+
+check-full: install  ## every job of the full preset, 2 steps each, 1 seed, on this machine (about 3 min on 2 CPU cores)
+	rm -rf /tmp/check-full
+	WANDB_MODE=disabled $(PY) scripts/sweep.py --preset full --lanes $(LANES) --seeds 1 --runs-root /tmp/check-full/runs \
+		--results /tmp/check-full/results trainer.max_steps=2 critic_steps=2 simulator_steps=2 quest_steps=2 \
+		sb3_steps=512 trainer.eval_every=0 logger=none
+	@! grep -l '"failed"' /tmp/check-full/runs/full/*/*/summary.json || (echo "failed runs above"; exit 1)
 
 figures: install  ## redraw figures and REPORT.md from results/<preset>/results.csv
 	$(PY) scripts/figures.py --preset $(PRESET)
