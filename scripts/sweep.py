@@ -114,6 +114,18 @@ class Unit:
         return self.proc.poll() is not None
 
 
+def unit_command(exp: str, seed: int, preset: str, launcher: str, jobs: int, runs_root: Path,
+                 overrides: list[str]) -> list[str]:
+    """The command of one unit: a Hydra multirun of the experiment for one seed, with the preset's
+    sweep_overrides for that experiment, then the sweep's own (which win); or the SB3 script."""
+    if exp == "F4_sb3":
+        return sb3_command(preset, seed, runs_root, tuple(unit_overrides(overrides, exp)))
+    cmd = [sys.executable, "-m", "instrumentality.train", "--multirun", f"experiment={exp}", f"preset={preset}",
+           f"seed={seed}", f"hydra/launcher={LAUNCHERS[launcher]}", f"runs_root={runs_root}"]
+    cmd += [f"hydra.launcher.n_jobs={jobs}"] if launcher == "joblib" else []
+    return cmd + list(preset_value(preset, "sweep_overrides").get(exp, [])) + unit_overrides(overrides, exp)
+
+
 def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lanes: int, seeds: int,
               runs_root: Path, overrides: list[str]) -> dict[str, float]:
     """Every (experiment, seed) unit, `lanes` at a time, each process with cores // (lanes x jobs) threads.
@@ -171,14 +183,7 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
             with lock:
                 pending.remove(nxt)
             exp, s = nxt
-            if exp == "F4_sb3":
-                cmd = sb3_command(preset, s, runs_root, tuple(unit_overrides(overrides, exp)))
-            else:
-                cmd = [sys.executable, "-m", "instrumentality.train", "--multirun", f"experiment={exp}",
-                       f"preset={preset}", f"seed={s}", f"hydra/launcher={LAUNCHERS[launcher]}",
-                       f"runs_root={runs_root}"]
-                cmd += [f"hydra.launcher.n_jobs={jobs}"] if launcher == "joblib" else []
-                cmd += unit_overrides(overrides, exp)
+            cmd = unit_command(exp, s, preset, launcher, jobs, runs_root, overrides)
             unit = Unit(exp, s, cmd, env, progress)
             with lock:
                 running.append(unit)

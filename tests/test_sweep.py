@@ -49,13 +49,30 @@ def test_sweep_with_a_failing_job_still_writes_results_and_figures(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
 
 
-def test_sb3_units_follow_the_sweeps_overrides_and_the_quest_agents_env_steps(tmp_path):
+def load_sweep_module():
     import importlib.util
-    import json
 
     spec = importlib.util.spec_from_file_location("sweep", Path(__file__).resolve().parents[1] / "scripts" / "sweep.py")
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)
+    return sweep
+
+
+def test_a_preset_narrows_an_experiments_sweep_and_the_command_line_wins(tmp_path):
+    sweep = load_sweep_module()
+    arms = lambda cmd: [o.split("=", 1)[1].split(",") for o in cmd if o.startswith("arm=")]  # noqa: E731
+    quick = arms(sweep.unit_command("F2", 0, "quick", "basic", 1, tmp_path, []))
+    assert len(quick) == 1 and len(quick[0]) == 9 and "keyword-g0-H8" not in quick[0]
+    assert arms(sweep.unit_command("F2", 0, "full", "basic", 1, tmp_path, [])) == []  # the file's 14 arms
+    cli = sweep.unit_command("F2", 0, "quick", "basic", 1, tmp_path, ["F2:arm=keyword-g0-H8"])
+    assert arms(cli)[-1] == ["keyword-g0-H8"]  # Hydra takes the last value of a key
+    assert arms(sweep.unit_command("F3", 0, "quick", "basic", 1, tmp_path, [])) == []
+
+
+def test_sb3_units_follow_the_sweeps_overrides_and_the_quest_agents_env_steps(tmp_path):
+    import json
+
+    sweep = load_sweep_module()
     overrides = ["sb3_steps=777", "F2:arm=truth-g1-H1", "F4_sb3:seed=5", "F4:quest_steps=3"]
     assert sweep.unit_overrides(overrides, "F4_sb3") == ["sb3_steps=777", "seed=5"]
     assert sweep.unit_overrides(overrides, "F2") == ["sb3_steps=777", "arm=truth-g1-H1"]
