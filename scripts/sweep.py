@@ -21,11 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # A sweep is units (experiment, seed), each a Hydra multirun of one experiment for one seed (F4_sb3: the SB3
 # reference agent's script). A unit starts once the unit it needs, of the same seed, has finished: F2 and F3
-# fine-tune F1's supervised run; F4 fine-tunes F4_simulator's; F4_sb3 trains for at least as many env
-# steps as that seed's quest agents took. `lanes` units run at once; the order below is the priority
-# (long units first, so that short ones fill the lanes at the end).
+# fine-tune F1's supervised run; F4 fine-tunes F4_simulator's. F4_sb3 needs none: it trains for at least as
+# many env steps as a quest agent can take (known from the config). `lanes` units run at once; the order
+# below is the priority (long units first, so that short ones fill the lanes at the end). SB3 runs on the
+# CPU: with `cpu_lanes` (the default on CUDA) its units run in lanes of their own, beside the GPU's.
 EXPERIMENTS = ["F1", "F2", "F4_simulator", "F3", "F4", "F4_sb3"]
-NEEDS = {"F2": "F1", "F3": "F1", "F4": "F4_simulator", "F4_sb3": "F4"}
+NEEDS = {"F2": "F1", "F3": "F1", "F4": "F4_simulator"}
+CPU_ONLY = {"F4_sb3"}
 LAUNCHERS = {"basic": "basic", "joblib": "joblib", "submitit_slurm": "submitit_slurm"}
 RUN_DONE = re.compile(r"\[(\S+)\] (?:finished after|collapsed after|FAILED)|^configuration error")
 
@@ -61,21 +63,26 @@ def n_seeds(preset: str) -> int:
     return int(preset_value(preset, "n_seeds"))
 
 
-def quest_env_steps(run_dir: Path) -> int:
-    """Env steps a finished quest-PPO run took (0 if it has none)."""
-    summary = run_dir / "summary.json"
-    if not summary.exists():
-        return 0
-    return int(json.loads(summary.read_text()).get("metrics", {}).get("perf/env_steps_seen", 0))
+@functools.cache
+def quest_env_steps_bound(preset: str, overrides: tuple[str, ...] = ()) -> int:
+    """The most env steps an F4 quest agent can take: rollouts x episodes per rollout x steps an episode
+    can last (each rollout serves ppo_epochs x n_minibatches optimizer steps)."""
+    from instrumentality.envs.tokens import quest_tokens
+    from instrumentality.world import World
+
+    cfg = compose(preset, "experiment=F4", *overrides)
+    rollouts = -(-cfg.trainer.max_steps // (cfg.regime.ppo_epochs * cfg.regime.n_minibatches))
+    horizon = quest_tokens(dict(cfg.quest), World().vocab_size).horizon()
+    return rollouts * cfg.regime.n_envs * horizon
 
 
-def sb3_command(preset: str, seed: int, runs_root: Path, overrides: tuple[str, ...] = ()) -> list[str]:
-    """SB3 PPO for one seed, for max(that seed's quest agents' env steps, the preset's sb3_steps, after the
-    sweep's overrides for F4_sb3); it also writes the random and explorer agent folders. A finished run is
-    skipped by the script."""
+def sb3_command(preset: str, seed: int, runs_root: Path, overrides: tuple[str, ...] = (),
+                quest_overrides: tuple[str, ...] = ()) -> list[str]:
+    """SB3 PPO for one seed, for max(the preset's sb3_steps after the sweep's overrides for F4_sb3, the most
+    env steps a quest agent can take after those for F4); it also writes the random and explorer agent
+    folders. A finished run is skipped by the script."""
     exp_dir = runs_root / preset / "F4"
-    steps = max([int(preset_value(preset, "sb3_steps", overrides))]
-                + [quest_env_steps(d) for d in exp_dir.glob(f"quest-*-s{seed}")])
+    steps = max(int(preset_value(preset, "sb3_steps", overrides)), quest_env_steps_bound(preset, quest_overrides))
     return [sys.executable, "scripts/train_sb3.py", "--quest", quest_choice(preset, overrides), "--steps", str(steps),
             "--seed", str(seed), "--out", str(exp_dir / f"sb3_ppo-s{seed}"), "--baselines"]
 
@@ -118,17 +125,37 @@ def unit_command(exp: str, seed: int, preset: str, launcher: str, jobs: int, run
                  overrides: list[str]) -> list[str]:
     """The command of one unit: a Hydra multirun of the experiment for one seed, with the preset's
     sweep_overrides for that experiment, then the sweep's own (which win); or the SB3 script."""
+    preset_overrides = lambda e: list(preset_value(preset, "sweep_overrides").get(e, []))  # noqa: E731
     if exp == "F4_sb3":
-        return sb3_command(preset, seed, runs_root, tuple(unit_overrides(overrides, exp)))
+        return sb3_command(preset, seed, runs_root, tuple(preset_overrides(exp) + unit_overrides(overrides, exp)),
+                           tuple(preset_overrides("F4") + unit_overrides(overrides, "F4")))
     cmd = [sys.executable, "-m", "instrumentality.train", "--multirun", f"experiment={exp}", f"preset={preset}",
            f"seed={seed}", f"hydra/launcher={LAUNCHERS[launcher]}", f"runs_root={runs_root}"]
     cmd += [f"hydra.launcher.n_jobs={jobs}"] if launcher == "joblib" else []
-    return cmd + list(preset_value(preset, "sweep_overrides").get(exp, [])) + unit_overrides(overrides, exp)
+    return cmd + preset_overrides(exp) + unit_overrides(overrides, exp)
+
+
+def units_to_start(pending: list[tuple[str, int]], running: list[str], is_ready, lanes: int,
+                   cpu_lanes: int) -> list[tuple[str, int]]:
+    """The pending units (experiment, seed) to start now, in priority order, given the experiments of the
+    running ones: CPU-only units in their own `cpu_lanes` where there are any (else in the lanes), the
+    others in the `lanes`."""
+    pool = lambda exp: "cpu" if cpu_lanes and exp in CPU_ONLY else "main"  # noqa: E731
+    free = {"main": lanes, "cpu": cpu_lanes}
+    for exp in running:
+        free[pool(exp)] -= 1
+    start = []
+    for unit in pending:
+        if free[pool(unit[0])] > 0 and is_ready(unit):
+            free[pool(unit[0])] -= 1
+            start.append(unit)
+    return start
 
 
 def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lanes: int, seeds: int,
-              runs_root: Path, overrides: list[str]) -> dict[str, float]:
-    """Every (experiment, seed) unit, `lanes` at a time, each process with cores // (lanes x jobs) threads.
+              runs_root: Path, overrides: list[str], cpu_lanes: int = 0) -> dict[str, float]:
+    """Every (experiment, seed) unit, `lanes` at a time (and CPU-only units `cpu_lanes` at a time beside
+    them, if > 0), each process with cores // (lanes x jobs) threads.
     Returns the seconds each experiment's units ran (summed over seeds: units of one experiment overlap)."""
     pending = [(exp, s) for exp in sorted(experiments, key=EXPERIMENTS.index) for s in range(seeds)]
     in_sweep = set(experiments)
@@ -141,7 +168,8 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
     threads = str(max(1, (os.cpu_count() or 1) // (lanes * per_process)))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # a worker process's lines arrive as they are written
     env.setdefault("OMP_NUM_THREADS", threads)
-    print(f"=== {len(pending)} units ({', '.join(experiments)} x {seeds} seeds), {lanes} at a time; "
+    print(f"=== {len(pending)} units ({', '.join(experiments)} x {seeds} seeds), {lanes} at a time"
+          + (f" (and {cpu_lanes} CPU-only units beside them)" if cpu_lanes else "") + "; "
           f"launcher {launcher}" + (f" with {jobs} jobs at a time" if launcher == "joblib" else "")
           + f"; {env['OMP_NUM_THREADS']} thread(s) per process", flush=True)
 
@@ -179,10 +207,9 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
                 durations[(u.exp, u.seed)] = time.perf_counter() - u.t0
             if u.proc.returncode != 0:
                 progress(u, f"exited with {u.proc.returncode}; the runs it finished are kept")
-        while len(running) < lanes and (nxt := next((u for u in pending if ready(u)), None)):
+        for exp, s in units_to_start(pending, [u.exp for u in running], ready, lanes, cpu_lanes):
             with lock:
-                pending.remove(nxt)
-            exp, s = nxt
+                pending.remove((exp, s))
             cmd = unit_command(exp, s, preset, launcher, jobs, runs_root, overrides)
             unit = Unit(exp, s, cmd, env, progress)
             with lock:
@@ -216,6 +243,9 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2, help="joblib launcher: runs of a unit at once")
     ap.add_argument("--lanes", type=int, default=1,
                     help="units (experiment, seed) at once; the cores are split between them (threads)")
+    ap.add_argument("--cpu-lanes", type=int, default=None,
+                    help="CPU-only units (SB3) at once beside the lanes (default: 2 with CUDA, else 0: they "
+                         "share the lanes)")
     ap.add_argument("--experiments", default=",".join(EXPERIMENTS))
     ap.add_argument("--results", default="results", type=Path, help="results/<preset>/ is written here")
     ap.add_argument("--runs-root", default="runs", type=Path, help="run folders: <runs-root>/<preset>/<experiment>/")
@@ -229,8 +259,12 @@ def main() -> int:
     runs_root = (ROOT / args.runs_root).resolve()
     seeds = args.seeds or n_seeds(args.preset)
     t_all = time.perf_counter()
+    if args.cpu_lanes is None:
+        import torch
+
+        args.cpu_lanes = 2 if torch.cuda.is_available() else 0
     walls = run_units(args.experiments.split(","), args.preset, args.launcher, args.jobs, args.lanes, seeds,
-                      runs_root, args.overrides)
+                      runs_root, args.overrides, args.cpu_lanes)
     print("\n=== evaluating every run on the common probe set", flush=True)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "instrumentality.evaluate", str(runs_root / args.preset),
@@ -240,7 +274,7 @@ def main() -> int:
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     provenance = {"preset": args.preset, "git_revision": rev.strip() or "unknown",
                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hardware": hardware(),
-                  "seeds": seeds, "launcher": args.launcher, "lanes": args.lanes,
+                  "seeds": seeds, "launcher": args.launcher, "lanes": args.lanes, "cpu_lanes": args.cpu_lanes,
                   "jobs_per_unit_at_once": args.jobs if args.launcher == "joblib" else 1,
                   "unit_s": {k: round(v, 1) for k, v in walls.items()},  # summed over seeds; units overlap
                   "total_wall_s": round(time.perf_counter() - t_all, 1)}

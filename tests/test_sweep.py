@@ -69,21 +69,30 @@ def test_a_preset_narrows_an_experiments_sweep_and_the_command_line_wins(tmp_pat
     assert arms(sweep.unit_command("F3", 0, "quick", "basic", 1, tmp_path, [])) == []
 
 
-def test_sb3_units_follow_the_sweeps_overrides_and_the_quest_agents_env_steps(tmp_path):
-    import json
-
+def test_sb3_units_train_at_least_as_long_as_a_quest_agent_can_and_follow_the_overrides(tmp_path):
     sweep = load_sweep_module()
     overrides = ["sb3_steps=777", "F2:arm=truth-g1-H1", "F4_sb3:seed=5", "F4:quest_steps=3"]
     assert sweep.unit_overrides(overrides, "F4_sb3") == ["sb3_steps=777", "seed=5"]
     assert sweep.unit_overrides(overrides, "F2") == ["sb3_steps=777", "arm=truth-g1-H1"]
 
-    def steps(cmd):
+    def steps(overrides):
+        cmd = sweep.unit_command("F4_sb3", 0, "debug", "basic", 1, tmp_path, overrides)
         return int(cmd[cmd.index("--steps") + 1])
 
-    assert steps(sweep.sb3_command("debug", 0, tmp_path)) == 512  # the debug preset's sb3_steps
-    assert steps(sweep.sb3_command("debug", 0, tmp_path, ("sb3_steps=777",))) == 777
-    run = tmp_path / "debug" / "F4" / "quest-scratch-s0"  # a finished quest agent that took more env steps
-    run.mkdir(parents=True)
-    (run / "summary.json").write_text(json.dumps({"metrics": {"perf/env_steps_seen": 1234}}))
-    assert steps(sweep.sb3_command("debug", 0, tmp_path, ("sb3_steps=777",))) == 1234
-    assert steps(sweep.sb3_command("debug", 1, tmp_path, ("sb3_steps=777",))) == 777  # another seed's agent
+    # debug preset: 4 quest-PPO steps, 4 epochs x 2 minibatches per rollout -> 1 rollout of 128 episodes of
+    # at most 16 steps (quest small), above its sb3_steps of 512
+    assert steps([]) == 1 * 128 * 16
+    assert steps(["sb3_steps=5000"]) == 5000
+    assert steps(["F4:quest_steps=20", "F4:regime.n_envs=32"]) == 3 * 32 * 16  # ceil(20 / 8) rollouts
+    assert steps(["F2:quest_steps=20"]) == 1 * 128 * 16  # another experiment's override: not F4's
+
+
+def test_cpu_only_units_run_in_lanes_of_their_own_when_there_are_any():
+    sweep = load_sweep_module()
+    pending = [("F1", 0), ("F1", 1), ("F4_sb3", 0), ("F4_sb3", 1)]
+    ready = lambda unit: True  # noqa: E731
+    assert sweep.units_to_start(pending, [], ready, 1, 0) == [("F1", 0)]
+    assert sweep.units_to_start(pending, [], ready, 1, 1) == [("F1", 0), ("F4_sb3", 0)]
+    assert sweep.units_to_start(pending, ["F4_sb3"], ready, 1, 1) == [("F1", 0)]
+    assert sweep.units_to_start(pending, ["F1"], ready, 2, 0) == [("F1", 0)]
+    assert sweep.units_to_start(pending, [], lambda u: u[0] != "F1", 2, 0) == [("F4_sb3", 0), ("F4_sb3", 1)]
