@@ -9,8 +9,8 @@
 #     mkdir -p .whl && cp ../shared/wheels-h200/*.whl .whl/   # /.whl/ is in .gitignore
 # Then one device run, carry [".whl"], timeout_s 590:
 #     bash scripts/device_check.sh
-# A sweep cut short by SWEEP_S is not lost on that machine while it stays warm: running this again within
-# its idle time resumes it (finished runs are skipped). A dry run here: PYTHON=.venv/bin/python PRESET=debug
+# A sweep cut short by SWEEP_S is not lost on that machine while it stays warm (30 s after a call): a
+# second call at once with BENCH_S=0 SKIP_INSTALL= SWEEP_S=560 resumes it (finished runs are skipped). A dry run here: PYTHON=.venv/bin/python PRESET=debug
 # SKIP_INSTALL=1 OUT=/tmp/dc bash scripts/device_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ OUT=${OUT:?set OUT to a folder for the reports}
 PYTHON=${PYTHON:-python3}
 PRESET=${PRESET:-full}
 LANES=${LANES:-4}           # units at once (the Makefile's CUDA default)
-BENCH_S=${BENCH_S:-210}     # seconds allowed for the bench
+BENCH_S=${BENCH_S:-210}     # seconds allowed for the bench (0: no bench)
 SWEEP_S=${SWEEP_S:-330}     # seconds allowed for the sweep (the rest of a 590 s command, minus set-up)
 mkdir -p "$OUT"
 t0=$(date +%s)
@@ -43,9 +43,11 @@ print('hydra', hydra.__version__, 'gymnasium', gymnasium.__version__, 'sb3', sta
 } 2>&1 | tee "$OUT/env.txt"
 echo "set-up: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/env.txt"
 
-t1=$(date +%s)
-timeout "$BENCH_S" "$PYTHON" scripts/bench.py --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/bench.log"
-echo "bench: $(( $(date +%s) - t1 )) s (rc ${PIPESTATUS[0]})" | tee -a "$OUT/bench.log"
+if [ "$BENCH_S" != 0 ]; then
+    t1=$(date +%s)
+    timeout "$BENCH_S" "$PYTHON" scripts/bench.py --out "$OUT" 2>&1 | grep -v Warning | tee "$OUT/bench.log"
+    echo "bench: $(( $(date +%s) - t1 )) s (rc ${PIPESTATUS[0]})" | tee -a "$OUT/bench.log"
+fi
 
 t2=$(date +%s)
 timeout "$SWEEP_S" "$PYTHON" scripts/sweep.py --preset "$PRESET" --launcher basic --lanes "$LANES" 2>&1 \
