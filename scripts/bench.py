@@ -52,6 +52,22 @@ def interleaved_medians(fns, device, repeats: int) -> list[float]:
     return [statistics.median(ts) for ts in times]
 
 
+def bench_trainer_for(model, regime, device, name: str, **cfg) -> Trainer:
+    """A shared trainer for timing: from scratch (no checkpoint left over), no progress bar, no warm-up of the
+    learning rate, and no checkpoint writes (the loop is timed, not the disk)."""
+    trainer = Trainer(model.to(device), regime, TrainerConfig(progress=False, warmup_steps=0, device=device.type,
+                                                              **cfg), out_dir=ROOT / "runs" / "bench" / name)
+    trainer.checkpoint_path.unlink(missing_ok=True)
+    trainer.save = lambda: None
+    return trainer
+
+
+def quest_model_config(world, tokens, model_cfg: GPTConfig) -> GPTConfig:
+    """model_cfg's size with the quest tokens after the world's and a context that holds a whole episode."""
+    return GPTConfig(vocab_size=world.vocab_size + tokens.size, block_size=tokens.max_seq_len,
+                     n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, n_embd=model_cfg.n_embd)
+
+
 def bench_trainer(world, model_cfg, device, steps: int, batch: int, warmup: int) -> list[dict]:
     """Tokens/s of the shared trainer (supervised regime), eager and with trainer.compile, vs a plain
     torch.compile'd loop over the same batches (model, AdamW, clipping, autocast where the trainer uses it).
@@ -61,12 +77,8 @@ def bench_trainer(world, model_cfg, device, steps: int, batch: int, warmup: int)
 
     def trainer_rate(compile: bool) -> float:
         torch.manual_seed(0)
-        trainer = Trainer(GPT(model_cfg).to(device), Supervised(world, batch_size=batch),
-                          TrainerConfig(max_steps=warmup + steps, log_every=warmup, progress=False, warmup_steps=0,
-                                        compile=compile, device=device.type),
-                          out_dir=ROOT / "runs" / "bench" / "trainer")
-        trainer.checkpoint_path.unlink(missing_ok=True)
-        trainer.save = lambda: None  # time the loop, not the disk
+        trainer = bench_trainer_for(GPT(model_cfg), Supervised(world, batch_size=batch), device, "trainer",
+                                    max_steps=warmup + steps, log_every=warmup, compile=compile)
         trainer.fit()
         rates = [r["perf/tokens_per_s"] for r in trainer.history if "perf/tokens_per_s" in r][1:]
         return len(rates) / sum(1 / r for r in rates)  # equal windows: total tokens / total time
@@ -227,7 +239,7 @@ def bench_env(device, n_envs: int, steps: int) -> dict:
             "ours": ours, "reference": ref, "ratio": ours / ref, "unit": "env steps/s"}
 
 
-def bench_quest_ppo(device, n_envs: int, updates: int, sb3_steps: int) -> dict:
+def bench_quest_ppo(world, model_cfg, device, n_envs: int, updates: int, sb3_steps: int) -> dict:
     """Agent steps/s of PPO training: regime=quest in the shared trainer (transformer, batched env,
     rollouts and updates) vs SB3 PPO (MultiInputPolicy MLP, 8 gym envs) on the same quest config.
     Different policies (a transformer reading tokens vs an MLP on Dict observations): this measures what
@@ -239,17 +251,11 @@ def bench_quest_ppo(device, n_envs: int, updates: int, sb3_steps: int) -> dict:
     from instrumentality.regimes import Quest
 
     quest = yaml.safe_load((ROOT / "configs" / "quest" / "small.yaml").read_text())
-    world = World()
     tokens = quest_tokens(quest, world.vocab_size)
-    size = dict(n_layer=4, n_head=4, n_embd=128) if device.type == "cuda" else dict(n_layer=2, n_head=4, n_embd=64)
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=world.vocab_size + tokens.size, block_size=tokens.max_seq_len, **size))
-    regime = Quest(world, env=quest, n_envs=n_envs, init="scratch")
-    trainer = Trainer(model.to(device), regime, TrainerConfig(max_steps=updates, log_every=updates, progress=False,
-                                                              warmup_steps=0, device=device.type),
-                      out_dir=ROOT / "runs" / "bench" / "quest")
-    trainer.checkpoint_path.unlink(missing_ok=True)
-    trainer.save = lambda: None
+    trainer = bench_trainer_for(GPT(quest_model_config(world, tokens, model_cfg)),
+                                Quest(world, env=quest, n_envs=n_envs, init="scratch"), device, "quest",
+                                max_steps=updates, log_every=updates)
     t0 = time.perf_counter()
     trainer.fit()
     sync(device)
@@ -274,17 +280,14 @@ def bench_host_syncs(world, model_cfg, device, steps: int = 8) -> list[dict]:
         "supervised": (model_cfg, lambda: Supervised(world, batch_size=64)),
         "reinforce (baseline=mean)": (model_cfg, lambda: Reinforce(world, batch_size=64, baseline="mean")),
         "critic (truth, H=8)": (model_cfg, lambda: Critic(world, ref="truth", init="scratch")),
-        "quest (scratch)": (GPTConfig(vocab_size=world.vocab_size + tokens.size, block_size=tokens.max_seq_len,
-                                      n_layer=model_cfg.n_layer, n_head=model_cfg.n_head, n_embd=model_cfg.n_embd),
+        "quest (scratch)": (quest_model_config(world, tokens, model_cfg),
                             lambda: Quest(world, env=quest, n_envs=256, init="scratch")),
     }
     rows = []
     for name, (cfg, regime) in cases.items():
         torch.manual_seed(0)
-        trainer = Trainer(GPT(cfg).to(device), regime(), TrainerConfig(
-            max_steps=10**6, log_every=10**6, ckpt_every=0, progress=False, warmup_steps=0, device=device.type),
-            out_dir=ROOT / "runs" / "bench" / "syncs")
-        trainer.checkpoint_path.unlink(missing_ok=True)
+        trainer = bench_trainer_for(GPT(cfg), regime(), device, "syncs", max_steps=10**6, log_every=10**6,
+                                    ckpt_every=0)
         per_step, where = count_host_syncs(trainer, steps)
         at = f" (at {', '.join(where[:4])})" if where else ""
         rows.append({"what": f"host syncs per training step, {name}{at}", "ours": per_step, "reference": 0.0,
@@ -327,7 +330,8 @@ def main() -> int:
                         repeats=21),
         bench_eval(world, model_cfg, device, repeats=3),
         bench_env(device, n_envs=65536 if cuda else 16384, steps=50),
-        bench_quest_ppo(device, n_envs=4096 if cuda else 256, updates=16 if cuda else 8, sb3_steps=8192),
+        bench_quest_ppo(world, model_cfg, device, n_envs=4096 if cuda else 256, updates=16 if cuda else 8,
+                        sb3_steps=8192),
     ]
     if cuda:
         rows += bench_host_syncs(world, model_cfg, device)
