@@ -155,7 +155,7 @@ def units_to_start(pending: list[tuple[str, int]], running: list[str], is_ready,
 def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lanes: int, seeds: int,
               runs_root: Path, overrides: list[str], cpu_lanes: int = 0) -> dict[str, float]:
     """Every (experiment, seed) unit, `lanes` at a time (and CPU-only units `cpu_lanes` at a time beside
-    them, if > 0), each process with cores // (lanes x jobs) threads.
+    them, if > 0), each process with cores // ((lanes + cpu_lanes) x jobs) threads.
     Returns the seconds each experiment's units ran (summed over seeds: units of one experiment overlap)."""
     pending = [(exp, s) for exp in sorted(experiments, key=EXPERIMENTS.index) for s in range(seeds)]
     in_sweep = set(experiments)
@@ -165,7 +165,7 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
     t0, runs_done = time.perf_counter(), [0]
     lock = threading.Lock()
     per_process = jobs if launcher == "joblib" else 1
-    threads = str(max(1, (os.cpu_count() or 1) // (lanes * per_process)))
+    threads = str(max(1, (os.cpu_count() or 1) // ((lanes + cpu_lanes) * per_process)))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # a worker process's lines arrive as they are written
     env.setdefault("OMP_NUM_THREADS", threads)
     print(f"=== {len(pending)} units ({', '.join(experiments)} x {seeds} seeds), {lanes} at a time"
