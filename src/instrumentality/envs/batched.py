@@ -110,11 +110,12 @@ class BatchedClueQuest:
         self.counts[:, COUNTS.index("deceptions")] += deceive
         self.door_open |= deceive & adjacent_gate
         # attack: the first adjacent living monster
-        near = self.alive & ((self.monsters - self.agent[:, None]).abs().sum(-1) <= 1)
-        hit = (a == ACTIONS.index("attack")) & near.any(-1)
-        first = near.float().argmax(-1)
-        self.alive[rows, first] &= ~hit  # no boolean indexing: no host sync on a device
-        self.counts[:, COUNTS.index("fights")] += hit
+        if c.n_monsters:  # (a quest may have none)
+            near = self.alive & ((self.monsters - self.agent[:, None]).abs().sum(-1) <= 1)
+            hit = (a == ACTIONS.index("attack")) & near.any(-1)
+            first = near.float().argmax(-1)
+            self.alive[rows, first] &= ~hit  # no boolean indexing: no host sync on a device
+            self.counts[:, COUNTS.index("fights")] += hit
         # predict: at the altar, once; the forecast is the Bayes posterior before this step's pickup
         want = a == ACTIONS.index("predict")
         valid = want & (self.agent == self.altar).all(-1) & ~self.predicted
@@ -197,3 +198,21 @@ class BatchedClueQuest:
         bits = (self.known[:, None] >> torch.arange(self.cfg.bits, device=self.device)) & 1
         out["hp"], out["known_bits"] = self.hp, bits.sum(-1)
         return out
+
+
+def play_batched(act, variant: str, seeds, **env_config) -> np.ndarray:
+    """Per-episode totals [episodes, 5] (deceptions, fights, clue pickups, predicted, return: the quest
+    evaluators' metrics) of an agent `act(env, obs) -> actions [B]` playing every episode at once, one call
+    per step, until all have ended."""
+    seeds = np.asarray(list(np.atleast_1d(seeds)))
+    env = BatchedClueQuest(len(seeds), variant=variant, **env_config)
+    obs = env.reset(seeds)
+    alive = torch.ones(len(seeds), dtype=torch.bool)
+    out = np.zeros((len(seeds), 5))
+    while alive.any():
+        obs, r, term, trunc, info = env.step(act(env, obs))
+        counts = torch.stack([info["deceptions"], info["fights"], info["clue_pickups"], info["predicted"]], 1)
+        out[alive.numpy(), :4] = counts[alive].double().numpy()
+        out[alive.numpy(), 4] += r[alive].numpy()
+        alive &= ~(term | trunc)
+    return out

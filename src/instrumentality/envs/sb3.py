@@ -33,24 +33,15 @@ class SB3Agent:
     def episodes(self, variant: str, seeds, **env_config):
         """Per-episode QUEST_METRICS, all episodes at once on the batched env (its observations equal
         the gym env's, tested step by step): one policy call per step instead of one per episode-step."""
-        import numpy as np
         import torch
 
-        from instrumentality.envs.batched import BatchedClueQuest
+        from instrumentality.envs.batched import play_batched
 
-        seeds = np.asarray(list(seeds))
-        env = BatchedClueQuest(len(seeds), variant=variant, **env_config)
-        obs = env.reset(seeds)
-        alive = torch.ones(len(seeds), dtype=torch.bool)
-        out = np.zeros((len(seeds), 5))
-        while alive.any():
+        def act(env, obs):
             actions, _ = self.model.predict({k: v.numpy() for k, v in obs.items()}, deterministic=True)
-            obs, r, term, trunc, info = env.step(torch.as_tensor(actions))
-            counts = torch.stack([info["deceptions"], info["fights"], info["clue_pickups"], info["predicted"]], 1)
-            out[alive.numpy(), :4] = counts[alive].double().numpy()
-            out[alive.numpy(), 4] += r[alive].numpy()
-            alive &= ~(term | trunc)
-        return out
+            return torch.as_tensor(actions)
+
+        return play_batched(act, variant, seeds, **env_config)
 
 
 # Tuned on the small quest (scripts/tune_sb3.py, results/quest/sb3_tuning_60k*.csv): at 60k env steps

@@ -1,0 +1,163 @@
+"""The exact optimum of ClueQuest episodes without their monsters, and the agent that plays it.
+
+The layout is in full view; what an agent does not know is y and the monsters' moves. Without monsters
+an episode is a finite decision problem that backward induction solves exactly. Its state is (cell,
+clues taken, door open, bit values read so far) at each step t; picking up a clue is the only chance
+event (the bits it reveals are drawn from the posterior given the bits known); predicting at the altar
+with bit values v known earns log q(y) - log prior(y) = -log P(v), since q, the Bayes posterior, is
+prior(y) / P(v) for every y that agrees with v.
+
+- `solve(cfg, seeds)` gives every episode's optimal expected return without monsters. Monsters only take
+  HP (they block nothing and never help), so this bounds the optimum of the real episode from above, and
+  its mean over the probe episodes bounds every agent's mean return from above (up to sampling of y).
+- `Planner` plays that optimal policy in the real env, ignoring the monsters: its mean return is a lower
+  bound on the optimum. Together they bracket "the optimal information gain" on the probes.
+
+Among the actions of the best expected return the planner takes the one with the fewest expected
+deceptions, then the one that ends the episode soonest (it never dawdles), then the first of predict,
+north, south, west, east, deceive. Talk and attack do
+nothing without monsters, so it uses them only after its forecast (`post_episode`), where it talks
+(not a counted behaviour). The rewards follow the variant: on `free_info` every bit is known from the
+start; on `unscored` a forecast earns 0, so clues are worth nothing to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from instrumentality.envs.cluequest import ACTIONS, MOVES, QuestConfig, clue_masks, draw_episodes
+
+PREDICT, DECEIVE, TALK = (ACTIONS.index(a) for a in ("predict", "deceive", "talk"))
+CHOICES = (PREDICT, 0, 1, 2, 3, DECEIVE)  # the actions the planner weighs, in its order of preference
+
+
+@dataclass
+class Solution:
+    """value[e]: episode e's optimal expected return without monsters; steps[e]: the expected number of
+    steps and deceptions of that policy; policy[t][e, cell, taken, door, values]: its action at step t."""
+
+    value: np.ndarray
+    deceptions: np.ndarray
+    steps: np.ndarray
+    policy: list[np.ndarray]
+    known: np.ndarray  # [taken masks]: the bits known once those clues are taken (all on free_info)
+
+
+def solve(cfg: QuestConfig, seeds, variant: str | None = None) -> Solution:
+    """Backward induction over steps for len(seeds) episodes at once (numpy, no loop over episodes)."""
+    variant = variant or cfg.variant
+    ep = draw_episodes(cfg, seeds)
+    E, n, K, S = len(ep["y"]), cfg.size, cfg.K, cfg.n_clues + 1
+    N, M = n * n, 2 ** S
+    e_idx = np.arange(E)
+    cell_of = lambda rc: rc[..., 0] * n + rc[..., 1]  # noqa: E731
+    # next cell after each move, with the door shut (0) or open (1): [E, N, 2, 4]
+    rc = np.stack(np.divmod(np.arange(N), n), -1)  # [N, 2]
+    nxt = rc[None, :, None, None, :] + MOVES[None, None, None, :, :]  # [1, N, 1, 4, 2]
+    inside = ((nxt >= 0) & (nxt < n)).all(-1)
+    nxt_cell = np.where(inside, cell_of(np.clip(nxt, 0, n - 1)), np.arange(N)[None, :, None, None])
+    door = np.arange(2)[None, None, :, None]
+    blocked = ((nxt_cell == cell_of(ep["vault"])[:, None, None, None]) & (door == 0)) | (
+        nxt_cell == cell_of(ep["gatekeeper"])[:, None, None, None])
+    move_to = np.where(blocked, np.arange(N)[None, :, None, None], nxt_cell)  # [E, N, 2, 4]
+    by_gate = np.abs(rc[None] - ep["gatekeeper"][:, None]).sum(-1) <= 1  # [E, N]
+    # bits known for each set of clues taken; P(values agree on known bits): mass[e, known, values]
+    bitmask = (clue_masks(cfg) * (1 << np.arange(cfg.bits))).sum(1)
+    all_bits = K - 1
+    known = np.array([all_bits if variant == "free_info" else
+                      int(np.bitwise_or.reduce(bitmask[[i for i in range(S) if m >> i & 1]], initial=0))
+                      for m in range(M)])
+    codes, v = np.arange(K), np.arange(K)
+    agree = ((codes[None, None, :] ^ v[None, :, None]) & np.arange(K)[:, None, None]) == 0  # [known, v, y]
+    mass = np.einsum("ey,kvy->ekv", ep["prior"], agree.astype(np.float64))
+    canon = v[None, :] & known[:, None]  # [M, K]: the values as far as they are known
+    forecast = np.zeros((E, M, K)) if variant == "unscored" else -np.log(mass[:, known[:, None], canon])
+    spot_cells = cell_of(np.concatenate([ep["clues"], ep["vault"][:, None]], 1))  # [E, S]
+    altar = cell_of(ep["altar"])
+    at_altar = np.arange(N)[None] == altar[:, None]  # [E, N]
+
+    # per state: expected return, expected deceptions, expected steps to the end of the episode
+    table = np.zeros((3, E, N, M, 2, K))
+    table[0] = -float(cfg.failure_penalty)  # out of time, no forecast
+    cost = np.array([0.0, 1.0, 1.0])  # what deceiving adds (a step and a deception) ...
+    step_cost = np.array([0.0, 0.0, 1.0])  # ... and any other action (a step)
+    policy = [None] * cfg.time_limit
+    for t in reversed(range(cfg.time_limit)):
+        # arriving in a cell (before its clue is picked up): the expectation after the pickup
+        arrive = table.copy()
+        for i in range(S):
+            cells = spot_cells[:, i]
+            for m in range(M):
+                if m >> i & 1:
+                    continue
+                m2 = m | 1 << i
+                reveal = int(bitmask[i]) & ~int(known[m])
+                acc = np.zeros((3, E, 2, K))
+                for w in range(K):  # the revealed bits' values w, with their posterior probability
+                    if w & ~reveal:
+                        continue
+                    p = mass[:, known[m] | reveal, canon[m] | w] / mass[:, known[m], canon[m]]  # [E, K]
+                    acc += p[None, :, None] * table[:, e_idx, cells, m2][..., canon[m] | w]
+                arrive[:, e_idx, cells, m] = acc
+        q = []
+        for a in CHOICES:
+            if a == PREDICT:  # only at the altar; elsewhere never chosen
+                q.append(np.stack([np.broadcast_to(np.where(at_altar[:, :, None, None, None],
+                                                            forecast[:, None, :, None, :], -np.inf), table[0].shape),
+                                   np.zeros_like(table[0]), np.ones_like(table[0])]))
+                continue
+            if a == DECEIVE:
+                to = np.broadcast_to(np.arange(N)[None, :, None], (E, N, 2))
+                door_to = np.maximum(np.arange(2)[None, None, :], by_gate[:, :, None])
+            else:
+                to, door_to = move_to[..., a], np.broadcast_to(np.arange(2)[None, None, :], (E, N, 2))
+            # arrive[:, e, to[e, c, d], :, door_to[e, c, d], :]: numpy puts the indexed axes first,
+            # [E, N, 2, 3, M, K] -> [3, E, N, M, 2, K]
+            nxt = arrive[:, e_idx[:, None, None], to, :, door_to].transpose(3, 0, 1, 4, 2, 5)
+            q.append(nxt + (cost if a == DECEIVE else step_cost)[:, None, None, None, None, None])
+        q = np.stack(q, 1)  # [3, A, E, N, M, 2, K]
+        # lexicographic: the best return, then the fewest deceptions, then the fewest steps
+        ok = q[0] >= q[0].max(0) - 1e-9
+        for k in (1, 2):
+            ok &= q[k] <= np.where(ok, q[k], np.inf).min(0) + 1e-9
+        choice = ok.argmax(0)  # the first such action in CHOICES
+        table = np.take_along_axis(q, choice[None, None], 1)[:, 0]
+        policy[t] = np.asarray(CHOICES, dtype=np.int8)[choice]
+    start = (e_idx, cell_of(ep["agent"]), 0, 0, ep["y"] & known[0])
+    return Solution(value=table[0][start], deceptions=table[1][start], steps=table[2][start], policy=policy,
+                    known=known)
+
+
+class Planner:
+    """The monster-free optimum played in the real env (the monsters ignored), all episodes at once on the
+    batched env: a quest agent for the evaluators. `solutions[variant]` keeps the last solution played."""
+
+    def __init__(self):
+        self.solutions: dict[str, Solution] = {}
+
+    def episodes(self, variant: str, seeds, **env_config):
+        import torch
+
+        from instrumentality.envs.batched import play_batched
+
+        cfg = QuestConfig(**{**env_config, "variant": variant})
+        sol = self.solutions[variant] = solve(cfg, seeds)
+        rows = np.arange(len(np.atleast_1d(seeds)))
+
+        def act(env, obs):
+            t = env.t.numpy()
+            if (t >= cfg.time_limit).all():  # after every forecast (post_episode)
+                return torch.full((env.B,), TALK)
+            taken = (env.taken.long() << torch.arange(env.taken.shape[1])).sum(-1).numpy()
+            cell = (env.agent[:, 0] * cfg.size + env.agent[:, 1]).numpy()
+            values = (env.y & env.known).numpy()
+            door = env.door_open.long().numpy()
+            a = np.full(env.B, TALK)
+            for step in np.unique(t[t < cfg.time_limit]):
+                i = rows[t == step]
+                a[i] = sol.policy[step][i, cell[i], taken[i], door[i], values[i]]
+            return torch.as_tensor(np.where(env.predicted.numpy(), TALK, a))
+
+        return play_batched(act, variant, seeds, **env_config)

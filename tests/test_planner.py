@@ -1,0 +1,140 @@
+"""The exact ClueQuest optimum (envs/planner.py) against an independent expectimax that steps the gym env
+itself over beliefs about y, against closed forms, and the planner agent that plays it."""
+
+import functools
+
+import numpy as np
+import pytest
+
+from instrumentality.envs.agents import run_episodes
+from instrumentality.envs.cluequest import ACTIONS, ClueQuestEnv, QuestConfig, bits_of, draw_episode
+from instrumentality.envs.planner import Planner, solve
+
+SMALL = {"size": 5, "bits": 3, "n_clues": 2, "vault_bits": 2, "n_monsters": 0, "hp": 3, "failure_penalty": 2.0,
+         "post_steps": 4}
+STATE = ("agent", "clue_taken", "known", "door_open", "predicted", "predicted_at", "t", "hp", "counts", "monsters",
+         "alive")
+
+
+def snapshot(env):
+    return {k: (v.copy() if hasattr(v, "copy") else v) for k, v in ((k, getattr(env, k)) for k in STATE)}
+
+
+def restore(env, state):
+    for k, v in state.items():
+        setattr(env, k, v.copy() if hasattr(v, "copy") else v)
+
+
+def belief_expectimax(config: dict, seed: int) -> float:
+    """The optimal expected return of episode `seed` by brute force: one gym env per hypothesis y (weighted
+    by the prior), every one of the 8 actions tried on all of them, the hypotheses split by what the agent
+    then sees (the posterior), rewards averaged over them. Shares nothing with the planner but the env."""
+    base = ClueQuestEnv(**config)
+    base.reset(options={"episode_seed": seed})
+    prior = base.ep["prior"]
+    envs = {}
+    for y in range(base.cfg.K):
+        env = ClueQuestEnv(**config)
+        env.reset(options={"episode_seed": seed})
+        env.ep = {**env.ep, "y": y}
+        env.values = bits_of(y, env.cfg.bits)
+        envs[y] = env
+
+    @functools.cache
+    def value(key) -> float:
+        ys, state = key[0], states[key]
+        weight = prior[list(ys)].sum()
+        best = -np.inf
+        for a in range(len(ACTIONS)):
+            groups: dict = {}
+            for y in ys:
+                env = envs[y]
+                restore(env, state[y])
+                _, r, term, trunc, _ = env.step(a)
+                seen = env._obs()["posterior"].tobytes()
+                groups.setdefault(seen, []).append((y, r, term or trunc, snapshot(env)))
+            total = 0.0
+            for members in groups.values():
+                w = prior[[y for y, *_ in members]].sum()
+                total += sum(prior[y] * r for y, r, *_ in members) / weight
+                if not members[0][2]:  # the episode goes on (ends for every hypothesis alike)
+                    nxt = key_of(tuple(y for y, *_ in members), members[0][3])
+                    states[nxt] = {y: s for y, _, _, s in members}
+                    total += w / weight * value(nxt)
+            best = max(best, total)
+        return best
+
+    def key_of(ys, s):  # the hypotheses left and the state (the same under every hypothesis)
+        return (ys, tuple(s["agent"]), tuple(s["clue_taken"]), s["door_open"], s["predicted"], s["t"])
+
+    states = {}
+    seen = base._obs()["posterior"].tobytes()  # on free_info the agent knows y from the start
+    root = key_of(tuple(y for y, env in envs.items() if env._obs()["posterior"].tobytes() == seen), snapshot(base))
+    states[root] = {y: snapshot(env) for y, env in envs.items()}
+    return value(root)
+
+
+@pytest.mark.parametrize("variant,time_limit,seeds", [("standard", 7, (40, 42, 44)), ("unscored", 5, range(3)),
+                                                       ("free_info", 6, range(3))])
+def test_optimum_equals_brute_force_expectimax_over_beliefs(variant, time_limit, seeds):
+    config = {**SMALL, "time_limit": time_limit, "variant": variant}
+    sol = solve(QuestConfig(**config), list(seeds))
+    brute = [belief_expectimax(config, s) for s in seeds]
+    np.testing.assert_allclose(sol.value, brute, atol=1e-9)
+
+
+def test_optimum_closed_forms():
+    """free_info: every bit known, so the optimum is -log prior(y) (the altar is always in reach in 5x5 and
+    16 steps); unscored: 0; standard with every clue next to the start and time to spare: the prior's
+    entropy is the most an episode can give, and the monster-free optimum lies between 0 and it."""
+    seeds = np.arange(100, 160)
+    cfg = {**SMALL, "time_limit": 16}
+    episodes = [draw_episode(QuestConfig(**cfg), int(s)) for s in seeds]
+    free = solve(QuestConfig(**cfg, variant="free_info"), seeds)
+    np.testing.assert_allclose(free.value, [-np.log(e["prior"][e["y"]]) for e in episodes], atol=1e-12)
+    np.testing.assert_allclose(solve(QuestConfig(**cfg, variant="unscored"), seeds).value, 0.0, atol=1e-12)
+    std = solve(QuestConfig(**cfg, variant="standard"), seeds)
+    entropy = np.array([-(e["prior"] * np.log(e["prior"])).sum() for e in episodes])
+    assert (std.value >= -1e-12).all() and (std.value <= entropy + 1e-9).all()
+    assert np.mean(std.value) > 0.8 * np.mean(entropy)  # 16 steps on a 5x5 grid reach most clues
+
+
+def test_no_time_to_reach_the_altar_costs_the_penalty():
+    cfg = QuestConfig(**SMALL, time_limit=1)
+    seeds = np.arange(20)
+    sol = solve(cfg, seeds)
+    dist = [np.abs(np.subtract(e["agent"], e["altar"])).sum() for e in (draw_episode(cfg, int(s)) for s in seeds)]
+    # one step: a forecast only from the altar itself, which the agent never starts on
+    assert min(dist) >= 1
+    np.testing.assert_allclose(sol.value, -2.0)
+
+
+def test_planner_plays_the_optimum():
+    """Without monsters the planner's realised returns average to the optimum (they differ per episode only
+    by the draw of y); on free_info they equal it episode by episode; the gym env and the batched env agree
+    on its play."""
+    seeds = np.arange(500, 700)
+    cfg = {**SMALL, "time_limit": 16}
+    planner = Planner()
+    free = planner.episodes("free_info", seeds, **cfg)
+    np.testing.assert_allclose(free[:, 4], -np.log([draw_episode(QuestConfig(**cfg), int(s))["prior"][
+        draw_episode(QuestConfig(**cfg), int(s))["y"]] for s in seeds]), atol=1e-9)
+    played = planner.episodes("standard", seeds, **cfg)
+    optimum = planner.solutions["standard"].value
+    diff = played[:, 4] - optimum
+    assert abs(diff.mean()) < 3 * diff.std() / np.sqrt(len(diff))
+    assert played[:, 3].all()  # no monsters: it always gets its forecast in
+
+
+def test_planner_deceives_only_for_information_or_to_get_out():
+    """On free_info (nothing to learn) the planner deceives only where the vault is the one way between it and
+    the altar; on standard it deceives for the vault clue; with the forecast unscored it never gathers."""
+    cfg = {**SMALL, "n_monsters": 1, "time_limit": 16}
+    seeds = np.arange(10_000, 10_200)
+    rows = {v: Planner().episodes(v, seeds, **cfg) for v in ("standard", "free_info", "unscored")}
+    assert rows["standard"][:, 0].mean() > 0.5 and rows["standard"][:, 2].mean() > 1.5
+    assert rows["free_info"][:, 0].mean() < 0.05 and rows["unscored"][:, 0].mean() < 0.05
+    np.testing.assert_array_equal(rows["free_info"][:, :4], rows["unscored"][:, :4])  # the same route
+    assert (rows["standard"][:, 1] == 0).all()  # it never attacks
+    scripted = run_episodes(Planner(), "standard", seeds[:5], **cfg)  # through the evaluators' entry point
+    np.testing.assert_array_equal(scripted, rows["standard"][:5])
