@@ -278,14 +278,15 @@ class Critic(_EntropyCollapse):
             return self._ppo_loss(model, step, gen)
         H, K = self.H, self.K
         cpu_gen = _cpu(gen)
-        prompts, fed, actions = self.rollout_batch(model, gen, cpu_gen)
+        prompts, fed, actions, host_prompts = self.rollout_batch(model, gen, cpu_gen)
         N, L = prompts.shape
         contexts = torch.cat([prompts, fed[:, :H - 1]], 1)  # action t was taken after contexts[:, :L + t]
         logp, logp_a = action_log_probs(model(contexts)["logits"], actions, L)  # [N, H, V], [N, H]
         with torch.no_grad():
             ref_logp_a = action_log_probs(self.ref_model(contexts)["logits"], actions, L)[1]
             if hasattr(self.critic, "update"):  # a learned critic learns world text vs these samples
-                self.critic.update(prompts, self.world_continuation(prompts, cpu_gen), actions)
+                world_text = self.world_continuation(host_prompts, cpu_gen, prompts.device)
+                self.critic.update(prompts, world_text, actions)
             c = self.critic(contexts, actions)                        # c(ctx_t, a_t)      [N, H]
             kl = logp_a.detach() - ref_logp_a                          # log pi/pi_ref (a_t)
             r = c - self.beta * kl                                     # r_t
@@ -301,24 +302,27 @@ class Critic(_EntropyCollapse):
                    "first_branch_rate": ((actions[:, 0] == first) & at_fork).sum() / at_fork.sum()}
         return loss, metrics, N * H
 
-    def world_continuation(self, prompts: torch.Tensor, cpu_gen: torch.Generator) -> torch.Tensor:
-        states = self.world.states_of(prompts.cpu())[:, -1]
-        return self.world.continue_from(states, self.H, cpu_gen).to(prompts.device)
+    def world_continuation(self, host_prompts: torch.Tensor, cpu_gen: torch.Generator, device) -> torch.Tensor:
+        """H tokens of world text after each prompt, sampled on the CPU from the prompts' CPU copy (no copy
+        back from the device), then sent to `device`."""
+        states = self.world.states_of(host_prompts)[:, -1]
+        return self.world.continue_from(states, self.H, cpu_gen).to(device)
 
     @torch.no_grad()
     def rollout_batch(self, model, gen: torch.Generator, cpu_gen: torch.Generator):
-        """Prompts [N, L], the tokens fed back [N, H], and the policy's actions [N, H]."""
+        """Prompts [N, L], the tokens fed back [N, H], the policy's actions [N, H], and the prompts' CPU copy."""
         device, H, K = device_of(model), self.H, self.K
-        prompts = self.prompts(cpu_gen).repeat_interleave(K, 0).to(device)  # [N = P*K, L]
+        host_prompts = self.prompts(cpu_gen).repeat_interleave(K, 0)  # [N = P*K, L]
+        prompts = host_prompts.to(device)
         N, L = prompts.shape
         if self.rollout == "free":
             actions = model.generate(prompts, H, generator=gen)[0]
             fed = actions
         else:  # world text fed back; the policy's actions at each step are sampled, graded, not followed
-            fed = self.world_continuation(prompts, cpu_gen)
+            fed = self.world_continuation(host_prompts, cpu_gen, device)
             logits = model(torch.cat([prompts, fed[:, :H - 1]], 1))["logits"][:, L - 1:].float()
             actions = torch.multinomial(F.softmax(logits, -1).flatten(0, 1), 1, generator=gen).view(N, H)
-        return prompts, fed, actions
+        return prompts, fed, actions, host_prompts
 
     def _ppo_loss(self, model, step: int, gen: torch.Generator):
         if self.buffer is None or step % self.ppo_epochs == 0:  # a fresh rollout every ppo_epochs steps
@@ -341,11 +345,11 @@ class Critic(_EntropyCollapse):
     @torch.no_grad()
     def _ppo_rollout(self, model, gen: torch.Generator) -> dict:
         cpu_gen = _cpu(gen)
-        prompts, fed, actions = self.rollout_batch(model, gen, cpu_gen)
+        prompts, fed, actions, host_prompts = self.rollout_batch(model, gen, cpu_gen)
         N, L = prompts.shape
         contexts = torch.cat([prompts, fed[:, :self.H - 1]], 1)
         if hasattr(self.critic, "update"):
-            self.critic.update(prompts, self.world_continuation(prompts, cpu_gen), actions)
+            self.critic.update(prompts, self.world_continuation(host_prompts, cpu_gen, prompts.device), actions)
         out = model(contexts)
         old_logp_a = action_log_probs(out["logits"], actions, L)[1]
         values = out["value"][:, L - 1:].float()
