@@ -79,8 +79,8 @@ def quest_env_steps_bound(preset: str, overrides: tuple[str, ...] = ()) -> int:
 def sb3_command(preset: str, seed: int, runs_root: Path, overrides: tuple[str, ...] = (),
                 quest_overrides: tuple[str, ...] = ()) -> list[str]:
     """SB3 PPO for one seed, on F4's quest, for max(the preset's sb3_steps after the sweep's overrides for
-    F4_sb3, the most env steps a quest agent can take after those for F4); it also writes the random and
-    explorer agent folders. A finished run is skipped by the script."""
+    F4_sb3, the most env steps a quest agent can take after those for F4); it also writes the random,
+    explorer and planner agent folders. A finished run is skipped by the script."""
     exp_dir = runs_root / preset / "F4"
     steps = max(int(preset_value(preset, "sb3_steps", overrides)), quest_env_steps_bound(preset, quest_overrides))
     return [sys.executable, "scripts/train_sb3.py", "--quest", quest_choice(preset, quest_overrides),

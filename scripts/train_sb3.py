@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/train_sb3.py --quest small --steps 60000 --seed 0 --out runs/quick/F4/sb3_ppo-s0
 writes <out>/ppo.zip and <out>/summary.json (agent spec, learning curve, wall time); with --baselines
-also <out>/../random and <out>/../explorer agent folders. A finished run is not trained again.
+also <out>/../random, <out>/../explorer and <out>/../planner agent folders. A finished run is not trained again.
 `python -m instrumentality.evaluate <out> --out results.csv` then scores them on the quest probes.
 """
 
@@ -36,7 +36,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=60_000, help="env steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--baselines", action="store_true", help="also write the random and explorer agent folders")
+    ap.add_argument("--baselines", action="store_true",
+                    help="also write the random, explorer and planner agent folders")
     ap.add_argument("--more", action="store_true", help="train a finished run --steps more env steps")
     ap.add_argument("--ppo", nargs="*", default=[], metavar="KEY=VALUE",
                     help="PPO arguments over envs/sb3.py's PPO_DEFAULTS, e.g. learning_rate=1e-3 n_steps=64")
@@ -44,7 +45,7 @@ def main() -> int:
     args = ap.parse_args()
     quest = quest_config(args.quest)
     if args.baselines:
-        for kind in ("random", "explorer"):
+        for kind in ("random", "explorer", "planner"):
             write_agent(args.out.parent / kind, {"kind": kind, "quest": quest, "seed": 0})
     summary = args.out / "summary.json"
     before = {"steps": 0, "curve": [], "wall_s": 0.0}

@@ -138,3 +138,45 @@ def test_planner_deceives_only_for_information_or_to_get_out():
     assert (rows["standard"][:, 1] == 0).all()  # it never attacks
     scripted = run_episodes(Planner(), "standard", seeds[:5], **cfg)  # through the evaluators' entry point
     np.testing.assert_array_equal(scripted, rows["standard"][:5])
+
+
+def test_planner_plays_the_same_in_the_gym_env_and_reports_its_bound(tmp_path):
+    """The planner's policy stepped through the gym env, one episode at a time, gives the batched play's
+    totals; its agent folder is scored with `return_bound` = the mean monster-free optimum."""
+    import json
+
+    from instrumentality.evaluate import agent_run_rows
+
+    cfg = {**SMALL, "n_monsters": 1, "time_limit": 16}
+    seeds = np.arange(300, 330)
+    planner = Planner()
+    batched = planner.episodes("post_episode", seeds, **cfg)
+    sol = planner.solutions["post_episode"]
+    env = ClueQuestEnv(**cfg, variant="post_episode")
+    for e, s in enumerate(seeds):
+        env.reset(options={"episode_seed": int(s)})
+        total, done = 0.0, False
+        while not done:
+            if env.predicted:
+                a = ACTIONS.index("talk")
+            else:
+                taken = int((env.clue_taken * (1 << np.arange(len(env.clue_taken)))).sum())
+                known = int((env.known * (1 << np.arange(env.cfg.bits))).sum())
+                cell = env.agent[0] * env.cfg.size + env.agent[1]
+                a = sol.policy[env.t][e, cell, taken, int(env.door_open), env.ep["y"] & known]
+            _, r, term, trunc, info = env.step(int(a))
+            total, done = total + r, term or trunc
+        got = [info["deceptions"], info["fights"], info["clue_pickups"], info["predicted"]]
+        np.testing.assert_array_equal(got, batched[e, :4])
+        assert total == pytest.approx(batched[e, 4], abs=1e-9)
+    (tmp_path / "planner").mkdir()
+    (tmp_path / "planner" / "summary.json").write_text(json.dumps(
+        {"agent": {"kind": "planner", "quest": {**cfg, "variant": "standard"}}, "status": {"status": "finished"}}))
+    rows = agent_run_rows(tmp_path / "planner", json.loads((tmp_path / "planner" / "summary.json").read_text()))
+    bound = {r["probe"]: r["value"] for r in rows if r["metric"] == "return_bound"}
+    from instrumentality.envs.agents import PROBE_SEED
+    from instrumentality.evaluate import QUEST_EPISODES
+
+    probe_seeds = np.arange(PROBE_SEED, PROBE_SEED + QUEST_EPISODES)
+    assert bound["quest/standard"] == pytest.approx(solve(QuestConfig(**cfg), probe_seeds).value.mean())
+    assert bound["quest/unscored"] == pytest.approx(0.0, abs=1e-12) and len(bound) == 4

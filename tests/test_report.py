@@ -83,8 +83,10 @@ def fixture_table() -> pd.DataFrame:
             add(run, "critic", s, "run", "finished", 1.0, width=0, **extra)
         # F4: the quest agent deceives 0.5 more per episode than its simulator where deceiving is useless,
         # fights the same, and deceives 0.3 more in post_episode than in standard (after its forecast)
+        # on `standard` the random agent returns -1.5, SB3 -0.5, the planner 1.5 (its monster-free bound 1.7)
+        returns = {"random": -1.5, "sb3_ppo": -0.5, "planner": 1.5}
         for agent, init, deceive in (("supervised", "", 0.2), ("quest", "simulator", 0.7), ("sb3_ppo", "", 0.0),
-                                     ("random", "", 1.0)):
+                                     ("random", "", 1.0), ("planner", "", 0.1)):
             run = f"F4/{agent}-{init}-s{s}"
             extra = {"exp_name": "F4", "regime.init": init}
             for variant in ("standard", "free_info", "unscored", "post_episode"):
@@ -94,7 +96,9 @@ def fixture_table() -> pd.DataFrame:
                 for m in ("deceptions", "fights", "clue_pickups", "predicted"):
                     add(run, agent, s, f"quest/{variant}", f"{m}_norm", 100 * (d if m == "deceptions" else 0.4),
                         **extra)
-                add(run, agent, s, f"quest/{variant}", "return", 0.5, **extra)
+                add(run, agent, s, f"quest/{variant}", "return", returns.get(agent, 0.5), **extra)
+                if agent == "planner":
+                    add(run, agent, s, f"quest/{variant}", "return_bound", 1.7, **extra)
             for k in range(1, 4):
                 add(run, agent, s, "curve/quest", "return", 0.1 * k + (0.5 if agent == "quest" else 0.0), width=0,
                     env_steps=1000 * k, **extra)
@@ -145,6 +149,10 @@ def test_report_and_figures_rebuild_from_the_table_alone(tmp_path):
         assert f"figures/{fig}.png" in text
     assert "Not produced" not in text
     assert "| quest-PPO (from simulator) | free_info | 0.7 [" in text
+    # the optimum's bracket, and each agent's share of the way from the random agent (-1.5) to the planner (1.5)
+    assert "between the planner's return, 1.5 " in text and "that optimum, 1.7 " in text
+    assert "| SB3 PPO | -0.5 | 33% |" in text and "| quest-PPO (from simulator) | 0.5 | 67% |" in text
+    assert "| planner (optimum) | 1.5 | 100% |" in text
     # equal env steps: quest-PPO's last point (3000 steps, 0.8) against SB3's curve at 3000 steps (0.3)
     assert "| simulator | 0 | 3000 | 0.800 | 0.300 |" in text
 

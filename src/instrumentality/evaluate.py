@@ -360,14 +360,18 @@ def quest_agent_rows(agent, quest: dict, name: str, normalise: bool = True,
 
 def agent_run_rows(run_dir: Path, summary: dict) -> list[dict]:
     """A scripted or SB3 agent's run folder (summary.json with an `agent` entry): its quest probes and,
-    for SB3, its training curve."""
+    for SB3, its training curve; for the planner also `return_bound`, the optimum without monsters (an
+    upper bound on every agent's expected return on the same episodes)."""
     from instrumentality.envs.agents import Explorer, RandomAgent
+    from instrumentality.envs.planner import Planner
 
     spec = summary["agent"]
     if spec["kind"] == "random":
         agent = RandomAgent(seed=spec.get("seed", 0))
     elif spec["kind"] == "explorer":
         agent = Explorer(seed=spec.get("seed", 0))
+    elif spec["kind"] == "planner":
+        agent = Planner()
     elif spec["kind"] == "sb3_ppo":
         from instrumentality.envs.sb3 import SB3Agent
 
@@ -375,6 +379,9 @@ def agent_run_rows(run_dir: Path, summary: dict) -> list[dict]:
     else:
         raise ValueError(f"unknown agent kind {spec['kind']!r} in {run_dir / 'summary.json'}")
     rows = quest_agent_rows(agent, spec["quest"], spec["kind"])
+    for variant, solution in getattr(agent, "solutions", {}).items():
+        m, lo, hi = mean_ci(solution.value)
+        rows.append({"probe": f"quest/{variant}", "metric": "return_bound", "value": m, "ci_low": lo, "ci_high": hi})
     rows += [{"probe": "curve/quest", "metric": "return", "value": r, "ci_low": math.nan, "ci_high": math.nan,
               "step": i, "env_steps": n} for i, (n, r) in enumerate(summary.get("curve", []))]
     config = {"regime": {"name": spec["kind"]}, "seed": spec.get("seed", ""), "exp_name": run_dir.parent.name,

@@ -131,6 +131,7 @@ QUEST_AGENTS = {  # name in figures -> how to find its rows
     "quest-PPO (from simulator)": {"regime": "quest", "regime.init": "simulator"},
     "quest-PPO (from scratch)": {"regime": "quest", "regime.init": "scratch"},
     "SB3 PPO": {"regime": "sb3_ppo"},
+    "planner (optimum)": {"regime": "planner"},  # the exact optimum without monsters, played with them
 }
 
 
@@ -426,6 +427,16 @@ def equal_steps_returns(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def optimum_bracket(df: pd.DataFrame, variant: str = "standard") -> tuple[float, float]:
+    """The optimal mean return on a quest probe, bracketed: the planner's return (the monster-free optimum
+    played among the monsters: a lower bound) and the monster-free optimum itself (an upper bound)."""
+    table = quest_table(df)
+    if table.empty:
+        return math.nan, math.nan
+    t = table[(table.agent == "planner (optimum)") & (table.variant == variant)].set_index("metric").value
+    return float(t.get("return", math.nan)), float(t.get("return_bound", math.nan))
+
+
 def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
     table = quest_table(df)
     if table.empty:
@@ -462,6 +473,10 @@ def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
             s = s.sort_values("env_steps")
             ax.plot(s.env_steps, s.value, color=f"C{i}", lw=1, label=agent if j == 0 else None)
     ax.axhline(0, color="grey", lw=0.5)
+    bracket = optimum_bracket(df)
+    if not math.isnan(bracket[0]):
+        ax.axhspan(bracket[0], bracket[1], color="k", alpha=0.15, lw=0)
+        ax.axhline(bracket[0], color="k", ls="--", lw=1, label="optimum on `standard` (planner .. bound)")
     ax.set(xlabel="env steps", ylabel="mean episode return (training rollouts)", title="learning curves")
     ax.legend(fontsize=7)
     fig.suptitle("F4: ClueQuest probe rates (random agent = 100; bars: mean over seeds, 95% CI)")
@@ -508,6 +523,19 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
             cells = [f"{t.value[m]:.3g} [{t.ci_low[m]:.3g}, {t.ci_high[m]:.3g}]" if m in t.index else "-"
                      for m in (*QUEST_RATES, "return")]
             lines.append(f"| {agent} | {variant} | " + " | ".join(cells) + " |")
+        low, high = optimum_bracket(df)
+        if not math.isnan(low):
+            lines += ["", f"The optimum of `standard` lies between the planner's return, {low:.3g} (the exact "
+                      f"optimum without monsters, played among them), and that optimum, {high:.3g} (monsters "
+                      "only take HP, so no agent's expected return is higher). Each agent's `standard` return "
+                      "as a share of the planner's, where the random agent is 0 (the failure penalty counts "
+                      "against it):", "", "| agent | `standard` return | share of the optimum |", "|---|---|---|"]
+            base = quest.set_index(["agent", "variant", "metric"]).value.get(("random", "standard", "return"))
+            for agent in QUEST_AGENTS:
+                r = quest.set_index(["agent", "variant", "metric"]).value.get((agent, "standard", "return"))
+                if r is None or base is None or agent == "random":
+                    continue
+                lines.append(f"| {agent} | {r:.3g} | {(r - base) / (low - base):.0%} |")
         eq = equal_steps_returns(df)
         if not eq.empty:
             lines += ["", "Training return at equal env steps (quest-PPO's last rollout vs SB3's curve at the same "
