@@ -152,6 +152,24 @@ def units_to_start(pending: list[tuple[str, int]], running: list[str], is_ready,
     return start
 
 
+def seconds_left(pending: list[tuple[str, int]], running: list[tuple[str, float]],
+                 durations: dict[tuple[str, int], float], lanes: int, cpu_lanes: int = 0) -> float:
+    """Wall seconds the sweep still needs, from the units that finished: each pending unit takes the mean
+    time of its experiment's (or of all) finished units, a running one (experiment, seconds so far) what is
+    left of that. CPU-only units share the `cpu_lanes` (when there are any), the others the `lanes`; the
+    two pools run side by side."""
+    mean_all = sum(durations.values()) / len(durations)
+    per_exp: dict[str, list[float]] = {}
+    for (e, _), v in durations.items():
+        per_exp.setdefault(e, []).append(v)
+    est = {e: sum(v) / len(v) for e, v in per_exp.items()}
+    work = {"lanes": 0.0, "cpu": 0.0}
+    for exp, so_far in [(e, 0.0) for e, _ in pending] + list(running):
+        pool = "cpu" if cpu_lanes and exp in CPU_ONLY else "lanes"
+        work[pool] += max(est.get(exp, mean_all) - so_far, 0.0)
+    return max(work["lanes"] / lanes, work["cpu"] / cpu_lanes if cpu_lanes else 0.0)
+
+
 def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lanes: int, seeds: int,
               runs_root: Path, overrides: list[str], cpu_lanes: int = 0) -> dict[str, float]:
     """Every (experiment, seed) unit, `lanes` at a time (and CPU-only units `cpu_lanes` at a time beside
@@ -174,17 +192,11 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
           + f"; {env['OMP_NUM_THREADS']} thread(s) per process", flush=True)
 
     def minutes_left() -> str:
-        """From the units that finished: each pending unit takes the mean time of its experiment's (or of
-        all) finished units, a running one what is left of that; the sum shared by the lanes."""
         if not done:
             return ""
-        mean_all = sum(durations.values()) / len(durations)
-        est = {e: sum(v for (x, _), v in durations.items() if x == e) / n
-               for e in in_sweep if (n := sum(x == e for x, _ in durations))}
         now = time.perf_counter()
-        left = sum(est.get(e, mean_all) for e, _ in pending) + sum(
-            max(est.get(u.exp, mean_all) - (now - u.t0), 0.0) for u in running)
-        return f", about {left / lanes / 60:.1f} min left"
+        left = seconds_left(pending, [(u.exp, now - u.t0) for u in running], durations, lanes, cpu_lanes)
+        return f", about {left / 60:.1f} min left"
 
     def progress(unit: Unit, message: str, run_done: bool = False):
         with lock:

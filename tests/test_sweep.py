@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,3 +97,15 @@ def test_cpu_only_units_run_in_lanes_of_their_own_when_there_are_any():
     assert sweep.units_to_start(pending, ["F4_sb3"], ready, 1, 1) == [("F1", 0)]
     assert sweep.units_to_start(pending, ["F1"], ready, 2, 0) == [("F1", 0)]
     assert sweep.units_to_start(pending, [], lambda u: u[0] != "F1", 2, 0) == [("F4_sb3", 0), ("F4_sb3", 1)]
+
+
+def test_time_left_shares_each_pool_of_units_among_its_lanes():
+    sweep = load_sweep_module()
+    durations = {("F1", 0): 100.0, ("F1", 1): 140.0, ("F4_sb3", 0): 60.0}  # F1 120 s, SB3 60 s, all 100 s
+    pending = [("F1", 2), ("F2", 0), ("F4_sb3", 1)]
+    running = [("F1", 30.0), ("F4_sb3", 80.0)]  # an SB3 unit past its mean has nothing left
+    # without CPU lanes: 120 + 100 + 60 + (120 - 30) + 0 = 370 s over 2 lanes
+    assert sweep.seconds_left(pending, running, durations, 2) == pytest.approx(185.0)
+    # SB3 in 1 CPU lane of its own: 60 s there; 120 + 100 + 90 = 310 s over 2 lanes beside it
+    assert sweep.seconds_left(pending, running, durations, 2, 1) == pytest.approx(155.0)
+    assert sweep.seconds_left([("F4_sb3", 2)] * 10, [], durations, 2, 1) == pytest.approx(600.0)
