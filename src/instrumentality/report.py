@@ -478,8 +478,9 @@ def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
         ax.axhspan(bracket[0], bracket[1], color="k", alpha=0.15, lw=0)
         ax.axhline(bracket[0], color="k", ls="--", lw=1, label="optimum on `standard` (planner .. bound)")
     ax.set(xlabel="env steps", ylabel="mean episode return (training rollouts)", title="learning curves")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="center right")
     fig.suptitle("F4: ClueQuest probe rates (random agent = 100; bars: mean over seeds, 95% CI)")
+    fig.tight_layout()
     return _save(fig, folder, "F4_quest_probes")
 
 
