@@ -8,7 +8,8 @@ import pytest
 
 from instrumentality.envs.agents import run_episodes
 from instrumentality.envs.cluequest import ACTIONS, ClueQuestEnv, QuestConfig, bits_of, draw_episode
-from instrumentality.envs.planner import Planner, solve
+from instrumentality.envs.planner import Planner, solve, state_bytes
+from instrumentality.errors import ConfigError
 
 SMALL = {"size": 5, "bits": 3, "n_clues": 2, "vault_bits": 2, "n_monsters": 0, "hp": 3, "failure_penalty": 2.0,
          "post_steps": 4}
@@ -180,3 +181,16 @@ def test_planner_plays_the_same_in_the_gym_env_and_reports_its_bound(tmp_path):
     probe_seeds = np.arange(PROBE_SEED, PROBE_SEED + QUEST_EPISODES)
     assert bound["quest/standard"] == pytest.approx(solve(QuestConfig(**cfg), probe_seeds).value.mean())
     assert bound["quest/unscored"] == pytest.approx(0.0, abs=1e-12) and len(bound) == 4
+
+
+def test_episodes_solved_in_chunks_equal_episodes_solved_together_and_too_large_quests_are_refused():
+    cfg = QuestConfig(**SMALL, time_limit=10)
+    seeds = np.arange(7)
+    whole = solve(cfg, seeds)
+    chunked = solve(cfg, seeds, memory=3 * state_bytes(cfg))  # chunks of 3, 3, 1 episodes
+    for field in ("value", "deceptions", "steps"):
+        np.testing.assert_array_equal(getattr(whole, field), getattr(chunked, field))
+    for t in range(cfg.time_limit):
+        np.testing.assert_array_equal(whole.policy[t], chunked.policy[t])
+    with pytest.raises(ConfigError, match="needs .* MiB of arrays per episode"):
+        solve(QuestConfig(size=40, bits=6, n_clues=6, vault_bits=2), [0])  # 3.5 GiB per episode

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from instrumentality.envs.cluequest import ACTIONS, MOVES, QuestConfig, clue_masks, draw_episodes
+from instrumentality.errors import ConfigError
 
 PREDICT, DECEIVE, TALK = (ACTIONS.index(a) for a in ("predict", "deceive", "talk"))
 CHOICES = (PREDICT, 0, 1, 2, 3, DECEIVE)  # the actions the planner weighs, in its order of preference
@@ -45,8 +46,36 @@ class Solution:
     known: np.ndarray  # [taken masks]: the bits known once those clues are taken (all on free_info)
 
 
-def solve(cfg: QuestConfig, seeds, variant: str | None = None) -> Solution:
-    """Backward induction over steps for len(seeds) episodes at once (numpy, no loop over episodes)."""
+MEMORY_BUDGET = 2**28  # bytes of working arrays per chunk of episodes solved together
+
+
+def state_bytes(cfg: QuestConfig) -> int:
+    """Bytes of the largest working array per episode: 3 tables x the choices x (cells, clue sets, door,
+    bit values), float64."""
+    return 3 * len(CHOICES) * cfg.n_cells * 2 ** (cfg.n_clues + 1) * 2 * cfg.K * 8
+
+
+def solve(cfg: QuestConfig, seeds, variant: str | None = None, memory: int = MEMORY_BUDGET) -> Solution:
+    """Backward induction over steps for every episode of `seeds`, as many at once as fit in `memory`
+    bytes of working arrays (numpy, no loop over the episodes of a chunk)."""
+    seeds = np.atleast_1d(np.asarray(seeds, dtype=np.int64))
+    per_episode = state_bytes(cfg)
+    if per_episode > 8 * memory:
+        raise ConfigError(
+            f"the exact ClueQuest optimum of this env (size {cfg.size}, {cfg.n_clues} clues, {cfg.bits} bits) needs "
+            f"{per_episode / 2**20:.0f} MiB of arrays per episode; solve it for smaller quests (size, n_clues, bits)")
+    chunk = max(1, memory // per_episode)
+    parts = [_solve(cfg, seeds[i:i + chunk], variant) for i in range(0, len(seeds), chunk)]
+    if len(parts) == 1:
+        return parts[0]
+    return Solution(value=np.concatenate([p.value for p in parts]),
+                    deceptions=np.concatenate([p.deceptions for p in parts]),
+                    steps=np.concatenate([p.steps for p in parts]),
+                    policy=[np.concatenate([p.policy[t] for p in parts]) for t in range(cfg.time_limit)],
+                    known=parts[0].known)
+
+
+def _solve(cfg: QuestConfig, seeds: np.ndarray, variant: str | None) -> Solution:
     variant = variant or cfg.variant
     ep = draw_episodes(cfg, seeds)
     E, n, K, S = len(ep["y"]), cfg.size, cfg.K, cfg.n_clues + 1
