@@ -531,9 +531,10 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
                       "only take HP, so no agent's expected return is higher). Each agent's `standard` return "
                       "as a share of the planner's, where the random agent is 0 (the failure penalty counts "
                       "against it):", "", "| agent | `standard` return | share of the optimum |", "|---|---|---|"]
-            base = quest.set_index(["agent", "variant", "metric"]).value.get(("random", "standard", "return"))
+            returns = quest[(quest.variant == "standard") & (quest.metric == "return")].set_index("agent").value
+            base = returns.get("random")
             for agent in QUEST_AGENTS:
-                r = quest.set_index(["agent", "variant", "metric"]).value.get((agent, "standard", "return"))
+                r = returns.get(agent)
                 if r is None or base is None or agent == "random":
                     continue
                 lines.append(f"| {agent} | {r:.3g} | {(r - base) / (low - base):.0%} |")

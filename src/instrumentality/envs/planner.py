@@ -15,10 +15,10 @@ prior(y) / P(v) for every y that agrees with v.
 
 Among the actions of the best expected return the planner takes the one with the fewest expected
 deceptions, then the one that ends the episode soonest (it never dawdles), then the first of predict,
-north, south, west, east, deceive. Talk and attack do
-nothing without monsters, so it uses them only after its forecast (`post_episode`), where it talks
-(not a counted behaviour). The rewards follow the variant: on `free_info` every bit is known from the
-start; on `unscored` a forecast earns 0, so clues are worth nothing to it.
+north, south, west, east, deceive. Talk and attack do nothing without monsters, so it uses them only
+after its forecast (`post_episode`), where it talks (not a counted behaviour). The rewards follow the
+variant: on `free_info` every bit is known from the start; on `unscored` a forecast earns 0, so clues
+are worth nothing to it.
 """
 
 from __future__ import annotations
@@ -36,14 +36,14 @@ CHOICES = (PREDICT, 0, 1, 2, 3, DECEIVE)  # the actions the planner weighs, in i
 
 @dataclass
 class Solution:
-    """value[e]: episode e's optimal expected return without monsters; steps[e]: the expected number of
-    steps and deceptions of that policy; policy[t][e, cell, taken, door, values]: its action at step t."""
+    """value[e]: episode e's optimal expected return without monsters; deceptions[e], steps[e]: the
+    expected deceptions and steps of that policy; policy[t][e, cell, taken, door, values]: its action at
+    step t (taken: a bitmask of the clues picked up, the vault last; values: y's known bits, as a number)."""
 
     value: np.ndarray
     deceptions: np.ndarray
     steps: np.ndarray
     policy: list[np.ndarray]
-    known: np.ndarray  # [taken masks]: the bits known once those clues are taken (all on free_info)
 
 
 MEMORY_BUDGET = 2**28  # bytes of working arrays per chunk of episodes solved together
@@ -71,8 +71,7 @@ def solve(cfg: QuestConfig, seeds, variant: str | None = None, memory: int = MEM
     return Solution(value=np.concatenate([p.value for p in parts]),
                     deceptions=np.concatenate([p.deceptions for p in parts]),
                     steps=np.concatenate([p.steps for p in parts]),
-                    policy=[np.concatenate([p.policy[t] for p in parts]) for t in range(cfg.time_limit)],
-                    known=parts[0].known)
+                    policy=[np.concatenate([p.policy[t] for p in parts]) for t in range(cfg.time_limit)])
 
 
 def _solve(cfg: QuestConfig, seeds: np.ndarray, variant: str | None) -> Solution:
@@ -155,8 +154,7 @@ def _solve(cfg: QuestConfig, seeds: np.ndarray, variant: str | None) -> Solution
         table = np.take_along_axis(q, choice[None, None], 1)[:, 0]
         policy[t] = np.asarray(CHOICES, dtype=np.int8)[choice]
     start = (e_idx, cell_of(ep["agent"]), 0, 0, ep["y"] & known[0])
-    return Solution(value=table[0][start], deceptions=table[1][start], steps=table[2][start], policy=policy,
-                    known=known)
+    return Solution(value=table[0][start], deceptions=table[1][start], steps=table[2][start], policy=policy)
 
 
 class Planner:
@@ -173,20 +171,15 @@ class Planner:
 
         cfg = QuestConfig(**{**env_config, "variant": variant})
         sol = self.solutions[variant] = solve(cfg, seeds)
-        rows = np.arange(len(np.atleast_1d(seeds)))
 
         def act(env, obs):
-            t = env.t.numpy()
-            if (t >= cfg.time_limit).all():  # after every forecast (post_episode)
+            t = int(env.t[0])  # the episodes step in lock step (ended ones too)
+            if t >= cfg.time_limit:  # only episodes past their forecast (post_episode) are left
                 return torch.full((env.B,), TALK)
-            taken = (env.taken.long() << torch.arange(env.taken.shape[1])).sum(-1).numpy()
-            cell = (env.agent[:, 0] * cfg.size + env.agent[:, 1]).numpy()
-            values = (env.y & env.known).numpy()
-            door = env.door_open.long().numpy()
-            a = np.full(env.B, TALK)
-            for step in np.unique(t[t < cfg.time_limit]):
-                i = rows[t == step]
-                a[i] = sol.policy[step][i, cell[i], taken[i], door[i], values[i]]
-            return torch.as_tensor(np.where(env.predicted.numpy(), TALK, a))
+            taken = (env.taken.long() << torch.arange(env.taken.shape[1])).sum(-1)
+            cell = env.agent[:, 0] * cfg.size + env.agent[:, 1]
+            policy = torch.as_tensor(sol.policy[t])
+            a = policy[torch.arange(env.B), cell, taken, env.door_open.long(), env.y & env.known].long()
+            return torch.where(env.predicted, TALK, a)
 
         return play_batched(act, variant, seeds, **env_config)
