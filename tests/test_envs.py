@@ -237,8 +237,8 @@ def test_stable_baselines3_accepts_the_env_and_its_policy_acts_as_a_quest_agent(
     model, curve, _ = train({}, steps=512, seed=0, n_envs=2, n_steps=64)
     assert curve and all(n % 128 == 0 for n, _ in curve)  # one point per rollout of 2 x 64 steps
     model.save(tmp_path / "ppo.zip")
-    a = run_episodes(SB3Agent(model), "standard", range(5))
-    loaded = SB3Agent.load(tmp_path / "ppo.zip")
+    a = run_episodes(SB3Agent(model, greedy=True), "standard", range(5))
+    loaded = SB3Agent.load(tmp_path / "ppo.zip", greedy=True)
 
     class StepByStep:  # the same policy acting in the gym env, one step at a time
         begin = loaded.begin
@@ -250,3 +250,16 @@ def test_stable_baselines3_accepts_the_env_and_its_policy_acts_as_a_quest_agent(
     assert a.shape == (5, 5)
     more, curve_more, _ = train({}, steps=256, seed=0, n_envs=2, n_steps=64, resume=tmp_path / "ppo.zip")
     assert more.num_timesteps == 512 + 256 and curve_more[0][0] == 512 + 128  # the env-step count goes on
+
+    # sampled actions (the default): reproducible from the seed, and drawn with the policy's probabilities
+    sampled = [run_episodes(SB3Agent(model, seed=s), "standard", range(40)) for s in (3, 3, 4)]
+    np.testing.assert_array_equal(sampled[0], sampled[1])
+    assert not np.array_equal(sampled[0], sampled[2])
+    env = ClueQuestEnv()
+    env.reset(options={"episode_seed": 7})
+    one = {k: np.repeat(v[None], 20_000, 0) for k, v in env._obs().items()}  # one observation, 20,000 times
+    with torch.no_grad():
+        probs = model.policy.get_distribution(model.policy.obs_to_tensor(one)[0]).distribution.probs[0].numpy()
+    drawn = SB3Agent(model, seed=0).actions(one, torch.Generator().manual_seed(0))
+    freq = np.bincount(drawn, minlength=len(probs)) / len(drawn)
+    np.testing.assert_allclose(freq, probs, atol=4 * np.sqrt(probs * (1 - probs) / len(drawn)).max() + 1e-9)

@@ -10,36 +10,49 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 
 class SB3Agent:
-    """A trained SB3 policy as a quest agent (deterministic actions)."""
+    """A trained SB3 policy as a quest agent. Its actions are sampled from the policy (a generator seeded
+    with `seed`), as the transformer agents' are in the quest evaluators; `greedy=True` takes the most
+    probable action instead (SB3's `deterministic=True`)."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, seed: int = 0, greedy: bool = False):
+        self.model, self.seed, self.greedy = model, seed, greedy
+        self.generator = torch.Generator().manual_seed(seed)  # for step-by-step play (__call__)
 
     @classmethod
-    def load(cls, path: str | Path) -> SB3Agent:
+    def load(cls, path: str | Path, **kwargs) -> SB3Agent:
         from stable_baselines3 import PPO
 
-        return cls(PPO.load(path, device="cpu"))
+        return cls(PPO.load(path, device="cpu"), **kwargs)
+
+    def actions(self, obs: dict, generator: torch.Generator) -> np.ndarray:
+        """Actions [B] for a batch of observations (or one action for one unbatched observation)."""
+        if self.greedy:
+            return np.asarray(self.model.predict(obs, deterministic=True)[0]).reshape(-1)
+        with torch.no_grad():
+            obs_tensor, _ = self.model.policy.obs_to_tensor(obs)
+            probs = self.model.policy.get_distribution(obs_tensor).distribution.probs
+            return torch.multinomial(probs, 1, generator=generator)[:, 0].numpy()
 
     def begin(self, env):
         pass
 
     def __call__(self, env) -> int:
-        action, _ = self.model.predict(env._obs(), deterministic=True)
-        return int(action)
+        return int(self.actions(env._obs(), self.generator)[0])
 
     def episodes(self, variant: str, seeds, **env_config):
         """Per-episode QUEST_METRICS, all episodes at once on the batched env (its observations equal
         the gym env's, tested step by step): one policy call per step instead of one per episode-step."""
-        import torch
-
         from instrumentality.envs.batched import play_batched
 
+        generator = torch.Generator().manual_seed(self.seed)
+
         def act(env, obs):
-            actions, _ = self.model.predict({k: v.numpy() for k, v in obs.items()}, deterministic=True)
-            return torch.as_tensor(actions)
+            return torch.as_tensor(self.actions({k: v.numpy() for k, v in obs.items()}, generator))
 
         return play_batched(act, variant, seeds, **env_config)
 
@@ -54,7 +67,6 @@ def train(quest: dict, steps: int, seed: int, n_envs: int = 8, progress: bool = 
     """PPO (MultiInputPolicy) for `steps` env steps on ClueQuest(**quest), or `steps` more from a saved
     model (`resume`: its env-step count goes on). `ppo` overrides PPO_DEFAULTS (any `PPO` argument).
     Returns (model, curve, wall_s)."""
-    import numpy as np
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_vec_env
