@@ -224,3 +224,33 @@ def test_lookahead_bayes_ceiling_bounds_a_past_only_model_and_not_the_future_cop
         acc = truth[(f"lookahead/k={k}/layer=0", "accuracy")]
         assert acc["value"] <= bayes + 0.02 and acc["value"] > truth[(f"lookahead/k={k}", "chance")]["value"]
         assert oracle[(f"lookahead/k={k}/layer=0", "accuracy")]["value"] > bayes + 0.1
+
+
+def test_skip_existing_redoes_runs_newer_than_the_table_and_skips_the_rest(tmp_path):
+    """--skip-existing (what a second `make sweep` relies on): a run finished after the table was written is
+    evaluated again even when rows of it are there (a committed table from an earlier sweep), however many
+    runs this evaluation writes before it; a run older than the table is skipped."""
+    import json
+    import os
+    import time
+
+    runs = tmp_path / "runs" / "F4"
+    quest = {"size": 5, "n_clues": 1, "n_monsters": 0, "time_limit": 8, "variant": "standard"}
+    for name in ("explorer", "random"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "summary.json").write_text(json.dumps(
+            {"agent": {"kind": name, "quest": quest, "seed": 0}, "status": {"status": "finished"}}))
+    out = tmp_path / "results.csv"
+    stale = [{"run_id": f"F4/{name}", "probe": "quest/standard", "metric": "return", "value": 99.0}
+             for name in ("explorer", "random")]
+    pd.DataFrame(stale).to_csv(out, index=False)
+    old = time.time() - 3600
+    os.utime(out, (old, old))  # the table predates both runs
+    assert main([str(tmp_path / "runs"), "--out", str(out), "--skip-existing"]) == 0
+    df = pd.read_csv(out)
+    assert set(df.run_id) == {"F4/explorer", "F4/random"} and (df.value != 99.0).all()  # both redone
+    planted = df.assign(value=df.value.where(df.run_id != "F4/random", 42.0))
+    planted.to_csv(out, index=False)  # now newer than both runs
+    assert main([str(tmp_path / "runs"), "--out", str(out), "--skip-existing"]) == 0
+    again = pd.read_csv(out)
+    assert (again[again.run_id == "F4/random"].value == 42.0).all()  # skipped: the planted rows stay

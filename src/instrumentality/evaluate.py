@@ -500,13 +500,22 @@ def write_results(rows: list[dict], out: Path, replace_runs: set[str]):
     return new
 
 
-def _up_to_date(run_dir: Path, out: Path) -> bool:
-    marker = run_dir / "checkpoint.pt"
-    marker = marker if marker.exists() else run_dir / "summary.json"
-    if not out.exists() or marker.stat().st_mtime > out.stat().st_mtime:
-        return False
-    done = pd.read_csv(out, usecols=["run_id"])["run_id"].astype(str)
-    return run_id_of(run_dir) in set(done)
+def already_evaluated(out: Path):
+    """For --skip-existing: whether a run has rows in `out` written after its checkpoint (or summary.json)
+    last changed. The CSV's time and run ids are read once, before this evaluation writes to it: compared
+    with the CSV as it is rewritten run by run, every run that finished before the first write would
+    count as evaluated, and keep the rows an older evaluation left there."""
+    if not out.exists():
+        return lambda run_dir: False
+    written_at = out.stat().st_mtime
+    done = set(pd.read_csv(out, usecols=["run_id"])["run_id"].astype(str))
+
+    def check(run_dir: Path) -> bool:
+        marker = run_dir / "checkpoint.pt"
+        marker = marker if marker.exists() else run_dir / "summary.json"
+        return marker.stat().st_mtime <= written_at and run_id_of(run_dir) in done
+
+    return check
 
 
 def main(argv=None):
@@ -527,12 +536,13 @@ def main(argv=None):
     from tqdm.auto import tqdm
 
     failures = []
+    up_to_date = already_evaluated(args.out) if args.skip_existing else (lambda run_dir: False)
     for run_dir in tqdm(runs, desc="evaluate", dynamic_ncols=True):
         t0 = time.perf_counter()
         try:
             summary = json.loads((run_dir / "summary.json").read_text()) \
                 if (run_dir / "summary.json").exists() else {}
-            if args.skip_existing and _up_to_date(run_dir, args.out):
+            if up_to_date(run_dir):
                 continue
             if "agent" in summary:  # a scripted or SB3 quest agent
                 rows = agent_run_rows(run_dir, summary)
