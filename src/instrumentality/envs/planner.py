@@ -106,6 +106,18 @@ def _solve(cfg: QuestConfig, seeds: np.ndarray, variant: str | None) -> Solution
     altar = cell_of(ep["altar"])
     at_altar = np.arange(N)[None] == altar[:, None]  # [E, N]
 
+    # every pickup: (the clue's cells, clues taken before, after, and the branches (values after, their
+    # posterior probability [E, K]) of the bits it reveals); the same at every step t
+    pickups = []
+    for i in range(S):
+        for m in range(M):
+            if m >> i & 1:
+                continue
+            reveal = int(bitmask[i]) & ~int(known[m])
+            branches = [(canon[m] | w, mass[:, known[m] | reveal, canon[m] | w] / mass[:, known[m], canon[m]])
+                        for w in range(K) if not w & ~reveal]
+            pickups.append((spot_cells[:, i], m, m | 1 << i, branches))
+
     # per state: expected return, expected deceptions, expected steps to the end of the episode
     table = np.zeros((3, E, N, M, 2, K))
     table[0] = -float(cfg.failure_penalty)  # out of time, no forecast
@@ -115,20 +127,9 @@ def _solve(cfg: QuestConfig, seeds: np.ndarray, variant: str | None) -> Solution
     for t in reversed(range(cfg.time_limit)):
         # arriving in a cell (before its clue is picked up): the expectation after the pickup
         arrive = table.copy()
-        for i in range(S):
-            cells = spot_cells[:, i]
-            for m in range(M):
-                if m >> i & 1:
-                    continue
-                m2 = m | 1 << i
-                reveal = int(bitmask[i]) & ~int(known[m])
-                acc = np.zeros((3, E, 2, K))
-                for w in range(K):  # the revealed bits' values w, with their posterior probability
-                    if w & ~reveal:
-                        continue
-                    p = mass[:, known[m] | reveal, canon[m] | w] / mass[:, known[m], canon[m]]  # [E, K]
-                    acc += p[None, :, None] * table[:, e_idx, cells, m2][..., canon[m] | w]
-                arrive[:, e_idx, cells, m] = acc
+        for cells, m, m2, branches in pickups:
+            after = table[:, e_idx, cells, m2]  # [3, E, 2, K]
+            arrive[:, e_idx, cells, m] = sum(p[None, :, None] * after[..., values] for values, p in branches)
         q = []
         for a in CHOICES:
             if a == PREDICT:  # only at the altar; elsewhere never chosen
