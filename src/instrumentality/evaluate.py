@@ -539,11 +539,11 @@ def main(argv=None):
     up_to_date = already_evaluated(args.out) if args.skip_existing else (lambda run_dir: False)
     for run_dir in tqdm(runs, desc="evaluate", dynamic_ncols=True):
         t0 = time.perf_counter()
+        if up_to_date(run_dir):
+            continue
         try:
             summary = json.loads((run_dir / "summary.json").read_text()) \
                 if (run_dir / "summary.json").exists() else {}
-            if up_to_date(run_dir):
-                continue
             if "agent" in summary:  # a scripted or SB3 quest agent
                 rows = agent_run_rows(run_dir, summary)
             elif not (run_dir / "checkpoint.pt").exists() and summary:
