@@ -62,9 +62,13 @@ def load_sweep_module():
 def test_a_preset_narrows_an_experiments_sweep_and_the_command_line_wins(tmp_path):
     sweep = load_sweep_module()
     arms = lambda cmd: [o.split("=", 1)[1].split(",") for o in cmd if o.startswith("arm=")]  # noqa: E731
-    quick = arms(sweep.unit_command("F2", 0, "quick", "basic", 1, tmp_path, []))
-    assert len(quick) == 1 and len(quick[0]) == 9 and "keyword-g0-H8" not in quick[0]
-    assert arms(sweep.unit_command("F2", 0, "full", "basic", 1, tmp_path, [])) == []  # the file's 14 arms
+    for preset in ("quick", "full"):  # both run the file's 14 arms
+        assert arms(sweep.unit_command("F2", 0, preset, "basic", 1, tmp_path, [])) == []
+    real_preset_value = sweep.preset_value
+    narrowed = {"F2": ["arm=truth-g1-H1,keyword-g1-H8"]}  # a preset that narrows F2 (planted)
+    sweep.preset_value = lambda preset, key, overrides=(): (
+        narrowed if key == "sweep_overrides" else real_preset_value(preset, key, overrides))
+    assert arms(sweep.unit_command("F2", 0, "quick", "basic", 1, tmp_path, [])) == [["truth-g1-H1", "keyword-g1-H8"]]
     cli = sweep.unit_command("F2", 0, "quick", "basic", 1, tmp_path, ["F2:arm=keyword-g0-H8"])
     assert arms(cli)[-1] == ["keyword-g0-H8"]  # Hydra takes the last value of a key
     assert arms(sweep.unit_command("F3", 0, "quick", "basic", 1, tmp_path, [])) == []
