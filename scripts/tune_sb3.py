@@ -26,6 +26,17 @@ GRID = {  # name -> every PPO argument that differs from SB3's own defaults (ent
     "n128-b128-lr1e-3": {"n_steps": 128, "batch_size": 128, "learning_rate": 1e-3, "n_epochs": 10},
     "n64-b128-lr1e-3-ep4": {"n_steps": 64, "batch_size": 128, "learning_rate": 1e-3, "n_epochs": 4},  # chosen
 }
+# The quick preset's budget (16,384 env steps): one change at a time to the chosen setting
+CHOSEN = GRID["n64-b128-lr1e-3-ep4"]
+GRID.update({f"chosen+{name}": {**CHOSEN, **change} for name, change in {
+    "lr2e-3": {"learning_rate": 2e-3}, "lr3e-3": {"learning_rate": 3e-3}, "ep10": {"n_epochs": 10},
+    "ep10-lr2e-3": {"n_epochs": 10, "learning_rate": 2e-3}, "gamma0.95": {"gamma": 0.95},
+    "gamma0.95-lambda0.9": {"gamma": 0.95, "gae_lambda": 0.9}, "n32-b64": {"n_steps": 32, "batch_size": 64},
+    "n32-b64-lr2e-3": {"n_steps": 32, "batch_size": 64, "learning_rate": 2e-3}, "b64": {"batch_size": 64},
+    "ent0": {"ent_coef": 0.0}, "ent0.03": {"ent_coef": 0.03}, "clip0.3": {"clip_range": 0.3},
+    "lr2e-3-gamma0.95": {"learning_rate": 2e-3, "gamma": 0.95},
+    "net128x128": {"policy_kwargs": {"net_arch": [128, 128]}}, "net64": {"policy_kwargs": {"net_arch": [64]}},
+}.items()})
 
 
 def one(job: tuple[str, dict, int, int, dict]) -> dict:
