@@ -62,8 +62,10 @@ def load_sweep_module():
 def test_a_preset_narrows_an_experiments_sweep_and_the_command_line_wins(tmp_path):
     sweep = load_sweep_module()
     arms = lambda cmd: [o.split("=", 1)[1].split(",") for o in cmd if o.startswith("arm=")]  # noqa: E731
-    for preset in ("quick", "full"):  # both run the file's 14 arms
-        assert arms(sweep.unit_command("F2", 0, preset, "basic", 1, tmp_path, [])) == []
+    quick = arms(sweep.unit_command("F2", 0, "quick", "basic", 1, tmp_path, []))
+    assert len(quick) == 1 and len(quick[0]) == 9 and {"keyword-g0-H8", "truth-g05-H8"} <= set(quick[0])
+    assert "keyword-g1-H4" not in quick[0]
+    assert arms(sweep.unit_command("F2", 0, "full", "basic", 1, tmp_path, [])) == []  # the file's 14 arms
     real_preset_value = sweep.preset_value
     narrowed = {"F2": ["arm=truth-g1-H1,keyword-g1-H8"]}  # a preset that narrows F2 (planted)
     sweep.preset_value = lambda preset, key, overrides=(): (
