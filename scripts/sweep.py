@@ -153,27 +153,51 @@ def units_to_start(pending: list[tuple[str, int]], running: list[str], is_ready,
 
 
 def seconds_left(pending: list[tuple[str, int]], running: list[tuple[str, float]],
-                 durations: dict[tuple[str, int], float], lanes: int, cpu_lanes: int = 0) -> float:
-    """Wall seconds the sweep still needs, from the units that finished: each pending unit takes the mean
-    time of its experiment's (or of all) finished units, a running one (experiment, seconds so far) what is
-    left of that. CPU-only units share the `cpu_lanes` (when there are any), the others the `lanes`; the
-    two pools run side by side."""
-    mean_all = sum(durations.values()) / len(durations)
+                 durations: dict[tuple[str, int], float], lanes: int, cpu_lanes: int = 0,
+                 prior: dict[str, float] | None = None) -> float | None:
+    """Wall seconds the sweep still needs (None when nothing is known yet). A pending unit takes the mean
+    time of its experiment's finished units; an experiment with none takes its seconds per unit in the
+    last sweep of this preset (`prior`, from its provenance.json) times this sweep's speed relative to
+    that one (the mean ratio over the finished units; 1 before any), else the mean of all finished units.
+    A running unit (experiment, seconds so far) takes what is left of that. CPU-only units share the
+    `cpu_lanes` (when there are any), the others the `lanes`; the two pools run side by side. The
+    prior's "evaluate" (the stage after the units) is added at the same speed."""
+    prior = prior or {}
+    if not durations and not prior:
+        return None
     per_exp: dict[str, list[float]] = {}
     for (e, _), v in durations.items():
         per_exp.setdefault(e, []).append(v)
     est = {e: sum(v) / len(v) for e, v in per_exp.items()}
+    ratios = [v / prior[e] for (e, _), v in durations.items() if prior.get(e)]
+    speed = sum(ratios) / len(ratios) if ratios else 1.0
+    mean_all = sum(durations.values()) / len(durations) if durations else 0.0
+    for e, v in prior.items():
+        est.setdefault(e, v * speed)
     work = {"lanes": 0.0, "cpu": 0.0}
     for exp, so_far in [(e, 0.0) for e, _ in pending] + list(running):
         pool = "cpu" if cpu_lanes and exp in CPU_ONLY else "lanes"
         work[pool] += max(est.get(exp, mean_all) - so_far, 0.0)
-    return max(work["lanes"] / lanes, work["cpu"] / cpu_lanes if cpu_lanes else 0.0)
+    return max(work["lanes"] / lanes, work["cpu"] / cpu_lanes if cpu_lanes else 0.0) + est.get("evaluate", 0.0)
+
+
+def last_sweep_seconds(provenance: Path) -> dict[str, float]:
+    """Seconds per unit of each experiment (and of the evaluate stage) in the sweep that wrote
+    `provenance` (a provenance.json; {} if there is none or it cannot be read)."""
+    try:
+        p = json.loads(provenance.read_text())
+        return {e: v / (1 if e == "evaluate" else p["seeds"]) for e, v in p["unit_s"].items()}
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return {}
 
 
 def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lanes: int, seeds: int,
-              runs_root: Path, overrides: list[str], cpu_lanes: int = 0) -> dict[str, float]:
+              runs_root: Path, overrides: list[str], cpu_lanes: int = 0,
+              prior: dict[str, float] | None = None) -> dict[str, float]:
     """Every (experiment, seed) unit, `lanes` at a time (and CPU-only units `cpu_lanes` at a time beside
-    them, if > 0), each process with cores // ((lanes + cpu_lanes) x jobs) threads.
+    them, if > 0), each process with cores // ((lanes + cpu_lanes) x jobs) threads. `prior`: seconds per
+    unit in the last sweep (last_sweep_seconds), for the time-left estimate before an experiment's first
+    unit finishes.
     Returns the seconds each experiment's units ran (summed over seeds: units of one experiment overlap)."""
     pending = [(exp, s) for exp in sorted(experiments, key=EXPERIMENTS.index) for s in range(seeds)]
     in_sweep = set(experiments)
@@ -192,11 +216,9 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
           + f"; {env['OMP_NUM_THREADS']} thread(s) per process", flush=True)
 
     def minutes_left() -> str:
-        if not done:
-            return ""
         now = time.perf_counter()
-        left = seconds_left(pending, [(u.exp, now - u.t0) for u in running], durations, lanes, cpu_lanes)
-        return f", about {left / 60:.1f} min left"
+        left = seconds_left(pending, [(u.exp, now - u.t0) for u in running], durations, lanes, cpu_lanes, prior)
+        return "" if left is None else f", about {left / 60:.1f} min left"
 
     def progress(unit: Unit, message: str, run_done: bool = False):
         with lock:
@@ -276,7 +298,7 @@ def main() -> int:
 
         args.cpu_lanes = 2 if torch.cuda.is_available() else 0
     walls = run_units(args.experiments.split(","), args.preset, args.launcher, args.jobs, args.lanes, seeds,
-                      runs_root, args.overrides, args.cpu_lanes)
+                      runs_root, args.overrides, args.cpu_lanes, last_sweep_seconds(out / "provenance.json"))
     print("\n=== evaluating every run on the common probe set", flush=True)
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "instrumentality.evaluate", str(runs_root / args.preset),

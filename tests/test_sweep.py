@@ -115,3 +115,17 @@ def test_time_left_shares_each_pool_of_units_among_its_lanes():
     # SB3 in 1 CPU lane of its own: 60 s there; 120 + 100 + 90 = 310 s over 2 lanes beside it
     assert sweep.seconds_left(pending, running, durations, 2, 1) == pytest.approx(155.0)
     assert sweep.seconds_left([("F4_sb3", 2)] * 10, [], durations, 2, 1) == pytest.approx(600.0)
+
+
+def test_time_left_scales_the_last_sweeps_seconds_by_this_sweeps_speed(tmp_path):
+    sweep = load_sweep_module()
+    prior = {"F1": 60.0, "F2": 50.0, "F4_sb3": 10.0, "evaluate": 30.0}  # seconds per unit last time
+    durations = {("F1", 0): 100.0, ("F1", 1): 140.0}  # 100/60 and 140/60: this sweep runs 2x slower
+    pending = [("F1", 2), ("F2", 0), ("F2", 1), ("F4_sb3", 0)]
+    # F1 its own mean 120, F2 2 x 50, SB3 2 x 10, the running F1 120 - 30: 430 s over 2 lanes, then 2 x 30 s
+    assert sweep.seconds_left(pending, [("F1", 30.0)], durations, 2, 0, prior) == pytest.approx(215.0 + 60.0)
+    assert sweep.seconds_left([("F2", 0)], [], {}, 2, 0, prior) == pytest.approx(25.0 + 30.0)  # speed 1
+    assert sweep.seconds_left([("F2", 0)], [], {}, 2) is None  # nothing known yet
+    (tmp_path / "provenance.json").write_text('{"seeds": 3, "unit_s": {"F1": 300.0, "evaluate": 40.0}}')
+    assert sweep.last_sweep_seconds(tmp_path / "provenance.json") == {"F1": 100.0, "evaluate": 40.0}
+    assert sweep.last_sweep_seconds(tmp_path / "missing.json") == {}
