@@ -303,7 +303,7 @@ def main() -> int:
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-m", "instrumentality.evaluate", str(runs_root / args.preset),
                     "--out", str(out / "results.csv"), "--probe-cache", str(runs_root / "probes"),
-                    "--skip-existing"], cwd=ROOT, check=False)
+                    "--skip-existing", "--prune"], cwd=ROOT, check=False)
     walls["evaluate"] = time.perf_counter() - t0
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     provenance = {"preset": args.preset, "git_revision": rev.strip() or "unknown",

@@ -254,3 +254,24 @@ def test_skip_existing_redoes_runs_newer_than_the_table_and_skips_the_rest(tmp_p
     assert main([str(tmp_path / "runs"), "--out", str(out), "--skip-existing"]) == 0
     again = pd.read_csv(out)
     assert (again[again.run_id == "F4/random"].value == 42.0).all()  # skipped: the planted rows stay
+
+
+def test_prune_drops_the_rows_of_runs_without_a_folder_and_keeps_the_rest(tmp_path):
+    """--prune (what `make sweep` passes): rows of a run that no longer has a folder (an arm a preset stopped
+    sweeping) leave the table; the rows of every run found stay, evaluated or skipped."""
+    import json
+
+    runs = tmp_path / "runs" / "F4"
+    quest = {"size": 5, "n_clues": 1, "n_monsters": 0, "time_limit": 8, "variant": "standard"}
+    (runs / "random").mkdir(parents=True)
+    (runs / "random" / "summary.json").write_text(json.dumps(
+        {"agent": {"kind": "random", "quest": quest, "seed": 0}, "status": {"status": "finished"}}))
+    out = tmp_path / "results.csv"
+    gone = [{"run_id": "F2/critic-truth-g0.0-H4-s0", "probe": "forks/asym/p=0.5", "metric": "steering_index",
+             "value": 1.0}]
+    pd.DataFrame(gone).to_csv(out, index=False)
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert set(pd.read_csv(out).run_id) == {"F4/random", "F2/critic-truth-g0.0-H4-s0"}  # merged, kept
+    assert main([str(tmp_path / "runs"), "--out", str(out), "--skip-existing", "--prune"]) == 0
+    df = pd.read_csv(out)
+    assert set(df.run_id) == {"F4/random"} and len(df) > 0  # skipped by --skip-existing, still kept

@@ -500,6 +500,20 @@ def write_results(rows: list[dict], out: Path, replace_runs: set[str]):
     return new
 
 
+def prune_results(out: Path, keep: set[str]) -> list[str]:
+    """Drop the rows of runs not in `keep` from the CSV at `out` (atomic write). Returns their run ids."""
+    if not out.exists() or out.stat().st_size == 0:
+        return []
+    df = pd.read_csv(out)
+    stays = df["run_id"].astype(str).isin(keep)
+    if stays.all():
+        return []
+    tmp = out.with_suffix(".tmp.csv")
+    df[stays].to_csv(tmp, index=False)
+    tmp.replace(out)
+    return sorted(set(df.loc[~stays, "run_id"].astype(str)))
+
+
 def already_evaluated(out: Path):
     """For --skip-existing: whether a run has rows in `out` written after its checkpoint (or summary.json)
     last changed. The CSV's time and run ids are read once, before this evaluation writes to it: compared
@@ -525,6 +539,9 @@ def main(argv=None):
     ap.add_argument("--probe-cache", default="runs/probes", help="where probe sets are stored")
     ap.add_argument("--skip-existing", action="store_true",
                     help="skip runs already in --out whose checkpoint is older than the CSV")
+    ap.add_argument("--prune", action="store_true",
+                    help="drop rows of runs that have no folder under the paths (the table then mirrors the "
+                         "runs: rows of a run a preset no longer sweeps do not linger)")
     ap.add_argument("--recompute", action="store_true",
                     help=f"evaluate every checkpoint afresh (default: reuse a run's {FINAL_PROBES}, the trainer's "
                          "final evaluation of the same weights, where it is newer than the checkpoint)")
@@ -556,6 +573,11 @@ def main(argv=None):
             continue
         write_results(rows, args.out, {run_id_of(run_dir)})
         tqdm.write(f"{run_dir}: {len(rows)} rows in {time.perf_counter() - t0:.1f}s")
+    if args.prune:
+        dropped = prune_results(args.out, {run_id_of(r) for r in runs})
+        if dropped:
+            print(f"dropped the rows of {len(dropped)} run(s) with no folder under {' '.join(args.paths)}: "
+                  + ", ".join(dropped))
     print(f"wrote {args.out}; {len(runs) - len(failures)} evaluated, {len(failures)} skipped")
     for run_dir, e in failures:
         print(f"  FAILED {run_dir}: {e}", file=sys.stderr)
