@@ -494,10 +494,15 @@ def write_results(rows: list[dict], out: Path, replace_runs: set[str]):
         old = pd.read_csv(out)
         old = old[~old["run_id"].astype(str).isin(replace_runs)]
         new = pd.concat([old, new], ignore_index=True)
-    tmp = out.with_suffix(".tmp.csv")
-    new.to_csv(tmp, index=False)
-    tmp.replace(out)
+    write_csv_atomic(new, out)
     return new
+
+
+def write_csv_atomic(df: pd.DataFrame, out: Path):
+    """Write `df` to a temporary file beside `out`, then move it over `out`: a reader never sees half a table."""
+    tmp = out.with_suffix(".tmp.csv")
+    df.to_csv(tmp, index=False)
+    tmp.replace(out)
 
 
 def prune_results(out: Path, keep: set[str]) -> list[str]:
@@ -508,9 +513,7 @@ def prune_results(out: Path, keep: set[str]) -> list[str]:
     stays = df["run_id"].astype(str).isin(keep)
     if stays.all():
         return []
-    tmp = out.with_suffix(".tmp.csv")
-    df[stays].to_csv(tmp, index=False)
-    tmp.replace(out)
+    write_csv_atomic(df[stays], out)
     return sorted(set(df.loc[~stays, "run_id"].astype(str)))
 
 
