@@ -130,12 +130,11 @@ def _solve(cfg: QuestConfig, seeds: np.ndarray, variant: str | None) -> Solution
         for cells, m, m2, branches in pickups:
             after = table[:, e_idx, cells, m2]  # [3, E, 2, K]
             arrive[:, e_idx, cells, m] = sum(p[None, :, None] * after[..., values] for values, p in branches)
-        q = []
-        for a in CHOICES:
+        q = np.empty((3, len(CHOICES), *table.shape[1:]))  # [3, A, E, N, M, 2, K]
+        for i, a in enumerate(CHOICES):
             if a == PREDICT:  # only at the altar; elsewhere never chosen
-                q.append(np.stack([np.broadcast_to(np.where(at_altar[:, :, None, None, None],
-                                                            forecast[:, None, :, None, :], -np.inf), table[0].shape),
-                                   np.zeros_like(table[0]), np.ones_like(table[0])]))
+                q[0, i] = np.where(at_altar[:, :, None, None, None], forecast[:, None, :, None, :], -np.inf)
+                q[1, i], q[2, i] = 0.0, 1.0
                 continue
             if a == DECEIVE:
                 to = np.broadcast_to(np.arange(N)[None, :, None], (E, N, 2))
@@ -145,8 +144,7 @@ def _solve(cfg: QuestConfig, seeds: np.ndarray, variant: str | None) -> Solution
             # arrive[:, e, to[e, c, d], :, door_to[e, c, d], :]: numpy puts the indexed axes first,
             # [E, N, 2, 3, M, K] -> [3, E, N, M, 2, K]
             nxt = arrive[:, e_idx[:, None, None], to, :, door_to].transpose(3, 0, 1, 4, 2, 5)
-            q.append(nxt + (cost if a == DECEIVE else step_cost)[:, None, None, None, None, None])
-        q = np.stack(q, 1)  # [3, A, E, N, M, 2, K]
+            np.add(nxt, (cost if a == DECEIVE else step_cost)[:, None, None, None, None, None], out=q[:, i])
         # lexicographic: the best return, then the fewest deceptions, then the fewest steps
         ok = q[0] >= q[0].max(0) - 1e-9
         for k in (1, 2):
