@@ -42,7 +42,7 @@ def test_bad_actions_and_options_are_clear_errors():
         env.reset(options={"variant": "easy_mode"})
     with pytest.raises(ValueError, match="unknown reset options"):
         env.reset(options={"cheat": True})
-    with pytest.raises(ConfigError, match="env.variant"):
+    with pytest.raises(ConfigError, match="quest.variant"):
         ClueQuestEnv(variant="nope")
     with pytest.raises(ValueError, match="actions must be"):
         BatchedClueQuest(2).step(torch.tensor([0, 9]))

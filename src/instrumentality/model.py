@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from instrumentality.errors import check_config
+from instrumentality.errors import check_config, check_dataclass_types
 
 
 @dataclass
@@ -34,6 +34,7 @@ class GPTConfig:
     n_future_heads: int = 0
 
     def __post_init__(self):
+        check_dataclass_types(self, "model")
         check_config(self, "model", [
             ("vocab_size", self.vocab_size >= 2, "an integer >= 2"),
             ("block_size", self.block_size >= 1, "an integer >= 1"),

@@ -13,12 +13,16 @@ plus `probes.pt` (the tensors). Loading checks the content hash and the world.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from instrumentality.errors import DataFileError, check_dataclass_types
+from instrumentality.files import read_json, write_atomic, write_json
 from instrumentality.world import ConfigError, World, WorldConfig
 
 PROBE_VERSION = 1
@@ -40,13 +44,14 @@ class ProbeConfig:
     seed: int = 1234  # the probe set's own stream (with the world seed)
 
     def __post_init__(self):
+        check_dataclass_types(self, "eval.probes")
         self.fork_positions = [int(p) for p in self.fork_positions]
         for key in ("n_calibration", "n_per_fork_position", "rollout_len", "n_lookahead_train",
                     "n_lookahead_test", "lookahead_k"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"probes.{key} must be a positive integer; got {getattr(self, key)!r}")
+                raise ConfigError(f"eval.probes.{key} must be a positive integer; got {getattr(self, key)!r}")
         if not self.fork_positions or min(self.fork_positions) < 1:
-            raise ConfigError(f"probes.fork_positions must be positive integers; got {self.fork_positions}")
+            raise ConfigError(f"eval.probes.fork_positions must be positive integers; got {self.fork_positions}")
 
 
 class ProbeSet:
@@ -90,16 +95,23 @@ class ProbeSet:
     # ------------------------------------------------------------------ storage
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(self.t, folder / "probes.pt")
-        (folder / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
+        buf = io.BytesIO()
+        torch.save(self.t, buf)
+        write_atomic(folder / "probes.pt", buf.getvalue())
+        write_json(folder / "manifest.json", self.manifest)  # last: a folder with a manifest is complete
         return folder
 
     @classmethod
     def load(cls, folder: str | Path, world: World | None = None) -> ProbeSet:
         folder = Path(folder)
-        manifest = json.loads((folder / "manifest.json").read_text())
-        tensors = torch.load(folder / "probes.pt", weights_only=True)
+        manifest = read_json(folder / "manifest.json", "probe set manifest")
+        try:
+            tensors = torch.load(folder / "probes.pt", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure to read is a damaged file
+            raise ProbeSetMismatch(f"probe set {folder}: probes.pt cannot be read ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0] if str(e) else ''}); regenerate it") from e
+        if not isinstance(manifest, dict) or "content_hash" not in manifest:
+            raise ProbeSetMismatch(f"probe set {folder}: manifest.json has no content_hash; regenerate it")
         if content_hash(tensors) != manifest["content_hash"]:
             raise ProbeSetMismatch(f"probe set {folder}: contents do not match the manifest's content hash "
                                    f"{manifest['content_hash']}; regenerate it")
@@ -141,7 +153,10 @@ def probe_set_for(world: World, cfg: ProbeConfig | None = None, cache_dir: str |
     tag = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:8]
     folder = Path(cache_dir) / f"{world.fingerprint()}-{tag}"
     if (folder / "manifest.json").exists():
-        return ProbeSet.load(folder, world)
+        try:
+            return ProbeSet.load(folder, world)
+        except (ProbeSetMismatch, DataFileError) as e:  # a cache: a damaged one is made again
+            print(f"warning: {e}; generating the probe set again in {folder}", file=sys.stderr)
     ps = ProbeSet.generate(world, cfg)
     ps.save(folder)
     return ps

@@ -20,6 +20,10 @@ import io
 import math
 import os
 import random
+import re
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -28,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from instrumentality.errors import ConfigError, check_config
+from instrumentality.errors import ConfigError, check_config, check_dataclass_types
+from instrumentality.files import write_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -61,6 +66,7 @@ class TrainerConfig:
     seed: int = 0
 
     def __post_init__(self):
+        check_dataclass_types(self, "trainer")
         check_config(self, "trainer", [
             ("max_steps", self.max_steps >= 1, "a positive integer"),
             ("lr", self.lr > 0, "a number > 0"),
@@ -73,6 +79,9 @@ class TrainerConfig:
             ("eval_every", self.eval_every >= 0, "an integer >= 0"),
             ("ckpt_every", self.ckpt_every >= 0, "an integer >= 0"),
             ("nonfinite_check", self.nonfinite_check in ("auto", "step", "deferred"), "one of: auto, step, deferred"),
+            ("device", re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+             "one of: auto, cpu, cuda, cuda:N"),
+            ("seed", self.seed >= 0, "an integer >= 0"),
         ])
 
 
@@ -106,19 +115,21 @@ def autocast_for(device: torch.device):
 
 # ---------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: str | os.PathLike, payload: dict):
-    """Atomic write: a sha256 line, then the torch payload; written to a temp file and renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomic write: a sha256 line, then the torch payload, through a unique temporary file that is renamed."""
     buf = io.BytesIO()
     torch.save(payload, buf)
     data = buf.getvalue()
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(hashlib.sha256(data).hexdigest().encode() + b"\n")
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
+
+
+def checkpoint_digest(path: str | os.PathLike) -> str | None:
+    """The sha256 of a checkpoint's payload, where the file is intact (its first line matches the payload);
+    None otherwise. It identifies the weights that a run's rows were computed from."""
+    try:
+        digest, _, data = Path(path).read_bytes().partition(b"\n")
+    except OSError:
+        return None
+    return digest.decode() if len(digest) == 64 and hashlib.sha256(data).hexdigest().encode() == digest else None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -129,11 +140,36 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     digest, _, data = raw.partition(b"\n")
     if len(digest) != 64 or hashlib.sha256(data).hexdigest().encode() != digest:
         raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch or truncated); "
-                              "delete it to start over, or point trainer.out_dir elsewhere")
-    try:
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+                              "delete its run folder to start over, or give the run another name (run_name=...)")
+    try:  # tensors and plain containers only: a checkpoint is data, never code
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} could not be loaded: {e}") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} could not be loaded as tensors and plain data "
+                              f"(torch.load weights_only=True: {first}); it was not made by this suite's trainer, "
+                              "or it is damaged: delete it to start over") from e
+
+
+# ---------------------------------------------------------------------------- stopping on a signal
+STOP = threading.Event()  # set by SIGTERM / SIGINT (stop_on_signals): fit() saves a checkpoint and returns
+
+
+def _on_signal(signum, frame):
+    if STOP.is_set():  # a second signal: stop now
+        raise KeyboardInterrupt
+    STOP.set()
+    print(f"signal {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+          "(run again to resume)", file=sys.stderr, flush=True)
+
+
+def stop_on_signals():
+    """From now on SIGTERM and SIGINT end training at the next step boundary, with a checkpoint."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _on_signal)
+
+
+def stop_requested() -> bool:
+    return STOP.is_set()
 
 
 # ---------------------------------------------------------------------------- the trainer
@@ -253,6 +289,8 @@ class Trainer:
         after that many optimizer steps without a final checkpoint (a simulated kill, for tests)."""
         c = self.cfg
         self.resume()
+        if self.status["status"] == "finished" and self.step < c.max_steps:  # a larger budget: train on
+            self.status = {"status": "running", "step": self.step, "reason": ""}
         if self.status["status"] in ("finished", "collapsed"):
             return self.status
         self.model.train()
@@ -319,6 +357,11 @@ class Trainer:
                 self._run_eval()
             if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < c.max_steps:
                 self.save()
+            if STOP.is_set():  # a signal: keep what was trained, resumable from here
+                if bar is not None:
+                    bar.close()
+                self.save()
+                return {"status": "interrupted", "step": self.step, "reason": "stopped by a signal"}
             if stop_after is not None and steps_done >= stop_after:
                 if bar is not None:
                     bar.close()

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from instrumentality.errors import ConfigError, check_config
+from instrumentality.errors import ConfigError, check_config, check_dataclass_types
 
 __all__ = ["ConfigError", "Fork", "World", "WorldConfig"]
 
@@ -52,8 +52,10 @@ class WorldConfig:
     seq_len: int = 64  # length of a corpus sequence, <bos> included
 
     def __post_init__(self):
+        check_dataclass_types(self, "world")
         self.fork_probs = [float(p) for p in self.fork_probs]
         check_config(self, "world", [
+            ("seed", self.seed >= 0, "an integer >= 0"),
             ("n_prose_words", self.n_prose_words >= 2, "an integer >= 2"),
             ("prose_out_degree", 1 <= self.prose_out_degree <= self.n_prose_words,
              f"an integer in [1, n_prose_words={self.n_prose_words}]"),

@@ -25,7 +25,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from instrumentality.errors import ConfigError, check_config
+from instrumentality.errors import ConfigError, check_config, check_dataclass_types
 
 ACTIONS = ("north", "south", "west", "east", "talk", "deceive", "attack", "predict")
 MOVES = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]])  # row, col deltas of the four moves
@@ -48,12 +48,16 @@ class QuestConfig:
     variant: str = "standard"
 
     def __post_init__(self):
-        check_config(self, "env", [
+        check_dataclass_types(self, "quest")
+        free = self.size * self.size - 3  # the vault, its door and the gatekeeper take three cells
+        check_config(self, "quest", [
             ("size", self.size >= 5, "an integer >= 5"),
             ("bits", 1 <= self.bits <= 6, "an integer in [1, 6]"),
             ("n_clues", 0 <= self.n_clues <= self.bits, f"an integer in [0, bits={self.bits}]"),
             ("vault_bits", 0 <= self.vault_bits <= self.bits, f"an integer in [0, bits={self.bits}]"),
-            ("n_monsters", self.n_monsters >= 0, "an integer >= 0"),
+            ("n_monsters", 0 <= self.n_monsters <= free - 2 - self.n_clues,
+             f"an integer in [0, {free - 2 - self.n_clues}] (the free cells of a {self.size}x{self.size} grid "
+             f"less the agent, the altar and {self.n_clues} clues)"),
             ("hp", self.hp >= 1, "an integer >= 1"),
             ("time_limit", self.time_limit >= 1, "an integer >= 1"),
             ("failure_penalty", self.failure_penalty >= 0, "a number >= 0"),

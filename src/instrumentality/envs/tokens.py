@@ -22,8 +22,9 @@ Every step has the same number of tokens, so B episodes advance in lock step thr
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from instrumentality.envs.agents import QUEST_METRICS, Explorer
 from instrumentality.envs.batched import BatchedClueQuest
 from instrumentality.envs.cluequest import ACTIONS, ClueQuestEnv, QuestConfig
+from instrumentality.files import write_atomic
 
 R = 2  # offsets are clipped to [-R, R] per axis
 N_OFFSETS = (2 * R + 1) ** 2
@@ -187,15 +189,20 @@ class QuestCorpus:
         key = json.dumps([asdict(tokens.cfg), tokens.offset, n_episodes, seed, careless_rate, forget_rate, VERSION])
         path = Path(cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt" if cache else None
         if path is not None and path.exists():
-            self.data = torch.load(path)
-            return
+            try:
+                self.data = torch.load(path, weights_only=True)
+                if isinstance(self.data, torch.Tensor) and self.data.dim() == 2:
+                    return
+                raise ValueError("not a 2-d tensor of transcripts")
+            except Exception as e:  # noqa: BLE001 - a cache: a damaged one is made again
+                print(f"warning: quest corpus cache {path} cannot be read ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); making it again", file=sys.stderr)
         seeds = np.arange(n_episodes) + 1_000_000 * (seed + 1)  # disjoint from the probe seeds (10_000 on)
         self.data = transcripts(tokens, seeds, explorer_actions(tokens.cfg, seeds, careless_rate, forget_rate, seed))
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(self.data, tmp)
-            tmp.replace(path)
+            buf = io.BytesIO()
+            torch.save(self.data, buf)
+            write_atomic(path, buf.getvalue())
 
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n transcripts, cut after the longest one's last token (the rest is padding)."""
