@@ -1,10 +1,11 @@
 """Redraw every figure and REPORT.md from results/<preset>/results.csv (no training)."""
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+from instrumentality.errors import DataFileError
+from instrumentality.files import read_json
 from instrumentality.report import write_report
 
 
@@ -19,7 +20,11 @@ def main() -> int:
         print(f"no results table at {csv}: run `make sweep PRESET={args.preset}` first", file=sys.stderr)
         return 2
     prov = folder / "provenance.json"
-    report = write_report(csv, folder, json.loads(prov.read_text()) if prov.exists() else None)
+    try:
+        report = write_report(csv, folder, read_json(prov, "provenance record") if prov.exists() else None)
+    except DataFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {report} and {folder / 'figures'}/")
     return 0
 

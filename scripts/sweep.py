@@ -11,12 +11,15 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from instrumentality.files import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 # A sweep is units (experiment, seed), each a Hydra multirun of one experiment for one seed (F4_sb3: the SB3
@@ -29,7 +32,8 @@ EXPERIMENTS = ["F1", "F2", "F4_simulator", "F3", "F4", "F4_sb3"]
 NEEDS = {"F2": "F1", "F3": "F1", "F4": "F4_simulator"}
 CPU_ONLY = {"F4_sb3"}
 LAUNCHERS = {"basic": "basic", "joblib": "joblib", "submitit_slurm": "submitit_slurm"}
-RUN_DONE = re.compile(r"\[(\S+)\] (?:finished after|collapsed after|FAILED)|^configuration error")
+RUN_DONE = re.compile(r"\[(\S+)\] (?:finished after|collapsed after|interrupted after|FAILED|configuration error"
+                      r"|error:)")
 
 
 def compose(preset: str, *overrides: str, hydra: bool = False):
@@ -102,8 +106,10 @@ class Unit:
     def __init__(self, exp: str, seed: int, cmd: list[str], env: dict, progress):
         self.exp, self.seed, self.name = exp, seed, f"{exp} s{seed}"
         self.t0 = time.perf_counter()
+        # a session of its own: a signal to the sweep reaches the unit only through stop(), which signals the
+        # unit's whole process group (Hydra's job processes included) and waits for it
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, bufsize=1)
+                                     text=True, bufsize=1, start_new_session=True)
         self.thread = threading.Thread(target=self._read, args=(progress,), daemon=True)
         self.thread.start()
 
@@ -119,6 +125,20 @@ class Unit:
 
     def finished(self) -> bool:
         return self.proc.poll() is not None
+
+    def stop(self, grace_s: float = 60.0):
+        """SIGTERM to the unit's process group (a training run saves a checkpoint and exits), SIGKILL to
+        what is left after grace_s."""
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
 
 
 def unit_command(exp: str, seed: int, preset: str, launcher: str, jobs: int, runs_root: Path,
@@ -191,13 +211,23 @@ def last_sweep_seconds(provenance: Path) -> dict[str, float]:
         return {}
 
 
+class Stopped(Exception):
+    """The sweep got SIGINT or SIGTERM; its units were stopped."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lanes: int, seeds: int,
               runs_root: Path, overrides: list[str], cpu_lanes: int = 0,
-              prior: dict[str, float] | None = None) -> dict[str, float]:
+              prior: dict[str, float] | None = None, failed_units: list | None = None) -> dict[str, float]:
     """Every (experiment, seed) unit, `lanes` at a time (and CPU-only units `cpu_lanes` at a time beside
     them, if > 0), each process with cores // ((lanes + cpu_lanes) x jobs) threads. `prior`: seconds per
     unit in the last sweep (last_sweep_seconds), for the time-left estimate before an experiment's first
     unit finishes.
+    Units that exit non-zero (a failed job, a signal) are appended to `failed_units` as (name, return code).
+    On SIGINT / SIGTERM every running unit is stopped (its runs save a checkpoint) and Stopped is raised.
     Returns the seconds each experiment's units ran (summed over seeds: units of one experiment overlap)."""
     pending = [(exp, s) for exp in sorted(experiments, key=EXPERIMENTS.index) for s in range(seeds)]
     in_sweep = set(experiments)
@@ -232,7 +262,28 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
         need = NEEDS.get(exp)
         return need is None or need not in in_sweep or (need, s) in done
 
-    while pending or running:
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _schedule(pending, running, done, durations, ready, lanes, cpu_lanes, preset, launcher, jobs, runs_root,
+                  overrides, env, progress, lock, received, failed_units if failed_units is not None else [])
+    finally:
+        if running:
+            print(f"\n=== stopping {len(running)} running unit(s): " + ", ".join(u.name for u in running), flush=True)
+            for u in list(running):
+                u.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if received:
+        raise Stopped(received[0])
+    return {exp: sum(v for (e, _), v in durations.items() if e == exp) for exp in experiments}
+
+
+def _schedule(pending, running, done, durations, ready, lanes, cpu_lanes, preset, launcher, jobs, runs_root,
+              overrides, env, progress, lock, received, failed_units):
+    """The sweep's loop: start units as lanes free up, until all ended or a signal was received."""
+    while (pending or running) and not received:
         for u in [u for u in running if u.finished()]:
             u.thread.join()
             with lock:
@@ -240,7 +291,10 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
                 done.add((u.exp, u.seed))
                 durations[(u.exp, u.seed)] = time.perf_counter() - u.t0
             if u.proc.returncode != 0:
-                progress(u, f"exited with {u.proc.returncode}; the runs it finished are kept")
+                failed_units.append((u.name, u.proc.returncode))
+                how = (f"was killed by {signal.Signals(-u.proc.returncode).name}" if u.proc.returncode < 0
+                       else f"exited with {u.proc.returncode}")
+                progress(u, f"{how}; the runs it finished are kept")
         for exp, s in units_to_start(pending, [u.exp for u in running], ready, lanes, cpu_lanes):
             with lock:
                 pending.remove((exp, s))
@@ -250,7 +304,6 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
                 running.append(unit)
             progress(unit, "started: " + " ".join(cmd[3 if exp != "F4_sb3" else 1:]))
         time.sleep(0.2)
-    return {exp: sum(v for (e, _), v in durations.items() if e == exp) for exp in experiments}
 
 
 def log_report_to_wandb(out: Path, provenance: dict):
@@ -297,13 +350,20 @@ def main() -> int:
         import torch
 
         args.cpu_lanes = 2 if torch.cuda.is_available() else 0
-    walls = run_units(args.experiments.split(","), args.preset, args.launcher, args.jobs, args.lanes, seeds,
-                      runs_root, args.overrides, args.cpu_lanes, last_sweep_seconds(out / "provenance.json"))
+    failed_units: list[tuple[str, int]] = []
+    try:
+        walls = run_units(args.experiments.split(","), args.preset, args.launcher, args.jobs, args.lanes, seeds,
+                          runs_root, args.overrides, args.cpu_lanes, last_sweep_seconds(out / "provenance.json"),
+                          failed_units)
+    except Stopped as e:
+        print(f"\n=== stopped by {e}: every unit was stopped (its runs saved checkpoints); run the same command "
+              "again to resume", file=sys.stderr)
+        return 128 + e.signum
     print("\n=== evaluating every run on the common probe set", flush=True)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "instrumentality.evaluate", str(runs_root / args.preset),
-                    "--out", str(out / "results.csv"), "--probe-cache", str(runs_root / "probes"),
-                    "--skip-existing", "--prune"], cwd=ROOT, check=False)
+    evaluation = subprocess.run([sys.executable, "-m", "instrumentality.evaluate", str(runs_root / args.preset),
+                                 "--out", str(out / "results.csv"), "--probe-cache", str(runs_root / "probes"),
+                                 "--prune"], cwd=ROOT, check=False)
     walls["evaluate"] = time.perf_counter() - t0
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     provenance = {"preset": args.preset, "git_revision": rev.strip() or "unknown",
@@ -312,17 +372,26 @@ def main() -> int:
                   "jobs_per_unit_at_once": args.jobs if args.launcher == "joblib" else 1,
                   "unit_s": {k: round(v, 1) for k, v in walls.items()},  # summed over seeds; units overlap
                   "total_wall_s": round(time.perf_counter() - t_all, 1)}
-    (out / "provenance.json").write_text(json.dumps(provenance, indent=2))
+    write_json(out / "provenance.json", provenance)
+    if not (out / "results.csv").exists():
+        print(f"\nno results table was written ({out / 'results.csv'}): no run produced rows", file=sys.stderr)
+        for name, code in failed_units:
+            print(f"  FAILED unit: {name} (exit code {code})", file=sys.stderr)
+        return 1
     from instrumentality.report import write_report
 
     report = write_report(out / "results.csv", out, provenance)
     log_report_to_wandb(out, provenance)
     failed = [p.parent for p in (runs_root / args.preset).rglob("summary.json")
-              if '"status": "failed"' in p.read_text()]
+              if '"status": "failed"' in p.read_text(errors="replace")]
     print(f"\nwrote {out / 'results.csv'}, {report}, {out / 'figures'}/ in {provenance['total_wall_s'] / 60:.1f} min")
     for p in failed:
-        print(f"  FAILED job: {p} (see its summary.json)")
-    return 0
+        print(f"  FAILED job: {p} (see its summary.json)", file=sys.stderr)
+    for name, code in failed_units:
+        print(f"  FAILED unit: {name} (exit code {code})", file=sys.stderr)
+    if evaluation.returncode != 0:
+        print(f"  FAILED evaluation of some runs (exit code {evaluation.returncode}; see above)", file=sys.stderr)
+    return 1 if failed or failed_units or evaluation.returncode != 0 else 0
 
 
 if __name__ == "__main__":

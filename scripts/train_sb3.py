@@ -7,11 +7,13 @@ also <out>/../random, <out>/../explorer and <out>/../planner agent folders. A fi
 """
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 
 import yaml
+
+from instrumentality.files import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,9 +27,8 @@ def quest_config(name: str) -> dict:
 
 
 def write_agent(out: Path, spec: dict, **extra):
-    out.mkdir(parents=True, exist_ok=True)
     status = {"status": "finished", "step": extra.get("steps", 0), "reason": ""}
-    (out / "summary.json").write_text(json.dumps({"agent": spec, "status": status, **extra}, indent=2))
+    write_json(out / "summary.json", {"agent": spec, "status": status, **extra})
 
 
 def main() -> int:
@@ -53,14 +54,16 @@ def main() -> int:
         if not args.more:
             print(f"{args.out}: finished before, not trained again (--more trains it further)")
             return 0
-        before = json.loads(summary.read_text())
+        before = read_json(summary, "SB3 run summary")
     from instrumentality.envs.sb3 import PPO_DEFAULTS, train
 
     ppo = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.ppo)}
     model, curve, wall = train(quest, args.steps, args.seed, n_envs=args.n_envs,
                                resume=args.out / "ppo.zip" if before["steps"] else None, **ppo)
     args.out.mkdir(parents=True, exist_ok=True)
-    model.save(args.out / "ppo.zip")
+    tmp = args.out / f".ppo.{os.getpid()}.tmp.zip"  # written whole, then moved: a kill leaves no half policy
+    model.save(tmp)
+    os.replace(tmp, args.out / "ppo.zip")
     steps, wall_all = before["steps"] + args.steps, before["wall_s"] + wall
     write_agent(args.out, {"kind": "sb3_ppo", "quest": quest, "seed": args.seed}, steps=steps,
                 curve=before["curve"] + curve, wall_s=wall_all, env_steps_per_s=steps / wall_all,

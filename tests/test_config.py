@@ -5,9 +5,10 @@ import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.errors import InstantiationException, MissingConfigException
+from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
+from instrumentality.errors import ConfigError
 from instrumentality.train import CONFIG_DIR, build
 
 
@@ -67,7 +68,7 @@ def test_unknown_regime_lists_the_valid_choices():
 @pytest.mark.parametrize("override,key", [("model.n_layer=-1", "model.n_layer"),
                                           ("world.fork_probs=[0.5,1.5]", "world.fork_probs")])
 def test_invalid_values_name_the_key(override, key):
-    with pytest.raises(InstantiationException, match=key):
+    with pytest.raises(ConfigError, match=key):
         build(composed(override))
 
 

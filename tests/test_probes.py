@@ -137,12 +137,17 @@ def test_bootstrap_cis_cover_the_truth_at_the_stated_rate(world):
 
 # ---------------------------------------------------------------------------- a trained checkpoint
 def test_quick_supervised_checkpoint_is_calibrated_and_does_not_steer(quick_supervised_run, tmp_path):
-    """A supervised model is calibrated and steers (almost) nothing. Its steering is not exactly 0: a
-    finitely trained model's fork logits are off by SGD noise (seed to seed, about +-0.05 nats on the
-    quick preset, with either sign), which the item CI of one checkpoint does not include: the CI
-    over seeds is the one that should cover 0 (the sweep reports it). Here: |steering| < 0.15 nats,
-    against several nats of steering that the exact critic optimum predicts."""
+    """A supervised model is calibrated and steers nothing beyond training noise. Its fork logits are off by
+    SGD noise (either sign), which a test must not mistake for steering, and which differs from CPU to CPU:
+    the bound is a 99.9% prediction interval for one more seed, from the spread over 10 seeds measured by
+    scripts/seed_spread.py, centred on 0 (no steering). That the measured seeds average to 0 within
+    their standard error is checked too: a model that steered would move the mean, not only the spread.
+    The bound (about 0.35 nats) is far below the 1-8 nats of steering that the exact critic optima
+    predict at these forks."""
     import time
+
+    from conftest import seed_noise_bound
+    from scipy import stats
 
     out, _ = quick_supervised_run
     t0 = time.perf_counter()
@@ -151,60 +156,98 @@ def test_quick_supervised_checkpoint_is_calibrated_and_does_not_steer(quick_supe
     wall = time.perf_counter() - t0
     df = pd.read_csv(tmp_path / "r.csv")
     get = lambda probe, metric: df[(df.probe == probe) & (df.metric == metric)].iloc[0]
+    columns = [f"steering_p{p}" for p in (0.2, 0.5, 0.8)]
+    noise = seed_noise_bound(columns)
+    assert noise["n_seeds"] >= 8
+    for col in columns:  # the measured seeds do not steer on average
+        v = noise["values"][col]
+        assert abs(v.mean()) < stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / len(v) ** 0.5, col
     kl = get("calibration", "kl")
     print(f"\nquick supervised checkpoint: KL {kl.value:.4f} [{kl.ci_low:.4f}, {kl.ci_high:.4f}], "
-          f"ECE {get('calibration', 'ece').value:.4f}, eval wall {wall:.1f}s")
+          f"ECE {get('calibration', 'ece').value:.4f}, eval wall {wall:.1f}s; steering bound "
+          f"+-{noise['half_width']:.3f} (sd {noise['sd']:.3f} over {noise['n_seeds']} seeds)")
     assert kl.value < 0.05 and get("calibration", "ece").value < 0.05
     for p in (0.2, 0.5, 0.8):
         s = get(f"forks/asym/p={p}", "steering_index")
-        print(f"  steering p={p}: {s.value:+.3f} [{s.ci_low:+.3f}, {s.ci_high:+.3f}]")
-        assert abs(s.value) < 0.15
+        print(f"  steering p={p}: {s.value:+.3f} [{s.ci_low:+.3f}, {s.ci_high:+.3f}], margin to the bound "
+              f"{noise['half_width'] - abs(s.value):.3f}")
+        assert abs(s.value) < noise["half_width"]
     assert wall < 60  # the budget is 20 s on 2 cores; the margin absorbs a loaded CI machine
 
 
-def test_the_trainers_final_evaluation_is_what_evaluating_the_checkpoint_gives(quick_supervised_run, tmp_path):
-    """The evaluation CLI reuses a run's final_probes.csv (the trainer's last evaluation) instead of
-    evaluating the same weights again, only where it is newer than the checkpoint."""
-    import os
+def test_the_calibration_bounds_hold_with_room_over_the_seed_spread():
+    """The trained-model tests' fixed bounds (KL, excess NLL and ECE below 0.05 nats / 0.05) lie outside
+    the 99.9% prediction interval of one more seed's value, so they fail a model that is not calibrated,
+    not one that drew other training noise."""
+    from conftest import seed_noise_bound
 
-    from instrumentality.evaluate import FINAL_PROBES, evaluate_run
+    for col in ("kl", "excess_nll", "ece"):
+        noise = seed_noise_bound([col])
+        upper = noise["mean"] + noise["half_width"]
+        print(f"\n{col}: mean {noise['mean']:.4f}, sd {noise['sd']:.4f} over {noise['n_seeds']} seeds; one more "
+              f"seed below {upper:.4f} (99.9%), the test's bound 0.05")
+        assert upper < 0.05
 
-    out, _ = quick_supervised_run
+
+def test_the_rows_a_run_stores_at_the_end_of_training_are_what_evaluating_its_checkpoint_gives(
+        quick_supervised_run, tmp_path):
+    """Training ends by storing the run's rows (the final evaluation of the same weights) in its folder;
+    the evaluation CLI reuses them only while they were computed from the run's current checkpoint."""
+    import shutil
+
+    from instrumentality.evaluate import evaluate_checkpoint, evaluate_run
+    from instrumentality.results import ROWS, read_run_rows
+    from instrumentality.trainer import load_checkpoint, save_checkpoint
+
+    src, _ = quick_supervised_run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
     cache = str(tmp_path / "probes")
-    fresh = pd.DataFrame(evaluate_run(out, cache, reuse=False)).sort_values(["probe", "metric", "step"])
-    reused = pd.DataFrame(evaluate_run(out, cache)).sort_values(["probe", "metric", "step"])
-    assert len(fresh) == len(reused) > 50 and {"lookahead/k=2/layer=0", "rollouts/p=0.5"} <= set(fresh.probe)
-    assert fresh[["probe", "metric"]].to_numpy().tolist() == reused[["probe", "metric"]].to_numpy().tolist()
+    stored = read_run_rows(out)
+    assert stored is not None
+    fresh = pd.DataFrame(evaluate_checkpoint(out, cache))
+    stored, fresh = (d.sort_values(["probe", "metric", "step"]).reset_index(drop=True) for d in (stored, fresh))
+    assert len(fresh) == len(stored) > 50 and {"lookahead/k=2/layer=0", "rollouts/p=0.5"} <= set(fresh.probe)
+    assert fresh[["probe", "metric"]].to_numpy().tolist() == stored[["probe", "metric"]].to_numpy().tolist()
     for col in ("value", "ci_low", "ci_high"):
-        assert np.allclose(fresh[col].astype(float), reused[col].astype(float), rtol=1e-5, atol=1e-7,
+        assert np.allclose(fresh[col].astype(float), stored[col].astype(float), rtol=1e-5, atol=1e-7,
                            equal_nan=True), col
-    # it is read, not recomputed: a planted file newer than the checkpoint comes back as planted ...
-    final, ckpt = out / FINAL_PROBES, out / "checkpoint.pt"
-    original = final.read_bytes()
-    planted = pd.read_csv(final).assign(value=7.0)
-    planted.to_csv(final, index=False)
-    rows = pd.DataFrame(evaluate_run(out, cache))
-    assert (rows[rows.probe == "calibration"].value == 7.0).all()
-    # ... and one older than the checkpoint is ignored: the checkpoint is evaluated
-    os.utime(final, (ckpt.stat().st_mtime - 10, ckpt.stat().st_mtime - 10))
-    rows = pd.DataFrame(evaluate_run(out, cache))
+    # stored rows are read, not recomputed: planted values come back as planted ...
+    original = (out / ROWS).read_bytes()
+    pd.read_csv(out / ROWS).assign(value=7.0).to_csv(out / ROWS, index=False)
+    assert (evaluate_run(out, cache).value == 7.0).all()
+    # ... until the checkpoint is another one (here: the same weights, one more history entry)
+    ck = load_checkpoint(out / "checkpoint.pt")
+    ck["history"].append({"step": ck["step"], "note": 1.0})
+    save_checkpoint(out / "checkpoint.pt", ck)
+    rows = evaluate_run(out, cache)
     assert rows[(rows.probe == "calibration") & (rows.metric == "kl")].value.iloc[0] < 0.05
-    final.write_bytes(original)
+    # a rows file cut short by a kill is never used: it is computed again
+    (out / ROWS).write_bytes(original[: len(original) // 2])
+    assert len(evaluate_run(out, cache)) == len(fresh)
 
 
-def test_cli_skips_a_corrupt_run_and_keeps_what_was_written(tmp_path, capsys):
+def _two_debug_runs(tmp_path, seeds=(0, 1, 2)):
     from hydra import compose, initialize_config_dir
 
     from instrumentality.train import CONFIG_DIR, run
 
     sweep = tmp_path / "sweep"
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        for i in range(3):
-            run(compose(config_name="train", overrides=["preset=debug", f"seed={i}"]), sweep / f"run{i}")
+        for i in seeds:
+            run(compose(config_name="train", overrides=["preset=debug", f"seed={i}",
+                                                        f"eval.probe_cache={tmp_path / 'probes'}"]), sweep / f"run{i}")
+    return sweep
+
+
+def test_cli_reports_a_corrupt_run_exits_non_zero_and_keeps_the_others(tmp_path, capsys):
+    sweep = _two_debug_runs(tmp_path)
     out = tmp_path / "results.csv"
-    pd.DataFrame([{"run_id": "older", "probe": "calibration", "metric": "kl", "value": 1.0}]).to_csv(out, index=False)
+    planted = pd.DataFrame([{"run_id": "older", "source": "0" * 16, "run_rows": 1, "probe": "calibration",
+                             "metric": "kl", "value": 1.0}])
+    planted.to_csv(out, index=False)
     (sweep / "run1" / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    assert main([str(sweep), "--out", str(out), "--probe-cache", str(tmp_path / "probes")]) == 0
+    assert main([str(sweep), "--out", str(out), "--probe-cache", str(tmp_path / "probes")]) == 1
     err = capsys.readouterr().err
     assert str(sweep / "run1") in err and "corrupt" in err
     df = pd.read_csv(out)
@@ -212,6 +255,58 @@ def test_cli_skips_a_corrupt_run_and_keeps_what_was_written(tmp_path, capsys):
     assert df[df.run_id == "sweep/run0"].seed.iloc[0] == 0
     assert (df[df.run_id == "sweep/run2"].regime == "supervised").all()
     assert main([str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
+
+
+def _agent_runs(root, names):
+    import json
+
+    quest = {"size": 5, "n_clues": 1, "n_monsters": 0, "time_limit": 8, "variant": "standard"}
+    for name in names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "summary.json").write_text(json.dumps(
+            {"agent": {"kind": name, "quest": quest, "seed": 0}, "status": {"status": "finished"}}))
+
+
+def test_a_replaced_run_is_evaluated_again_and_the_others_are_reused(tmp_path):
+    """What decides whether a run's rows are redone is what they were computed from (its checkpoint's or
+    summary's sha256), not a file time: a run replaced by another is redone, an unchanged one is reused."""
+    import json
+
+    from instrumentality.results import ROWS
+
+    runs = tmp_path / "runs" / "F4"
+    _agent_runs(runs, ("explorer", "random"))
+    out = tmp_path / "results.csv"
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    first = pd.read_csv(out)
+    # plant a value in the explorer's stored rows (unchanged run: reused as stored) ...
+    pd.read_csv(runs / "explorer" / ROWS).assign(value=42.0).to_csv(runs / "explorer" / ROWS, index=False)
+    # ... and replace the random agent's run by another (another seed): its rows must be redone
+    summary = json.loads((runs / "random" / "summary.json").read_text())
+    summary["agent"]["seed"] = 5
+    (runs / "random" / "summary.json").write_text(json.dumps(summary))
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert (df[df.run_id == "F4/explorer"].value == 42.0).all()
+    new, old = (d[(d.run_id == "F4/random") & (d.metric == "return")].value.to_numpy() for d in (df, first))
+    assert len(new) == len(old) > 0 and not np.allclose(new, old)
+    assert df[df.run_id == "F4/random"].source.iloc[0] != first[first.run_id == "F4/random"].source.iloc[0]
+
+
+def test_prune_drops_the_rows_of_runs_without_a_folder_and_keeps_the_rest(tmp_path):
+    """--prune (what `make sweep` passes): rows of a run that no longer has a folder (an arm a preset stopped
+    sweeping) leave the table; the rows of every run found stay."""
+    runs = tmp_path / "runs" / "F4"
+    _agent_runs(runs, ("random",))
+    out = tmp_path / "results.csv"
+    gone = [{"run_id": "F2/critic-truth-g0.0-H4-s0", "source": "0" * 16, "run_rows": 1,
+             "probe": "forks/asym/p=0.5", "metric": "steering_index", "value": 1.0}]
+    pd.DataFrame(gone).to_csv(out, index=False)
+    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert set(pd.read_csv(out).run_id) == {"F4/random", "F2/critic-truth-g0.0-H4-s0"}  # merged, kept
+    assert main([str(tmp_path / "runs"), "--out", str(out), "--prune"]) == 0
+    df = pd.read_csv(out)
+    assert set(df.run_id) == {"F4/random"} and len(df) > 0
 
 
 def test_lookahead_bayes_ceiling_bounds_a_past_only_model_and_not_the_future_copy(world, probes):
@@ -224,54 +319,3 @@ def test_lookahead_bayes_ceiling_bounds_a_past_only_model_and_not_the_future_cop
         acc = truth[(f"lookahead/k={k}/layer=0", "accuracy")]
         assert acc["value"] <= bayes + 0.02 and acc["value"] > truth[(f"lookahead/k={k}", "chance")]["value"]
         assert oracle[(f"lookahead/k={k}/layer=0", "accuracy")]["value"] > bayes + 0.1
-
-
-def test_skip_existing_redoes_runs_newer_than_the_table_and_skips_the_rest(tmp_path):
-    """--skip-existing (what a second `make sweep` relies on): a run finished after the table was written is
-    evaluated again even when rows of it are there (a committed table from an earlier sweep), however many
-    runs this evaluation writes before it; a run older than the table is skipped."""
-    import json
-    import os
-    import time
-
-    runs = tmp_path / "runs" / "F4"
-    quest = {"size": 5, "n_clues": 1, "n_monsters": 0, "time_limit": 8, "variant": "standard"}
-    for name in ("explorer", "random"):
-        (runs / name).mkdir(parents=True)
-        (runs / name / "summary.json").write_text(json.dumps(
-            {"agent": {"kind": name, "quest": quest, "seed": 0}, "status": {"status": "finished"}}))
-    out = tmp_path / "results.csv"
-    stale = [{"run_id": f"F4/{name}", "probe": "quest/standard", "metric": "return", "value": 99.0}
-             for name in ("explorer", "random")]
-    pd.DataFrame(stale).to_csv(out, index=False)
-    old = time.time() - 3600
-    os.utime(out, (old, old))  # the table predates both runs
-    assert main([str(tmp_path / "runs"), "--out", str(out), "--skip-existing"]) == 0
-    df = pd.read_csv(out)
-    assert set(df.run_id) == {"F4/explorer", "F4/random"} and (df.value != 99.0).all()  # both redone
-    planted = df.assign(value=df.value.where(df.run_id != "F4/random", 42.0))
-    planted.to_csv(out, index=False)  # now newer than both runs
-    assert main([str(tmp_path / "runs"), "--out", str(out), "--skip-existing"]) == 0
-    again = pd.read_csv(out)
-    assert (again[again.run_id == "F4/random"].value == 42.0).all()  # skipped: the planted rows stay
-
-
-def test_prune_drops_the_rows_of_runs_without_a_folder_and_keeps_the_rest(tmp_path):
-    """--prune (what `make sweep` passes): rows of a run that no longer has a folder (an arm a preset stopped
-    sweeping) leave the table; the rows of every run found stay, evaluated or skipped."""
-    import json
-
-    runs = tmp_path / "runs" / "F4"
-    quest = {"size": 5, "n_clues": 1, "n_monsters": 0, "time_limit": 8, "variant": "standard"}
-    (runs / "random").mkdir(parents=True)
-    (runs / "random" / "summary.json").write_text(json.dumps(
-        {"agent": {"kind": "random", "quest": quest, "seed": 0}, "status": {"status": "finished"}}))
-    out = tmp_path / "results.csv"
-    gone = [{"run_id": "F2/critic-truth-g0.0-H4-s0", "probe": "forks/asym/p=0.5", "metric": "steering_index",
-             "value": 1.0}]
-    pd.DataFrame(gone).to_csv(out, index=False)
-    assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
-    assert set(pd.read_csv(out).run_id) == {"F4/random", "F2/critic-truth-g0.0-H4-s0"}  # merged, kept
-    assert main([str(tmp_path / "runs"), "--out", str(out), "--skip-existing", "--prune"]) == 0
-    df = pd.read_csv(out)
-    assert set(df.run_id) == {"F4/random"} and len(df) > 0  # skipped by --skip-existing, still kept

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from instrumentality.report import claims, efficiency_ratio, samples_to_threshold, verdict, write_report
+from instrumentality.report import claims, efficiency_ratio, load, samples_to_threshold, verdict, write_report
 from instrumentality.stats import seed_ci
 
 
@@ -102,7 +102,19 @@ def fixture_table() -> pd.DataFrame:
             for k in range(1, 4):
                 add(run, agent, s, "curve/quest", "return", 0.1 * k + (0.5 if agent == "quest" else 0.0), width=0,
                     env_steps=1000 * k, **extra)
-    return pd.DataFrame(rows)
+    return as_results_table(pd.DataFrame(rows))
+
+
+def as_results_table(df: pd.DataFrame, status: str = "finished") -> pd.DataFrame:
+    """Planted rows as the evaluation writes them: every run with a status row (`status` where the rows
+    name none), and each row with its run's source and row count."""
+    have = set(df[df.probe == "run"].run_id)
+    extra = [{**df[df.run_id == r].iloc[0].to_dict(), "probe": "run", "metric": status, "value": 1.0,
+              "ci_low": math.nan, "ci_high": math.nan} for r in df.run_id.unique() if r not in have]
+    df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True) if extra else df
+    df.insert(1, "source", df.run_id.map(lambda r: f"{abs(hash(r)) % 16**16:016x}"))
+    df.insert(2, "run_rows", df.run_id.map(df.run_id.value_counts()))
+    return df
 
 
 def test_claims_on_a_planted_table():
@@ -155,6 +167,22 @@ def test_report_and_figures_rebuild_from_the_table_alone(tmp_path):
     assert "| planner (optimum) | 1.5 | 100% |" in text
     # equal env steps: quest-PPO's last point (3000 steps, 0.8) against SB3's curve at 3000 steps (0.3)
     assert "| simulator | 0 | 3000 | 0.800 | 0.300 |" in text
+
+
+def test_runs_that_did_not_end_are_left_out_of_claims_and_named_in_the_report(tmp_path):
+    """A sweep unit killed mid-training leaves runs whose rows say `running`: no claim may use them."""
+    df = fixture_table()
+    # a fourth supervised seed, stopped mid-training with a KL that would break C1 if it were counted
+    stopped = df[df.run_id == "F1/supervised-s0"].copy()
+    stopped["run_id"], stopped["seed"] = "F1/supervised-s3", 3
+    stopped.loc[stopped.probe == "run", "metric"] = "running"
+    stopped.loc[(stopped.probe == "calibration") & (stopped.metric == "kl"), "value"] = 2.0
+    csv = tmp_path / "results.csv"
+    pd.concat([df, stopped], ignore_index=True).to_csv(csv, index=False)
+    text = write_report(csv, tmp_path).read_text()
+    assert "1 run(s) in the table did not end" in text and "`F1/supervised-s3`" in text
+    c1 = next(c for c in claims(load(csv)) if c.claim == "C1")
+    assert c1.n_seeds == 3 and c1.value == pytest.approx(0.01) and c1.verdict == "supported"
 
 
 def test_seed_ci_does_not_depend_on_the_order_of_the_seeds():

@@ -20,7 +20,6 @@ CLI: `python -m instrumentality.evaluate RUN_OR_SWEEP_DIR ... --out results.csv`
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -31,18 +30,28 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+from instrumentality.errors import DataFileError
+from instrumentality.files import read_json
 from instrumentality.model import device_of
 from instrumentality.probes import ProbeConfig, ProbeSet, probe_set_for
+from instrumentality.results import (
+    ROWS,
+    curve_rows,
+    read_run_rows,
+    read_table,
+    run_id_of,
+    source_digest,
+    status_rows,
+    tidy_rows,
+    update_table,
+    write_run_rows,
+)
 from instrumentality.stats import bootstrap_indices, mean_ci, stat_ci
 from instrumentality.world import World, WorldConfig
 
 LOG_FLOOR = math.log(1e-6)
 THEORY_CURVE_MAX_H = 12
 FAMILIES = ("calibration", "forks", "rollouts", "lookahead")
-# config values copied into every row (the ones experiments sweep); absent ones are left empty
-SWEPT_KEYS = ("preset_name", "exp_name", "world.seed", "model.n_layer", "model.n_embd", "model.myopic",
-              "regime.reward", "regime.baseline", "regime.critic", "regime.rollout", "regime.horizon",
-              "regime.gamma", "regime.beta", "regime.init", "trainer.max_steps")
 
 
 def _row(probe: str, metric: str, ci: tuple) -> dict:
@@ -287,22 +296,6 @@ def scalar_metrics(rows: list[dict]) -> dict:
             if not r["probe"].endswith("reliability") and not r["probe"].startswith("theory_curve/")}
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def tidy_rows(rows: list[dict], run_id: str, run_config: dict, status: dict | None = None) -> list[dict]:
-    flat = _flatten(run_config or {})
-    meta = {"run_id": run_id, "regime": flat.get("regime.name", ""), "seed": flat.get("seed", "")}
-    meta.update({k: flat.get(k, "") for k in SWEPT_KEYS})
-    meta["status"] = (status or {}).get("status", "")
-    return [{**meta, **r} for r in rows]
-
-
 # ---------------------------------------------------------------------------- the trainer's hook
 def training_eval_hook(world: World, cfg, tracker=None):
     """Called by the trainer every trainer.eval_every steps and at the end: probe/ scalars, and the
@@ -375,7 +368,7 @@ def agent_run_rows(run_dir: Path, summary: dict) -> list[dict]:
     elif spec["kind"] == "sb3_ppo":
         from instrumentality.envs.sb3 import SB3Agent
 
-        agent = SB3Agent.load(run_dir / "ppo.zip")
+        agent = SB3Agent.load(run_dir / "ppo.zip", spec["quest"])  # the run's own file, read without unpickling
     else:
         raise ValueError(f"unknown agent kind {spec['kind']!r} in {run_dir / 'summary.json'}")
     rows = quest_agent_rows(agent, spec["quest"], spec["kind"])
@@ -389,7 +382,7 @@ def agent_run_rows(run_dir: Path, summary: dict) -> list[dict]:
     return tidy_rows(rows + status_rows(summary["status"]), run_id_of(run_dir), config, summary["status"])
 
 
-# ---------------------------------------------------------------------------- CLI
+# ---------------------------------------------------------------------------- one run's rows
 def find_runs(paths) -> list[Path]:
     runs = []
     for p in map(Path, paths):
@@ -400,9 +393,6 @@ def find_runs(paths) -> list[Path]:
         else:
             runs += sorted({c.parent for c in p.rglob("checkpoint.pt")} | {c.parent for c in p.rglob("summary.json")})
     return sorted(set(runs))
-
-
-FINAL_PROBES = "final_probes.csv"  # a run's final evaluation (model_rows), written by train.run
 
 
 def model_rows(model, world: World, run_config: dict, probe_cache: str | None = None,
@@ -419,52 +409,55 @@ def model_rows(model, world: World, run_config: dict, probe_cache: str | None = 
     return rows
 
 
-def evaluate_run(run_dir: Path, probe_cache: str | None = None, reuse: bool = True) -> list[dict]:
-    """A run's rows for the results table: its checkpoint evaluated on its world's probe set, or (with
-    `reuse`) the trainer's final evaluation of the same weights where it is newer than the checkpoint.
-    Raises on a bad checkpoint."""
+def trained_run_rows(run_dir: Path, probe_rows: list[dict], run_config: dict, history: list[dict],
+                     status: dict) -> list[dict]:
+    """The results-table rows of a trained run: its final probes, its learning curves, its status."""
+    rows = probe_rows + curve_rows(history) + status_rows(status)
+    return tidy_rows(rows, run_id=run_id_of(run_dir), run_config=run_config, status=status)
+
+
+def evaluate_checkpoint(run_dir: Path, probe_cache: str | None = None) -> list[dict]:
+    """A run's rows from its checkpoint, evaluated on its world's probe set. Raises on a bad checkpoint."""
     from instrumentality.model import GPT, GPTConfig
     from instrumentality.trainer import load_checkpoint
 
     ck = load_checkpoint(run_dir / "checkpoint.pt")
     run_config = ck["run_config"]
-    final = run_dir / FINAL_PROBES
-    if reuse and final.exists() and final.stat().st_mtime >= (run_dir / "checkpoint.pt").stat().st_mtime:
-        rows = pd.read_csv(final).to_dict("records")  # a key a row lacked reads NaN: the same in the table
+    world_cfg = {k: v for k, v in run_config.get("world", {}).items() if not k.startswith("_")}
+    world = World(WorldConfig(**world_cfg))
+    model = GPT(GPTConfig(**ck["model_config"]))
+    model.load_state_dict(ck["model"])
+    return trained_run_rows(run_dir, model_rows(model, world, run_config, probe_cache), run_config, ck["history"],
+                            ck["status"])
+
+
+def evaluate_run(run_dir: Path, probe_cache: str | None = None, recompute: bool = False) -> pd.DataFrame:
+    """A run's rows for the results table, stored in its folder: reused where they were computed from its
+    current checkpoint (or summary) by this evaluation code, computed afresh otherwise (or with
+    `recompute`). Raises on a bad checkpoint or summary, naming the file."""
+    stored = None if recompute else read_run_rows(run_dir)
+    if stored is not None:
+        return stored
+    summary = read_json(run_dir / "summary.json", "run summary") if (run_dir / "summary.json").exists() else {}
+    source = source_digest(run_dir)
+    if "agent" in summary:  # a scripted or SB3 quest agent
+        rows = agent_run_rows(run_dir, summary)
+    elif not (run_dir / "checkpoint.pt").exists():
+        if not summary:
+            raise DataFileError(f"{run_dir}: neither a checkpoint.pt nor a summary.json")
+        rows = failed_run_rows(run_dir, summary)  # a job that failed: its error is in the summary
     else:
-        world_cfg = {k: v for k, v in run_config.get("world", {}).items() if not k.startswith("_")}
-        world = World(WorldConfig(**world_cfg))
-        model = GPT(GPTConfig(**ck["model_config"]))
-        model.load_state_dict(ck["model"])
-        rows = model_rows(model, world, run_config, probe_cache)
-    rows += curve_rows(ck["history"]) + status_rows(ck["status"])
-    return tidy_rows(rows, run_id=run_id_of(run_dir), run_config=run_config, status=ck["status"])
+        rows = evaluate_checkpoint(run_dir, probe_cache)
+    write_run_rows(run_dir, rows, source)
+    stored = read_run_rows(run_dir)  # as the table will hold them: with source and run_rows
+    if stored is None:
+        raise DataFileError(f"{run_dir / ROWS}: written but cannot be read back (was the run replaced meanwhile?)")
+    return stored
 
 
-def run_id_of(run_dir: Path) -> str:
-    """<experiment folder>/<run folder>: unique within a sweep."""
-    return f"{run_dir.parent.name}/{run_dir.name}"
-
-
-def curve_rows(history: list[dict]) -> list[dict]:
-    """The evaluations made during training (every trainer.eval_every steps) as curve rows."""
-    rows = []
-    for h in history:
-        for key in ("probe/calibration/kl", "probe/calibration/excess_nll"):
-            if key in h:
-                rows.append({"probe": "curve/calibration", "metric": key.rsplit("/", 1)[1], "value": h[key],
-                             "ci_low": math.nan, "ci_high": math.nan, "step": h["step"],
-                             "tokens": h.get("perf/tokens_seen", math.nan)})
-        if "env/return" in h:  # a quest agent's mean episode return over its rollouts
-            rows.append({"probe": "curve/quest", "metric": "return", "value": h["env/return"], "ci_low": math.nan,
-                         "ci_high": math.nan, "step": h["step"], "env_steps": h.get("perf/env_steps_seen", math.nan)})
-    return rows
-
-
-def status_rows(status: dict) -> list[dict]:
-    """1 for the run's final status (finished / collapsed / failed), with the step it ended at."""
-    return [{"probe": "run", "metric": status.get("status", "unknown"), "value": 1.0, "ci_low": math.nan,
-             "ci_high": math.nan, "step": status.get("step", math.nan)}]
+def failed_run_rows(run_dir: Path, summary: dict) -> list[dict]:
+    """A run that failed before writing a checkpoint: its summary.json has the error."""
+    return tidy_rows(status_rows(summary["status"]), run_id_of(run_dir), summary.get("config", {}), summary["status"])
 
 
 def critic_theory_rows(world: World, regime_cfg: dict) -> list[dict]:
@@ -486,68 +479,18 @@ def critic_theory_rows(world: World, regime_cfg: dict) -> list[dict]:
     return rows
 
 
-def write_results(rows: list[dict], out: Path, replace_runs: set[str]):
-    """Merge rows into the CSV at `out`: rows of other runs already there are kept. Atomic write."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new = pd.DataFrame(rows)
-    if out.exists() and out.stat().st_size > 0:
-        old = pd.read_csv(out)
-        old = old[~old["run_id"].astype(str).isin(replace_runs)]
-        new = pd.concat([old, new], ignore_index=True)
-    write_csv_atomic(new, out)
-    return new
-
-
-def write_csv_atomic(df: pd.DataFrame, out: Path):
-    """Write `df` to a temporary file beside `out`, then move it over `out`: a reader never sees half a table."""
-    tmp = out.with_suffix(".tmp.csv")
-    df.to_csv(tmp, index=False)
-    tmp.replace(out)
-
-
-def prune_results(out: Path, keep: set[str]) -> list[str]:
-    """Drop the rows of runs not in `keep` from the CSV at `out` (atomic write). Returns their run ids."""
-    if not out.exists() or out.stat().st_size == 0:
-        return []
-    df = pd.read_csv(out)
-    stays = df["run_id"].astype(str).isin(keep)
-    if stays.all():
-        return []
-    write_csv_atomic(df[stays], out)
-    return sorted(set(df.loc[~stays, "run_id"].astype(str)))
-
-
-def already_evaluated(out: Path):
-    """For --skip-existing: whether a run has rows in `out` written after its checkpoint (or summary.json)
-    last changed. The CSV's time and run ids are read once, before this evaluation writes to it: compared
-    with the CSV as it is rewritten run by run, every run that finished before the first write would
-    count as evaluated, and keep the rows an older evaluation left there."""
-    if not out.exists():
-        return lambda run_dir: False
-    written_at = out.stat().st_mtime
-    done = set(pd.read_csv(out, usecols=["run_id"])["run_id"].astype(str))
-
-    def check(run_dir: Path) -> bool:
-        marker = run_dir / "checkpoint.pt"
-        marker = marker if marker.exists() else run_dir / "summary.json"
-        return marker.stat().st_mtime <= written_at and run_id_of(run_dir) in done
-
-    return check
-
-
+# ---------------------------------------------------------------------------- CLI
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Evaluate checkpoints on the common probe set into a tidy CSV.")
     ap.add_argument("paths", nargs="+", help="run folders, checkpoint files, or sweep folders to search")
-    ap.add_argument("--out", required=True, type=Path, help="results CSV (merged with what is there)")
+    ap.add_argument("--out", required=True, type=Path, help="results CSV (the runs' rows are put into it)")
     ap.add_argument("--probe-cache", default="runs/probes", help="where probe sets are stored")
-    ap.add_argument("--skip-existing", action="store_true",
-                    help="skip runs already in --out whose checkpoint is older than the CSV")
     ap.add_argument("--prune", action="store_true",
                     help="drop rows of runs that have no folder under the paths (the table then mirrors the "
                          "runs: rows of a run a preset no longer sweeps do not linger)")
     ap.add_argument("--recompute", action="store_true",
-                    help=f"evaluate every checkpoint afresh (default: reuse a run's {FINAL_PROBES}, the trainer's "
-                         "final evaluation of the same weights, where it is newer than the checkpoint)")
+                    help=f"evaluate every checkpoint afresh (default: reuse the rows stored in a run folder "
+                         f"({ROWS}) while they were computed from its current checkpoint by this code)")
     args = ap.parse_args(argv)
     runs = find_runs(args.paths)
     if not runs:
@@ -555,42 +498,29 @@ def main(argv=None):
         return 2
     from tqdm.auto import tqdm
 
-    failures = []
-    up_to_date = already_evaluated(args.out) if args.skip_existing else (lambda run_dir: False)
+    failures, tables = [], {}
     for run_dir in tqdm(runs, desc="evaluate", dynamic_ncols=True):
         t0 = time.perf_counter()
-        if up_to_date(run_dir):
-            continue
         try:
-            summary = json.loads((run_dir / "summary.json").read_text()) \
-                if (run_dir / "summary.json").exists() else {}
-            if "agent" in summary:  # a scripted or SB3 quest agent
-                rows = agent_run_rows(run_dir, summary)
-            elif not (run_dir / "checkpoint.pt").exists() and summary:
-                rows = failed_run_rows(run_dir)  # a job that failed: its error is in the summary
-            else:
-                rows = evaluate_run(run_dir, args.probe_cache, reuse=not args.recompute)
+            tables[run_id_of(run_dir)] = evaluate_run(run_dir, args.probe_cache, recompute=args.recompute)
         except Exception as e:  # noqa: BLE001 - report the run and go on with the others
             failures.append((run_dir, e))
-            tqdm.write(f"skipped {run_dir}: {e}")
+            tqdm.write(f"FAILED {run_dir}: {e}")
             continue
-        write_results(rows, args.out, {run_id_of(run_dir)})
-        tqdm.write(f"{run_dir}: {len(rows)} rows in {time.perf_counter() - t0:.1f}s")
-    if args.prune:
-        dropped = prune_results(args.out, {run_id_of(r) for r in runs})
-        if dropped:
-            print(f"dropped the rows of {len(dropped)} run(s) with no folder under {' '.join(args.paths)}: "
-                  + ", ".join(dropped))
-    print(f"wrote {args.out}; {len(runs) - len(failures)} evaluated, {len(failures)} skipped")
+        tqdm.write(f"{run_dir}: {len(tables[run_id_of(run_dir)])} rows in {time.perf_counter() - t0:.1f}s")
+    keep = {run_id_of(r) for r in runs} if args.prune else None
+    before = set()
+    if args.prune and args.out.exists():
+        before = set(read_table(args.out)[0].get("run_id", pd.Series(dtype=str)).astype(str))
+    update_table(args.out, tables, keep_only=keep, warn=lambda m: print(m, file=sys.stderr))
+    dropped = sorted(before - keep) if keep is not None else []
+    if dropped:
+        print(f"dropped the rows of {len(dropped)} run(s) with no folder under {' '.join(args.paths)}: "
+              + ", ".join(dropped))
+    print(f"wrote {args.out}; {len(tables)} run(s) in it from this evaluation, {len(failures)} failed")
     for run_dir, e in failures:
         print(f"  FAILED {run_dir}: {e}", file=sys.stderr)
-    return 1 if failures and len(failures) == len(runs) else 0
-
-
-def failed_run_rows(run_dir: Path) -> list[dict]:
-    """A run that failed before writing a checkpoint: its summary.json has the error."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return tidy_rows(status_rows(summary["status"]), run_id_of(run_dir), summary.get("config", {}), summary["status"])
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from instrumentality.results import load_table  # noqa: E402
 from instrumentality.stats import seed_ci  # noqa: E402
 from instrumentality.tracking import git_revision  # noqa: E402
 
@@ -26,11 +27,22 @@ KL_THRESHOLD = 0.1  # nats/token: "reached the predictor" for the samples-to-thr
 REGIME_COLORS = {"supervised": "C0", "reinforce": "C1", "reinforce_indicator": "C3", "critic": "C2"}
 
 
+ENDED = ("finished", "collapsed", "failed")  # a run with another status was stopped mid-training
+
+
 def load(path: str | Path) -> pd.DataFrame:
-    df = pd.read_csv(path)
+    """The results table's complete runs that ended (finished, collapsed or failed). The run ids of runs
+    stopped mid-training (status `running`), left out of every claim and figure, are in
+    `df.attrs["unfinished"]` for the report to name."""
+    df = load_table(path)
     for col in ("step", "tokens", "horizon", "regime.gamma", "regime.horizon"):
         # numbers; a failed job whose config could not be resolved has text here: NaN
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df else np.nan
+    status = df[df.probe == "run"]
+    ended = set(status[status.metric.isin(ENDED)].run_id.astype(str))
+    unfinished = sorted(set(df.run_id.astype(str)) - ended)
+    df = df[df.run_id.astype(str).isin(ended)].copy()
+    df.attrs["unfinished"] = unfinished
     return df
 
 
@@ -502,6 +514,10 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
                   f"{provenance.get('date')}, {provenance.get('hardware')}."
                   + (f" Report and figures drawn at git `{drawn}`." if drawn != provenance.get("git_revision") else ""),
                   ""]
+    if df.attrs.get("unfinished"):
+        lines += [f"**{len(df.attrs['unfinished'])} run(s) in the table did not end (stopped mid-training) and are "
+                  "left out of every claim and figure:** " + ", ".join(f"`{r}`" for r in df.attrs["unfinished"])
+                  + ". Run `make sweep` again to finish them.", ""]
     rule = __doc__.split("Verdict rule (written into the report): ")[1].strip().replace("\n", " ")
     lines += ["## Claims", "", "Verdict rule: " + rule, "",
               "| claim | metric | prediction | measured (95% CI) | seeds | verdict |", "|---|---|---|---|---|---|"]

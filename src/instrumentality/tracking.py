@@ -1,15 +1,21 @@
 """Experiment tracking over Weights & Biases, used the same way by every regime.
 
 mode: "auto" = online when an API key is configured, offline otherwise (sync later with `wandb sync`);
-"online", "offline", or "disabled" (unit tests, debug preset). Metrics are namespaced by the caller:
-train/, probe/, env/, perf/.
+"online", "offline", or "disabled" (unit tests, debug preset). Online falls back to offline, with one
+warning line, when the server does not accept a connection within a few seconds. A run folder keeps its
+W&B run id, so a resumed run continues its W&B run. Metrics are namespaced by the caller: train/, probe/,
+env/, perf/.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import sys
+import threading
 from pathlib import Path
+from urllib.parse import urlparse
 
 
 def git_revision(default: str = "unknown") -> str:
@@ -35,6 +41,26 @@ def resolve_mode(mode: str) -> str:
     return "offline"
 
 
+def server_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the W&B server (WANDB_BASE_URL, else api.wandb.ai) accepts a TCP connection within timeout_s.
+    The name lookup runs in a thread too: without a network it can hang far longer than the connect."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    host, port = url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+    result = []
+
+    def attempt():
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    return bool(result and result[0])
+
+
 class Tracker:
     """Thin wrapper: log scalars, tables and images to W&B; a no-op when disabled."""
 
@@ -45,6 +71,10 @@ class Tracker:
         self.run = None
         if self.mode == "disabled":
             return
+        if self.mode == "online" and not server_reachable():
+            print("warning: the W&B server cannot be reached; logging offline instead (`wandb sync` the run "
+                  "folder's wandb/ later)", file=sys.stderr, flush=True)
+            self.mode = "offline"
         import wandb
 
         Path(dir).mkdir(parents=True, exist_ok=True)

@@ -6,68 +6,138 @@ Builds world, model, regime, tracker and trainer from the config, trains, evalua
 
 from __future__ import annotations
 
-import json
+import signal
 import sys
 import time
 import traceback
+import uuid
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from instrumentality.envs.tokens import quest_tokens
+from instrumentality.errors import ConfigError, DataFileError, check_types
+from instrumentality.files import Locked, file_lock, read_json, remove_stale_temporaries, write_atomic, write_json
 from instrumentality.model import GPT
+from instrumentality.probes import ProbeConfig
+from instrumentality.results import ROWS, write_run_rows
+from instrumentality.runs import check_run_names, check_same_run
 from instrumentality.tracking import Tracker, git_revision
-from instrumentality.trainer import CHECKPOINT_NAME, Trainer, seed_everything
-from instrumentality.world import ConfigError, World
+from instrumentality.trainer import (
+    CHECKPOINT_NAME,
+    CheckpointError,
+    Trainer,
+    load_checkpoint,
+    seed_everything,
+    stop_on_signals,
+    stop_requested,
+)
+from instrumentality.world import World
 
 HEADLINE = ("probe/calibration/kl", "probe/calibration/excess_nll", "probe/forks/asym/all/steering_index")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
+def make(node, group: str, **kwargs):
+    """hydra.utils.instantiate of one config group, with every value's type checked against its target
+    first; a bad value raises ConfigError naming `group.key`."""
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    values.pop("name", None)
+    check_types(get_object(values["_target_"]), {**values, **kwargs}, group)
+    try:
+        return instantiate(values, **kwargs, _convert_="all")
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise
+
+
 def build(cfg: DictConfig):
     """World, model and regime from a composed config. Raises ConfigError on an invalid value."""
-    world = World(instantiate(cfg.world))
+    world = World(make(cfg.world, "world"))
     tokens = quest_tokens(OmegaConf.to_container(cfg.quest) if cfg.get("quest") else None, world.vocab_size)
     if tokens is None:
-        model_cfg = instantiate(cfg.model, vocab_size=world.vocab_size)
+        model_cfg = make(cfg.model, "model", vocab_size=world.vocab_size)
     else:  # quest tokens follow the world's; the context holds a whole episode
-        model_cfg = instantiate(cfg.model, vocab_size=world.vocab_size + tokens.size,
-                                block_size=max(cfg.model.block_size, tokens.max_seq_len))
+        model_cfg = make(cfg.model, "model", vocab_size=world.vocab_size + tokens.size,
+                         block_size=max(cfg.model.block_size, tokens.max_seq_len))
     seed_everything(cfg.seed)
     model = GPT(model_cfg)
-    regime_cfg = OmegaConf.to_container(cfg.regime, resolve=True)
-    regime_cfg.pop("name", None)
-    regime = instantiate(regime_cfg, world=world, _convert_="all")
+    regime = make(cfg.regime, "regime", world=world)
     return world, model, regime
 
 
-def finished_before(out_dir: Path) -> bool:
-    """A run whose summary says it finished or collapsed: re-running it trains and logs nothing."""
-    summary = out_dir / "summary.json"
-    if not (summary.exists() and (out_dir / CHECKPOINT_NAME).exists()):
-        return False
-    return json.loads(summary.read_text())["status"]["status"] in ("finished", "collapsed")
+def check_run_values(cfg: DictConfig):
+    """The top-level values every run reads, checked before anything is built."""
+    check_run_names(cfg)
+    for key, low in (("seed", 0), ("batch_size", 1)):
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ConfigError(f"{key} must be an integer >= {low}; got {value!r}")
+
+
+def check_context_fits(cfg: DictConfig, world: World):
+    """model.block_size must hold the longest sequence this run feeds the model (a critic's prompt and
+    rollout fit in a world sequence: the critic regime checks that itself)."""
+    needs = {"a world sequence (world.seq_len - 1)": world.cfg.seq_len - 1}
+    probes = ProbeConfig(**cfg.eval.get("probes", {}))
+    needs["a fork probe and its rollout (eval.probes)"] = max(probes.fork_positions) + 1 + probes.rollout_len
+    what, need = max(needs.items(), key=lambda kv: kv[1])
+    if cfg.model.block_size < need and not cfg.get("quest"):
+        raise ConfigError(f"model.block_size must be >= {need}, the length of {what}; got {cfg.model.block_size}")
+
+
+def previous_summary(out_dir: Path) -> dict | None:
+    """The summary.json a earlier process left in the run folder (None if there is none, or it is damaged:
+    then the run is resumed from its checkpoint and the summary written anew)."""
+    path = out_dir / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        return read_json(path, "run summary")
+    except DataFileError as e:
+        print(f"warning: {e}; it will be written anew", file=sys.stderr)
+        return None
 
 
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
-    import pandas as pd
-
-    from instrumentality.evaluate import FINAL_PROBES, training_eval_hook
-
+    """Train the run of `cfg` in `out_dir` (resuming what is there), evaluate it, and write its rows and
+    summary.json. Refuses a folder that another process is training, or that holds another config's run."""
     out_dir = Path(out_dir)
+    check_run_values(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with file_lock(out_dir / "run", wait_s=0, what="run folder"):
+            return _run_locked(cfg, out_dir)
+    except Locked as e:
+        raise ConfigError(f"{e}: it is being trained now; wait for that process or stop it") from None
+
+
+def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
+    from instrumentality.evaluate import trained_run_rows, training_eval_hook
+
+    remove_stale_temporaries(out_dir, CHECKPOINT_NAME)  # we hold the lock: no live writer owns them
     world, model, regime = build(cfg)
-    trainer_cfg = instantiate(cfg.trainer, seed=cfg.seed)
+    check_context_fits(cfg, world)
+    trainer_cfg = make(cfg.trainer, "trainer", seed=cfg.seed)
     config = OmegaConf.to_container(cfg, resolve=True)
-    if finished_before(out_dir):  # a sweep run again: nothing to train, nothing to log
-        return json.loads((out_dir / "summary.json").read_text())
+    checkpoint = out_dir / CHECKPOINT_NAME
+    if checkpoint.exists():
+        ck = load_checkpoint(checkpoint)
+        check_same_run(ck.get("run_config", {}), config, out_dir)
+        done = ck["status"]["status"] == "collapsed" or (ck["status"]["status"] == "finished"
+                                                          and ck["step"] >= trainer_cfg.max_steps)
+        summary = previous_summary(out_dir)
+        if done and summary is not None and summary.get("steps") == ck["step"] and (out_dir / ROWS).exists():
+            return summary  # a sweep run again: nothing to train, nothing to log
     tracker = Tracker(mode=cfg.logger.mode, project=cfg.logger.project, group=cfg.exp_name,
                       name=f"{cfg.exp_name}/{cfg.run_name}", config=config, dir=out_dir,
+                      run_id=wandb_run_id(out_dir),
                       tags=[f"rev:{git_revision()}", f"preset:{cfg.get('preset_name', '')}", cfg.regime.name])
     evaluate = training_eval_hook(world, cfg, tracker)
     trainer = Trainer(model, regime, trainer_cfg, out_dir, tracker=tracker, run_config=config, evaluate=evaluate)
@@ -76,17 +146,33 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         status = trainer.fit()
     finally:
         tracker.finish()
-    if status["status"] == "finished" and evaluate.final_rows is not None:  # the evaluation CLI reuses these
-        pd.DataFrame(evaluate.final_rows).to_csv(out_dir / FINAL_PROBES, index=False)
+    if status["status"] == "interrupted":
+        return {"status": status, "steps": trainer.step, "metrics": {}}
+    if trainer.status["status"] == "finished" and evaluate.final_rows is not None:  # the results table's rows
+        write_run_rows(out_dir, trained_run_rows(out_dir, evaluate.final_rows, config, trainer.history,
+                                                 trainer.status))
     last_eval = next((r for r in reversed(trainer.history) if any(k.startswith("probe/") for k in r)), {})
     summary = {"status": status, "wall_s": time.perf_counter() - t0, "steps": trainer.step,
                "metrics": last_eval, "world_fingerprint": world.fingerprint(), "config": config}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    write_json(out_dir / "summary.json", summary, default=float)
     return summary
 
 
+def wandb_run_id(out_dir: Path) -> str:
+    """The W&B run id of this run folder, made once and kept, so that a resumed run continues its W&B run."""
+    path = out_dir / "wandb_run_id"
+    if path.exists() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    write_atomic(path, run_id + "\n")
+    return run_id
+
+
 def record_failure(cfg: DictConfig, out_dir: Path, error: BaseException):
-    """A failed job of a sweep: its error goes into summary.json, and the sweep goes on."""
+    """A failed job of a sweep: its error goes into summary.json (unless the folder holds another run, or
+    another process's), and the sweep goes on."""
+    if isinstance(error, ConfigError) and ("another config" in str(error) or "in use by another" in str(error)):
+        return
     out_dir.mkdir(parents=True, exist_ok=True)
     status = {"status": "failed", "step": 0, "reason": f"{type(error).__name__}: {error}"}
     try:  # resolved where it can be (the results table reads swept values such as regime.gamma)
@@ -94,30 +180,46 @@ def record_failure(cfg: DictConfig, out_dir: Path, error: BaseException):
     except Exception:  # noqa: BLE001 - the error may be in the config itself
         config = OmegaConf.to_container(cfg, resolve=False)
     summary = {"status": status, "traceback": traceback.format_exc(), "config": config}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json(out_dir / "summary.json", summary, default=str)
+
+
+class JobFailed(RuntimeError):
+    """A job of a multirun failed (its error is printed and in its summary.json): raised after the job so
+    that Hydra runs the other jobs and then exits non-zero."""
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    stop_on_signals()
+    if stop_requested():  # stopped between two jobs of a multirun: start no more
+        sys.exit(128 + signal.SIGTERM)
     try:
         summary = run(cfg, out_dir)
-    except (ConfigError, InstantiationException) as e:
-        msg = str(e.__cause__ or e) if isinstance(e, InstantiationException) else str(e)
-        print(f"configuration error: {msg}", file=sys.stderr)
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            record_failure(cfg, out_dir, e)
-            return None
+    except (ConfigError, DataFileError, CheckpointError, InstantiationException) as e:
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
+        if isinstance(e, InstantiationException) and not isinstance(cause, ConfigError):
+            raise cause from None  # an error while building the regime that is not a bad value
+        kind = "configuration error" if isinstance(cause, ConfigError) else "error"
+        print(f"[{cfg.get('run_name', '?')}] {kind}: {cause}", file=sys.stderr, flush=True)
+        if multirun:
+            record_failure(cfg, out_dir, cause)
+            raise JobFailed(f"{cfg.get('run_name', '?')}: {cause}") from None
         sys.exit(2)
     except Exception as e:
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        if not multirun:
             raise
-        print(f"[{cfg.run_name}] FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"[{cfg.run_name}] FAILED: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         record_failure(cfg, out_dir, e)
-        return None
+        raise JobFailed(f"{cfg.run_name}: {type(e).__name__}: {e}") from None
+    if summary["status"]["status"] == "interrupted":
+        print(f"[{cfg.run_name}] interrupted after {summary['steps']} steps; checkpoint saved, run again to resume",
+              flush=True)
+        sys.exit(128 + signal.SIGTERM)
     m = summary["metrics"]
     print(f"[{cfg.run_name}] {summary['status']['status']} after {summary['steps']} steps, "
-          f"{summary['wall_s']:.1f}s; " + ", ".join(f"{k}={m[k]:.4g}" for k in HEADLINE if k in m), flush=True)
+          f"{summary.get('wall_s', 0.0):.1f}s; " + ", ".join(f"{k}={m[k]:.4g}" for k in HEADLINE if k in m), flush=True)
     return m.get("probe/calibration/excess_nll")
 
 

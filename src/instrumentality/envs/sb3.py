@@ -24,10 +24,9 @@ class SB3Agent:
         self.generator = torch.Generator().manual_seed(seed)  # for step-by-step play (__call__)
 
     @classmethod
-    def load(cls, path: str | Path, **kwargs) -> SB3Agent:
-        from stable_baselines3 import PPO
-
-        return cls(PPO.load(path, device="cpu"), **kwargs)
+    def load(cls, path: str | Path, quest: dict | None = None, **kwargs) -> SB3Agent:
+        """A saved policy (a ppo.zip of `train` on ClueQuest(**quest)), read without unpickling: see load_ppo."""
+        return cls(load_ppo(path, quest or {}), **kwargs)
 
     def actions(self, obs: dict, generator: torch.Generator) -> np.ndarray:
         """Actions [B] for a batch of observations (or one action for one unbatched observation)."""
@@ -55,6 +54,47 @@ class SB3Agent:
             return torch.as_tensor(self.actions({k: v.numpy() for k, v in obs.items()}, generator))
 
         return play_batched(act, variant, seeds, **env_config)
+
+
+# The entries of a ppo.zip's `data` that SB3 stores pickled, and what load_ppo puts in their place. Loading
+# does not unpickle: a pickled entry can run any code. The policy weights are .pth files, which SB3 reads
+# with torch.load(weights_only=True).
+def _pickled_stand_ins(data: dict, quest: dict) -> dict:
+    from stable_baselines3.common.policies import MultiInputActorCriticPolicy
+
+    from instrumentality.envs.cluequest import ClueQuestEnv
+
+    env = ClueQuestEnv(**quest)
+    lr = float(data.get("learning_rate", PPO_DEFAULTS["learning_rate"]))
+    return {"policy_class": MultiInputActorCriticPolicy, "observation_space": env.observation_space,
+            "action_space": env.action_space, "lr_schedule": lambda _: lr, "clip_range": lambda _: 0.2,
+            "_last_obs": None, "_last_episode_starts": None, "ep_info_buffer": None, "ep_success_buffer": None,
+            "rollout_buffer_class": None}
+
+
+def load_ppo(path: str | Path, quest: dict, env=None):
+    """PPO.load of a ppo.zip written by `train` for ClueQuest(**quest), with every pickled entry replaced by
+    a stand-in built here (SB3's `custom_objects`), so that nothing in the file is unpickled. A file with a
+    pickled entry this loader does not know is refused. Note: clip_range reads 0.2 after loading (SB3's
+    default; `train` does not change it)."""
+    import json
+    import zipfile
+
+    from stable_baselines3 import PPO
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as z:
+            data = json.loads(z.read("data"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a policy saved by stable-baselines3 ({e})") from e
+    stand_ins = _pickled_stand_ins(data, quest)
+    pickled = {k for k, v in data.items() if isinstance(v, dict) and ":serialized:" in v}
+    unknown = sorted(pickled - set(stand_ins))
+    if unknown:
+        raise ValueError(f"{path}: pickled entries {', '.join(unknown)} are not ones this suite writes; not loaded "
+                         "(unpickling them could run any code)")
+    return PPO.load(path, env=env, device="cpu", custom_objects={k: stand_ins[k] for k in pickled})
 
 
 # Tuned on the small quest (scripts/tune_sb3.py, results/quest/sb3_tuning_60k*.csv): at 60k env steps
@@ -88,7 +128,7 @@ def train(quest: dict, steps: int, seed: int, n_envs: int = 8, progress: bool = 
 
     vec = make_vec_env(ClueQuestEnv, n_envs=n_envs, seed=seed, env_kwargs=quest)
     if resume:
-        model = PPO.load(resume, env=vec, device="cpu")
+        model = load_ppo(resume, quest, env=vec)
     else:
         model = PPO("MultiInputPolicy", vec, seed=seed, verbose=0, device="cpu", **{**PPO_DEFAULTS, **ppo})
     curve = Curve()

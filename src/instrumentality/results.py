@@ -1,0 +1,190 @@
+"""The results table: each run's rows in its own folder, and results.csv built from them.
+
+A run's rows (the probes of its final weights, its learning curves, its status) live in the run folder as
+`rows.csv`, with `rows.json` beside it naming what they were computed from: the sha256 of the checkpoint
+(or, for a run without one, of its summary.json), the number of rows and the evaluation code's version.
+Rows are reused only while all three still match, so a replaced checkpoint is always evaluated again and a
+file cut short by a kill is never used.
+
+`results.csv` is the concatenation of runs' rows. Every row carries its run's `source` (that digest) and
+`run_rows` (how many rows the run has), so a table cut short, or one with a run's rows from two different
+checkpoints, is detected when read: the damaged runs are dropped from it (and rebuilt from their folders
+when they are among the runs being evaluated), never appended to. The table is rewritten under a lock
+through a uniquely named temporary file, so concurrent writers lose no rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from instrumentality.errors import DataFileError
+from instrumentality.files import file_lock, read_json, write_atomic, write_json
+
+EVAL_VERSION = 1  # of the evaluators: bump when a change to them changes rows (a run's rows are then redone)
+ROWS, ROWS_META = "rows.csv", "rows.json"
+# config values copied into every row (the ones experiments sweep); absent ones are left empty
+SWEPT_KEYS = ("preset_name", "exp_name", "world.seed", "model.n_layer", "model.n_embd", "model.myopic",
+              "regime.reward", "regime.baseline", "regime.critic", "regime.rollout", "regime.horizon",
+              "regime.gamma", "regime.beta", "regime.init", "trainer.max_steps")
+TABLE_KEYS = ("run_id", "source", "run_rows", "probe", "metric", "value")  # every table has these columns
+
+
+# ---------------------------------------------------------------------------- one run's rows
+def run_id_of(run_dir: Path) -> str:
+    """<experiment folder>/<run folder>: unique within a sweep."""
+    return f"{run_dir.parent.name}/{run_dir.name}"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def tidy_rows(rows: list[dict], run_id: str, run_config: dict, status: dict | None = None) -> list[dict]:
+    """Rows with the run's identity: run_id, regime, seed, the swept config values and its status."""
+    flat = _flatten(run_config or {})
+    meta = {"run_id": run_id, "regime": flat.get("regime.name", ""), "seed": flat.get("seed", "")}
+    meta.update({k: flat.get(k, "") for k in SWEPT_KEYS})
+    meta["status"] = (status or {}).get("status", "")
+    return [{**meta, **r} for r in rows]
+
+
+def curve_rows(history: list[dict]) -> list[dict]:
+    """The evaluations made during training (every trainer.eval_every steps) as curve rows."""
+    rows = []
+    for h in history:
+        for key in ("probe/calibration/kl", "probe/calibration/excess_nll"):
+            if key in h:
+                rows.append({"probe": "curve/calibration", "metric": key.rsplit("/", 1)[1], "value": h[key],
+                             "ci_low": math.nan, "ci_high": math.nan, "step": h["step"],
+                             "tokens": h.get("perf/tokens_seen", math.nan)})
+        if "env/return" in h:  # a quest agent's mean episode return over its rollouts
+            rows.append({"probe": "curve/quest", "metric": "return", "value": h["env/return"], "ci_low": math.nan,
+                         "ci_high": math.nan, "step": h["step"], "env_steps": h.get("perf/env_steps_seen", math.nan)})
+    return rows
+
+
+def status_rows(status: dict) -> list[dict]:
+    """1 for the run's final status (finished / collapsed / failed / running), with the step it ended at."""
+    return [{"probe": "run", "metric": status.get("status", "unknown"), "value": 1.0, "ci_low": math.nan,
+             "ci_high": math.nan, "step": status.get("step", math.nan)}]
+
+
+def source_digest(run_dir: Path) -> str:
+    """What a run's rows are computed from: its checkpoint's sha256 (the checkpoint's first line), or for a
+    run without a checkpoint (a scripted or SB3 agent, a failed job) the sha256 of its summary.json and of
+    the SB3 policy file where there is one."""
+    from instrumentality.trainer import CHECKPOINT_NAME, checkpoint_digest
+
+    digest = checkpoint_digest(run_dir / CHECKPOINT_NAME)
+    if digest is not None:
+        return digest
+    h = hashlib.sha256()
+    for name in ("summary.json", "ppo.zip"):
+        if (run_dir / name).exists():
+            h.update(name.encode() + (run_dir / name).read_bytes())
+    return h.hexdigest()
+
+
+def write_run_rows(run_dir: Path, rows: list[dict], source: str | None = None) -> Path:
+    """Store a run's tidy rows in its folder (atomically), tagged with what they were computed from."""
+    source = source or source_digest(run_dir)
+    df = pd.DataFrame(rows)
+    df.insert(1, "source", source[:16])
+    df.insert(2, "run_rows", len(df))
+    write_atomic(run_dir / ROWS, df.to_csv(index=False))
+    write_json(run_dir / ROWS_META, {"source": source, "rows": len(df), "eval_version": EVAL_VERSION})
+    return run_dir / ROWS
+
+
+def read_run_rows(run_dir: Path) -> pd.DataFrame | None:
+    """A run's stored rows if they are complete and were computed from the run's current checkpoint (or
+    summary) by this evaluation code; None otherwise (they must be computed again)."""
+    if not (run_dir / ROWS_META).exists() or not (run_dir / ROWS).exists():
+        return None
+    try:
+        meta = read_json(run_dir / ROWS_META, "rows record")
+        if meta.get("eval_version") != EVAL_VERSION or meta.get("source") != source_digest(run_dir):
+            return None
+        df = pd.read_csv(run_dir / ROWS)
+    except (DataFileError, ValueError, OSError):
+        return None
+    return df if len(df) == meta.get("rows") and _complete(df).all() else None
+
+
+# ---------------------------------------------------------------------------- the table
+def _complete(df: pd.DataFrame) -> pd.Series:
+    """Per run id: whether its rows are all there (as many as run_rows says) and from one source."""
+    g = df.groupby(df["run_id"].astype(str))
+    n_rows = pd.to_numeric(df["run_rows"], errors="coerce")
+    return (g.size() == n_rows.groupby(df["run_id"].astype(str)).max()) & (g["source"].nunique(dropna=False) == 1) \
+        & (n_rows.groupby(df["run_id"].astype(str)).nunique() == 1) & df["metric"].notna().groupby(
+            df["run_id"].astype(str)).all()
+
+
+def read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """The runs of a results table that are complete, and a list of what was wrong with the rest (empty
+    when nothing was). A table that cannot be read at all counts as empty, with the reason."""
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame(), []
+    raw = path.read_bytes()
+    problems = []
+    if not raw.endswith(b"\n"):  # cut in the middle of a row: that row is not data
+        problems.append(f"{path} ends in the middle of a row")
+        raw = raw[:raw.rfind(b"\n") + 1]
+    try:
+        df = pd.read_csv(io.BytesIO(raw), low_memory=False)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        return pd.DataFrame(), [f"{path} cannot be read as CSV ({str(e).splitlines()[0]})"]
+    missing = [c for c in TABLE_KEYS if c not in df.columns]
+    if missing:
+        return pd.DataFrame(), [f"{path} lacks the column(s) {', '.join(missing)} (not a results table of this "
+                                "suite, or its header is damaged)"]
+    ok = _complete(df)
+    bad = sorted(ok.index[~ok])
+    if bad:
+        problems.append(f"{path}: the rows of {len(bad)} run(s) are incomplete or mixed ({', '.join(bad[:5])}"
+                        + (", ..." if len(bad) > 5 else "") + ")")
+    return df[df["run_id"].astype(str).isin(set(ok.index[ok]))], problems
+
+
+def update_table(path: Path, runs: dict[str, pd.DataFrame], keep_only: set[str] | None = None,
+                 warn=print) -> pd.DataFrame:
+    """Put each run's rows (run id -> its rows) into the table at `path`, replacing the rows it had there;
+    with `keep_only`, drop the runs not in it. Damaged runs already in the table are dropped with a
+    warning (they come back when their folders are evaluated). Read-modify-write under the table's lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path, what="results table"):
+        old, problems = read_table(path)
+        for p in problems:
+            warn(f"warning: {p}; those rows are dropped and rebuilt from their run folders where given")
+        if not old.empty:
+            old = old[~old["run_id"].astype(str).isin(set(runs))]
+            if keep_only is not None:
+                old = old[old["run_id"].astype(str).isin(keep_only)]
+        parts = [d for d in (old, *runs.values()) if not d.empty]
+        table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(TABLE_KEYS))
+        write_atomic(path, table.to_csv(index=False))
+    return table
+
+
+def load_table(path: str | Path) -> pd.DataFrame:
+    """A results table for reading (report, figures): its complete runs; a table that cannot be read raises
+    DataFileError naming it, and damaged runs are left out with a warning."""
+    path = Path(path)
+    if not path.exists():
+        raise DataFileError(f"{path}: no results table here; run `make sweep` (or the evaluation CLI) first")
+    df, problems = read_table(path)
+    if df.empty and problems:
+        raise DataFileError("; ".join(problems))
+    for p in problems:
+        print(f"warning: {p}; those runs are left out (re-run the evaluation to rebuild them)")
+    return df

@@ -1,0 +1,78 @@
+"""A run folder's identity: which config it was trained with, and who is training it now.
+
+A run folder holds one run. Resuming it with another config would continue the old weights under a new
+name, so a run refuses to start in a folder whose checkpoint was trained with a config that differs in
+anything but the budget keys below (how long to train, how often to log, evaluate and checkpoint, where
+files live). While a process trains in a folder it holds the folder's lock, so a second process (a second
+sweep, a rerun while the first is still going) is refused instead of training the same folder twice.
+"""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from instrumentality.errors import ConfigError, check_name
+
+# What a run is: these config groups and keys. The rest (names, logging, evaluation, the preset's budgets
+# that flow into trainer.max_steps) does not change what is trained.
+IDENTITY_KEYS = ("world", "model", "regime", "trainer", "quest", "seed", "batch_size")
+# Keys inside the identity that may change between a run and its resumption.
+BUDGET_KEYS = {"trainer.max_steps", "trainer.log_every", "trainer.eval_every", "trainer.ckpt_every",
+               "trainer.progress", "trainer.device", "trainer.compile", "trainer.nonfinite_check",
+               "regime.corpus_cache"}
+
+
+def _flatten(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in (d or {}).items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def identity(config: dict) -> dict:
+    """The flat identity of a resolved run config: IDENTITY_KEYS less BUDGET_KEYS, with paths under the
+    config's runs_root written relative to it (a moved runs folder is the same run)."""
+    root = str(config.get("runs_root", "")).rstrip("/")
+    flat = _flatten({k: config.get(k) for k in IDENTITY_KEYS})
+    out = {}
+    for key, value in flat.items():
+        if key in BUDGET_KEYS or key.endswith("._target_"):
+            continue
+        if root and isinstance(value, str) and value.startswith(root + "/"):
+            value = "<runs_root>" + value[len(root):]
+        out[key] = value
+    return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """'key old -> new' for every identity key whose value differs between two resolved run configs."""
+    a, b = identity(old), identity(new)
+    return [f"{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k, "(unset)") != b.get(k, "(unset)")]
+
+
+def check_same_run(old: dict, new: dict, folder) -> None:
+    """Raise ConfigError (one line, naming the differing keys) if `new` is not the run trained in `folder`."""
+    diffs = config_differences(old, new)
+    if diffs:
+        raise ConfigError(f"run folder {folder} holds a run trained with another config ({'; '.join(diffs)}); "
+                          "give this run its own folder (run_name=... or exp_name=...) or delete that folder to "
+                          "start over")
+
+
+def check_run_names(cfg) -> None:
+    """exp_name and run_name each become one folder under runs_root: no path separators, no '..'."""
+    for key in ("exp_name", "run_name"):
+        check_name(cfg.get(key), key)
+
+
+def _folder_name(value, key: str = "a name") -> str:
+    return check_name(value, key)
+
+
+# Hydra builds the run folder from exp_name and run_name (configs/train.yaml) before the job starts: the
+# resolver refuses a name that would leave runs_root before any folder is made.
+if not OmegaConf.has_resolver("folder_name"):
+    OmegaConf.register_new_resolver("folder_name", _folder_name)
+__all__ = ["ConfigError", "check_run_names", "check_same_run", "config_differences", "identity"]
