@@ -1,4 +1,6 @@
+import math
 import os
+from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -32,3 +34,23 @@ def quick_supervised_run(tmp_path_factory):
     summary = run(cfg, out)
     summary["test_wall_s"] = time.perf_counter() - t0
     return out, summary
+
+
+SEED_SPREAD = Path(__file__).resolve().parents[1] / "results" / "tests" / "supervised_seed_spread.csv"
+
+
+def seed_noise_bound(columns: list[str], alpha: float = 1e-3) -> dict:
+    """How far one more seed's value of a trained quick-preset supervised model can fall from the mean of
+    the seeds measured by `scripts/seed_spread.py` (results/tests/supervised_seed_spread.csv): the
+    half-width of a two-sided (1 - alpha) Student-t prediction interval, sd pooled over `columns` (values
+    of one noise mechanism, e.g. the steering at each fork probability). Another CPU's float rounding is
+    one more draw of this training noise, so a bound taken from it holds on any machine."""
+    import pandas as pd
+    from scipy import stats
+
+    df = pd.read_csv(SEED_SPREAD)
+    n, sd = len(df), math.sqrt(df[columns].var(ddof=1).mean())
+    dof = len(columns) * (n - 1)
+    half_width = float(stats.t.ppf(1 - alpha / 2, dof) * sd * math.sqrt(1 + 1 / n))
+    return {"n_seeds": n, "mean": df[columns].to_numpy().mean(), "sd": sd, "dof": dof, "half_width": half_width,
+            "values": df[columns]}
