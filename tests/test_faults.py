@@ -1,0 +1,460 @@
+"""Faults a user (or a hostile file) can cause, and what the suite does about each: kills, truncated and
+damaged files, concurrent writers, crafted pickles, bad values, signals, an unreachable W&B server.
+
+Each test plants the fault and checks the outcome against what an intact run gives: nothing lost,
+nothing silently wrong, an exit code that says what happened, and one line naming the key or file.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from instrumentality.errors import ConfigError
+from instrumentality.evaluate import main as evaluate_main
+from instrumentality.results import ROWS, read_table, update_table
+from instrumentality.train import CONFIG_DIR, build, run
+from instrumentality.trainer import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def composed(*overrides):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=["preset=debug", *overrides])
+
+
+def debug_run(folder: Path, *overrides) -> dict:
+    return run(composed(f"eval.probe_cache={folder.parent / 'probes'}", *overrides), folder)
+
+
+def weights(folder: Path) -> dict:
+    return load_checkpoint(folder / CHECKPOINT_NAME)["model"]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------- a run knows its identity
+def test_resuming_with_another_config_is_refused_naming_the_keys(tmp_path):
+    folder = tmp_path / "runs" / "r"
+    debug_run(folder, "trainer.max_steps=4")
+    before = (folder / CHECKPOINT_NAME).read_bytes()
+    with pytest.raises(ConfigError) as e:
+        debug_run(folder, "trainer.max_steps=4", "world.seed=7", "trainer.lr=0.03")
+    msg = str(e.value)
+    assert "world.seed 0 -> 7" in msg and "trainer.lr 0.003 -> 0.03" in msg and str(folder) in msg
+    assert "\n" not in msg
+    assert (folder / CHECKPOINT_NAME).read_bytes() == before  # nothing trained, nothing overwritten
+    # budget keys may change: how often to log or checkpoint is not what the run is
+    debug_run(folder, "trainer.max_steps=4", "trainer.log_every=1", "trainer.ckpt_every=2")
+
+
+def test_a_larger_max_steps_trains_a_finished_run_on(tmp_path):
+    folder = tmp_path / "runs" / "r"
+    first = debug_run(folder, "trainer.max_steps=4")
+    assert first["steps"] == 4
+    rows_before = pd.read_csv(folder / ROWS)
+    again = debug_run(folder, "trainer.max_steps=4")  # the same budget: nothing to train
+    assert again["steps"] == 4 and same_weights(weights(folder), weights(folder))
+    more = debug_run(folder, "trainer.max_steps=8")
+    assert more["steps"] == 8 and more["status"]["status"] == "finished"
+    ck = load_checkpoint(folder / CHECKPOINT_NAME)
+    assert ck["step"] == 8 and ck["status"] == {"status": "finished", "step": 8, "reason": ""}
+    rows = pd.read_csv(folder / ROWS)
+    assert rows[rows.probe == "run"].step.iloc[0] == 8 != rows_before[rows_before.probe == "run"].step.iloc[0]
+
+
+def test_multirun_jobs_that_would_share_a_folder_are_refused_and_the_multirun_fails(tmp_path):
+    proc = subprocess.run([PY, "-m", "instrumentality.train", "--multirun", "preset=debug", f"runs_root={tmp_path}",
+                           "trainer.lr=1e-3,1e-1", f"eval.probe_cache={tmp_path}/probes"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "holds a run trained with another config (trainer.lr 0.001 -> 0.1)" in proc.stderr
+    ck = load_checkpoint(tmp_path / "debug" / "adhoc" / "supervised-s0" / CHECKPOINT_NAME)
+    assert ck["run_config"]["trainer"]["lr"] == 1e-3  # the first job's run, untouched by the second
+    summary = json.loads((tmp_path / "debug" / "adhoc" / "supervised-s0" / "summary.json").read_text())
+    assert summary["status"]["status"] == "finished"  # not overwritten by the refused job
+
+
+def test_a_folder_being_trained_is_refused_to_a_second_process(tmp_path):
+    from instrumentality.files import file_lock
+
+    folder = tmp_path / "runs" / "r"
+    folder.mkdir(parents=True)
+    with file_lock(folder / "run"):  # another process's training holds this lock
+        with pytest.raises(ConfigError, match="in use by another process"):
+            debug_run(folder)
+    assert not (folder / CHECKPOINT_NAME).exists()
+
+
+def test_stale_temporary_checkpoints_are_removed(tmp_path):
+    folder = tmp_path / "runs" / "r"
+    folder.mkdir(parents=True)
+    stale = [folder / "checkpoint.pt.tmp12345", folder / ".checkpoint.pt.abc123.tmp"]
+    for p in stale:
+        p.write_bytes(b"half a checkpoint")
+    debug_run(folder)
+    assert not any(p.exists() for p in stale)
+
+
+# ---------------------------------------------------------------------------- kills
+def _train_cmd(runs_root: Path, *overrides):
+    return [PY, "-m", "instrumentality.train", "--multirun", "preset=debug", f"runs_root={runs_root}",
+            f"eval.probe_cache={runs_root}/probes", "trainer.max_steps=60", "trainer.ckpt_every=3", *overrides]
+
+
+def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_result(tmp_path):
+    """SIGKILL twice at random moments (possibly mid-checkpoint write), then run to the end: the weights and
+    rows equal those of a run never interrupted."""
+    import random
+
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cmd(straight), cwd=ROOT, check=True, capture_output=True, timeout=300)
+    killed = tmp_path / "killed"
+    folder = killed / "debug" / "adhoc" / "supervised-s0"
+    rng = random.Random(0)
+    for _ in range(2):
+        proc = subprocess.Popen(_train_cmd(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (folder / CHECKPOINT_NAME).exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.5))
+        proc.kill()
+        proc.wait()
+    subprocess.run(_train_cmd(killed), cwd=ROOT, check=True, capture_output=True, timeout=300)
+    reference = straight / "debug" / "adhoc" / "supervised-s0"
+    assert same_weights(weights(folder), weights(reference))
+    a, b = (pd.read_csv(f / ROWS).drop(columns=["source"]) for f in (folder, reference))
+    pd.testing.assert_frame_equal(a, b)
+    assert not list(folder.glob("*.tmp*")) and not list(folder.glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------------------- the results table
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("three_runs")
+    for i in range(3):
+        debug_run(root / "sweep" / f"run{i}", f"seed={i}")
+    return root / "sweep"
+
+
+def _evaluate(paths, out, *extra) -> int:
+    return evaluate_main([*map(str, paths), "--out", str(out), *extra])
+
+
+def test_a_table_cut_mid_row_is_repaired_and_no_run_loses_rows(three_runs, tmp_path):
+    out = tmp_path / "results.csv"
+    assert _evaluate([three_runs], out) == 0
+    full = pd.read_csv(out)
+    counts = full.run_id.value_counts().to_dict()
+    raw = out.read_bytes()
+    out.write_bytes(raw[: int(len(raw) * 0.4)])  # a kill mid-write of a table written in place
+    df, problems = read_table(out)
+    assert problems and all(df.run_id.value_counts()[r] == full.run_id.value_counts()[r] for r in set(df.run_id))
+    assert _evaluate([three_runs], out) == 0
+    assert pd.read_csv(out).run_id.value_counts().to_dict() == counts
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe\x00garbage\n\x80\x81", b"", b"just,a,header\n1,2,3\n"])
+def test_a_table_with_bad_bytes_or_no_header_is_rebuilt_from_the_run_folders(three_runs, tmp_path, damage):
+    out = tmp_path / "results.csv"
+    out.write_bytes(damage)
+    assert _evaluate([three_runs], out) == 0
+    df = pd.read_csv(out)
+    assert sorted(df.run_id.unique()) == ["sweep/run0", "sweep/run1", "sweep/run2"]
+
+
+def test_a_run_rows_file_cut_short_is_computed_again(three_runs, tmp_path):
+    import shutil
+
+    folder = tmp_path / "run"
+    shutil.copytree(three_runs / "run0", folder)
+    n = len(pd.read_csv(folder / ROWS))
+    raw = (folder / ROWS).read_bytes()
+    (folder / ROWS).write_bytes(raw[: len(raw) // 2])
+    out = tmp_path / "results.csv"
+    assert _evaluate([folder], out, "--probe-cache", str(tmp_path / "probes")) == 0
+    assert len(pd.read_csv(out)) == n == len(pd.read_csv(folder / ROWS))
+
+
+def _hammer(path: str, worker: int, n: int):
+    for i in range(n):
+        rows = pd.DataFrame({"run_id": f"w{worker}/r{i}", "source": "s", "run_rows": 3, "probe": "p",
+                             "metric": ["a", "b", "c"], "value": [1.0, 2.0, 3.0]})
+        update_table(Path(path), {f"w{worker}/r{i}": rows}, warn=lambda m: None)
+
+
+def test_concurrent_writers_lose_no_rows(tmp_path):
+    """Four processes each put 15 runs into one table at once: all 60 runs end up in it, whole."""
+    out = tmp_path / "results.csv"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_hammer, args=(str(out), w, 15)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    df, problems = read_table(out)
+    assert not problems and df.run_id.nunique() == 60 and len(df) == 180
+    assert not [p for p in tmp_path.iterdir() if p.name not in ("results.csv", "results.csv.lock")]
+
+
+def test_two_evaluations_into_one_table_at_once_keep_every_run(three_runs, tmp_path):
+    out = tmp_path / "results.csv"
+    procs = [subprocess.Popen([PY, "-m", "instrumentality.evaluate", str(three_runs / f"run{i}"), str(three_runs
+                               / f"run{i + 1}"), "--out", str(out), "--probe-cache", str(tmp_path / "probes")],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in (0, 1)]
+    assert [p.wait(300) for p in procs] == [0, 0]
+    df, problems = read_table(out)
+    assert not problems and sorted(df.run_id.unique()) == ["sweep/run0", "sweep/run1", "sweep/run2"]
+
+
+def test_evaluate_exits_non_zero_when_a_run_fails_and_keeps_the_good_ones(three_runs, tmp_path, capsys):
+    import shutil
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(three_runs, sweep)
+    ck = sweep / "run1" / CHECKPOINT_NAME
+    raw = bytearray(ck.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one bit flipped
+    ck.write_bytes(bytes(raw))
+    out = tmp_path / "results.csv"
+    assert _evaluate([sweep], out, "--probe-cache", str(tmp_path / "probes")) == 1
+    assert f"{sweep / 'run1' / CHECKPOINT_NAME} is corrupt" in capsys.readouterr().err
+    assert sorted(pd.read_csv(out).run_id.unique()) == ["sweep/run0", "sweep/run2"]
+
+
+# ---------------------------------------------------------------------------- files are data, not code
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _crafted_checkpoint(path: Path, marker: Path):
+    """A checkpoint whose checksum line is valid and whose payload runs a shell command when unpickled."""
+    import hashlib
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"model": {}, "run_config": {}, "boom": _Payload(str(marker))}, buf)
+    data = buf.getvalue()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
+
+
+def test_a_crafted_checkpoint_runs_nothing_when_evaluated_or_used_as_a_reference(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    _crafted_checkpoint(tmp_path / "sweep" / "evil" / CHECKPOINT_NAME, marker)
+    assert _evaluate([tmp_path / "sweep"], tmp_path / "results.csv") == 1
+    assert "weights_only" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_checkpoint(tmp_path / "sweep" / "evil" / CHECKPOINT_NAME)
+    cfg = composed("regime=critic", f"regime.ref_checkpoint={tmp_path / 'sweep' / 'evil' / CHECKPOINT_NAME}",
+                   "trainer.max_steps=2")
+    with pytest.raises(CheckpointError):
+        run(cfg, tmp_path / "critic")
+    assert not marker.exists()
+
+
+def test_a_crafted_sb3_policy_runs_nothing(tmp_path):
+    import base64
+    import zipfile
+
+    import numpy as np
+
+    from instrumentality.envs.cluequest import ClueQuestEnv
+    from instrumentality.envs.sb3 import load_ppo, train
+
+    quest = {"size": 5, "n_clues": 1, "n_monsters": 0, "time_limit": 8}
+    model, _, _ = train(quest, 64, 0, n_envs=2, n_steps=32)
+    model.save(tmp_path / "ppo.zip")
+    loaded = load_ppo(tmp_path / "ppo.zip", quest)  # an honest file loads, and acts as the saved policy
+    obs = {k: v[None] for k, v in ClueQuestEnv(**quest).reset(seed=0)[0].items()}
+    assert np.array_equal(loaded.predict(obs, deterministic=True)[0], model.predict(obs, deterministic=True)[0])
+    marker = tmp_path / "pwned"
+    with zipfile.ZipFile(tmp_path / "ppo.zip") as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    data = json.loads(files["data"])
+    payload = {":type:": "x", ":serialized:": base64.b64encode(pickle.dumps(_Payload(str(marker)))).decode()}
+    data["evil"] = payload
+    files["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(tmp_path / "evil.zip", "w") as z:
+        for n, b in files.items():
+            z.writestr(n, b)
+    with pytest.raises(ValueError, match="evil"):
+        load_ppo(tmp_path / "evil.zip", quest)
+    del data["evil"]  # now the payload where SB3 keeps a pickled entry of its own
+    data["lr_schedule"] = payload
+    files["data"] = json.dumps(data).encode()
+    with zipfile.ZipFile(tmp_path / "evil2.zip", "w") as z:
+        for n, b in files.items():
+            z.writestr(n, b)
+    load_ppo(tmp_path / "evil2.zip", quest)  # a known entry is replaced by a stand-in, never unpickled
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------- bad values: one line, before compute
+@pytest.mark.parametrize("override,expected", [
+    ("trainer.lr=abc", "trainer.lr must be a number; got 'abc'"),
+    ("batch_size=abc", "batch_size must be an integer >= 1; got 'abc'"),
+    ("seed=abc", "seed must be an integer >= 0; got 'abc'"),
+    ("seed=-1", "seed must be an integer >= 0; got -1"),
+    ("world.seed=abc", "world.seed must be an integer; got 'abc'"),
+    ("world.seed=1.5", "world.seed must be an integer; got 1.5"),
+    ("world.seed=-3", "world.seed must be an integer >= 0; got -3"),
+    ("trainer.device=tpu", "trainer.device must be one of: auto, cpu, cuda, cuda:N; got 'tpu'"),
+    ("model.block_size=8", "model.block_size must be >= "),
+    ("+model.n_layers=3", "model.n_layers is not a setting of model"),
+    ("regime.samples_per_position=2.5", "regime.samples_per_position must be an integer; got 2.5"),
+    ("run_name=../../x", "run_name must be one folder name"),
+    ("exp_name=a/b", "exp_name must be one folder name"),
+])
+def test_bad_values_are_refused_in_one_line_naming_the_key_before_any_compute(tmp_path, override, expected):
+    cfg = composed("regime=reinforce" if override.startswith("regime.") else "regime=supervised", override)
+    with pytest.raises(ConfigError) as e:
+        run(cfg, tmp_path / "run")
+    assert expected in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "run" / CHECKPOINT_NAME).exists()
+
+
+def test_quest_sizes_are_checked_and_named_as_quest_keys():
+    with pytest.raises(ConfigError, match=r"quest.n_monsters must be an integer in \[0, 18\]"):
+        build(composed("experiment=F4_simulator", "quest.n_monsters=100"))
+    with pytest.raises(ConfigError, match="quest.size must be an integer >= 5"):
+        build(composed("experiment=F4_simulator", "quest.size=3"))
+
+
+@pytest.mark.parametrize("override,key", [("exp_name=../../escape", "exp_name"), ("trainer.lr=abc", "trainer.lr")])
+def test_the_cli_refuses_bad_values_with_one_line_and_makes_no_folder_outside_runs_root(tmp_path, override, key):
+    runs = tmp_path / "a" / "b" / "runs"
+    proc = subprocess.run([PY, "-m", "instrumentality.train", "preset=debug", f"runs_root={runs}", override],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and key in proc.stderr
+    assert not [p for p in tmp_path.rglob("*") if p.name == "escape" or "escape_" in p.name or p.name == "x"]
+    assert not list(tmp_path.rglob(CHECKPOINT_NAME))
+
+
+# ---------------------------------------------------------------------------- damaged files name themselves
+def test_a_damaged_summary_does_not_stick_the_run(tmp_path, capsys):
+    folder = tmp_path / "runs" / "r"
+    debug_run(folder)
+    (folder / "summary.json").write_text('{"status": {"stat')
+    summary = debug_run(folder)
+    assert summary["status"]["status"] == "finished"
+    assert f"{folder / 'summary.json'}: this run summary is not valid JSON" in capsys.readouterr().err
+    assert json.loads((folder / "summary.json").read_text())["steps"] == 10
+
+
+def test_a_damaged_probe_cache_is_made_again_with_a_warning(tmp_path, capsys):
+    folder = tmp_path / "runs" / "r"
+    debug_run(folder)
+    for f in (tmp_path / "runs" / "probes").rglob("probes.pt"):
+        f.write_bytes(f.read_bytes()[:100])
+    debug_run(tmp_path / "runs" / "r2", "seed=1")
+    err = capsys.readouterr().err
+    assert "probes.pt cannot be read" in err and "generating the probe set again" in err
+
+
+def test_a_damaged_provenance_or_table_is_one_line_from_make_figures(tmp_path):
+    folder = tmp_path / "results" / "quick"
+    folder.mkdir(parents=True)
+    (folder / "results.csv").write_bytes(b"\x00\x01 not a table")
+    proc = subprocess.run([PY, "scripts/figures.py", "--results", str(tmp_path / "results")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and str(folder / "results.csv") in proc.stderr and "Traceback" not in proc.stderr
+    (folder / "provenance.json").write_text("{garbled")
+    proc = subprocess.run([PY, "scripts/figures.py", "--results", str(tmp_path / "results")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and str(folder / "provenance.json") in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_unreadable_quest_corpus_cache_is_made_again_not_called_a_configuration_error(tmp_path, capsys):
+    from instrumentality.envs.tokens import QuestCorpus, quest_tokens
+
+    tokens = quest_tokens({"size": 5, "n_clues": 1, "n_monsters": 0, "time_limit": 8}, 61)
+    first = QuestCorpus(tokens, 16, cache=tmp_path)
+    (cached,) = tmp_path.glob("*.pt")
+    cached.write_bytes(b"\x80\x04 truncated")
+    again = QuestCorpus(tokens, 16, cache=tmp_path)
+    assert torch.equal(first.data, again.data)
+    assert str(cached) in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- signals and exit codes
+def _descendants_alive(marker: str) -> list[int]:
+    alive = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if marker in (p / "cmdline").read_bytes().decode(errors="replace"):
+                    alive.append(int(p.name))
+            except OSError:
+                continue
+    return alive
+
+
+def test_sigterm_stops_a_sweep_and_its_runs_and_leaves_them_resumable(tmp_path):
+    runs = tmp_path / "runs"
+    cmd = [PY, "scripts/sweep.py", "--preset", "debug", "--lanes", "2", "--seeds", "2", "--experiments", "F1",
+           "--runs-root", str(runs), "--results", str(tmp_path / "results"), "trainer.max_steps=100000",
+           "trainer.ckpt_every=0", "F1:regime=supervised"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not list(runs.rglob("run.lock")) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # both runs are training
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+    assert "run the same command again to resume" in out
+    assert _descendants_alive(str(runs)) == []  # no unit process left training
+    for s in (0, 1):  # each run saved its steps on the signal: a rerun resumes from there
+        ck = load_checkpoint(runs / "debug" / "F1" / f"supervised-s{s}" / CHECKPOINT_NAME)
+        assert ck["status"]["status"] == "running" and ck["step"] > 0
+
+
+# ---------------------------------------------------------------------------- W&B without a network
+# W&B runs in subprocesses here: an in-process wandb run leaves pytest unable to print its closing line.
+def test_wandb_falls_back_to_offline_when_the_server_cannot_be_reached(tmp_path):
+    code = ("from instrumentality.tracking import Tracker\n"
+            f"t = Tracker(mode='online', dir={str(tmp_path)!r}, run_id='fallback1')\n"
+            "print('mode', t.mode, t.run is not None)\n"
+            "t.log({'train/loss': 1.0}, step=0)\n"
+            "t.finish()\n")
+    env = {**os.environ, "WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40}
+    t0 = time.perf_counter()
+    proc = subprocess.run([PY, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "mode offline True" in proc.stdout  # nothing listens on port 9: refused at once, offline
+    assert "cannot be reached; logging offline" in proc.stderr
+    assert time.perf_counter() - t0 < 90
+    assert list((tmp_path / "wandb").glob("offline-run-*fallback1"))
+
+
+def test_a_resumed_run_continues_its_wandb_run(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    for steps in (4, 8):  # a finished run trained on with a larger budget: one W&B run
+        subprocess.run(_train_cmd(tmp_path, "logger=wandb", f"trainer.max_steps={steps}"), cwd=ROOT, env=env,
+                       check=True, capture_output=True, timeout=300)
+    folder = tmp_path / "debug" / "adhoc" / "supervised-s0"
+    run_id = (folder / "wandb_run_id").read_text().strip()
+    offline = sorted((folder / "wandb").glob("offline-run-*"))
+    assert len(offline) == 2 and all(p.name.endswith(run_id) for p in offline)
