@@ -512,7 +512,8 @@ def main(argv=None):
     before = set()
     if args.prune and args.out.exists():
         before = set(read_table(args.out)[0].get("run_id", pd.Series(dtype=str)).astype(str))
-    update_table(args.out, tables, keep_only=keep, warn=lambda m: print(m, file=sys.stderr))
+    if tables or args.out.exists():
+        update_table(args.out, tables, keep_only=keep, warn=lambda m: print(m, file=sys.stderr))
     dropped = sorted(before - keep) if keep is not None else []
     if dropped:
         print(f"dropped the rows of {len(dropped)} run(s) with no folder under {' '.join(args.paths)}: "

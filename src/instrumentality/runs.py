@@ -52,11 +52,15 @@ def config_differences(old: dict, new: dict) -> list[str]:
             if a.get(k, "(unset)") != b.get(k, "(unset)")]
 
 
+class FolderConflict(ConfigError):
+    """The run folder holds another run, or another process is training it: nothing there is touched."""
+
+
 def check_same_run(old: dict, new: dict, folder) -> None:
     """Raise ConfigError (one line, naming the differing keys) if `new` is not the run trained in `folder`."""
     diffs = config_differences(old, new)
     if diffs:
-        raise ConfigError(f"run folder {folder} holds a run trained with another config ({'; '.join(diffs)}); "
+        raise FolderConflict(f"run folder {folder} holds a run trained with another config ({'; '.join(diffs)}); "
                           "give this run its own folder (run_name=... or exp_name=...) or delete that folder to "
                           "start over")
 
@@ -75,4 +79,4 @@ def _folder_name(value, key: str = "a name") -> str:
 # resolver refuses a name that would leave runs_root before any folder is made.
 if not OmegaConf.has_resolver("folder_name"):
     OmegaConf.register_new_resolver("folder_name", _folder_name)
-__all__ = ["ConfigError", "check_run_names", "check_same_run", "config_differences", "identity"]
+__all__ = ["ConfigError", "FolderConflict", "check_run_names", "check_same_run", "config_differences", "identity"]

@@ -25,8 +25,8 @@ from instrumentality.errors import ConfigError, DataFileError, check_types
 from instrumentality.files import Locked, file_lock, read_json, remove_stale_temporaries, write_atomic, write_json
 from instrumentality.model import GPT
 from instrumentality.probes import ProbeConfig
-from instrumentality.results import ROWS, write_run_rows
-from instrumentality.runs import check_run_names, check_same_run
+from instrumentality.results import write_run_rows
+from instrumentality.runs import FolderConflict, check_run_names, check_same_run
 from instrumentality.tracking import Tracker, git_revision
 from instrumentality.trainer import (
     CHECKPOINT_NAME,
@@ -115,7 +115,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         with file_lock(out_dir / "run", wait_s=0, what="run folder"):
             return _run_locked(cfg, out_dir)
     except Locked as e:
-        raise ConfigError(f"{e}: it is being trained now; wait for that process or stop it") from None
+        raise FolderConflict(f"{e}: it is being trained now; wait for that process or stop it") from None
 
 
 def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
@@ -133,7 +133,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
         done = ck["status"]["status"] == "collapsed" or (ck["status"]["status"] == "finished"
                                                           and ck["step"] >= trainer_cfg.max_steps)
         summary = previous_summary(out_dir)
-        if done and summary is not None and summary.get("steps") == ck["step"] and (out_dir / ROWS).exists():
+        if done and summary is not None and summary.get("steps") == ck["step"]:
             return summary  # a sweep run again: nothing to train, nothing to log
     tracker = Tracker(mode=cfg.logger.mode, project=cfg.logger.project, group=cfg.exp_name,
                       name=f"{cfg.exp_name}/{cfg.run_name}", config=config, dir=out_dir,
@@ -171,7 +171,7 @@ def wandb_run_id(out_dir: Path) -> str:
 def record_failure(cfg: DictConfig, out_dir: Path, error: BaseException):
     """A failed job of a sweep: its error goes into summary.json (unless the folder holds another run, or
     another process's), and the sweep goes on."""
-    if isinstance(error, ConfigError) and ("another config" in str(error) or "in use by another" in str(error)):
+    if isinstance(error, FolderConflict):  # the folder's summary belongs to the run already there
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     status = {"status": "failed", "step": 0, "reason": f"{type(error).__name__}: {error}"}
