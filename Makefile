@@ -14,7 +14,7 @@ LAUNCHER ?= basic
 LANES ?= $(if $(HAS_CUDA),4,2)
 export WANDB_SILENT ?= true
 
-.PHONY: help install test sweep check-full figures bench lint clean
+.PHONY: help install test sweep check-full compare figures bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ check-full: install  ## every job of the full preset, 2 steps each, 1 seed, on t
 		--results /tmp/check-full/results trainer.max_steps=2 critic_steps=2 simulator_steps=2 quest_steps=2 \
 		sb3_steps=512 trainer.eval_every=0 logger=none
 	@! grep -l '"failed"' /tmp/check-full/runs/full/*/*/summary.json || (echo "failed runs above"; exit 1)
+
+compare: install  ## after a sweep: each claim's new value against the committed table's interval
+	$(PY) scripts/compare.py --preset $(PRESET)
 
 figures: install  ## redraw figures and REPORT.md from results/<preset>/results.csv
 	$(PY) scripts/figures.py --preset $(PRESET)

@@ -91,12 +91,34 @@ def sb3_command(preset: str, seed: int, runs_root: Path, overrides: tuple[str, .
             "--steps", str(steps), "--seed", str(seed), "--out", str(exp_dir / f"sb3_ppo-s{seed}"), "--baselines"]
 
 
-def hardware() -> str:
+def threads_per_process(lanes: int, cpu_lanes: int, jobs_per_unit: int) -> int:
+    """The cores split between the processes that run at once (OMP_NUM_THREADS, where it is set, wins)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return int(os.environ["OMP_NUM_THREADS"])
+    return max(1, (os.cpu_count() or 1) // ((lanes + cpu_lanes) * jobs_per_unit))
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware() -> dict:
+    """What a sweep's numbers depend on beyond the code: a run reproduces bit for bit only on the same
+    device model with the same library versions and thread count."""
+    import numpy
     import torch
 
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
-    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"device": gpu or "cpu", "cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version(),
+            "cuda": torch.version.cuda if gpu else None}
 
 
 class Unit:
@@ -237,7 +259,7 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
     t0, runs_done = time.perf_counter(), [0]
     lock = threading.Lock()
     per_process = jobs if launcher == "joblib" else 1
-    threads = str(max(1, (os.cpu_count() or 1) // ((lanes + cpu_lanes) * per_process)))
+    threads = str(threads_per_process(lanes, cpu_lanes, per_process))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # a worker process's lines arrive as they are written
     env.setdefault("OMP_NUM_THREADS", threads)
     print(f"=== {len(pending)} units ({', '.join(experiments)} x {seeds} seeds), {lanes} at a time"
@@ -366,8 +388,13 @@ def main() -> int:
                                  "--prune"], cwd=ROOT, check=False)
     walls["evaluate"] = time.perf_counter() - t0
     rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    hw = hardware()
     provenance = {"preset": args.preset, "git_revision": rev.strip() or "unknown",
-                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hardware": hardware(),
+                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  "hardware": f"{hw['device'] if hw['device'] != 'cpu' else hw['cpu']}, {hw['cores']} cores, "
+                              f"torch {hw['torch']}, numpy {hw['numpy']}", **hw,
+                  "threads_per_process": threads_per_process(args.lanes, args.cpu_lanes,
+                                                             args.jobs if args.launcher == "joblib" else 1),
                   "seeds": seeds, "launcher": args.launcher, "lanes": args.lanes, "cpu_lanes": args.cpu_lanes,
                   "jobs_per_unit_at_once": args.jobs if args.launcher == "joblib" else 1,
                   "unit_s": {k: round(v, 1) for k, v in walls.items()},  # summed over seeds; units overlap

@@ -178,3 +178,29 @@ def test_runs_that_did_not_end_are_left_out_of_claims_and_named_in_the_report(tm
     assert c1.n_seeds == 3 and c1.value == pytest.approx(0.01) and c1.verdict == "supported"
 
 
+
+
+def test_compare_says_which_claims_moved_outside_the_committed_interval(tmp_path):
+    """scripts/compare.py on a planted pair: the new table moves the supervised KL of every seed by +0.5
+    (outside C1's interval) and leaves the rest; the committed table is in the old format (no source or
+    run_rows columns), which compare still reads."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    old = fixture_table()
+    new = old.copy()
+    kl = (new.regime == "supervised") & (new.probe == "calibration") & (new.metric == "kl")
+    new.loc[kl, ["value", "ci_low", "ci_high"]] += 0.5
+    old.drop(columns=["source", "run_rows"]).to_csv(tmp_path / "old.csv", index=False)
+    new.to_csv(tmp_path / "new.csv", index=False)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "scripts/compare.py", str(tmp_path / "old.csv"), str(tmp_path / "new.csv")],
+                          cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    c1_kl = next(line for line in lines if line.startswith("| C1 | supervised KL"))
+    assert "| 0.51 | **no** | supported -> not supported |" in c1_kl
+    n = sum(line.startswith("| C") for line in lines)
+    assert f"{n - 1} of {n} claims' new values lie within the committed interval." in proc.stdout
+    assert f"{len(old) - kl.sum()} equal bit for bit" in proc.stdout

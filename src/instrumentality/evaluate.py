@@ -1,7 +1,7 @@
 """Evaluators: a model and the probe set in, tidy rows out.
 
 Every row: probe, metric, value, ci_low, ci_high (95% percentile bootstrap). `tidy_rows` adds the run's
-identity (run_id, regime, swept config values, seed). Metrics (DESIGN section 4):
+identity (run_id, regime, swept config values, seed). Metrics (docs/design.md section 4):
 
   calibration  kl = KL(p* || pi); excess_nll = -log pi(x_t) - H(p*(.|s_t)); ece (top-label, expected
                accuracy p*(argmax pi)); brier = E_{x~p*} sum_v (pi_v - 1[v = x])^2; all per token, CIs over

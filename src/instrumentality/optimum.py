@@ -53,7 +53,7 @@ def optimal_steering(world: World, reward: torch.Tensor, beta: float, gamma: flo
 
 
 def closed_form_truth_steering(world: World, beta: float, gamma: float, horizon: int, p: float = 0.5) -> float:
-    """DESIGN section 3: the truth critic's optimal steering at an asymmetric fork (exact at p = 0.5;
+    """docs/design.md section 3: the truth critic's optimal steering at an asymmetric fork (exact at p = 0.5;
     at other p the immediate reward adds (1/beta) logit p)."""
     m, k = world.cfg.phrase_len, world.cfg.n_hard_words
     instrumental = (gamma / beta) * math.log(k) * sum(gamma ** j for j in range(min(m, horizon - 1)))

@@ -1,6 +1,6 @@
 """The common probe set: frozen, versioned, generated deterministically from the world.
 
-Families (DESIGN section 4):
+Families (docs/design.md section 4):
   calibration  held-out world sequences; every position is an item, with exact p*
   forks        prompts ending at a fork marker (every fork, asymmetric and symmetric), at a few positions
   rollouts     the asymmetric-fork prompts, continued free-running for `rollout_len` tokens by the model

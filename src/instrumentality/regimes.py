@@ -93,7 +93,7 @@ def action_log_probs(logits: torch.Tensor, actions: torch.Tensor, start: int):
 
 
 class Reinforce(_EntropyCollapse):
-    """REINFORCE that approximates the supervised gradient (DESIGN section 3, regime 2).
+    """REINFORCE that approximates the supervised gradient (docs/design.md section 3, regime 2).
 
     At every position t of world text, sample a ~ pi(.|x_<t) (K samples per position):
         reward=likelihood:  r = 1[a = x_t] / pi(a|x_<t)      (no gradient through r; E[r] = 1)
@@ -371,7 +371,7 @@ class Critic(_EntropyCollapse):
 
 
 class Quest(_EntropyCollapse):
-    """PPO on ClueQuest in the shared trainer, through the token interface (DESIGN section 5; envs/tokens.py).
+    """PPO on ClueQuest in the shared trainer, through the token interface (docs/design.md section 5; envs/tokens.py).
 
     A rollout plays n_envs episodes at once on the batched env: after each step's observation tokens the
     policy pi picks one of the 8 action tokens, the value head reads V(s_t) at the same position, and a

@@ -93,7 +93,7 @@ def check_context_fits(cfg: DictConfig, world: World):
 
 
 def previous_summary(out_dir: Path) -> dict | None:
-    """The summary.json a earlier process left in the run folder (None if there is none, or it is damaged:
+    """The summary.json an earlier process left in the run folder (None if there is none, or it is damaged:
     then the run is resumed from its checkpoint and the summary written anew)."""
     path = out_dir / "summary.json"
     if not path.exists():

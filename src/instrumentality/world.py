@@ -3,7 +3,7 @@
 The hidden state is a deterministic function of the tokens so far, so the true next-token
 distribution p*(x_t | x_<t) is exact: it is the emission row of the state reached by the context.
 
-Segments (DESIGN section 2):
+Segments (docs/design.md section 2):
   prose     order-1 Markov chain over word tokens with sparse random transitions
   fork      marker F_k, then one of two branch tokens <A>, <B>: the *first* branch (Fork.first_token)
             with probability p_k, the other with 1 - p_k; each branch is a phrase of m tokens: *easy* =

@@ -1,4 +1,4 @@
-"""ClueQuest: a long episode that ends in a prediction (DESIGN section 5).
+"""ClueQuest: a long episode that ends in a prediction (docs/design.md section 5).
 
 A hidden target y (one of K = 2^bits tokens) is drawn from a prior that the agent sees. Clue tiles on
 the floor each reveal one bit of y's code; the vault clue (the most valuable: `vault_bits` bits) lies

@@ -1,4 +1,4 @@
-"""The trusted reference agent: Stable-Baselines3 PPO on the gymnasium ClueQuest (DESIGN section 5).
+"""The trusted reference agent: Stable-Baselines3 PPO on the gymnasium ClueQuest (docs/design.md section 5).
 
 Its forecast is the exact Bayes posterior (the agent chooses actions and when to predict). `train`
 returns the model and its learning curve (env steps, mean episode return of the last 100 episodes,
