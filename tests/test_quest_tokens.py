@@ -223,3 +223,29 @@ def test_quest_rollout_advantages_are_normalised_over_the_steps_that_happened():
     assert abs(float(adv[live].mean())) < 1e-5 and abs(float(adv[live].std()) - 1) < 1e-5
     assert (adv[~live] == 0).all()
     assert int(b["env_steps"]) == int(live.sum())
+
+
+def test_the_f4_chain_runs_through_the_entry_point_and_its_checkpoints_are_plain_data(tmp_path):
+    """The simulator (supervised on transcripts, scored on the quest probes at its end) and quest-PPO from
+    it, as `make sweep` runs them: both finish, both checkpoints load with weights_only=True (the quest
+    probes' values are numpy scalars: they must reach the history as plain floats), and both have rows."""
+    from hydra import compose, initialize_config_dir
+
+    from instrumentality.results import read_run_rows
+    from instrumentality.train import CONFIG_DIR, run
+    from instrumentality.trainer import load_checkpoint
+
+    runs = tmp_path / "runs"
+    common = ["preset=debug", f"runs_root={runs}", f"eval.probe_cache={runs}/probes", "quest_fraction=1.0"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        sim = compose(config_name="train", overrides=[*common, "experiment=F4_simulator"])
+        ppo = compose(config_name="train", overrides=[*common, "experiment=F4", "regime.init=simulator",
+                                                      "regime.n_envs=8", "regime.n_minibatches=2"])
+    for cfg, name in ((sim, "simulator-s0"), (ppo, "quest-simulator-s0")):
+        folder = runs / "debug" / "F4" / name
+        summary = run(cfg, folder)
+        assert summary["status"]["status"] == "finished", summary["status"]
+        ck = load_checkpoint(folder / "checkpoint.pt")
+        assert all(type(v) in (int, float, str, bool) for row in ck["history"] for v in row.values())
+        rows = read_run_rows(folder)
+        assert rows is not None and (rows.probe == "quest/standard").any()

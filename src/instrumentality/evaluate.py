@@ -292,7 +292,7 @@ def evaluate_model(model, world: World, probes: ProbeSet, families=FAMILIES, see
 
 def scalar_metrics(rows: list[dict]) -> dict:
     """Rows as flat W&B scalars: probe/<probe>/<metric>."""
-    return {f"probe/{r['probe']}/{r['metric']}": r["value"] for r in rows
+    return {f"probe/{r['probe']}/{r['metric']}": float(r["value"]) for r in rows
             if not r["probe"].endswith("reliability") and not r["probe"].startswith("theory_curve/")}
 
 

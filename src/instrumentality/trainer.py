@@ -267,6 +267,8 @@ class Trainer:
 
     # -------------------------------------------------------------- the loop
     def _log(self, row: dict):
+        # plain Python numbers only: the history goes into the checkpoint, which loads with weights_only=True
+        row = {k: v.item() if isinstance(v, (np.generic, torch.Tensor)) else v for k, v in row.items()}
         self.history.append(row)
         if self.tracker is not None:
             self.tracker.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
