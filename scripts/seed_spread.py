@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -51,16 +50,6 @@ def one_seed(seed: int, root: str) -> dict:
     return row
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> int:
     import pandas as pd
 
@@ -72,6 +61,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as root, ProcessPoolExecutor(args.workers) as pool:
         rows = list(pool.map(one_seed, range(args.seeds), [root] * args.seeds))
     df = pd.DataFrame(rows).sort_values("seed")
+    from instrumentality.tracking import cpu_model
+
     df["cpu"] = cpu_model()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from instrumentality.files import write_json
+from instrumentality.tracking import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # A sweep is units (experiment, seed), each a Hydra multirun of one experiment for one seed (F4_sb3: the SB3
@@ -96,17 +97,6 @@ def threads_per_process(lanes: int, cpu_lanes: int, jobs_per_unit: int) -> int:
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return int(os.environ["OMP_NUM_THREADS"])
     return max(1, (os.cpu_count() or 1) // ((lanes + cpu_lanes) * jobs_per_unit))
-
-
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def hardware() -> dict:

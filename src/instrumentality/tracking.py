@@ -10,6 +10,7 @@ env/, perf/.
 from __future__ import annotations
 
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -24,6 +25,17 @@ def git_revision(default: str = "unknown") -> str:
                               check=True, cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return default
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo; else what platform knows), for provenance records."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def resolve_mode(mode: str) -> str:
