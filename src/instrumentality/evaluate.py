@@ -46,10 +46,9 @@ from instrumentality.results import (
     update_table,
     write_run_rows,
 )
-from instrumentality.stats import bootstrap_indices, mean_ci, stat_ci
+from instrumentality.stats import ALPHA, bootstrap_indices, mean_ci, stat_ci
 from instrumentality.world import World, WorldConfig
 
-LOG_FLOOR = math.log(1e-6)
 THEORY_CURVE_MAX_H = 12
 FAMILIES = ("calibration", "forks", "rollouts", "lookahead")
 
@@ -155,7 +154,7 @@ def _diff_ci(a: torch.Tensor, b: torch.Tensor, n_boot: int = 1000):
     ba = a[bootstrap_indices(len(a), n_boot, seed=1)].mean(1)
     bb = b[bootstrap_indices(len(b), n_boot, seed=2)].mean(1)
     d = ba - bb
-    lo, hi = torch.quantile(d, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    lo, hi = torch.quantile(d, torch.tensor([ALPHA / 2, 1 - ALPHA / 2], dtype=torch.float64))
     return float(a.mean() - b.mean()), float(lo), float(hi)
 
 

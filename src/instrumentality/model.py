@@ -148,9 +148,6 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
     def forward(self, idx, cache: KVCache | None = None, return_hidden: bool = False):
         """idx [B, T] -> dict(logits [B, T, V], value [B, T]?, future_logits [n, B, T, V]?, hidden [L+1]?).
         With a cache, idx are the tokens at positions cache.pos .. cache.pos + T - 1."""

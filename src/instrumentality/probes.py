@@ -23,7 +23,7 @@ import torch
 
 from instrumentality.errors import DataFileError, check_dataclass_types
 from instrumentality.files import read_json, write_atomic, write_json
-from instrumentality.world import ConfigError, World, WorldConfig
+from instrumentality.world import ConfigError, World
 
 PROBE_VERSION = 1
 
@@ -160,7 +160,3 @@ def probe_set_for(world: World, cfg: ProbeConfig | None = None, cache_dir: str |
     ps = ProbeSet.generate(world, cfg)
     ps.save(folder)
     return ps
-
-
-def world_from_manifest(manifest: dict) -> World:
-    return World(WorldConfig(**manifest["world"]))

@@ -365,11 +365,6 @@ class Critic(_EntropyCollapse):
                             "return": returns[:, 0].mean()}}
 
 
-    def theory_reward(self) -> torch.Tensor | None:
-        """c(s, x) as a table when the critic is a function of state and token (for the exact optimum)."""
-        return self.critic.table(self.world) if hasattr(self.critic, "table") else None
-
-
 class Quest(_EntropyCollapse):
     """PPO on ClueQuest in the shared trainer, through the token interface (docs/design.md section 5; envs/tokens.py).
 

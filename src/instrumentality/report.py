@@ -537,7 +537,6 @@ def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
 
 
 FIGURES = {"F1": figure_f1, "F2": figure_f2, "F3": figure_f3, "F4": figure_f4, "F5": figure_f5, "F6": figure_f6}
-NOT_YET: dict[str, str] = {}
 
 
 # ---------------------------------------------------------------------------- the report
@@ -617,8 +616,6 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
     for name, paths in figs.items():
         if paths:
             lines += [f"### {name}", "", f"![{name}](figures/{paths[0].name})", ""]
-    for name, what in NOT_YET.items():
-        lines += [f"### {name}", "", f"Not produced: the experiment for {what} is not part of this sweep yet.", ""]
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path

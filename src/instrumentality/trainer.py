@@ -55,7 +55,7 @@ class TrainerConfig:
     grad_clip: float = 1.0
     log_every: int = 25
     eval_every: int = 0  # 0: only at the end
-    ckpt_every: int = 0  # 0: only at the end
+    ckpt_every: int = 200  # 0: only at the end
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     compile: bool = False
     progress: bool = True

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -335,13 +334,3 @@ class World:
             total -= float(self.state_entropy[s])
             s = int(self.transition[s][self.transition[s] >= 0][0])
         return total
-
-    def describe(self) -> str:
-        lines = [f"World(seed={self.cfg.seed}): vocab {self.vocab_size}, states {self.n_states}, "
-                 f"entropy floor {self.entropy_floor():.4f} nats/token"]
-        for f in self.forks:
-            lines.append(f"  F{f.index}: p({self.token_names[f.first_token]})={f.p} kinds={f.kinds} "
-                         f"return=w{f.return_state - 1}"
-                         + (" (symmetric control)" if f.symmetric else ""))
-        lines.append(f"  keyword: {self.token_names[self.keyword]}; log k = {math.log(self.cfg.n_hard_words):.4f}")
-        return "\n".join(lines)
