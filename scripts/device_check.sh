@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
-# The GPU checks in one prepared run, for a session lent a GPU machine (15 minutes of device time in all,
-# 10 minutes per command): install the carried wheels, record the hardware, run `make bench`'s script at
-# CUDA sizes, then time the full sweep for what is left of the command's time. Everything it reports
-# lands in $OUT: env.txt, bench.log, <gpu>.csv, sweep.log, results_full.tgz (results/full and every run's
-# summary.json, whatever the sweep finished).
+# The GPU checks in one run of about ten minutes: install wheels from .whl/, record the hardware, run
+# `make bench`'s script at CUDA sizes, then time the full sweep for what is left of the time. Everything it
+# reports lands in $OUT: env.txt, bench.log, <gpu>.csv, sweep.log, results_full.tgz (results/full and
+# every run's summary.json, whatever the sweep finished).
 #
-# Once, on this machine (the image there lacks gymnasium, SB3, hydra, omegaconf and wandb):
-#     mkdir -p .whl && cp ../shared/wheels-h200/*.whl .whl/   # /.whl/ is in .gitignore
-# Then one device run, carry [".whl"], timeout_s 590:
+# Needs: a CUDA GPU with torch installed; wheels of the other dependencies (gymnasium, stable-baselines3,
+# hydra-core, omegaconf, wandb and theirs) in .whl/ (ignored by git) where the machine cannot reach a
+# package index; OUT set to a folder for the reports.
 #     bash scripts/device_check.sh
-# A sweep cut short by SWEEP_S is not lost on that machine while it stays warm (30 s after a call): a
-# second call at once with BENCH_S=0 SKIP_INSTALL= SWEEP_S=560 resumes it (finished runs are skipped). A dry run here: PYTHON=.venv/bin/python PRESET=debug
-# SKIP_INSTALL=1 OUT=/tmp/dc bash scripts/device_check.sh
+# A sweep cut short by SWEEP_S is not lost while its run folders stay: running again at once with
+# BENCH_S=0 SKIP_INSTALL= SWEEP_S=560 resumes it (finished runs are skipped). A dry run on a CPU:
+#     PYTHON=.venv/bin/python PRESET=debug SKIP_INSTALL=1 OUT=/tmp/dc bash scripts/device_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to a folder for the reports}
