@@ -418,9 +418,9 @@ def test_sigterm_stops_a_sweep_and_its_runs_and_leaves_them_resumable(tmp_path):
            "trainer.ckpt_every=0", "F1:regime=supervised"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
-    while not list(runs.rglob("run.lock")) and time.time() < deadline:
+    while len(list(runs.rglob("run.lock"))) < 2 and time.time() < deadline:  # both runs have started
         time.sleep(0.2)
-    time.sleep(3)  # both runs are training
+    time.sleep(3)  # and are training
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
