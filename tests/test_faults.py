@@ -119,8 +119,8 @@ def _train_cmd(runs_root: Path, *overrides):
 
 
 def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_result(tmp_path):
-    """SIGKILL twice at random moments (possibly mid-checkpoint write), then run to the end: the weights and
-    rows equal those of a run never interrupted."""
+    """SIGKILL at a random moment after the first checkpoint (possibly mid-checkpoint write), then run to the
+    end: the weights and rows equal those of a run never interrupted."""
     import random
 
     straight = tmp_path / "straight"
@@ -128,7 +128,7 @@ def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_result(tmp_pa
     killed = tmp_path / "killed"
     folder = killed / "debug" / "adhoc" / "supervised-s0"
     rng = random.Random(0)
-    for _ in range(2):
+    for _ in range(1):
         proc = subprocess.Popen(_train_cmd(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while not (folder / CHECKPOINT_NAME).exists() and time.time() < deadline and proc.poll() is None:
@@ -373,17 +373,21 @@ def test_a_damaged_probe_cache_is_made_again_with_a_warning(tmp_path, capsys):
     assert "probes.pt cannot be read" in err and "generating the probe set again" in err
 
 
-def test_a_damaged_provenance_or_table_is_one_line_from_make_figures(tmp_path):
+def test_a_damaged_provenance_or_table_is_one_line_from_make_figures(tmp_path, monkeypatch, capsys):
+    import runpy
+
     folder = tmp_path / "results" / "quick"
     folder.mkdir(parents=True)
+    figures = runpy.run_path(str(ROOT / "scripts" / "figures.py"))["main"]
+    monkeypatch.setattr(sys, "argv", ["figures.py", "--results", str(tmp_path / "results")])
     (folder / "results.csv").write_bytes(b"\x00\x01 not a table")
-    proc = subprocess.run([PY, "scripts/figures.py", "--results", str(tmp_path / "results")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and str(folder / "results.csv") in proc.stderr and "Traceback" not in proc.stderr
+    assert figures() == 2
+    err = capsys.readouterr().err
+    assert str(folder / "results.csv") in err and len(err.strip().splitlines()) == 1
     (folder / "provenance.json").write_text("{garbled")
-    proc = subprocess.run([PY, "scripts/figures.py", "--results", str(tmp_path / "results")], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and str(folder / "provenance.json") in proc.stderr and "Traceback" not in proc.stderr
+    assert figures() == 2
+    err = capsys.readouterr().err
+    assert str(folder / "provenance.json") in err and len(err.strip().splitlines()) == 1
 
 
 def test_an_unreadable_quest_corpus_cache_is_made_again_not_called_a_configuration_error(tmp_path, capsys):
@@ -433,28 +437,20 @@ def test_sigterm_stops_a_sweep_and_its_runs_and_leaves_them_resumable(tmp_path):
 
 # ---------------------------------------------------------------------------- W&B without a network
 # W&B runs in subprocesses here: an in-process wandb run leaves pytest unable to print its closing line.
-def test_wandb_falls_back_to_offline_when_the_server_cannot_be_reached(tmp_path):
-    code = ("from instrumentality.tracking import Tracker\n"
-            f"t = Tracker(mode='online', dir={str(tmp_path)!r}, run_id='fallback1')\n"
-            "print('mode', t.mode, t.run is not None)\n"
-            "t.log({'train/loss': 1.0}, step=0)\n"
-            "t.finish()\n")
-    env = {**os.environ, "WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40}
+def test_without_a_server_wandb_logs_offline_and_a_resumed_run_continues_one_wandb_run(tmp_path):
+    """Logged in (an API key) but the server refuses connections: one warning line, then offline logging
+    instead of a hang and a crash. Trained on with a larger budget, the run continues the same W&B run."""
+    env = {**os.environ, "WANDB_MODE": "", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40}
+    env.pop("WANDB_MODE")
     t0 = time.perf_counter()
-    proc = subprocess.run([PY, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "mode offline True" in proc.stdout  # nothing listens on port 9: refused at once, offline
-    assert "cannot be reached; logging offline" in proc.stderr
-    assert time.perf_counter() - t0 < 90
-    assert list((tmp_path / "wandb").glob("offline-run-*fallback1"))
-
-
-def test_a_resumed_run_continues_its_wandb_run(tmp_path):
-    env = {**os.environ, "WANDB_MODE": "offline"}
-    for steps in (4, 8):  # a finished run trained on with a larger budget: one W&B run
-        subprocess.run(_train_cmd(tmp_path, "logger=wandb", f"trainer.max_steps={steps}"), cwd=ROOT, env=env,
-                       check=True, capture_output=True, timeout=300)
+    for steps in (4, 8):
+        proc = subprocess.run(_train_cmd(tmp_path, "logger=wandb", "logger.mode=online", f"trainer.max_steps={steps}"),
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "the W&B server cannot be reached; logging offline" in proc.stderr  # nothing listens on port 9
+    assert time.perf_counter() - t0 < 180
     folder = tmp_path / "debug" / "adhoc" / "supervised-s0"
     run_id = (folder / "wandb_run_id").read_text().strip()
     offline = sorted((folder / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(p.name.endswith(run_id) for p in offline)
+    assert load_checkpoint(folder / CHECKPOINT_NAME)["step"] == 8
