@@ -296,29 +296,32 @@ def scalar_metrics(rows: list[dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------- the trainer's hook
-def training_eval_hook(world: World, cfg, tracker=None):
-    """Called by the trainer every trainer.eval_every steps and at the end: probe/ scalars, and the
-    probe rows as a W&B table. Calibration and forks during training (every family with eval.full); at
-    the end every probe `model_rows` runs (the results table's rows, kept as `evaluate.final_rows`)."""
-    world_text = reads_world_text(OmegaConf.to_container(cfg.regime, resolve=True))
-    probes = probe_set_for(world, ProbeConfig(**cfg.eval.get("probes", {})), cfg.eval.get("probe_cache")) \
-        if world_text else None
+class TrainingEvaluator:
+    """The trainer's evaluation hook, called every trainer.eval_every steps and at the end: probe/ scalars,
+    and the probe rows as a W&B table. Calibration and forks during training (every family with
+    eval.full); at the end every probe `model_rows` runs, and its rows (the run's rows of the results
+    table) are kept as `final_rows`."""
 
-    def evaluate(model, step: int) -> dict:
+    def __init__(self, world: World, cfg, tracker=None):
+        self.world, self.cfg, self.tracker = world, cfg, tracker
+        self.world_text = reads_world_text(OmegaConf.to_container(cfg.regime, resolve=True))
+        self.probes = probe_set_for(world, ProbeConfig(**cfg.eval.get("probes", {})), cfg.eval.get("probe_cache")) \
+            if self.world_text else None
+        self.final_rows: list[dict] | None = None
+
+    def __call__(self, model, step: int) -> dict:
+        cfg = self.cfg
         if step >= cfg.trainer.max_steps:  # the final evaluation: every probe, kept for the results table
-            rows = evaluate.final_rows = model_rows(model, world, OmegaConf.to_container(cfg, resolve=True),
-                                                    cfg.eval.get("probe_cache"), probes)
-        elif world_text:
+            rows = self.final_rows = model_rows(model, self.world, OmegaConf.to_container(cfg, resolve=True),
+                                                cfg.eval.get("probe_cache"), self.probes)
+        elif self.world_text:
             families = FAMILIES if cfg.eval.get("full", False) else ("calibration", "forks")
-            rows = evaluate_model(model, world, probes, families=families)
+            rows = evaluate_model(model, self.world, self.probes, families=families)
         else:
             rows = []
-        if tracker is not None:
-            tracker.log_table("probe/table", rows, step=step)
+        if self.tracker is not None:
+            self.tracker.log_table("probe/table", rows, step=step)
         return scalar_metrics(rows)
-
-    evaluate.final_rows = None
-    return evaluate
 
 
 # ---------------------------------------------------------------------------- ClueQuest agents

@@ -119,7 +119,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
 
 def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
-    from instrumentality.evaluate import trained_run_rows, training_eval_hook
+    from instrumentality.evaluate import TrainingEvaluator, trained_run_rows
 
     remove_stale_temporaries(out_dir, CHECKPOINT_NAME)  # we hold the lock: no live writer owns them
     world, model, regime = build(cfg)
@@ -139,7 +139,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
                       name=f"{cfg.exp_name}/{cfg.run_name}", config=config, dir=out_dir,
                       run_id=wandb_run_id(out_dir),
                       tags=[f"rev:{git_revision()}", f"preset:{cfg.get('preset_name', '')}", cfg.regime.name])
-    evaluate = training_eval_hook(world, cfg, tracker)
+    evaluate = TrainingEvaluator(world, cfg, tracker)
     trainer = Trainer(model, regime, trainer_cfg, out_dir, tracker=tracker, run_config=config, evaluate=evaluate)
     t0 = time.perf_counter()
     try:
