@@ -113,6 +113,9 @@ def test_stale_temporary_checkpoints_are_removed(tmp_path):
 
 
 # ---------------------------------------------------------------------------- kills
+SAME_THREADS = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # as this process: bit-identical
+
+
 def _train_cmd(runs_root: Path, *overrides):
     return [PY, "-m", "instrumentality.train", "--multirun", "preset=debug", f"runs_root={runs_root}",
             f"eval.probe_cache={runs_root}/probes", "trainer.max_steps=60", "trainer.ckpt_every=3", *overrides]
@@ -123,21 +126,22 @@ def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_result(tmp_pa
     end: the weights and rows equal those of a run never interrupted."""
     import random
 
-    straight = tmp_path / "straight"
-    subprocess.run(_train_cmd(straight), cwd=ROOT, check=True, capture_output=True, timeout=300)
+    straight = tmp_path / "straight" / "debug" / "adhoc" / "supervised-s0"  # trained in this process
+    debug_run(straight, "trainer.max_steps=60", "trainer.ckpt_every=3", f"eval.probe_cache={tmp_path}/killed/probes")
     killed = tmp_path / "killed"
     folder = killed / "debug" / "adhoc" / "supervised-s0"
     rng = random.Random(0)
     for _ in range(1):
-        proc = subprocess.Popen(_train_cmd(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(_train_cmd(killed), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=SAME_THREADS)
         deadline = time.time() + 120
         while not (folder / CHECKPOINT_NAME).exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.05)
         time.sleep(rng.uniform(0.0, 0.5))
         proc.kill()
         proc.wait()
-    subprocess.run(_train_cmd(killed), cwd=ROOT, check=True, capture_output=True, timeout=300)
-    reference = straight / "debug" / "adhoc" / "supervised-s0"
+    subprocess.run(_train_cmd(killed), cwd=ROOT, check=True, capture_output=True, timeout=300, env=SAME_THREADS)
+    reference = straight
     assert same_weights(weights(folder), weights(reference))
     a, b = (pd.read_csv(f / ROWS).drop(columns=["source"]) for f in (folder, reference))
     pd.testing.assert_frame_equal(a, b)
