@@ -274,12 +274,32 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
         need = NEEDS.get(exp)
         return need is None or need not in in_sweep or (need, s) in done
 
+    failed_units = failed_units if failed_units is not None else []
     received: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _schedule(pending, running, done, durations, ready, lanes, cpu_lanes, preset, launcher, jobs, runs_root,
-                  overrides, env, progress, lock, received, failed_units if failed_units is not None else [])
+        while (pending or running) and not received:
+            for u in [u for u in running if u.finished()]:
+                u.thread.join()
+                with lock:
+                    running.remove(u)
+                    done.add((u.exp, u.seed))
+                    durations[(u.exp, u.seed)] = time.perf_counter() - u.t0
+                if u.proc.returncode != 0:
+                    failed_units.append((u.name, u.proc.returncode))
+                    how = (f"was killed by {signal.Signals(-u.proc.returncode).name}" if u.proc.returncode < 0
+                           else f"exited with {u.proc.returncode}")
+                    progress(u, f"{how}; the runs it finished are kept")
+            for exp, s in units_to_start(pending, [u.exp for u in running], ready, lanes, cpu_lanes):
+                with lock:
+                    pending.remove((exp, s))
+                cmd = unit_command(exp, s, preset, launcher, jobs, runs_root, overrides)
+                unit = Unit(exp, s, cmd, env, progress)
+                with lock:
+                    running.append(unit)
+                progress(unit, "started: " + " ".join(cmd[3 if exp != "F4_sb3" else 1:]))
+            time.sleep(0.2)
     finally:
         if running:
             print(f"\n=== stopping {len(running)} running unit(s): " + ", ".join(u.name for u in running), flush=True)
@@ -290,32 +310,6 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
     if received:
         raise Stopped(received[0])
     return {exp: sum(v for (e, _), v in durations.items() if e == exp) for exp in experiments}
-
-
-def _schedule(pending, running, done, durations, ready, lanes, cpu_lanes, preset, launcher, jobs, runs_root,
-              overrides, env, progress, lock, received, failed_units):
-    """The sweep's loop: start units as lanes free up, until all ended or a signal was received."""
-    while (pending or running) and not received:
-        for u in [u for u in running if u.finished()]:
-            u.thread.join()
-            with lock:
-                running.remove(u)
-                done.add((u.exp, u.seed))
-                durations[(u.exp, u.seed)] = time.perf_counter() - u.t0
-            if u.proc.returncode != 0:
-                failed_units.append((u.name, u.proc.returncode))
-                how = (f"was killed by {signal.Signals(-u.proc.returncode).name}" if u.proc.returncode < 0
-                       else f"exited with {u.proc.returncode}")
-                progress(u, f"{how}; the runs it finished are kept")
-        for exp, s in units_to_start(pending, [u.exp for u in running], ready, lanes, cpu_lanes):
-            with lock:
-                pending.remove((exp, s))
-            cmd = unit_command(exp, s, preset, launcher, jobs, runs_root, overrides)
-            unit = Unit(exp, s, cmd, env, progress)
-            with lock:
-                running.append(unit)
-            progress(unit, "started: " + " ".join(cmd[3 if exp != "F4_sb3" else 1:]))
-        time.sleep(0.2)
 
 
 def log_report_to_wandb(out: Path, provenance: dict):
@@ -333,6 +327,13 @@ def log_report_to_wandb(out: Path, provenance: dict):
                                          "seeds": c.n_seeds, "verdict": c.verdict}
                                         for c in claims(load(out / "results.csv"))], step=0)
     tracker.finish()
+
+
+def print_failures(failed_jobs: list[Path], failed_units: list[tuple[str, int]]):
+    for p in failed_jobs:
+        print(f"  FAILED job: {p} (see its summary.json)", file=sys.stderr)
+    for name, code in failed_units:
+        print(f"  FAILED unit: {name} (exit code {code})", file=sys.stderr)
 
 
 def main() -> int:
@@ -392,8 +393,7 @@ def main() -> int:
     write_json(out / "provenance.json", provenance)
     if not (out / "results.csv").exists():
         print(f"\nno results table was written ({out / 'results.csv'}): no run produced rows", file=sys.stderr)
-        for name, code in failed_units:
-            print(f"  FAILED unit: {name} (exit code {code})", file=sys.stderr)
+        print_failures([], failed_units)
         return 1
     from instrumentality.report import write_report
 
@@ -402,10 +402,7 @@ def main() -> int:
     failed = [p.parent for p in (runs_root / args.preset).rglob("summary.json")
               if '"status": "failed"' in p.read_text(errors="replace")]
     print(f"\nwrote {out / 'results.csv'}, {report}, {out / 'figures'}/ in {provenance['total_wall_s'] / 60:.1f} min")
-    for p in failed:
-        print(f"  FAILED job: {p} (see its summary.json)", file=sys.stderr)
-    for name, code in failed_units:
-        print(f"  FAILED unit: {name} (exit code {code})", file=sys.stderr)
+    print_failures(failed, failed_units)
     if evaluation.returncode != 0:
         print(f"  FAILED evaluation of some runs (exit code {evaluation.returncode}; see above)", file=sys.stderr)
     return 1 if failed or failed_units or evaluation.returncode != 0 else 0

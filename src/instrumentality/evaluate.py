@@ -437,11 +437,11 @@ def evaluate_run(run_dir: Path, probe_cache: str | None = None, recompute: bool 
     """A run's rows for the results table, stored in its folder: reused where they were computed from its
     current checkpoint (or summary) by this evaluation code, computed afresh otherwise (or with
     `recompute`). Raises on a bad checkpoint or summary, naming the file."""
-    stored = None if recompute else read_run_rows(run_dir)
+    source = source_digest(run_dir)
+    stored = None if recompute else read_run_rows(run_dir, source)
     if stored is not None:
         return stored
     summary = read_json(run_dir / "summary.json", "run summary") if (run_dir / "summary.json").exists() else {}
-    source = source_digest(run_dir)
     if "agent" in summary:  # a scripted or SB3 quest agent
         rows = agent_run_rows(run_dir, summary)
     elif not (run_dir / "checkpoint.pt").exists():
@@ -450,11 +450,7 @@ def evaluate_run(run_dir: Path, probe_cache: str | None = None, recompute: bool 
         rows = failed_run_rows(run_dir, summary)  # a job that failed: its error is in the summary
     else:
         rows = evaluate_checkpoint(run_dir, probe_cache)
-    write_run_rows(run_dir, rows, source)
-    stored = read_run_rows(run_dir)  # as the table will hold them: with source and run_rows
-    if stored is None:
-        raise DataFileError(f"{run_dir / ROWS}: written but cannot be read back (was the run replaced meanwhile?)")
-    return stored
+    return write_run_rows(run_dir, rows, source)
 
 
 def failed_run_rows(run_dir: Path, summary: dict) -> list[dict]:

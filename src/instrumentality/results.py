@@ -40,17 +40,18 @@ def run_id_of(run_dir: Path) -> str:
     return f"{run_dir.parent.name}/{run_dir.name}"
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flatten(d: dict, prefix: str = "") -> dict:
+    """A nested config as {"group.key": value}."""
     out = {}
-    for k, v in d.items():
+    for k, v in (d or {}).items():
         key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
     return out
 
 
 def tidy_rows(rows: list[dict], run_id: str, run_config: dict, status: dict | None = None) -> list[dict]:
     """Rows with the run's identity: run_id, regime, seed, the swept config values and its status."""
-    flat = _flatten(run_config or {})
+    flat = flatten(run_config)
     meta = {"run_id": run_id, "regime": flat.get("regime.name", ""), "seed": flat.get("seed", "")}
     meta.update({k: flat.get(k, "") for k in SWEPT_KEYS})
     meta["status"] = (status or {}).get("status", "")
@@ -94,25 +95,27 @@ def source_digest(run_dir: Path) -> str:
     return h.hexdigest()
 
 
-def write_run_rows(run_dir: Path, rows: list[dict], source: str | None = None) -> Path:
-    """Store a run's tidy rows in its folder (atomically), tagged with what they were computed from."""
+def write_run_rows(run_dir: Path, rows: list[dict], source: str | None = None) -> pd.DataFrame:
+    """Store a run's tidy rows in its folder (atomically), tagged with what they were computed from.
+    Returns them as stored (with source and run_rows)."""
     source = source or source_digest(run_dir)
     df = pd.DataFrame(rows)
     df.insert(1, "source", source[:16])
     df.insert(2, "run_rows", len(df))
     write_atomic(run_dir / ROWS, df.to_csv(index=False))
     write_json(run_dir / ROWS_META, {"source": source, "rows": len(df), "eval_version": EVAL_VERSION})
-    return run_dir / ROWS
+    return df
 
 
-def read_run_rows(run_dir: Path) -> pd.DataFrame | None:
+def read_run_rows(run_dir: Path, source: str | None = None) -> pd.DataFrame | None:
     """A run's stored rows if they are complete and were computed from the run's current checkpoint (or
-    summary) by this evaluation code; None otherwise (they must be computed again)."""
+    summary; its digest `source` where the caller has it) by this evaluation code; None otherwise (they
+    must be computed again)."""
     if not (run_dir / ROWS_META).exists() or not (run_dir / ROWS).exists():
         return None
     try:
         meta = read_json(run_dir / ROWS_META, "rows record")
-        if meta.get("eval_version") != EVAL_VERSION or meta.get("source") != source_digest(run_dir):
+        if meta.get("eval_version") != EVAL_VERSION or meta.get("source") != (source or source_digest(run_dir)):
             return None
         df = pd.read_csv(run_dir / ROWS)
     except (DataFileError, ValueError, OSError):

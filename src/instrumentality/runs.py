@@ -12,6 +12,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from instrumentality.errors import ConfigError, check_name
+from instrumentality.results import flatten
 
 # What a run is: these config groups and keys. The rest (names, logging, evaluation, the preset's budgets
 # that flow into trainer.max_steps) does not change what is trained.
@@ -22,19 +23,11 @@ BUDGET_KEYS = {"trainer.max_steps", "trainer.log_every", "trainer.eval_every", "
                "regime.corpus_cache"}
 
 
-def _flatten(d, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def identity(config: dict) -> dict:
     """The flat identity of a resolved run config: IDENTITY_KEYS less BUDGET_KEYS, with paths under the
     config's runs_root written relative to it (a moved runs folder is the same run)."""
     root = str(config.get("runs_root", "")).rstrip("/")
-    flat = _flatten({k: config.get(k) for k in IDENTITY_KEYS})
+    flat = flatten({k: config.get(k) for k in IDENTITY_KEYS})
     out = {}
     for key, value in flat.items():
         if key in BUDGET_KEYS or key.endswith("._target_"):
