@@ -272,14 +272,14 @@ def bench_host_syncs(world, model_cfg, device, steps: int = 8) -> list[dict]:
     import yaml
 
     from instrumentality.envs.tokens import quest_tokens
-    from instrumentality.regimes import Critic, Quest, Reinforce
+    from instrumentality.regimes import CriticRegime, Quest, Reinforce
 
     quest = yaml.safe_load((ROOT / "configs" / "quest" / "small.yaml").read_text())
     tokens = quest_tokens(quest, world.vocab_size)
     cases = {
         "supervised": (model_cfg, lambda: Supervised(world, batch_size=64)),
         "reinforce (baseline=mean)": (model_cfg, lambda: Reinforce(world, batch_size=64, baseline="mean")),
-        "critic (truth, H=8)": (model_cfg, lambda: Critic(world, ref="truth", init="scratch")),
+        "critic (truth, H=8)": (model_cfg, lambda: CriticRegime(world, ref="truth", init="scratch")),
         "quest (scratch)": (quest_model_config(world, tokens, model_cfg),
                             lambda: Quest(world, env=quest, n_envs=256, init="scratch")),
     }

@@ -21,7 +21,8 @@ from instrumentality.envs.tokens import (
 )
 from instrumentality.errors import ConfigError
 from instrumentality.model import GPT, GPTConfig
-from instrumentality.regimes import Quest, Supervised, gae
+from instrumentality.regimes import Quest, Supervised
+from instrumentality.rl import gae
 from instrumentality.trainer import Trainer, TrainerConfig, save_checkpoint
 from instrumentality.world import World, WorldConfig
 
@@ -195,11 +196,13 @@ def test_simulator_loss_is_the_transcript_cross_entropy_without_padding(tmp_path
     tokens = QuestTokens(CFG, world.vocab_size)
     regime = Supervised(world, batch_size=8, quest=asdict(CFG), quest_fraction=1.0, quest_corpus=64,
                         corpus_cache=str(tmp_path))
+    model = quest_model(world, tokens)
+    regime.setup(model, torch.device("cpu"))  # builds the transcript corpus
     assert len(list(tmp_path.glob("*.pt"))) == 1  # cached: a second regime loads it
     again = QuestCorpus(tokens, 64, cache=tmp_path)
     assert torch.equal(again.data, regime.corpus.data)
-    model = quest_model(world, tokens)
-    loss, metrics, n_tokens = regime.loss(model, 0, torch.Generator().manual_seed(1))
+    (update,) = regime.updates(model, 0, torch.Generator().manual_seed(1))
+    loss, n_tokens = update.loss, update.tokens
     x = regime.corpus.sample(8, torch.Generator().manual_seed(1))
     logp = torch.log_softmax(model(x[:, :-1])["logits"], -1).gather(-1, x[:, 1:, None]).squeeze(-1)
     real = x[:, 1:] != tokens.pad

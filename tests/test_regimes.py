@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from instrumentality.model import GPT, GPTConfig
-from instrumentality.regimes import Critic, Reinforce, Supervised
+from instrumentality.regimes import CriticRegime, Reinforce, Supervised
+from instrumentality.rl import gae
 from instrumentality.trainer import Trainer, TrainerConfig, save_checkpoint
 from instrumentality.world import ConfigError, World, WorldConfig
 
@@ -41,7 +42,7 @@ def test_reinforce_gradient_is_unbiased(tiny, reward):
     errors = {}
     for S in (64, 4096):
         regime = Reinforce(world, reward=reward, samples_per_position=S)
-        loss, _, _ = regime.loss_on(model, x, torch.Generator().manual_seed(S))
+        loss = regime.update_on(model, x, torch.Generator().manual_seed(S)).loss
         g = flat_grad(model, loss)
         errors[S] = float((g - target).norm() / target.norm())
     print(f"\n{reward}: relative error {errors}")
@@ -53,8 +54,8 @@ def test_reinforce_baselines_leave_the_mean_gradient_unchanged(tiny):
     world, model, x = tiny
     grads = {}
     for b in ("one", "none"):
-        loss, _, _ = Reinforce(world, baseline=b, samples_per_position=8192).loss_on(
-            model, x, torch.Generator().manual_seed(1))
+        loss = Reinforce(world, baseline=b, samples_per_position=8192).update_on(
+            model, x, torch.Generator().manual_seed(1)).loss
         grads[b] = flat_grad(model, loss)
     # same samples (same seed): the baseline term b * grad log pi(a) averages to ~0
     rel = float((grads["one"] - grads["none"]).norm() / grads["none"].norm())
@@ -73,11 +74,11 @@ def make_ref(tmp_path, world):
 def test_critic_regime_trains_and_keeps_the_reference_frozen(tmp_path, rollout, critic):
     world = World(WorldConfig(seq_len=24))
     model, ref_path = make_ref(tmp_path, world)
-    regime = Critic(world, critic=critic, horizon=4, k_samples=2, n_prompts=8, rollout=rollout,
+    regime = CriticRegime(world, critic=critic, horizon=4, k_samples=2, n_prompts=8, rollout=rollout,
                     prompt_lengths=[6, 10], ref_checkpoint=str(ref_path))
     t = Trainer(model, regime, TrainerConfig(max_steps=6, log_every=2, progress=False, warmup_steps=0), tmp_path)
     assert t.fit()["status"] == "finished"
-    ref_params = dict(regime.ref_model.named_parameters())
+    ref_params = dict(regime.rollouts.ref_model.named_parameters())
     assert all(not p.requires_grad for p in ref_params.values())
     moved = any(not torch.equal(p, ref_params[n]) for n, p in t.model.named_parameters())
     assert moved  # the policy moved away from pi_ref, which stayed where it was
@@ -85,11 +86,14 @@ def test_critic_regime_trains_and_keeps_the_reference_frozen(tmp_path, rollout, 
 
 
 def test_leave_one_out_baseline_and_discounted_returns():
-    world = World(WorldConfig(seq_len=24))
-    regime = Critic(world, horizon=3, gamma=0.5, ref="truth", init="scratch", prompt_lengths=[6])
+    from instrumentality.rl import discount_matrix, discounted_returns, leave_one_out_baseline
+
     r = torch.tensor([[1.0, 2.0, 4.0]])
     # G_0 = 1 + 0.5*2 + 0.25*4 = 3, G_1 = 2 + 0.5*4 = 4, G_2 = 4
-    assert torch.allclose(r @ regime.discount, torch.tensor([[3.0, 4.0, 4.0]]))
+    assert torch.allclose(discounted_returns(r, discount_matrix(3, 0.5)), torch.tensor([[3.0, 4.0, 4.0]]))
+    # two prompts x three samples: each sample's baseline is the mean of its two siblings
+    G = torch.tensor([[1.0], [2.0], [6.0], [0.0], [0.0], [3.0]])
+    torch.testing.assert_close(leave_one_out_baseline(G, 3), torch.tensor([[4.0], [3.5], [1.5], [1.5], [1.5], [0.0]]))
 
 
 @pytest.mark.parametrize("kw,key", [({"k_samples": 1}, "regime.k_samples"), ({"beta": 0}, "regime.beta"),
@@ -98,7 +102,7 @@ def test_leave_one_out_baseline_and_discounted_returns():
                                     ({"horizon": 60, "ref": "truth", "init": "scratch"}, "regime.prompt_lengths")])
 def test_invalid_critic_config_names_the_key(kw, key):
     with pytest.raises(ConfigError, match=key):
-        Critic(World(), **kw)
+        CriticRegime(World(), **kw)
 
 
 def test_reinforce_invalid_reward_names_the_key():
@@ -110,8 +114,6 @@ def test_reinforce_invalid_reward_names_the_key():
 
 def test_gae_limits():
     """lambda = 1: discounted return minus V; lambda = 0: the one-step TD error."""
-    from instrumentality.regimes import gae
-
     r = torch.tensor([[1.0, 2.0, 4.0]])
     v = torch.tensor([[0.5, 1.0, -1.0]])
     g = 0.5
@@ -126,19 +128,27 @@ def test_ppo_first_epoch_gradient_is_the_advantage_weighted_policy_gradient(tmp_
     of -mean A_t log pi(a_t | ctx_t), with A the stored (normalised) advantages."""
     world = World(WorldConfig(seq_len=24))
     model, ref_path = make_ref(tmp_path, world)
-    regime = Critic(world, horizon=4, k_samples=2, n_prompts=8, prompt_lengths=[6], ref_checkpoint=str(ref_path),
+    regime = CriticRegime(world, horizon=4, k_samples=2, n_prompts=8, prompt_lengths=[6], ref_checkpoint=str(ref_path),
                     algo="ppo", vf_coef=0.0)
     regime.setup(model, torch.device("cpu"))
     assert model.value_head is not None and model.cfg.value_head
-    loss, metrics, _ = regime.loss(model, 0, torch.Generator().manual_seed(0))
-    g_ppo = flat_grad(model, loss)
-    b = regime.buffer
-    L = b["prompt_len"]
-    logp = F.log_softmax(model(b["contexts"])["logits"][:, L - 1:], -1).gather(-1, b["actions"][..., None]).squeeze(-1)
-    torch.testing.assert_close(logp.detach(), b["old_logp_a"], atol=1e-5, rtol=0)  # ratio = 1
-    g_pg = flat_grad(model, -(b["advantages"] * logp).mean())
+    batch = regime.rollouts.collect(model, torch.Generator().manual_seed(0))
+    updates = list(regime.ppo_updates(model, batch))
+    assert len(updates) == regime.ppo_epochs  # one optimizer step per epoch on the rollout
+    first = updates[0]
+    g_ppo = flat_grad(model, first.loss)
+    L = batch.prompt_len
+    logp = F.log_softmax(model(batch.contexts)["logits"][:, L - 1:], -1).gather(-1, batch.actions[..., None]).squeeze(-1)
+    # the advantages the update used, rebuilt from the rollout by the toolkit's GAE and normalisation
+    from instrumentality.rl import normalise
+
+    with torch.no_grad():
+        out = model(batch.contexts)
+        r = batch.graded - regime.beta * (logp.detach() - batch.ref_logp_a)
+        adv = normalise(gae(r, out["value"][:, L - 1:].float(), regime.gamma, regime.gae_lambda))
+    g_pg = flat_grad(model, -(adv * logp).mean())
     torch.testing.assert_close(g_ppo, g_pg, atol=1e-6, rtol=1e-4)
-    assert float(metrics["clip_fraction"]) == 0.0
+    assert float(first.metrics["clip_fraction"]) == 0.0 and abs(float(first.metrics["approx_kl"])) < 1e-6
 
 
 def test_ppo_trains_and_resumes_exactly(tmp_path):
@@ -146,7 +156,7 @@ def test_ppo_trains_and_resumes_exactly(tmp_path):
 
     def trainer(out):
         model, ref_path = make_ref(tmp_path, world)
-        regime = Critic(world, horizon=4, k_samples=2, n_prompts=8, prompt_lengths=[6], ref_checkpoint=str(ref_path),
+        regime = CriticRegime(world, horizon=4, k_samples=2, n_prompts=8, prompt_lengths=[6], ref_checkpoint=str(ref_path),
                         algo="ppo", ppo_epochs=3)
         return Trainer(model, regime, TrainerConfig(max_steps=8, log_every=2, ckpt_every=3, progress=False,
                                                     warmup_steps=0), out)

@@ -61,9 +61,10 @@ def test_corrupt_checkpoint_is_a_clear_error_and_overwrites_nothing(tmp_path, sm
 
 
 class ExplodingRegime(Supervised):
-    def loss(self, model, step, gen):
-        loss, metrics, n = super().loss(model, step, gen)
-        return (loss * float("nan") if step == 4 else loss), metrics, n
+    def updates(self, model, step, gen):
+        for update in super().updates(model, step, gen):
+            update.loss = update.loss * float("nan") if step == 4 else update.loss
+            yield update
 
 
 def test_nan_loss_ends_the_run_as_collapsed(tmp_path, small_world):
@@ -99,9 +100,10 @@ class CountingRegime(Supervised):
     """Reports its counts as tensors (as the quest regime does on a device): step s has s + 1 tokens and
     2 s env steps, so the totals are known in closed form."""
 
-    def loss(self, model, step, gen):
-        loss, metrics, _ = super().loss(model, step, gen)
-        return loss, {**metrics, "env_steps": torch.tensor(2 * step)}, torch.tensor(step + 1)
+    def updates(self, model, step, gen):
+        for update in super().updates(model, step, gen):
+            update.env_steps, update.tokens = torch.tensor(2 * step), torch.tensor(step + 1)
+            yield update
 
 
 def test_counts_reported_as_tensors_are_read_at_log_and_checkpoint_steps_and_survive_resume(tmp_path,

@@ -34,6 +34,7 @@ from instrumentality.errors import DataFileError
 from instrumentality.files import read_json
 from instrumentality.model import device_of
 from instrumentality.probes import ProbeConfig, ProbeSet, probe_set_for
+from instrumentality.regimes.base import QUEST_PROBES, WORLD_PROBES, Regime
 from instrumentality.results import (
     ROWS,
     curve_rows,
@@ -47,9 +48,8 @@ from instrumentality.results import (
     write_run_rows,
 )
 from instrumentality.stats import ALPHA, bootstrap_indices, mean_ci, stat_ci
-from instrumentality.world import World, WorldConfig
+from instrumentality.world import World
 
-THEORY_CURVE_MAX_H = 12
 FAMILIES = ("calibration", "forks", "rollouts", "lookahead")
 
 
@@ -302,9 +302,9 @@ class TrainingEvaluator:
     eval.full); at the end every probe `model_rows` runs, and its rows (the run's rows of the results
     table) are kept as `final_rows`."""
 
-    def __init__(self, world: World, cfg, tracker=None):
-        self.world, self.cfg, self.tracker = world, cfg, tracker
-        self.world_text = reads_world_text(OmegaConf.to_container(cfg.regime, resolve=True))
+    def __init__(self, world: World, regime: Regime, cfg, tracker=None):
+        self.world, self.regime, self.cfg, self.tracker = world, regime, cfg, tracker
+        self.world_text = WORLD_PROBES in regime.probe_families()
         self.probes = probe_set_for(world, ProbeConfig(**cfg.eval.get("probes", {})), cfg.eval.get("probe_cache")) \
             if self.world_text else None
         self.final_rows: list[dict] | None = None
@@ -312,8 +312,9 @@ class TrainingEvaluator:
     def __call__(self, model, step: int) -> dict:
         cfg = self.cfg
         if step >= cfg.trainer.max_steps:  # the final evaluation: every probe, kept for the results table
-            rows = self.final_rows = model_rows(model, self.world, OmegaConf.to_container(cfg, resolve=True),
-                                                cfg.eval.get("probe_cache"), self.probes)
+            config = OmegaConf.to_container(cfg, resolve=True)
+            rows = self.final_rows = model_rows(model, self.world, self.regime, config, cfg.eval.get("probe_cache"),
+                                                self.probes)
         elif self.world_text:
             families = FAMILIES if cfg.eval.get("full", False) else ("calibration", "forks")
             rows = evaluate_model(model, self.world, self.probes, families=families)
@@ -326,11 +327,6 @@ class TrainingEvaluator:
 
 # ---------------------------------------------------------------------------- ClueQuest agents
 QUEST_EPISODES = 200  # episodes per quest probe variant
-
-
-def reads_world_text(regime_cfg: dict) -> bool:
-    """Whether a run trained on world text (and so is scored on the world probes)."""
-    return regime_cfg.get("name") != "quest" and float(regime_cfg.get("quest_fraction") or 0.0) < 1.0
 
 
 def quest_model_rows(model, world: World, quest: dict, name: str, normalise: bool = True,
@@ -397,18 +393,18 @@ def find_runs(paths) -> list[Path]:
     return sorted(set(runs))
 
 
-def model_rows(model, world: World, run_config: dict, probe_cache: str | None = None,
+def model_rows(model, world: World, regime: Regime, run_config: dict, probe_cache: str | None = None,
                probes: ProbeSet | None = None) -> list[dict]:
-    """Every probe of a trained model: the world probes (with the critic's exact optimum beside them)
-    for a model of world text, the quest probes for a model that plays ClueQuest."""
-    regime_cfg, rows = run_config.get("regime", {}), []
-    if reads_world_text(regime_cfg):
+    """Every probe family the regime's model is scored on (the world probes, the quest probes), and the
+    regime's exact theory rows beside them."""
+    rows = []
+    if WORLD_PROBES in regime.probe_families():
         probes = probes or probe_set_for(world, ProbeConfig(**run_config.get("eval", {}).get("probes", {})),
                                          probe_cache)
-        rows += evaluate_model(model, world, probes) + critic_theory_rows(world, regime_cfg)
-    if run_config.get("quest"):
-        rows += quest_model_rows(model, world, run_config["quest"], regime_cfg.get("name", "model"))
-    return rows
+        rows += evaluate_model(model, world, probes)
+    if QUEST_PROBES in regime.probe_families():
+        rows += quest_model_rows(model, world, run_config["quest"], regime.name)
+    return rows + regime.theory_rows()
 
 
 def trained_run_rows(run_dir: Path, probe_rows: list[dict], run_config: dict, history: list[dict],
@@ -420,17 +416,17 @@ def trained_run_rows(run_dir: Path, probe_rows: list[dict], run_config: dict, hi
 
 def evaluate_checkpoint(run_dir: Path, probe_cache: str | None = None) -> list[dict]:
     """A run's rows from its checkpoint, evaluated on its world's probe set. Raises on a bad checkpoint."""
+    from instrumentality.build import build_regime, build_world
     from instrumentality.model import GPT, GPTConfig
     from instrumentality.trainer import load_checkpoint
 
     ck = load_checkpoint(run_dir / "checkpoint.pt")
     run_config = ck["run_config"]
-    world_cfg = {k: v for k, v in run_config.get("world", {}).items() if not k.startswith("_")}
-    world = World(WorldConfig(**world_cfg))
+    world = build_world(run_config)
     model = GPT(GPTConfig(**ck["model_config"]))
     model.load_state_dict(ck["model"])
-    return trained_run_rows(run_dir, model_rows(model, world, run_config, probe_cache), run_config, ck["history"],
-                            ck["status"])
+    rows = model_rows(model, world, build_regime(run_config, world), run_config, probe_cache)
+    return trained_run_rows(run_dir, rows, run_config, ck["history"], ck["status"])
 
 
 def evaluate_run(run_dir: Path, probe_cache: str | None = None, recompute: bool = False) -> pd.DataFrame:
@@ -456,25 +452,6 @@ def evaluate_run(run_dir: Path, probe_cache: str | None = None, recompute: bool 
 def failed_run_rows(run_dir: Path, summary: dict) -> list[dict]:
     """A run that failed before writing a checkpoint: its summary.json has the error."""
     return tidy_rows(status_rows(summary["status"]), run_id_of(run_dir), summary.get("config", {}), summary["status"])
-
-
-def critic_theory_rows(world: World, regime_cfg: dict) -> list[dict]:
-    """For a critic run whose critic is a function of state and token: the exact optimum's steering,
-    as rows with metric `<metric>_theory` beside the learned ones."""
-    if regime_cfg.get("name") != "critic":
-        return []
-    from instrumentality.critics import make_critic
-    from instrumentality.optimum import theory_rows
-
-    critic = make_critic(regime_cfg.get("critic", "truth"), world, **(regime_cfg.get("critic_kwargs") or {}))
-    if not hasattr(critic, "table"):
-        return []
-    beta, gamma, H = float(regime_cfg["beta"]), float(regime_cfg["gamma"]), int(regime_cfg["horizon"])
-    rows = [{**r, "metric": r["metric"] + "_theory"} for r in theory_rows(world, critic.table(world), beta, gamma, H)]
-    for h in range(1, THEORY_CURVE_MAX_H + 1):  # the whole exact curve, for the figures
-        rows += [{**r, "probe": "theory_curve/" + r["probe"], "horizon": h}
-                 for r in theory_rows(world, critic.table(world), beta, gamma, h)]
-    return rows
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -19,6 +19,8 @@ import torch
 
 from instrumentality.world import ConfigError, World
 
+THEORY_CURVE_MAX_H = 12  # the exact optimum's curve over H is drawn up to this horizon
+
 
 def soft_optimum(world: World, reward: torch.Tensor, beta: float, gamma: float, horizon: int):
     """Backward induction. reward [S, V] (c(s, x)). Returns (policies, values): policies[h] is pi*_h

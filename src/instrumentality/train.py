@@ -17,13 +17,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
-from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from instrumentality.envs.tokens import quest_tokens
-from instrumentality.errors import ConfigError, DataFileError, check_types
+from instrumentality.build import build as build_objects
+from instrumentality.build import make
+from instrumentality.errors import ConfigError, DataFileError
 from instrumentality.files import Locked, file_lock, read_json, remove_stale_temporaries, write_atomic, write_json
-from instrumentality.model import GPT
 from instrumentality.probes import ProbeConfig
 from instrumentality.results import write_run_rows
 from instrumentality.runs import FolderConflict, check_run_names, check_same_run
@@ -43,33 +42,9 @@ HEADLINE = ("probe/calibration/kl", "probe/calibration/excess_nll", "probe/forks
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
-def make(node, group: str, **kwargs):
-    """hydra.utils.instantiate of one config group, with every value's type checked against its target
-    first; a bad value raises ConfigError naming `group.key`."""
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
-    values.pop("name", None)
-    check_types(get_object(values["_target_"]), {**values, **kwargs}, group)
-    try:
-        return instantiate(values, **kwargs, _convert_="all")
-    except InstantiationException as e:
-        if isinstance(e.__cause__, ConfigError):
-            raise e.__cause__ from None
-        raise
-
-
 def build(cfg: DictConfig):
-    """World, model and regime from a composed config. Raises ConfigError on an invalid value."""
-    world = World(make(cfg.world, "world"))
-    tokens = quest_tokens(OmegaConf.to_container(cfg.quest) if cfg.get("quest") else None, world.vocab_size)
-    if tokens is None:
-        model_cfg = make(cfg.model, "model", vocab_size=world.vocab_size)
-    else:  # quest tokens follow the world's; the context holds a whole episode
-        model_cfg = make(cfg.model, "model", vocab_size=world.vocab_size + tokens.size,
-                         block_size=max(cfg.model.block_size, tokens.max_seq_len))
-    seed_everything(cfg.seed)
-    model = GPT(model_cfg)
-    regime = make(cfg.regime, "regime", world=world)
-    return world, model, regime
+    """World, model and regime from a composed config, the global seeds set before the model is drawn."""
+    return build_objects(cfg, seed_everything)
 
 
 def check_run_values(cfg: DictConfig):
@@ -139,7 +114,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
                       name=f"{cfg.exp_name}/{cfg.run_name}", config=config, dir=out_dir,
                       run_id=wandb_run_id(out_dir),
                       tags=[f"rev:{git_revision()}", f"preset:{cfg.get('preset_name', '')}", cfg.regime.name])
-    evaluate = TrainingEvaluator(world, cfg, tracker)
+    evaluate = TrainingEvaluator(world, regime, cfg, tracker)
     trainer = Trainer(model, regime, trainer_cfg, out_dir, tracker=tracker, run_config=config, evaluate=evaluate)
     t0 = time.perf_counter()
     try:

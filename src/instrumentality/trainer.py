@@ -1,15 +1,17 @@
 """The shared trainer: one loop for every regime.
 
 It owns the optimiser, schedule, gradient clipping, mixed precision, seeding, checkpoints and resume,
-periodic evaluation, progress and logging. A regime only says how a step becomes a loss:
+periodic evaluation, progress and logging. A regime (the `Regime` protocol, regimes/base.py) only says how
+data become optimizer updates:
 
-    loss, metrics, n_tokens = regime.loss(model, step, generator)
+    for update in regime.updates(model, step, generator):   # Update(loss, metrics, tokens, env_steps)
 
-n_tokens (and metrics["env_steps"], for regimes that act in an env) may be ints or device tensors: the
-trainer adds them up on the device and reads them at logging, evaluation and checkpoint steps only.
+tokens and env_steps may be ints or device tensors: the trainer adds them up on the device and reads them
+at logging, evaluation and checkpoint steps only.
 
-All randomness of step s comes from a generator seeded with (seed, s), so a run resumed from a
-checkpoint replays exactly the steps an uninterrupted run would have taken.
+All randomness of one call of `updates` comes from a generator seeded with (seed, the step it starts at),
+and checkpoints are written between calls (never inside an RL regime's epochs on one rollout), so a run
+resumed from a checkpoint replays exactly the steps an uninterrupted run would have taken.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import torch
 
 from instrumentality.errors import ConfigError, check_config, check_dataclass_types
 from instrumentality.files import write_atomic
+from instrumentality.regimes.base import Regime, Update
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -177,7 +180,7 @@ EvalHook = Callable[[torch.nn.Module, int], dict]
 
 
 class Trainer:
-    def __init__(self, model: torch.nn.Module, regime, cfg: TrainerConfig, out_dir: str | os.PathLike,
+    def __init__(self, model: torch.nn.Module, regime: Regime, cfg: TrainerConfig, out_dir: str | os.PathLike,
                  tracker=None, evaluate: EvalHook | None = None, run_config: dict | None = None):
         self.cfg = cfg
         self.device = pick_device(cfg.device)
@@ -190,13 +193,14 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0  # tokens the regime processed (world tokens, or generated tokens)
         self.first_bad_step = torch.full((), -1, device=self.device)  # nonfinite_check=deferred
-        self.env_steps = 0  # environment steps (regimes that act in an env report them as metrics["env_steps"])
+        self.env_steps = 0  # environment steps (of regimes that act in an env)
         self._unread = [0, 0]  # tokens, env steps of the steps since the last read (ints or device tensors)
         self._since_log = [0, 0]  # tokens, env steps read since the last logged row
         self.history: list[dict] = []  # every logged row, kept in the checkpoint
         self.status = {"status": "running", "step": 0, "reason": ""}
-        if hasattr(regime, "setup"):
-            regime.setup(self.model, self.device)
+        self._saved_step = 0  # the step of the last checkpoint (checkpoints every ckpt_every steps)
+        self._t_last = time.perf_counter()
+        regime.setup(self.model, self.device)
         decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() >= 2]
         no_decay = [p for n, p in self.model.named_parameters() if p.requires_grad and p.dim() < 2]
         self.deferred_check = cfg.nonfinite_check == "deferred" or (cfg.nonfinite_check == "auto"
@@ -229,7 +233,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "regime": self.regime.state_dict() if hasattr(self.regime, "state_dict") else {},
+            "regime": self.regime.state_dict(),
             "history": self.history,
             "status": self.status,
             "torch_rng": torch.get_rng_state(),
@@ -248,6 +252,7 @@ class Trainer:
     def save(self):
         self._read_counts()
         save_checkpoint(self.checkpoint_path, self.state_dict())
+        self._saved_step = self.step
 
     def resume(self) -> bool:
         """Load the checkpoint in out_dir if there is one. Raises CheckpointError if it is corrupt."""
@@ -257,9 +262,9 @@ class Trainer:
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.scheduler.load_state_dict(ck["scheduler"])
-        if hasattr(self.regime, "load_state_dict"):
-            self.regime.load_state_dict(ck["regime"])
+        self.regime.load_state_dict(ck["regime"])
         self.step, self.history, self.status = ck["step"], ck["history"], ck["status"]
+        self._saved_step = self.step
         self.tokens_seen = ck.get("tokens_seen", 0)
         self.env_steps = ck.get("env_steps", 0)
         torch.set_rng_state(ck["torch_rng"].cpu())
@@ -286,6 +291,61 @@ class Trainer:
     def _collapse(self, reason: str):
         self.status = {"status": "collapsed", "step": self.step, "reason": reason}
 
+    def _apply(self, update: Update, bar) -> None:
+        """One optimizer step on `update`; logs, evaluates, and marks the run collapsed where it must end."""
+        c, loss, metrics = self.cfg, update.loss, update.metrics
+        if not self.deferred_check and not torch.isfinite(loss):
+            self._collapse(f"non-finite loss ({float(loss.detach())}) at step {self.step}")
+            return
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+                 if c.grad_clip > 0 else torch.zeros((), device=self.device))
+        if self.deferred_check:  # on the device: skip this update if it is not finite, remember the step
+            bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
+            self.optimizer.found_inf = bad.float()  # read by fused AdamW: no update where 1
+            self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), self.step, self.first_bad_step)
+        elif not torch.isfinite(gnorm):
+            self._collapse(f"non-finite gradient norm at step {self.step}")
+            return
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        self._unread = [self._unread[0] + update.tokens, self._unread[1] + update.env_steps]
+        if bar is not None:
+            bar.update(1)
+        if self.step % c.log_every == 0 or self.step == c.max_steps:
+            self._log_step(loss, gnorm, metrics, bar)
+        if self.status["status"] == "running" and c.eval_every and self.step % c.eval_every == 0 \
+                and self.step < c.max_steps:
+            self._run_eval()
+
+    def _log_step(self, loss: torch.Tensor, gnorm: torch.Tensor, metrics: dict, bar) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - self._t_last
+        self._read_counts()
+        (tokens_since, env_since), self._since_log = self._since_log, [0, 0]
+        row = {"step": self.step, "train/loss": float(loss.detach()), "train/grad_norm": float(gnorm),
+               "train/lr": self.scheduler.get_last_lr()[0],
+               **{k if "/" in k else f"train/{k}": float(v) for k, v in metrics.items()},
+               "perf/tokens_per_s": tokens_since / max(dt, 1e-9), "perf/tokens_seen": self.tokens_seen}
+        if self.env_steps:
+            row.update({"perf/env_steps_per_s": env_since / max(dt, 1e-9), "perf/env_steps_seen": self.env_steps})
+        self._log(row)
+        if bar is not None:
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        self._t_last = time.perf_counter()
+        if self.deferred_check and int(self.first_bad_step) >= 0:  # synced here, once per log_every steps
+            bad_step = int(self.first_bad_step)
+            self.status = {"status": "collapsed", "step": bad_step,
+                           "reason": f"non-finite loss or gradient norm at step {bad_step} (the update "
+                                     f"was skipped; seen at step {self.step})"}
+            return
+        reason = self.regime.collapsed(metrics)
+        if reason:
+            self._collapse(f"{reason} at step {self.step}")
+
     def fit(self, stop_after: int | None = None) -> dict:
         """Train to cfg.max_steps (resuming from a checkpoint if present). `stop_after` ends the call
         after that many optimizer steps without a final checkpoint (a simulated kill, for tests)."""
@@ -300,77 +360,38 @@ class Trainer:
         if c.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=c.max_steps, initial=self.step, desc=getattr(self.regime, "name", "train"),
+            bar = tqdm(total=c.max_steps, initial=self.step, desc=self.regime.name,
                        dynamic_ncols=True, leave=False)
-        t_last, steps_done = time.perf_counter(), 0
-        while self.step < c.max_steps:
-            gen = step_generator(c.seed, self.step, self.device)
-            with autocast_for(self.device):
-                loss, metrics, n_tokens = self.regime.loss(self.forward_model, self.step, gen)
-            if not self.deferred_check and not torch.isfinite(loss):
-                self._collapse(f"non-finite loss ({float(loss.detach())}) at step {self.step}")
-                break
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-                     if c.grad_clip > 0 else torch.zeros((), device=self.device))
-            if self.deferred_check:  # on the device: skip this update if it is not finite, remember the step
-                bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
-                self.optimizer.found_inf = bad.float()  # read by fused AdamW: no update where 1
-                self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), self.step, self.first_bad_step)
-            elif not torch.isfinite(gnorm):
-                self._collapse(f"non-finite gradient norm at step {self.step}")
-                break
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
-            steps_done += 1
-            self._unread = [self._unread[0] + n_tokens, self._unread[1] + metrics.pop("env_steps", 0)]
-            if bar is not None:
-                bar.update(1)
-            if self.step % c.log_every == 0 or self.step == c.max_steps:
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize()
-                dt = time.perf_counter() - t_last
-                self._read_counts()
-                (tokens_since, env_since), self._since_log = self._since_log, [0, 0]
-                row = {"step": self.step, "train/loss": float(loss.detach()), "train/grad_norm": float(gnorm),
-                       "train/lr": self.scheduler.get_last_lr()[0],
-                       **{k if "/" in k else f"train/{k}": float(v) for k, v in metrics.items()},
-                       "perf/tokens_per_s": tokens_since / max(dt, 1e-9), "perf/tokens_seen": self.tokens_seen}
-                if self.env_steps:
-                    row.update({"perf/env_steps_per_s": env_since / max(dt, 1e-9),
-                                "perf/env_steps_seen": self.env_steps})
-                self._log(row)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-                t_last = time.perf_counter()
-                if self.deferred_check and int(self.first_bad_step) >= 0:  # synced here, once per log_every steps
-                    bad_step = int(self.first_bad_step)
-                    self.status = {"status": "collapsed", "step": bad_step,
-                                   "reason": f"non-finite loss or gradient norm at step {bad_step} (the update "
-                                             f"was skipped; seen at step {self.step})"}
+        self._t_last, steps_done = time.perf_counter(), 0
+        while self.step < c.max_steps and self.status["status"] == "running":
+            # one call of the regime: its updates (an RL regime's epochs x minibatches on one rollout) all
+            # draw from the generator of the step they start at
+            updates = self.regime.updates(self.forward_model, self.step, step_generator(c.seed, self.step, self.device))
+            while self.step < c.max_steps and self.status["status"] == "running":
+                with autocast_for(self.device):
+                    update = next(updates, None)
+                if update is None:
                     break
-                reason = self.regime.collapsed(metrics) if hasattr(self.regime, "collapsed") else None
-                if reason:
-                    self._collapse(f"{reason} at step {self.step}")
-                    break
-            if c.eval_every and self.step % c.eval_every == 0 and self.step < c.max_steps:
-                self._run_eval()
-            if c.ckpt_every and self.step % c.ckpt_every == 0 and self.step < c.max_steps:
+                self._apply(update, bar)
+                steps_done += 1
+                if stop_after is not None and steps_done >= stop_after:
+                    if bar is not None:
+                        bar.close()
+                    return {"status": "interrupted", "step": self.step, "reason": "stop_after"}
+            # between two calls (no rollout in flight, so none to keep): checkpoint, stop on a signal
+            if self.status["status"] != "running":
+                break
+            crossed = c.ckpt_every and self.step // c.ckpt_every > self._saved_step // c.ckpt_every
+            if crossed and self.step < c.max_steps:
                 self.save()
             if STOP.is_set():  # a signal: keep what was trained, resumable from here
                 if bar is not None:
                     bar.close()
                 self.save()
                 return {"status": "interrupted", "step": self.step, "reason": "stopped by a signal"}
-            if stop_after is not None and steps_done >= stop_after:
-                if bar is not None:
-                    bar.close()
-                return {"status": "interrupted", "step": self.step, "reason": "stop_after"}
         if bar is not None:
             bar.close()
-        if self.status["status"] == "running":
+        if self.status["status"] == "running" and self.step >= c.max_steps:
             self.status = {"status": "finished", "step": self.step, "reason": ""}
             self._run_eval()
         self.save()

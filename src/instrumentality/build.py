@@ -1,0 +1,64 @@
+"""World, model and regime from a run's config: the one place configs become objects (training builds a
+run with it, evaluation rebuilds a finished run's world, model and regime from its checkpoint's config)."""
+
+from __future__ import annotations
+
+from hydra.errors import InstantiationException
+from hydra.utils import get_object, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from instrumentality.envs.tokens import quest_tokens
+from instrumentality.errors import ConfigError, check_types
+from instrumentality.model import GPT, GPTConfig
+from instrumentality.regimes import Regime
+from instrumentality.world import World
+
+
+def make(node, group: str, **kwargs):
+    """hydra.utils.instantiate of one config group, with every value's type checked against its target
+    first; a bad value raises ConfigError naming `group.key`."""
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    values.pop("name", None)
+    check_types(get_object(values["_target_"]), {**values, **kwargs}, group)
+    try:
+        return instantiate(values, **kwargs, _convert_="all")
+    except InstantiationException as e:
+        if isinstance(e.__cause__, ConfigError):
+            raise e.__cause__ from None
+        raise
+
+
+def model_config(cfg, world: World) -> GPTConfig:
+    """The model's config: quest tokens follow the world's, and the context then holds a whole episode."""
+    quest = cfg.get("quest")
+    tokens = quest_tokens(OmegaConf.to_container(quest) if isinstance(quest, DictConfig) else quest, world.vocab_size)
+    if tokens is None:
+        return make(cfg["model"], "model", vocab_size=world.vocab_size)
+    return make(cfg["model"], "model", vocab_size=world.vocab_size + tokens.size,
+                block_size=max(cfg["model"]["block_size"], tokens.max_seq_len))
+
+
+def build_world(cfg) -> World:
+    return World(make(cfg["world"], "world"))
+
+
+# Regime classes that were renamed, for the configs kept in older checkpoints
+RENAMED_TARGETS = {"instrumentality.regimes.Critic": "instrumentality.regimes.CriticRegime"}
+
+
+def build_regime(cfg, world: World) -> Regime:
+    node = OmegaConf.to_container(cfg["regime"], resolve=True) if isinstance(cfg["regime"], DictConfig) \
+        else dict(cfg["regime"])
+    node["_target_"] = RENAMED_TARGETS.get(node["_target_"], node["_target_"])
+    return make(node, "regime", world=world)
+
+
+def build(cfg, seed_everything=None) -> tuple[World, GPT, Regime]:
+    """World, model and regime from a composed config (a DictConfig or the resolved dict a checkpoint
+    keeps). Raises ConfigError on an invalid value. `seed_everything(seed)` runs before the model's
+    weights are drawn."""
+    world = build_world(cfg)
+    model_cfg = model_config(cfg, world)
+    if seed_everything is not None:
+        seed_everything(cfg["seed"])
+    return world, GPT(model_cfg), build_regime(cfg, world)

@@ -1,0 +1,109 @@
+"""What every regime is to the shared trainer: the `Regime` protocol, and `Update`, one optimizer step's
+worth of loss.
+
+The trainer calls, in this order:
+    regime.setup(model, device)                      once, before the optimizer is built
+    for update in regime.updates(model, step, gen):  one optimizer step per update; an RL regime yields
+        ...                                          epochs x minibatches updates per rollout
+    regime.collapsed(metrics)                        at logging steps: a reason to end the run, or None
+    regime.state_dict() / load_state_dict(state)     what a checkpoint keeps beside the weights
+and the evaluation asks each regime which probe families score it and for its exact theory rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from instrumentality.world import ConfigError, World
+
+# The probe families a regime's model is scored on: the world probes (calibration, forks, rollouts,
+# look-ahead) for a model of world text, the quest probes for a model that plays ClueQuest.
+WORLD_PROBES, QUEST_PROBES = "world", "quest"
+
+
+@dataclass
+class Update:
+    """One optimizer step: the loss to descend, what to log, and how much data it consumed. tokens and
+    env_steps may be ints or device tensors (the trainer reads them only when it logs)."""
+
+    loss: torch.Tensor
+    metrics: dict = field(default_factory=dict)
+    tokens: int | torch.Tensor = 0
+    env_steps: int | torch.Tensor = 0
+
+
+@runtime_checkable
+class Regime(Protocol):
+    name: str
+
+    def setup(self, model: torch.nn.Module, device: torch.device) -> None:
+        """Load what the regime starts from (a reference model, an initialisation, a value head)."""
+
+    def updates(self, model: torch.nn.Module, step: int, gen: torch.Generator) -> Iterator[Update]:
+        """The optimizer steps that start at trainer step `step`; all randomness from `gen`."""
+
+    def collapsed(self, metrics: dict) -> str | None:
+        """Why training should stop now (e.g. the policy's entropy collapsed), or None."""
+
+    def state_dict(self) -> dict:
+        """Plain data a checkpoint keeps (read back with load_state_dict on resume)."""
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+    def probe_families(self) -> tuple[str, ...]:
+        """WORLD_PROBES and/or QUEST_PROBES."""
+
+    def theory_rows(self) -> list[dict]:
+        """Exact values the learned ones are compared with (rows of the results table), or none."""
+
+
+class RegimeBase:
+    """Defaults for the protocol's optional parts: no setup, no state, never collapsed, no theory."""
+
+    name = "regime"
+    world: World
+
+    def setup(self, model: torch.nn.Module, device: torch.device) -> None:
+        return None
+
+    def collapsed(self, metrics: dict) -> str | None:
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        return None
+
+    def probe_families(self) -> tuple[str, ...]:
+        return (WORLD_PROBES,)
+
+    def theory_rows(self) -> list[dict]:
+        return []
+
+
+class EntropyCollapse:
+    """Ends a run (status `collapsed`) when the logged policy entropy falls below collapse_entropy."""
+
+    collapse_entropy: float
+
+    def collapsed(self, metrics: dict) -> str | None:
+        h = float(metrics["entropy"])
+        return f"policy entropy {h:.4f} below {self.collapse_entropy}" if h < self.collapse_entropy else None
+
+
+def positive(key: str, value, allowed: str = "a positive integer"):
+    if not value or value <= 0:
+        raise ConfigError(f"{key} must be {allowed}; got {value!r}")
+
+
+def cpu_generator(gen: torch.Generator) -> torch.Generator:
+    """World sampling runs on the CPU. On another device, a CPU generator with the device generator's seed
+    (the trainer seeds one per step): no draw on the device, so no host sync. Call it once per step."""
+    if gen.device.type == "cpu":
+        return gen
+    return torch.Generator().manual_seed(gen.initial_seed())
