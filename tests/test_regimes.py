@@ -75,7 +75,7 @@ def test_critic_regime_trains_and_keeps_the_reference_frozen(tmp_path, rollout, 
     world = World(WorldConfig(seq_len=24))
     model, ref_path = make_ref(tmp_path, world)
     regime = CriticRegime(world, critic=critic, horizon=4, k_samples=2, n_prompts=8, rollout=rollout,
-                    prompt_lengths=[6, 10], ref_checkpoint=str(ref_path))
+                    fork_positions=[6, 10], ref_checkpoint=str(ref_path))
     t = Trainer(model, regime, TrainerConfig(max_steps=6, log_every=2, progress=False, warmup_steps=0), tmp_path)
     assert t.fit()["status"] == "finished"
     ref_params = dict(regime.rollouts.ref_model.named_parameters())
@@ -99,7 +99,7 @@ def test_leave_one_out_baseline_and_discounted_returns():
 @pytest.mark.parametrize("kw,key", [({"k_samples": 1}, "regime.k_samples"), ({"beta": 0}, "regime.beta"),
                                     ({"rollout": "dreamy"}, "regime.rollout"), ({"critic": "vibes"}, "regime.critic"),
                                     ({}, "regime.ref_checkpoint"),
-                                    ({"horizon": 60, "ref": "truth", "init": "scratch"}, "regime.prompt_lengths")])
+                                    ({"horizon": 60, "ref": "truth", "init": "scratch"}, "regime.fork_positions")])
 def test_invalid_critic_config_names_the_key(kw, key):
     with pytest.raises(ConfigError, match=key):
         CriticRegime(World(), **kw)
@@ -128,7 +128,7 @@ def test_ppo_first_epoch_gradient_is_the_advantage_weighted_policy_gradient(tmp_
     of -mean A_t log pi(a_t | ctx_t), with A the stored (normalised) advantages."""
     world = World(WorldConfig(seq_len=24))
     model, ref_path = make_ref(tmp_path, world)
-    regime = CriticRegime(world, horizon=4, k_samples=2, n_prompts=8, prompt_lengths=[6], ref_checkpoint=str(ref_path),
+    regime = CriticRegime(world, horizon=4, k_samples=2, n_prompts=8, fork_positions=[6], ref_checkpoint=str(ref_path),
                     algo="ppo", vf_coef=0.0)
     regime.setup(model, torch.device("cpu"))
     assert model.value_head is not None and model.cfg.value_head
@@ -156,7 +156,7 @@ def test_ppo_trains_and_resumes_exactly(tmp_path):
 
     def trainer(out):
         model, ref_path = make_ref(tmp_path, world)
-        regime = CriticRegime(world, horizon=4, k_samples=2, n_prompts=8, prompt_lengths=[6], ref_checkpoint=str(ref_path),
+        regime = CriticRegime(world, horizon=4, k_samples=2, n_prompts=8, fork_positions=[6], ref_checkpoint=str(ref_path),
                         algo="ppo", ppo_epochs=3)
         return Trainer(model, regime, TrainerConfig(max_steps=8, log_every=2, ckpt_every=3, progress=False,
                                                     warmup_steps=0), out)
@@ -195,3 +195,23 @@ def test_learned_critic_learns_to_tell_world_text_from_noise():
     # teacher-forced call (actions differ from the fed-back tokens) scores each (ctx_t, a_t) on its own
     tf = critic(torch.cat([prompts, real[:, :-1]], 1), fake)
     torch.testing.assert_close(tf[:, 0], r_fake[:, 0], atol=1e-5, rtol=0)
+
+
+def test_training_fork_prompts_put_the_marker_where_the_fork_probes_do():
+    """One convention (World.fork_contexts): P prose tokens, the marker at index P, for the critic's training
+    prompts and for the probe set's fork prompts alike."""
+    from instrumentality.probes import ProbeConfig, ProbeSet
+
+    world = World()
+    regime = CriticRegime(world, ref="truth", init="scratch", n_prompts=16, fork_fraction=1.0)
+    probes = ProbeSet.generate(world, ProbeConfig(n_per_fork_position=2))
+    prose = {s for s, k in enumerate(world.state_kind) if k == "prose"}
+    for seed in range(6):
+        prompts = regime.rollouts.prompts(torch.Generator().manual_seed(seed))
+        P = prompts.shape[1] - 1
+        assert P in regime.rollouts.fork_positions
+        assert torch.isin(prompts[:, P], torch.tensor(world.marker_tokens)).all()
+        assert {int(s) for s in world.states_of(prompts[:, :P])[:, -1]} <= prose
+    for prompt, length in zip(probes.t["fork_prompts"], probes.t["fork_lengths"]):
+        P = int(length) - 1
+        assert P in probes.config.fork_positions and int(prompt[P]) in world.marker_tokens

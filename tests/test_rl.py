@@ -100,7 +100,7 @@ def regimes():
     world, model = world_model()
     out["reinforce"] = (Reinforce(world, batch_size=4), model)
     world, model = world_model()
-    out["critic"] = (CriticRegime(world, horizon=4, k_samples=2, n_prompts=4, prompt_lengths=[6], ref="truth",
+    out["critic"] = (CriticRegime(world, horizon=4, k_samples=2, n_prompts=4, fork_positions=[6], ref="truth",
                                   init="scratch", algo="ppo", ppo_epochs=3), model)
     world = World(WORLD)
     regime, tokens = quest_regime(world)
@@ -168,5 +168,5 @@ def test_probe_families_and_theory_rows(every_regime):
     at_h = [r for r in rows if not r["probe"].startswith("theory_curve/")]
     assert at_h and all(r["metric"].endswith("_theory") for r in at_h)
     assert {r["horizon"] for r in rows if r["probe"].startswith("theory_curve/")} == set(range(1, 13))
-    learned = CriticRegime(World(WORLD), critic="learned", ref="truth", init="scratch", prompt_lengths=[6])
+    learned = CriticRegime(World(WORLD), critic="learned", ref="truth", init="scratch", fork_positions=[6])
     assert learned.theory_rows() == []  # a learned critic has no exact optimum

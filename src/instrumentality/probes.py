@@ -70,16 +70,13 @@ class ProbeSet:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_033 + world.cfg.seed)
         t = {"calibration": world.sample(cfg.n_calibration, generator=g)}
 
-        # fork prompts: a prose prefix of length P whose last state is prose, then the marker
+        # fork prompts: a prose prefix of length P, then the marker (World.fork_contexts: as in training)
         prompts, fork_idx, positions = [], [], []
         for P in cfg.fork_positions:
-            need = cfg.n_per_fork_position * len(world.forks)
-            pool = world.prose_prefixes(need, P, g, batch=4 * need).view(len(world.forks), cfg.n_per_fork_position, P)
-            for f in world.forks:
-                marker = torch.full((cfg.n_per_fork_position, 1), f.marker)
-                prompts.append(torch.cat([pool[f.index], marker], 1))
-                fork_idx += [f.index] * cfg.n_per_fork_position
-                positions += [P] * cfg.n_per_fork_position
+            forks = torch.arange(len(world.forks)).repeat_interleave(cfg.n_per_fork_position)
+            prompts.append(world.fork_contexts(forks, P, g, batch=4 * len(forks)))
+            fork_idx += forks.tolist()
+            positions += [P] * len(forks)
         width = max(cfg.fork_positions) + 1
         t["fork_prompts"] = torch.stack([torch.nn.functional.pad(p, (0, width - p.shape[-1]))
                                          for pr in prompts for p in pr])

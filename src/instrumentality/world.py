@@ -241,6 +241,14 @@ class World:
             pool = torch.cat([pool, x[torch.isin(self.states_of(x)[:, -1], prose)]])
         return pool[:n]
 
+    def fork_contexts(self, forks: torch.Tensor, prefix_len: int, generator: torch.Generator | None = None,
+                      batch: int | None = None) -> torch.Tensor:
+        """Contexts that end at a fork marker, the one convention of training prompts and probes: a prose
+        prefix of `prefix_len` tokens (its last state prose, so a marker may follow), then the marker of
+        fork forks[i] at index prefix_len. Returns [n, prefix_len + 1]."""
+        prefix = self.prose_prefixes(len(forks), prefix_len, generator, batch=batch)
+        return torch.cat([prefix, torch.tensor(self.marker_tokens)[forks][:, None]], 1)
+
     # ------------------------------------------------------------------ exact quantities
     def states_of(self, tokens: torch.Tensor) -> torch.Tensor:
         """State reached after each prefix: out[:, t] is the state after tokens[:, :t+1].

@@ -60,21 +60,20 @@ class GradedRollouts:
     """
 
     def __init__(self, world: World, critic, horizon: int, k_samples: int, n_prompts: int, rollout: str,
-                 fork_fraction: float, prompt_lengths: list[int]):
+                 fork_fraction: float, fork_positions: list[int]):
         self.world, self.critic, self.H, self.K, self.n_prompts = world, critic, horizon, k_samples, n_prompts
-        self.rollout, self.fork_fraction, self.prompt_lengths = rollout, fork_fraction, prompt_lengths
+        self.rollout, self.fork_fraction, self.fork_positions = rollout, fork_fraction, fork_positions
         self.ref_model: torch.nn.Module | None = None
 
     def prompts(self, gen: torch.Generator) -> torch.Tensor:
-        """n_prompts world contexts of one length: a share end at a fork marker, the rest anywhere."""
-        L = self.prompt_lengths[int(torch.randint(len(self.prompt_lengths), (1,), generator=gen))]
+        """n_prompts world contexts of one length P + 1 (P drawn from fork_positions): a share end at a fork
+        marker at index P, placed as the fork probes place it (World.fork_contexts), the rest anywhere."""
+        P = self.fork_positions[int(torch.randint(len(self.fork_positions), (1,), generator=gen))]
         n_fork = round(self.fork_fraction * self.n_prompts)
-        out = [self.world.sample(self.n_prompts - n_fork, L, generator=gen)]
+        out = [self.world.sample(self.n_prompts - n_fork, P + 1, generator=gen)]
         if n_fork:
-            prefix = self.world.prose_prefixes(n_fork, L - 1, gen, batch=2 * n_fork)
-            markers = torch.tensor(self.world.marker_tokens)[torch.randint(len(self.world.forks), (n_fork, 1),
-                                                                           generator=gen)]
-            out.append(torch.cat([prefix, markers], 1))
+            forks = torch.randint(len(self.world.forks), (n_fork,), generator=gen)
+            out.append(self.world.fork_contexts(forks, P, gen, batch=2 * n_fork))
         return torch.cat(out)
 
     def world_continuation(self, host_prompts: torch.Tensor, cpu_gen: torch.Generator, device) -> torch.Tensor:
@@ -123,7 +122,7 @@ class CriticRegime(EntropyCollapse, RegimeBase):
 
     def __init__(self, world: World, critic: str = "truth", critic_kwargs: dict | None = None, horizon: int = 8,
                  gamma: float = 1.0, beta: float = 1.0, k_samples: int = 4, n_prompts: int = 32,
-                 rollout: str = "free", fork_fraction: float = 0.75, prompt_lengths: list[int] = (8, 24, 40),  # type: ignore[assignment]
+                 rollout: str = "free", fork_fraction: float = 0.75, fork_positions: list[int] = (8, 24, 40),  # type: ignore[assignment]
                  ref_checkpoint: str | None = None, ref: str = "checkpoint", init: str = "reference",
                  collapse_entropy: float = 0.01, algo: str = "reinforce", ppo_epochs: int = 4, clip: float = 0.2,
                  gae_lambda: float = 0.95, vf_coef: float = 0.5):
@@ -150,12 +149,12 @@ class CriticRegime(EntropyCollapse, RegimeBase):
         if (ref == "checkpoint" or init == "reference") and not ref_checkpoint:
             raise ConfigError("regime.ref_checkpoint must name a supervised checkpoint.pt (pi_ref and the "
                               "initialisation); or set regime.ref=truth and regime.init=scratch")
-        if max(prompt_lengths) + horizon > world.cfg.seq_len:
-            raise ConfigError(f"regime.prompt_lengths (max {max(prompt_lengths)}) + regime.horizon ({horizon}) "
-                              f"exceeds world.seq_len={world.cfg.seq_len}")
+        if max(fork_positions) + 1 + horizon > world.cfg.seq_len:
+            raise ConfigError(f"regime.fork_positions (max {max(fork_positions)}) + the marker + regime.horizon "
+                              f"({horizon}) exceeds world.seq_len={world.cfg.seq_len}")
         self.world = world
         self.rollouts = GradedRollouts(world, self.critic, horizon, k_samples, n_prompts, rollout, fork_fraction,
-                                       list(prompt_lengths))
+                                       list(fork_positions))
         self.H, self.gamma, self.beta, self.K = horizon, gamma, beta, k_samples
         self.ref_checkpoint, self.ref_kind, self.init = ref_checkpoint, ref, init
         self.collapse_entropy = collapse_entropy
