@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from instrumentality.evaluate import calibration_rows, evaluate_model, fork_rows, lookahead_rows, main, rollout_rows
 from instrumentality.planted import FutureCopyModel, RandomStateModel, TruthModel, UniformModel, uniform_kl
@@ -319,3 +320,41 @@ def test_lookahead_bayes_ceiling_bounds_a_past_only_model_and_not_the_future_cop
         acc = truth[(f"lookahead/k={k}/layer=0", "accuracy")]
         assert acc["value"] <= bayes + 0.02 and acc["value"] > truth[(f"lookahead/k={k}", "chance")]["value"]
         assert oracle[(f"lookahead/k={k}/layer=0", "accuracy")]["value"] > bayes + 0.1
+
+
+def test_ridge_probe_matches_scikit_learns_leave_one_out_ridge_classifier():
+    """The closed-form probe against an independent implementation: RidgeClassifierCV (standardised features,
+    unpenalised intercept, efficient leave-one-out over the same penalties) chooses the same penalty and
+    predicts the same classes, on data with signal and on pure noise."""
+    from sklearn.linear_model import RidgeClassifierCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from instrumentality.evaluate import RIDGE_ALPHAS, ridge_probe
+
+    g = torch.Generator().manual_seed(0)
+    for signal in (3.0, 0.0):
+        y = torch.randint(0, 5, (600,), generator=g) + 3  # classes 3..7: labels need not start at 0
+        x = torch.randn(600, 12, generator=g) * torch.linspace(0.1, 10, 12)  # scales standardisation must undo
+        x[:, :5] += signal * F.one_hot(y - 3, 5).float()
+        x_train, y_train, x_test = x[:400], y[:400], x[400:]
+        pred, alpha = ridge_probe(x_train, y_train, x_test)
+        ref = make_pipeline(StandardScaler(), RidgeClassifierCV(alphas=RIDGE_ALPHAS)).fit(x_train.double().numpy(),
+                                                                                          y_train.numpy())
+        assert alpha == ref[-1].alpha_
+        assert (pred.numpy() == ref.predict(x_test.double().numpy())).mean() >= 0.995
+        if signal:
+            assert float((pred == y[400:]).double().mean()) > 0.5 and alpha < RIDGE_ALPHAS[-1]  # chance: 0.2
+
+
+def test_ridge_probe_does_not_shrink_the_intercept():
+    """Features that carry nothing and a 70% majority class: the chosen penalty is the largest (the weights
+    vanish and the intercept alone predicts the majority class everywhere). Were the intercept penalised,
+    the largest penalty would shrink it to a sixth and cost leave-one-out error, and a smaller one would win."""
+    from instrumentality.evaluate import RIDGE_ALPHAS, ridge_probe
+
+    g = torch.Generator().manual_seed(1)
+    y = torch.where(torch.rand(2000, generator=g) < 0.7, 2, torch.randint(0, 2, (2000,), generator=g))
+    pred, alpha = ridge_probe(torch.randn(2000, 8, generator=g), y, torch.randn(300, 8, generator=g))
+    assert alpha == RIDGE_ALPHAS[-1]
+    assert (pred == 2).all()

@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -221,15 +222,35 @@ def hidden_states(model, tokens: torch.Tensor, batch_size: int = 256) -> list[to
     return layers
 
 
-def ridge_probe(x_train, y_train, x_test, n_classes: int, lam: float = 1e-2):
-    """Linear probe, closed form: standardise, W = (X'X + lam n I)^-1 X'Y on one-hot targets; argmax."""
-    mu, sd = x_train.mean(0), x_train.std(0).clamp_min(1e-6)
-    xt = torch.cat([(x_train - mu) / sd, torch.ones(len(x_train), 1)], 1).double()
-    xs = torch.cat([(x_test - mu) / sd, torch.ones(len(x_test), 1)], 1).double()
-    y = F.one_hot(y_train, n_classes).double()
-    A = xt.T @ xt + lam * len(xt) * torch.eye(xt.shape[1], dtype=torch.float64)
-    W = torch.linalg.solve(A, xt.T @ y)
-    return (xs @ W).argmax(-1)
+RIDGE_ALPHAS = tuple(10.0 ** np.arange(-2, 5))  # the penalties the look-ahead probe chooses from
+
+
+def ridge_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Linear probe: a ridge classifier on standardised features (least squares on one-hot targets, argmax)
+    with an unpenalised intercept, its penalty alpha chosen from RIDGE_ALPHAS by exact leave-one-out error
+    (what scikit-learn's RidgeClassifierCV computes; a test checks the two agree). With X centred, Y centred,
+    and X'X = V diag(s) V':
+        W = V diag(1 / (s + alpha)) V' X'Y,          intercept = mean Y (not shrunk)
+        h_i = 1/n + sum_j (XV)_ij^2 / (s_j + alpha)  (leverage),  LOO residual = (Y_i - Yhat_i) / (1 - h_i)
+    Returns the predicted classes of x_test and the alpha chosen."""
+    mu, sd = x_train.double().mean(0), x_train.double().std(0, unbiased=False).clamp_min(1e-12)
+    x, xs = (x_train.double() - mu) / sd, (x_test.double() - mu) / sd
+    classes, y_idx = torch.unique(y_train, return_inverse=True)
+    y = F.one_hot(y_idx, len(classes)).double()
+    y_mean = y.mean(0)
+    yc = y - y_mean
+    s, V = torch.linalg.eigh(x.T @ x)
+    xv, vty = x @ V, V.T @ (x.T @ yc)
+    best = None
+    for alpha in RIDGE_ALPHAS:
+        shrink = 1.0 / (s.clamp_min(0) + alpha)
+        fitted = xv @ (shrink[:, None] * vty)
+        leverage = 1.0 / len(x) + (xv ** 2) @ shrink
+        loo = (((yc - fitted) / (1 - leverage)[:, None]) ** 2).sum()
+        if best is None or loo < best[0]:
+            best = (loo, alpha, V @ (shrink[:, None] * vty))
+    _, alpha, W = best
+    return classes[(xs @ W + y_mean).argmax(-1)], float(alpha)
 
 
 def lookahead_rows(model, world: World, probes: ProbeSet) -> list[dict]:
@@ -248,7 +269,7 @@ def lookahead_rows(model, world: World, probes: ProbeSet) -> list[dict]:
         bayes = world.future_token_distribution(world.states_of(test)[:, :n_pos], k).max(-1).values
         rows.append(_row(f"lookahead/k={k}", "bayes", mean_ci(bayes.mean(1))))
         for layer, (a, b) in enumerate(zip(h_train, h_test)):
-            pred = ridge_probe(a[:, :n_pos].flatten(0, 1), y_train, b[:, :n_pos].flatten(0, 1), world.vocab_size)
+            pred = ridge_probe(a[:, :n_pos].flatten(0, 1), y_train, b[:, :n_pos].flatten(0, 1))[0]
             acc = (pred.view(len(test), n_pos) == y_test).double().mean(1)
             rows.append(_row(f"lookahead/k={k}/layer={layer}", "accuracy", mean_ci(acc)))
     return rows
