@@ -3,6 +3,8 @@ run with it, evaluation rebuilds a finished run's world, model and regime from i
 
 from __future__ import annotations
 
+from typing import Any
+
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -14,10 +16,19 @@ from instrumentality.regimes import Regime
 from instrumentality.world import World
 
 
+def plain(node) -> dict[str, Any]:
+    """A config node (DictConfig, resolved) or a mapping as a plain dict."""
+    if isinstance(node, DictConfig):
+        out = OmegaConf.to_container(node, resolve=True)
+        assert isinstance(out, dict)
+        return {str(k): v for k, v in out.items()}
+    return dict(node)
+
+
 def make(node, group: str, **kwargs):
     """hydra.utils.instantiate of one config group, with every value's type checked against its target
     first; a bad value raises ConfigError naming `group.key`."""
-    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    values = plain(node)
     values.pop("name", None)
     check_types(get_object(values["_target_"]), {**values, **kwargs}, group)
     try:
@@ -31,7 +42,7 @@ def make(node, group: str, **kwargs):
 def model_config(cfg, world: World) -> GPTConfig:
     """The model's config: quest tokens follow the world's, and the context then holds a whole episode."""
     quest = cfg.get("quest")
-    tokens = quest_tokens(OmegaConf.to_container(quest) if isinstance(quest, DictConfig) else quest, world.vocab_size)
+    tokens = quest_tokens(plain(quest) if quest is not None else None, world.vocab_size)
     if tokens is None:
         return make(cfg["model"], "model", vocab_size=world.vocab_size)
     return make(cfg["model"], "model", vocab_size=world.vocab_size + tokens.size,
@@ -47,8 +58,7 @@ RENAMED_TARGETS = {"instrumentality.regimes.Critic": "instrumentality.regimes.Cr
 
 
 def build_regime(cfg, world: World) -> Regime:
-    node = OmegaConf.to_container(cfg["regime"], resolve=True) if isinstance(cfg["regime"], DictConfig) \
-        else dict(cfg["regime"])
+    node = plain(cfg["regime"])
     node["_target_"] = RENAMED_TARGETS.get(node["_target_"], node["_target_"])
     return make(node, "regime", world=world)
 

@@ -72,7 +72,7 @@ def check_types(target, values: dict, group: str):
         hints = typing.get_type_hints(target if isinstance(target, type) else type(target))
         known = {f.name for f in dataclasses.fields(target)}
     else:
-        fn = target.__init__ if isinstance(target, type) else target
+        fn = target.__init__ if isinstance(target, type) else target  # type: ignore[misc]
         params = inspect.signature(fn).parameters
         hints = typing.get_type_hints(fn)
         known = set(params) - {"self"}

@@ -24,13 +24,14 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
+from instrumentality.build import plain
 from instrumentality.errors import DataFileError
 from instrumentality.files import read_json
 from instrumentality.model import device_of
@@ -214,12 +215,11 @@ def rollout_rows(model, world: World, probes: ProbeSet, seed: int = 0) -> list[d
 # ---------------------------------------------------------------------------- look-ahead
 @torch.no_grad()
 def hidden_states(model, tokens: torch.Tensor, batch_size: int = 256) -> list[torch.Tensor]:
+    """Every layer's hidden states [N, T, d] (the embedding's first), in batches."""
     device = device_of(model)
-    layers = None
-    for i in range(0, len(tokens), batch_size):
-        h = [x.float().cpu() for x in model(tokens[i:i + batch_size].to(device), return_hidden=True)["hidden"]]
-        layers = h if layers is None else [torch.cat([a, b]) for a, b in zip(layers, h)]
-    return layers
+    batches = [[x.float().cpu() for x in model(tokens[i:i + batch_size].to(device), return_hidden=True)["hidden"]]
+               for i in range(0, len(tokens), batch_size)]
+    return [torch.cat(layer) for layer in zip(*batches)]
 
 
 RIDGE_ALPHAS = tuple(10.0 ** np.arange(-2, 5))  # the penalties the look-ahead probe chooses from
@@ -241,15 +241,13 @@ def ridge_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tens
     yc = y - y_mean
     s, V = torch.linalg.eigh(x.T @ x)
     xv, vty = x @ V, V.T @ (x.T @ yc)
-    best = None
-    for alpha in RIDGE_ALPHAS:
+    def loo_error(alpha: float) -> float:
         shrink = 1.0 / (s.clamp_min(0) + alpha)
-        fitted = xv @ (shrink[:, None] * vty)
         leverage = 1.0 / len(x) + (xv ** 2) @ shrink
-        loo = (((yc - fitted) / (1 - leverage)[:, None]) ** 2).sum()
-        if best is None or loo < best[0]:
-            best = (loo, alpha, V @ (shrink[:, None] * vty))
-    _, alpha, W = best
+        return float((((yc - xv @ (shrink[:, None] * vty)) / (1 - leverage)[:, None]) ** 2).sum())
+
+    alpha = min(RIDGE_ALPHAS, key=loo_error)  # the first of equal errors, as scikit-learn
+    W = V @ (vty / (s.clamp_min(0) + alpha)[:, None])
     return classes[(xs @ W + y_mean).argmax(-1)], float(alpha)
 
 
@@ -333,10 +331,10 @@ class TrainingEvaluator:
     def __call__(self, model, step: int) -> dict:
         cfg = self.cfg
         if step >= cfg.trainer.max_steps:  # the final evaluation: every probe, kept for the results table
-            config = OmegaConf.to_container(cfg, resolve=True)
+            config = plain(cfg)
             rows = self.final_rows = model_rows(model, self.world, self.regime, config, cfg.eval.get("probe_cache"),
                                                 self.probes)
-        elif self.world_text:
+        elif self.probes is not None:
             families = FAMILIES if cfg.eval.get("full", False) else ("calibration", "forks")
             rows = evaluate_model(model, self.world, self.probes, families=families)
         else:
@@ -353,10 +351,11 @@ QUEST_EPISODES = 200  # episodes per quest probe variant
 def quest_model_rows(model, world: World, quest: dict, name: str, normalise: bool = True,
                      n_episodes: int = QUEST_EPISODES) -> list[dict]:
     """The quest probes for a transformer playing through the token interface (sampled actions)."""
-    from instrumentality.envs.tokens import TokenAgent, quest_tokens
+    from instrumentality.envs.tokens import QuestTokens, TokenAgent
+    from instrumentality.envs.cluequest import QuestConfig
 
-    return quest_agent_rows(TokenAgent(model, quest_tokens(quest, world.vocab_size)), quest, name, normalise,
-                            n_episodes)
+    tokens = QuestTokens(QuestConfig(**quest), world.vocab_size)
+    return quest_agent_rows(TokenAgent(model, tokens), quest, name, normalise, n_episodes)
 
 
 def quest_agent_rows(agent, quest: dict, name: str, normalise: bool = True,
@@ -378,6 +377,7 @@ def agent_run_rows(run_dir: Path, summary: dict) -> list[dict]:
     from instrumentality.envs.planner import Planner
 
     spec = summary["agent"]
+    agent: Any
     if spec["kind"] == "random":
         agent = RandomAgent(seed=spec.get("seed", 0))
     elif spec["kind"] == "explorer":
@@ -515,8 +515,8 @@ def main(argv=None):
         print(f"dropped the rows of {len(dropped)} run(s) with no folder under {' '.join(args.paths)}: "
               + ", ".join(dropped))
     print(f"wrote {args.out}; {len(tables)} run(s) in it from this evaluation, {len(failures)} failed")
-    for run_dir, e in failures:
-        print(f"  FAILED {run_dir}: {e}", file=sys.stderr)
+    for run_dir, error in failures:
+        print(f"  FAILED {run_dir}: {error}", file=sys.stderr)
     return 1 if failures else 0
 
 

@@ -33,7 +33,8 @@ def soft_optimum(world: World, reward: torch.Tensor, beta: float, gamma: float, 
     valid = E > 0
     reward = reward.double()
     V = torch.zeros(world.n_states, dtype=torch.float64)
-    values, policies = [V], [None]
+    values: list[torch.Tensor] = [V]
+    policies: list[torch.Tensor | None] = [None]
     for _ in range(horizon):
         Q = reward + gamma * V[T.clamp_min(0)]
         logits = torch.where(valid, E.clamp_min(1e-300).log() + Q / beta, torch.full_like(Q, -math.inf))

@@ -42,7 +42,7 @@ def run_id_of(run_dir: Path) -> str:
 
 def flatten(d: dict, prefix: str = "") -> dict:
     """A nested config as {"group.key": value}."""
-    out = {}
+    out: dict = {}
     for k, v in (d or {}).items():
         key = f"{prefix}{k}"
         out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})

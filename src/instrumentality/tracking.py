@@ -91,8 +91,9 @@ class Tracker:
 
         Path(dir).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=project, group=group, name=name, tags=[t for t in (tags or []) if t],
-                              config=config, dir=str(dir), mode=self.mode, id=run_id, resume="allow",
-                              reinit="finish_previous", settings=wandb.Settings(silent=True))
+                              config=config, dir=str(dir), mode=self.mode,  # type: ignore[arg-type]
+                              id=run_id, resume="allow", reinit="finish_previous",
+                              settings=wandb.Settings(silent=True))
 
     @property
     def enabled(self) -> bool:

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from instrumentality.build import build as build_objects
-from instrumentality.build import make
+from instrumentality.build import make, plain
 from instrumentality.errors import ConfigError, DataFileError
 from instrumentality.files import Locked, file_lock, read_json, remove_stale_temporaries, write_atomic, write_json
 from instrumentality.probes import ProbeConfig
@@ -100,7 +100,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     world, model, regime = build(cfg)
     check_context_fits(cfg, world)
     trainer_cfg = make(cfg.trainer, "trainer", seed=cfg.seed)
-    config = OmegaConf.to_container(cfg, resolve=True)
+    config = plain(cfg)
     checkpoint = out_dir / CHECKPOINT_NAME
     if checkpoint.exists():
         ck = load_checkpoint(checkpoint)

@@ -28,8 +28,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -194,7 +195,7 @@ class Trainer:
         self.tokens_seen = 0  # tokens the regime processed (world tokens, or generated tokens)
         self.first_bad_step = torch.full((), -1, device=self.device)  # nonfinite_check=deferred
         self.env_steps = 0  # environment steps (of regimes that act in an env)
-        self._unread = [0, 0]  # tokens, env steps of the steps since the last read (ints or device tensors)
+        self._unread: list[int | torch.Tensor] = [0, 0]  # tokens, env steps since the last read (ints or tensors)
         self._since_log = [0, 0]  # tokens, env steps read since the last logged row
         self.history: list[dict] = []  # every logged row, kept in the checkpoint
         self.status = {"status": "running", "step": 0, "reason": ""}
@@ -209,7 +210,12 @@ class Trainer:
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=self.device.type == "cuda" or self.deferred_check)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.forward_model = torch.compile(self.model) if cfg.compile else self.model
+        # nonfinite_check=deferred: a gradient scaler at scale 1 (a power of two: gradients unchanged) whose step
+        # skips an update with non-finite gradients on the device, without a host sync (fused AdamW); disabled,
+        # it calls optimizer.step() as is
+        self.skip_nonfinite = torch.amp.GradScaler(self.device.type, init_scale=1.0, growth_interval=2**30,
+                                                   enabled=self.deferred_check)
+        self.forward_model: Any = torch.compile(self.model) if cfg.compile else self.model
 
     def _lr_factor(self, step: int) -> float:
         c = self.cfg
@@ -237,7 +243,7 @@ class Trainer:
             "history": self.history,
             "status": self.status,
             "torch_rng": torch.get_rng_state(),
-            "model_config": asdict(self.model.cfg) if hasattr(self.model, "cfg") else {},
+            "model_config": asdict(self.model.cfg) if is_dataclass(getattr(self.model, "cfg", None)) else {},  # type: ignore[call-overload]
             "run_config": self.run_config,
         }
 
@@ -298,17 +304,18 @@ class Trainer:
             self._collapse(f"non-finite loss ({float(loss.detach())}) at step {self.step}")
             return
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.skip_nonfinite.scale(loss).backward()
+        self.skip_nonfinite.unscale_(self.optimizer)
         gnorm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
                  if c.grad_clip > 0 else torch.zeros((), device=self.device))
-        if self.deferred_check:  # on the device: skip this update if it is not finite, remember the step
+        if self.deferred_check:  # on the device: remember the first non-finite step (its update is skipped)
             bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
-            self.optimizer.found_inf = bad.float()  # read by fused AdamW: no update where 1
             self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), self.step, self.first_bad_step)
         elif not torch.isfinite(gnorm):
             self._collapse(f"non-finite gradient norm at step {self.step}")
             return
-        self.optimizer.step()
+        self.skip_nonfinite.step(self.optimizer)
+        self.skip_nonfinite.update()
         self.scheduler.step()
         self.step += 1
         self._unread = [self._unread[0] + update.tokens, self._unread[1] + update.env_steps]

@@ -60,7 +60,9 @@ class Quest(EntropyCollapse, RegimeBase):
         if init == "simulator" and not init_checkpoint:
             raise ConfigError("regime.init=simulator needs regime.init_checkpoint (a supervised checkpoint.pt "
                               "trained on quest transcripts); or set regime.init=scratch")
-        self.world, self.tokens = world, quest_tokens(env, world.vocab_size)
+        tokens = quest_tokens(env, world.vocab_size)
+        assert tokens is not None
+        self.world, self.tokens = world, tokens
         self.n_envs, self.gamma, self.gae_lambda, self.clip = n_envs, gamma, gae_lambda, clip
         self.ppo_epochs, self.n_minibatches = ppo_epochs, n_minibatches
         self.vf_coef, self.ent_coef, self.forecast_coef = vf_coef, ent_coef, forecast_coef
