@@ -128,8 +128,8 @@ def test_ppo_first_epoch_gradient_is_the_advantage_weighted_policy_gradient(tmp_
     of -mean A_t log pi(a_t | ctx_t), with A the stored (normalised) advantages."""
     world = World(WorldConfig(seq_len=24))
     model, ref_path = make_ref(tmp_path, world)
-    regime = CriticRegime(world, horizon=4, k_samples=2, n_prompts=8, fork_positions=[6], ref_checkpoint=str(ref_path),
-                    algo="ppo", vf_coef=0.0)
+    regime = CriticRegime(world, horizon=4, k_samples=2, n_prompts=8, fork_positions=[6],
+                          ref_checkpoint=str(ref_path), algo="ppo", vf_coef=0.0)
     regime.setup(model, torch.device("cpu"))
     assert model.value_head is not None and model.cfg.value_head
     batch = regime.rollouts.collect(model, torch.Generator().manual_seed(0))
@@ -156,8 +156,8 @@ def test_ppo_trains_and_resumes_exactly(tmp_path):
 
     def trainer(out):
         model, ref_path = make_ref(tmp_path, world)
-        regime = CriticRegime(world, horizon=4, k_samples=2, n_prompts=8, fork_positions=[6], ref_checkpoint=str(ref_path),
-                        algo="ppo", ppo_epochs=3)
+        regime = CriticRegime(world, horizon=4, k_samples=2, n_prompts=8, fork_positions=[6],
+                              ref_checkpoint=str(ref_path), algo="ppo", ppo_epochs=3)
         return Trainer(model, regime, TrainerConfig(max_steps=8, log_every=2, ckpt_every=3, progress=False,
                                                     warmup_steps=0), out)
 

@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from instrumentality.model import GPT, GPTConfig
-from instrumentality.regimes import QUEST_PROBES, WORLD_PROBES, CriticRegime, Quest, Regime, Reinforce, Supervised, Update
+from instrumentality.regimes import (
+    QUEST_PROBES,
+    WORLD_PROBES,
+    CriticRegime,
+    Quest,
+    Regime,
+    Reinforce,
+    Supervised,
+    Update,
+)
 from instrumentality.rl import (
     clipped_policy_loss,
     entropy,
@@ -68,7 +77,8 @@ def test_ppo_diagnostics_against_hand_values():
     assert float(d["clip_fraction"]) == pytest.approx(2 / 3)
     assert float(d["explained_variance"]) == pytest.approx(1.0)  # V = R
     const = torch.full_like(returns, 2.0)  # V = the mean return: explains nothing
-    assert float(ppo_diagnostics(ratio, 0.2, const, returns, mask)["explained_variance"]) == pytest.approx(0.0, abs=1e-6)
+    explained = float(ppo_diagnostics(ratio, 0.2, const, returns, mask)["explained_variance"])
+    assert explained == pytest.approx(0.0, abs=1e-6)
     assert float(ppo_diagnostics(torch.ones(3), 0.2, torch.zeros(3), torch.arange(3.0))["approx_kl"]) == 0.0
 
 

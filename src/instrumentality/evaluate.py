@@ -351,8 +351,8 @@ QUEST_EPISODES = 200  # episodes per quest probe variant
 def quest_model_rows(model, world: World, quest: dict, name: str, normalise: bool = True,
                      n_episodes: int = QUEST_EPISODES) -> list[dict]:
     """The quest probes for a transformer playing through the token interface (sampled actions)."""
-    from instrumentality.envs.tokens import QuestTokens, TokenAgent
     from instrumentality.envs.cluequest import QuestConfig
+    from instrumentality.envs.tokens import QuestTokens, TokenAgent
 
     tokens = QuestTokens(QuestConfig(**quest), world.vocab_size)
     return quest_agent_rows(TokenAgent(model, tokens), quest, name, normalise, n_episodes)
