@@ -138,7 +138,8 @@ def test_ppo_first_epoch_gradient_is_the_advantage_weighted_policy_gradient(tmp_
     first = updates[0]
     g_ppo = flat_grad(model, first.loss)
     L = batch.prompt_len
-    logp = F.log_softmax(model(batch.contexts)["logits"][:, L - 1:], -1).gather(-1, batch.actions[..., None]).squeeze(-1)
+    logp = F.log_softmax(model(batch.contexts)["logits"][:, L - 1:], -1)
+    logp = logp.gather(-1, batch.actions[..., None]).squeeze(-1)
     # the advantages the update used, rebuilt from the rollout by the toolkit's GAE and normalisation
     from instrumentality.rl import normalise
 
