@@ -97,3 +97,28 @@ def test_theory_rows_report_instrumental_steering(world):
     m, k = world.cfg.phrase_len, world.cfg.n_hard_words
     for p in world.cfg.fork_probs:
         assert rows[(f"forks/p={p}", "instrumental_steering")] == pytest.approx(m * math.log(k))
+
+
+def test_reference_optimum_estimate_recovers_the_exact_optimum_and_a_planted_tilt():
+    """With pi_ref = p* the sampled estimate of the gamma = 1 optimum is the exact backward induction (H = 4:
+    every continuation of a branch has the same reward, so the estimate is exact; H = 8: within sampling
+    error, whose logsumexp bias is downward and small). A reference tilted by +1 nat towards the easy branch
+    moves the optimum by exactly that nat: the estimate follows the actual pi_ref, not p*."""
+    from instrumentality.critics import TruthCritic
+    from instrumentality.evaluate import reference_optimum_steering
+    from instrumentality.optimum import optimal_steering
+    from instrumentality.planted import TruthModel
+
+    world = World()
+    fork = next(f for f in world.forks if not f.symmetric and f.p == 0.5)
+    prompts = world.fork_contexts(torch.full((8,), fork.index), 8, torch.Generator().manual_seed(0))
+    critic = TruthCritic(world)
+    for H, beta in ((4, 1.0), (8, 1.0), (8, 4.0)):
+        exact = optimal_steering(world, TruthCritic.table(world), beta, 1.0, H)[fork.index]
+        est, se = reference_optimum_steering(TruthModel(world), world, critic, beta, H, prompts, fork.index,
+                                             n_samples=256)
+        assert abs(est - exact) < 4 * (se or 0.0) + 1e-3 + (0.02 if H == 8 else 0.0), (H, beta, est, exact)
+    tilted, _ = reference_optimum_steering(TruthModel(world, tilt=1.0), world, critic, 1.0, 4, prompts, fork.index,
+                                           n_samples=64)
+    assert tilted == pytest.approx(optimal_steering(world, TruthCritic.table(world), 1.0, 1.0, 4)[fork.index] + 1.0,
+                                   abs=1e-4)

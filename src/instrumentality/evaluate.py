@@ -160,6 +160,33 @@ def _diff_ci(a: torch.Tensor, b: torch.Tensor, n_boot: int = 1000):
     return float(a.mean() - b.mean()), float(lo), float(hi)
 
 
+@torch.no_grad()
+def reference_optimum_steering(ref_model, world: World, critic, beta: float, horizon: int, prompts: torch.Tensor,
+                               fork: int, n_samples: int = 256, seed: int = 0) -> tuple[float, float]:
+    """The steering the critic regime's optimum would show at gamma = 1 if its KL anchor were the actual
+    pi_ref (a trained model) instead of p*, estimated by sampling. At gamma = 1 the optimum over H-token
+    continuations y is q*(y) ~ pi_ref(y) exp(R(y) / beta), R(y) = sum_t c(ctx_t, y_t), so at a fork with
+    branch tokens A, B after a prompt x:
+        log q*(A) / q*(B) = log pi_ref(A|x) / pi_ref(B|x) + log E[exp(R/beta) | x, A] - log E[exp(R/beta) | x, B]
+    each expectation over n_samples continuations of y_0 = A (B) sampled from pi_ref. Steering is that minus
+    logit p*(A), averaged over the prompts [n, L] (all ending at `fork`'s marker). Returns (mean, standard
+    error over prompts)."""
+    f = world.forks[fork]
+    g = torch.Generator().manual_seed(seed)
+    n, L = prompts.shape
+    logp = model_log_probs(ref_model, prompts)[:, L - 1].double()
+    log_ratio = logp[:, f.first_token] - logp[:, f.second_token]
+    for sign, branch in ((1, f.first_token), (-1, f.second_token)):
+        start = torch.cat([prompts, torch.full((n, 1), branch)], 1).repeat_interleave(n_samples, 0)
+        rest = sample_continuations(ref_model, start, horizon - 1, g)
+        actions = torch.cat([start[:, -1:], rest], 1)                      # [n * n_samples, H]
+        contexts = torch.cat([start, rest[:, :-1]], 1)                      # action t after contexts[:, :L + t]
+        R = critic(contexts, actions).double().sum(1).view(n, n_samples)
+        log_ratio = log_ratio + sign * (torch.logsumexp(R / beta, 1) - math.log(n_samples))
+    steer = log_ratio - math.log(f.p / (1 - f.p))
+    return float(steer.mean()), float(steer.std() / math.sqrt(n)) if n > 1 else math.nan
+
+
 # ---------------------------------------------------------------------------- rollouts
 @torch.no_grad()
 def sample_continuations(model, prompts: torch.Tensor, n_new: int, generator: torch.Generator) -> torch.Tensor:
