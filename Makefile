@@ -17,7 +17,7 @@ export WANDB_SILENT ?= true
 .PHONY: help install test sweep check-full compare figures bench lint clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## create .venv and install the package (a fast no-op once done)
 
@@ -39,8 +39,8 @@ sweep: install  ## run every experiment (quick preset without CUDA, full with), 
 check-full: install  ## every job of the full preset, 2 steps each, 1 seed, on this machine (about 3 min on 2 CPU cores)
 	rm -rf /tmp/check-full
 	WANDB_MODE=disabled $(PY) scripts/sweep.py --preset full --lanes $(LANES) --seeds 1 --runs-root /tmp/check-full/runs \
-		--results /tmp/check-full/results trainer.max_steps=2 critic_steps=2 simulator_steps=2 quest_steps=2 \
-		sb3_steps=512 trainer.eval_every=0 logger=none
+		--results /tmp/check-full/results trainer.max_steps=2 F4_sb3:budget.sb3_steps.full=512 trainer.eval_every=0 \
+		logger=none
 	@! grep -l '"failed"' /tmp/check-full/runs/full/*/*/summary.json || (echo "failed runs above"; exit 1)
 
 compare: install  ## after a sweep: each claim's new value against the committed table's interval
@@ -52,8 +52,9 @@ figures: install  ## redraw figures and REPORT.md from results/<preset>/results.
 bench: install  ## throughput ratios against plain reference loops
 	$(PY) scripts/bench.py
 
-lint: install  ## ruff
+lint: install  ## ruff, and mypy on src/ (the Regime protocol is checked statically)
 	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/mypy
 
 clean:  ## remove run folders and caches (keeps .venv and results/)
 	rm -rf runs outputs multirun wandb .pytest_cache .ruff_cache

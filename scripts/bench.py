@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from instrumentality.evaluate import evaluate_model
+from instrumentality.evaluators import evaluate_model
 from instrumentality.model import GPT, GPTConfig
 from instrumentality.probes import ProbeSet
 from instrumentality.regimes import Supervised

@@ -23,15 +23,16 @@ from instrumentality.files import write_json
 from instrumentality.tracking import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
-# A sweep is units (experiment, seed), each a Hydra multirun of one experiment for one seed (F4_sb3: the SB3
-# reference agent's script). A unit starts once the unit it needs, of the same seed, has finished: F2 and F3
-# fine-tune F1's supervised run; F4 fine-tunes F4_simulator's. F4_sb3 needs none: it trains for at least as
-# many env steps as a quest agent can take (known from the config). `lanes` units run at once; the order
-# below is the priority (long units first, so that short ones fill the lanes at the end). SB3 runs on the
-# CPU: with `cpu_lanes` (the default on CUDA) its units run in lanes of their own, beside the GPU's.
-EXPERIMENTS = ["F1", "F2", "F4_simulator", "F3", "F4", "F4_sb3"]
-NEEDS = {"F2": "F1", "F3": "F1", "F4": "F4_simulator"}
-CPU_ONLY = {"F4_sb3"}
+# A sweep is units (experiment, seed), each a Hydra multirun of one experiment (configs/experiment/) for one
+# seed; SB3_UNIT is the SB3 reference agent's script on experiment F4's config. A unit starts once the units
+# of the experiments it `needs` (its config's `needs` keys), of the same seed, have finished. SB3_UNIT needs
+# none: it trains for at least as many env steps as a quest agent can take (known from the config). `lanes`
+# units run at once; the order below is the priority (long units first, so that short ones fill the lanes
+# at the end). SB3 runs on the CPU: with `cpu_lanes` (the default on CUDA) its units run in lanes of their
+# own, beside the GPU's.
+SB3_UNIT = "F4_sb3"
+EXPERIMENTS = ["F1", "F2", "F4_simulator", "F3", "F4", SB3_UNIT]
+CPU_ONLY = {SB3_UNIT}
 LAUNCHERS = {"basic": "basic", "joblib": "joblib", "submitit_slurm": "submitit_slurm"}
 RUN_DONE = re.compile(r"\[(\S+)\] (?:finished after|collapsed after|interrupted after|FAILED|configuration error"
                       r"|error:)")
@@ -47,49 +48,36 @@ def compose(preset: str, *overrides: str, hydra: bool = False):
                              return_hydra_config=hydra)
 
 
-@functools.cache  # the sweep asks once per SB3 unit: compose once
-def preset_value(preset: str, key: str, overrides: tuple[str, ...] = ()):
-    return compose(preset, *overrides)[key]
-
-
 @functools.cache
-def quest_choice(preset: str, overrides: tuple[str, ...] = (), experiment: str = "F4") -> str:
-    """The configs/quest/ option an experiment uses (SB3 must train on the same quest)."""
-    return compose(preset, f"experiment={experiment}", *overrides, hydra=True).hydra.runtime.choices["quest"]
+def needs(preset: str, exp: str) -> tuple[str, ...]:
+    """The experiments whose runs (same seed) an experiment's runs start from: its config's `needs`."""
+    if exp == SB3_UNIT:
+        return ()
+    found = tuple(compose(preset, f"experiment={exp}").needs)
+    unknown = set(found) - set(EXPERIMENTS)
+    if unknown:
+        raise SystemExit(f"configs/experiment/{exp}.yaml needs {', '.join(sorted(unknown))}: not an experiment "
+                         f"of the sweep ({', '.join(EXPERIMENTS)})")
+    return found
 
 
-def unit_overrides(overrides: list[str], exp: str) -> list[str]:
-    """The sweep's extra overrides that apply to one experiment: plain ones, and EXP:key=value for it."""
-    return [o.split(":", 1)[1] if ":" in o.split("=")[0] else o for o in overrides
-            if ":" not in o.split("=")[0] or o.split(":", 1)[0] == exp]
+def unit_overrides(overrides: list[str], *exps: str) -> list[str]:
+    """The sweep's extra overrides that apply to these experiments: plain ones, and EXP:key=value for them."""
+    scope = lambda o: o.split(":", 1)[0] if ":" in o.split("=")[0] else None  # noqa: E731
+    return [o.split(":", 1)[1] if scope(o) else o for o in overrides if scope(o) in (None, *exps)]
 
 
 def n_seeds(preset: str) -> int:
-    return int(preset_value(preset, "n_seeds"))
+    return int(compose(preset).n_seeds)
 
 
-@functools.cache
-def quest_env_steps_bound(preset: str, overrides: tuple[str, ...] = ()) -> int:
-    """The most env steps an F4 quest agent can take: rollouts x episodes per rollout x steps an episode
-    can last (each rollout serves ppo_epochs x n_minibatches optimizer steps)."""
-    from instrumentality.envs.tokens import quest_tokens
-    from instrumentality.world import World
-
-    cfg = compose(preset, "experiment=F4", *overrides)
-    rollouts = -(-cfg.trainer.max_steps // (cfg.regime.ppo_epochs * cfg.regime.n_minibatches))
-    horizon = quest_tokens(dict(cfg.quest), World().vocab_size).horizon()
-    return rollouts * cfg.regime.n_envs * horizon
-
-
-def sb3_command(preset: str, seed: int, runs_root: Path, overrides: tuple[str, ...] = (),
-                quest_overrides: tuple[str, ...] = ()) -> list[str]:
-    """SB3 PPO for one seed, on F4's quest, for max(the preset's sb3_steps after the sweep's overrides for
-    F4_sb3, the most env steps a quest agent can take after those for F4); it also writes the random,
-    explorer and planner agent folders. A finished run is skipped by the script."""
-    exp_dir = runs_root / preset / "F4"
-    steps = max(int(preset_value(preset, "sb3_steps", overrides)), quest_env_steps_bound(preset, quest_overrides))
-    return [sys.executable, "scripts/train_sb3.py", "--quest", quest_choice(preset, quest_overrides),
-            "--steps", str(steps), "--seed", str(seed), "--out", str(exp_dir / f"sb3_ppo-s{seed}"), "--baselines"]
+def sb3_command(preset: str, seed: int, runs_root: Path, overrides: list[str]) -> list[str]:
+    """SB3 PPO for one seed on experiment F4's config after the sweep's overrides for F4, then for F4_sb3 (so
+    that F4's quest-PPO runs and SB3 play the same quest); it also writes the random, explorer and planner
+    agent folders. Hydra's own settings (the launcher's) are not for it. A finished run is skipped."""
+    own = [o for o in unit_overrides(overrides, "F4", SB3_UNIT) if not o.startswith("hydra")]
+    return [sys.executable, "scripts/train_sb3.py", "--baselines", f"preset={preset}", f"seed={seed}",
+            f"runs_root={runs_root}", *own]
 
 
 def threads_per_process(lanes: int, cpu_lanes: int, jobs_per_unit: int) -> int:
@@ -155,16 +143,14 @@ class Unit:
 
 def unit_command(exp: str, seed: int, preset: str, launcher: str, jobs: int, runs_root: Path,
                  overrides: list[str]) -> list[str]:
-    """The command of one unit: a Hydra multirun of the experiment for one seed, with the preset's
-    sweep_overrides for that experiment, then the sweep's own (which win); or the SB3 script."""
-    preset_overrides = lambda e: list(preset_value(preset, "sweep_overrides").get(e, []))  # noqa: E731
-    if exp == "F4_sb3":
-        return sb3_command(preset, seed, runs_root, tuple(preset_overrides(exp) + unit_overrides(overrides, exp)),
-                           tuple(preset_overrides("F4") + unit_overrides(overrides, "F4")))
+    """The command of one unit: a Hydra multirun of the experiment for one seed with the sweep's overrides
+    (its swept values are the experiment file's, for the preset); or the SB3 script."""
+    if exp == SB3_UNIT:
+        return sb3_command(preset, seed, runs_root, overrides)
     cmd = [sys.executable, "-m", "instrumentality.train", "--multirun", f"experiment={exp}", f"preset={preset}",
            f"seed={seed}", f"hydra/launcher={LAUNCHERS[launcher]}", f"runs_root={runs_root}"]
     cmd += [f"hydra.launcher.n_jobs={jobs}"] if launcher == "joblib" else []
-    return cmd + preset_overrides(exp) + unit_overrides(overrides, exp)
+    return cmd + unit_overrides(overrides, exp)
 
 
 def units_to_start(pending: list[tuple[str, int]], running: list[str], is_ready, lanes: int,
@@ -243,6 +229,7 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
     Returns the seconds each experiment's units ran (summed over seeds: units of one experiment overlap)."""
     pending = [(exp, s) for exp in sorted(experiments, key=EXPERIMENTS.index) for s in range(seeds)]
     in_sweep = set(experiments)
+    needed = {exp: needs(preset, exp) for exp in experiments}
     done: set[tuple[str, int]] = set()
     durations: dict[tuple[str, int], float] = {}
     running: list[Unit] = []
@@ -271,8 +258,7 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
 
     def ready(unit):
         exp, s = unit
-        need = NEEDS.get(exp)
-        return need is None or need not in in_sweep or (need, s) in done
+        return all(need not in in_sweep or (need, s) in done for need in needed[exp])
 
     failed_units = failed_units if failed_units is not None else []
     received: list[int] = []
@@ -298,7 +284,7 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
                 unit = Unit(exp, s, cmd, env, progress)
                 with lock:
                     running.append(unit)
-                progress(unit, "started: " + " ".join(cmd[3 if exp != "F4_sb3" else 1:]))
+                progress(unit, "started: " + " ".join(cmd[3 if exp != SB3_UNIT else 1:]))
             time.sleep(0.2)
     finally:
         if running:

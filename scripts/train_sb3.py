@@ -1,8 +1,13 @@
 """Train the SB3 PPO reference agent on ClueQuest, as a run folder the evaluator reads.
 
-    .venv/bin/python scripts/train_sb3.py --quest small --steps 60000 --seed 0 --out runs/quick/F4/sb3_ppo-s0
-writes <out>/ppo.zip and <out>/summary.json (agent spec, learning curve, wall time); with --baselines
-also <out>/../random, <out>/../explorer and <out>/../planner agent folders. A finished run is not trained again.
+    .venv/bin/python scripts/train_sb3.py --baselines preset=quick seed=0 quest.time_limit=20
+
+composes experiment F4's config with the Hydra overrides given (the quest, preset, seed and runs_root: the
+same overrides reach F4's quest-PPO runs and this agent), trains PPO on its quest for the preset's
+budget.sb3_steps, raised to the most env steps an F4 quest agent of that config can take (--steps N: N), and
+writes ppo.zip and summary.json (agent spec, learning curve, wall time) into <runs_root>/<preset>/F4/
+sb3_ppo-s<seed> (--out: elsewhere); with --baselines also the random, explorer and planner agent folders
+beside it. A finished run is not trained again.
 `python -m instrumentality.evaluate <out> --out results.csv` then scores them on the quest probes.
 """
 
@@ -12,18 +17,61 @@ import sys
 from pathlib import Path
 
 import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
 
+from instrumentality import runs  # noqa: F401 - registers the folder_name resolver of the config's run folders
 from instrumentality.files import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = "F4"  # the quest agent this one is the reference for: its quest and budget
 
 
-def quest_config(name: str) -> dict:
-    path = ROOT / "configs" / "quest" / f"{name}.yaml"
-    if not path.exists():
-        choices = ", ".join(p.stem for p in (ROOT / "configs" / "quest").glob("*.yaml"))
-        raise SystemExit(f"unknown quest config {name!r}; choose one of: {choices}")
-    return yaml.safe_load(path.read_text())
+def experiment_config(overrides: list[str]) -> DictConfig:
+    """Experiment F4's config after `overrides`, with Hydra's node (its sweep folder is the agent's)."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("train", [f"experiment={EXPERIMENT}", *overrides], return_hydra_config=True)
+
+
+def quest_of(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg.quest, resolve=True)
+
+
+def quest_env_steps_bound(cfg: DictConfig) -> int:
+    """The most env steps a quest agent of `cfg` can take: rollouts x episodes per rollout x steps an
+    episode can last (each rollout serves ppo_epochs x n_minibatches optimizer steps)."""
+    from instrumentality.envs.tokens import quest_tokens
+    from instrumentality.world import World
+
+    rollouts = -(-cfg.trainer.max_steps // (cfg.regime.ppo_epochs * cfg.regime.n_minibatches))
+    horizon = quest_tokens(quest_of(cfg), World().vocab_size).horizon()
+    return rollouts * cfg.regime.n_envs * horizon
+
+
+def env_steps(cfg: DictConfig) -> int:
+    """The preset's SB3 budget, raised to as many env steps as a quest agent of the same config can take."""
+    return max(int(cfg.budget.sb3_steps[cfg.preset_name]), quest_env_steps_bound(cfg))
+
+
+def out_dir(args: argparse.Namespace, cfg: DictConfig) -> Path:
+    return args.out or Path(cfg.hydra.sweep.dir) / f"sb3_ppo-s{cfg.seed}"
+
+
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, DictConfig]:
+    """The command line, and the config its overrides compose to."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=None, help="env steps (default: from the config, see above)")
+    ap.add_argument("--out", type=Path, default=None, help="the run folder (default: see above)")
+    ap.add_argument("--baselines", action="store_true",
+                    help="also write the random, explorer and planner agent folders")
+    ap.add_argument("--more", action="store_true", help="train a finished run --steps more env steps")
+    ap.add_argument("--ppo", action="append", default=[], metavar="KEY=VALUE",
+                    help="a PPO argument over envs/sb3.py's PPO_DEFAULTS, e.g. --ppo learning_rate=1e-3 "
+                         "--ppo n_steps=64")
+    ap.add_argument("--n-envs", type=int, default=8)
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides of experiment F4's config")
+    args = ap.parse_intermixed_args(argv)
+    return args, experiment_config(args.overrides)
 
 
 def write_agent(out: Path, spec: dict, **extra):
@@ -32,45 +80,35 @@ def write_agent(out: Path, spec: dict, **extra):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quest", default="small", help="a configs/quest/ file")
-    ap.add_argument("--steps", type=int, default=60_000, help="env steps")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--baselines", action="store_true",
-                    help="also write the random, explorer and planner agent folders")
-    ap.add_argument("--more", action="store_true", help="train a finished run --steps more env steps")
-    ap.add_argument("--ppo", nargs="*", default=[], metavar="KEY=VALUE",
-                    help="PPO arguments over envs/sb3.py's PPO_DEFAULTS, e.g. learning_rate=1e-3 n_steps=64")
-    ap.add_argument("--n-envs", type=int, default=8)
-    args = ap.parse_args()
-    quest = quest_config(args.quest)
+    args, cfg = parse()
+    quest, out, seed = quest_of(cfg), out_dir(args, cfg), int(cfg.seed)
+    steps = env_steps(cfg) if args.steps is None else args.steps
     if args.baselines:
         for kind in ("random", "explorer", "planner"):
-            write_agent(args.out.parent / kind, {"kind": kind, "quest": quest, "seed": 0})
-    summary = args.out / "summary.json"
+            write_agent(out.parent / kind, {"kind": kind, "quest": quest, "seed": 0})
+    summary = out / "summary.json"
     before = {"steps": 0, "curve": [], "wall_s": 0.0}
-    if summary.exists() and (args.out / "ppo.zip").exists():
+    if summary.exists() and (out / "ppo.zip").exists():
         if not args.more:
-            print(f"{args.out}: finished before, not trained again (--more trains it further)")
+            print(f"{out}: finished before, not trained again (--more trains it further)")
             return 0
         before = read_json(summary, "SB3 run summary")
     from instrumentality.envs.sb3 import PPO_DEFAULTS, train
 
     ppo = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.ppo)}
-    model, curve, wall = train(quest, args.steps, args.seed, n_envs=args.n_envs,
-                               resume=args.out / "ppo.zip" if before["steps"] else None, **ppo)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tmp = args.out / f".ppo.{os.getpid()}.tmp.zip"  # written whole, then moved: a kill leaves no half policy
+    model, curve, wall = train(quest, steps, seed, n_envs=args.n_envs,
+                               resume=out / "ppo.zip" if before["steps"] else None, **ppo)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".ppo.{os.getpid()}.tmp.zip"  # written whole, then moved: a kill leaves no half policy
     model.save(tmp)
-    os.replace(tmp, args.out / "ppo.zip")
-    steps, wall_all = before["steps"] + args.steps, before["wall_s"] + wall
-    write_agent(args.out, {"kind": "sb3_ppo", "quest": quest, "seed": args.seed}, steps=steps,
-                curve=before["curve"] + curve, wall_s=wall_all, env_steps_per_s=steps / wall_all,
+    os.replace(tmp, out / "ppo.zip")
+    steps_all, wall_all = before["steps"] + steps, before["wall_s"] + wall
+    write_agent(out, {"kind": "sb3_ppo", "quest": quest, "seed": seed}, steps=steps_all,
+                curve=before["curve"] + curve, wall_s=wall_all, env_steps_per_s=steps_all / wall_all,
                 ppo={**PPO_DEFAULTS, **ppo, **before.get("ppo", {})}, n_envs=args.n_envs)
     last = curve[-1][1] if curve else float("nan")
-    print(f"[sb3_ppo-s{args.seed}] finished after {steps} env steps, {wall_all:.1f}s "
-          f"({args.steps / wall:.0f} steps/s); mean return of the last 100 episodes {last:.3f}")
+    print(f"[sb3_ppo-s{seed}] finished after {steps_all} env steps, {wall_all:.1f}s "
+          f"({steps / wall:.0f} steps/s); mean return of the last 100 episodes {last:.3f}")
     return 0
 
 

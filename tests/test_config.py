@@ -12,9 +12,9 @@ from instrumentality.errors import ConfigError
 from instrumentality.train import CONFIG_DIR, build
 
 
-def composed(*overrides):
+def composed(*overrides, hydra=False):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=hydra)
 
 
 @pytest.mark.parametrize("preset", ["quick", "full", "debug"])
@@ -27,21 +27,23 @@ def test_presets_compose_and_build(preset):
         assert cfg.logger.mode == "disabled"
 
 
-@pytest.mark.parametrize("preset", ["quick", "full"])
+@pytest.mark.parametrize("preset", ["quick", "full", "debug"])
 def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(preset):
     """Each job a sweep would launch resolves (e.g. every F2 arm names a critic, gamma and H) and its
     world, model, regime and trainer instantiate, without training: the sweep's params are read from the
-    experiment files themselves. The full preset too: it runs only on a GPU, where a config error
-    would cost a lent machine's minutes."""
+    experiment configs as the preset composes them. The full preset too: it runs only on a GPU, where a
+    config error would cost a lent machine's minutes."""
     import itertools
     from pathlib import Path
 
     from omegaconf import OmegaConf
 
-    for path in sorted((Path(CONFIG_DIR).parent / "experiments").glob("*.yaml")):
-        cfg = composed(f"experiment={path.stem}", f"preset={preset}")
-        params = {k: str(v).split(",") for k, v in (OmegaConf.select(
-            OmegaConf.load(path), "hydra.sweeper.params") or {}).items() if k != "seed"}
+    paths = sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+    assert [p.stem for p in paths] == ["F1", "F2", "F3", "F4", "F4_simulator"]
+    for path in paths:
+        cfg = composed(f"experiment={path.stem}", f"preset={preset}", hydra=True)
+        params = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
+        assert "seed" not in params  # the seeds are the preset's n_seeds (a hand multirun: seed=range(N))
         for values in itertools.product(*params.values()):
             job = composed(f"experiment={path.stem}", f"preset={preset}",
                            *(f"{k}={v}" for k, v in zip(params, values)))
@@ -57,6 +59,21 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
                 assert resolved["regime"]["critic"] == critic
                 assert resolved["regime"]["horizon"] == int(horizon[1:])
                 assert resolved["regime"]["gamma"] == float(gamma[1:].replace("05", "0.5"))
+
+
+@pytest.mark.parametrize("preset", ["quick", "full", "debug"])
+def test_experiments_hold_their_budgets_and_arms_per_preset(preset):
+    """F3 trains as long as the F2 runs it is compared with; the quick preset sweeps 9 of F2's 14 arms
+    (those that fit its 20 minutes), the others all of them."""
+    f2 = composed("experiment=F2", f"preset={preset}", hydra=True)
+    assert composed("experiment=F3", f"preset={preset}").trainer.max_steps == f2.trainer.max_steps
+    arms = f2.hydra.sweeper.params.arm.split(",")
+    assert len(set(arms)) == len(arms) and set(arms) <= set(f2.arms)
+    if preset == "quick":
+        assert sorted(arms) == sorted(["truth-g1-H1", "truth-g1-H4", "truth-g0-H8", "truth-g05-H8", "truth-g1-H8",
+                                       "keyword-g1-H1", "keyword-g0-H8", "keyword-g05-H8", "keyword-g1-H8"])
+    else:
+        assert len(arms) == len(f2.arms) == 14
 
 
 def test_unknown_regime_lists_the_valid_choices():

@@ -105,7 +105,7 @@ def test_reference_optimum_estimate_recovers_the_exact_optimum_and_a_planted_til
     error, whose logsumexp bias is downward and small). A reference tilted by +1 nat towards the easy branch
     moves the optimum by exactly that nat: the estimate follows the actual pi_ref, not p*."""
     from instrumentality.critics import TruthCritic
-    from instrumentality.evaluate import reference_optimum_steering
+    from instrumentality.evaluators import reference_optimum_steering
     from instrumentality.optimum import optimal_steering
     from instrumentality.planted import TruthModel
 

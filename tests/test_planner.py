@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from instrumentality.envs.agents import run_episodes
-from instrumentality.envs.cluequest import ACTIONS, ClueQuestEnv, QuestConfig, bits_of, draw_episode
+from instrumentality.envs.cluequest import ACTIONS, ClueQuestEnv, QuestConfig, draw_episode
 from instrumentality.envs.planner import Planner, solve, state_bytes
 from instrumentality.errors import ConfigError
 
@@ -37,8 +37,7 @@ def belief_expectimax(config: dict, seed: int) -> float:
     for y in range(base.cfg.K):
         env = ClueQuestEnv(**config)
         env.reset(options={"episode_seed": seed})
-        env.ep = {**env.ep, "y": y}
-        env.values = bits_of(y, env.cfg.bits)
+        env.quest.y[0] = y  # the hypothesis, planted where the rules read it
         envs[y] = env
 
     @functools.cache
@@ -146,7 +145,7 @@ def test_planner_plays_the_same_in_the_gym_env_and_reports_its_bound(tmp_path):
     totals; its agent folder is scored with `return_bound` = the mean monster-free optimum."""
     import json
 
-    from instrumentality.evaluate import agent_run_rows
+    from instrumentality.quest_eval import agent_run_rows
 
     cfg = {**SMALL, "n_monsters": 1, "time_limit": 16}
     seeds = np.arange(300, 330)
@@ -176,7 +175,7 @@ def test_planner_plays_the_same_in_the_gym_env_and_reports_its_bound(tmp_path):
     rows = agent_run_rows(tmp_path / "planner", json.loads((tmp_path / "planner" / "summary.json").read_text()))
     bound = {r["probe"]: r["value"] for r in rows if r["metric"] == "return_bound"}
     from instrumentality.envs.agents import PROBE_SEED
-    from instrumentality.evaluate import QUEST_EPISODES
+    from instrumentality.quest_eval import QUEST_EPISODES
 
     probe_seeds = np.arange(PROBE_SEED, PROBE_SEED + QUEST_EPISODES)
     assert bound["quest/standard"] == pytest.approx(solve(QuestConfig(**cfg), probe_seeds).value.mean())

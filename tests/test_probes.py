@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instrumentality.evaluate import calibration_rows, evaluate_model, fork_rows, lookahead_rows, main, rollout_rows
+from instrumentality.evaluate import main
+from instrumentality.evaluators import calibration_rows, evaluate_model, fork_rows, lookahead_rows, rollout_rows
 from instrumentality.planted import FutureCopyModel, RandomStateModel, TruthModel, UniformModel, uniform_kl
 from instrumentality.probes import ProbeConfig, ProbeSet, ProbeSetMismatch, probe_set_for
 from instrumentality.world import World, WorldConfig
@@ -330,7 +331,7 @@ def test_ridge_probe_matches_scikit_learns_leave_one_out_ridge_classifier():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from instrumentality.evaluate import RIDGE_ALPHAS, ridge_probe
+    from instrumentality.evaluators import RIDGE_ALPHAS, ridge_probe
 
     g = torch.Generator().manual_seed(0)
     for signal in (3.0, 0.0):
@@ -351,7 +352,7 @@ def test_ridge_probe_does_not_shrink_the_intercept():
     """Features that carry nothing and a 70% majority class: the chosen penalty is the largest (the weights
     vanish and the intercept alone predicts the majority class everywhere). Were the intercept penalised,
     the largest penalty would shrink it to a sixth and cost leave-one-out error, and a smaller one would win."""
-    from instrumentality.evaluate import RIDGE_ALPHAS, ridge_probe
+    from instrumentality.evaluators import RIDGE_ALPHAS, ridge_probe
 
     g = torch.Generator().manual_seed(1)
     y = torch.where(torch.rand(2000, generator=g) < 0.7, 2, torch.randint(0, 2, (2000,), generator=g))

@@ -239,9 +239,10 @@ def test_the_f4_chain_runs_through_the_entry_point_and_its_checkpoints_are_plain
     from instrumentality.trainer import load_checkpoint
 
     runs = tmp_path / "runs"
-    common = ["preset=debug", f"runs_root={runs}", f"eval.probe_cache={runs}/probes", "quest_fraction=1.0"]
+    common = ["preset=debug", f"runs_root={runs}", f"eval.probe_cache={runs}/probes"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        sim = compose(config_name="train", overrides=[*common, "experiment=F4_simulator"])
+        sim = compose(config_name="train", overrides=[*common, "experiment=F4_simulator",
+                                                      "regime.quest_fraction=1.0"])
         ppo = compose(config_name="train", overrides=[*common, "experiment=F4", "regime.init=simulator",
                                                       "regime.n_envs=8", "regime.n_minibatches=2"])
     for cfg, name in ((sim, "simulator-s0"), (ppo, "quest-simulator-s0")):

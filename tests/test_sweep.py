@@ -56,52 +56,70 @@ def test_sweep_with_a_failing_job_still_writes_results_and_figures(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
 
 
-def load_sweep_module():
+def load_script(name: str):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("sweep", Path(__file__).resolve().parents[1] / "scripts" / "sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sweep)
-    return sweep
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_a_preset_narrows_an_experiments_sweep_and_the_command_line_wins(tmp_path):
-    sweep = load_sweep_module()
-    arms = lambda cmd: [o.split("=", 1)[1].split(",") for o in cmd if o.startswith("arm=")]  # noqa: E731
-    quick = arms(sweep.unit_command("F2", 0, "quick", "basic", 1, tmp_path, []))
-    assert len(quick) == 1 and len(quick[0]) == 9 and {"keyword-g0-H8", "truth-g05-H8"} <= set(quick[0])
-    assert "keyword-g1-H4" not in quick[0]
-    assert arms(sweep.unit_command("F2", 0, "full", "basic", 1, tmp_path, [])) == []  # the file's 14 arms
-    real_preset_value = sweep.preset_value
-    narrowed = {"F2": ["arm=truth-g1-H1,keyword-g1-H8"]}  # a preset that narrows F2 (planted)
-    sweep.preset_value = lambda preset, key, overrides=(): (
-        narrowed if key == "sweep_overrides" else real_preset_value(preset, key, overrides))
-    assert arms(sweep.unit_command("F2", 0, "quick", "basic", 1, tmp_path, [])) == [["truth-g1-H1", "keyword-g1-H8"]]
-    cli = sweep.unit_command("F2", 0, "quick", "basic", 1, tmp_path, ["F2:arm=keyword-g0-H8"])
-    assert arms(cli)[-1] == ["keyword-g0-H8"]  # Hydra takes the last value of a key
-    assert arms(sweep.unit_command("F3", 0, "quick", "basic", 1, tmp_path, [])) == []
+def test_units_wait_for_the_experiments_their_configs_need():
+    sweep = load_script("sweep")
+    for preset in ("quick", "full"):
+        assert [sweep.needs(preset, e) for e in sweep.EXPERIMENTS] == [(), ("F1",), (), ("F1",), ("F4_simulator",), ()]
+
+
+def test_an_experiments_swept_values_come_from_its_config_and_the_command_line_wins(tmp_path):
+    """The unit adds no swept values of its own (the experiment config holds them per preset: see
+    tests/test_config.py); the sweep's overrides for the experiment come last, so Hydra takes them."""
+    sweep = load_script("sweep")
+    arms = lambda cmd: [o.split("=", 1)[1] for o in cmd if o.startswith("arm=")]  # noqa: E731
+    assert arms(sweep.unit_command("F2", 0, "quick", "basic", 1, tmp_path, [])) == []
+    cli = sweep.unit_command("F2", 0, "quick", "basic", 1, tmp_path, ["F2:arm=keyword-g0-H8", "F3:arm=x"])
+    assert arms(cli) == ["keyword-g0-H8"] and cli[-1] == "arm=keyword-g0-H8"
+
+
+def sb3_run(tmp_path, overrides, preset="debug"):
+    """The SB3 unit's command line as train_sb3.py reads it: (arguments, composed config)."""
+    cmd = load_script("sweep").unit_command("F4_sb3", 0, preset, "basic", 1, tmp_path, overrides)
+    assert cmd[1] == "scripts/train_sb3.py"
+    return load_script("train_sb3").parse(cmd[2:])
+
+
+def test_a_quest_override_reaches_the_quest_agents_and_sb3(tmp_path):
+    sweep, sb3 = load_script("sweep"), load_script("train_sb3")
+    for overrides in (["F4:quest.time_limit=20"], ["quest.time_limit=20"], ["F4_sb3:quest.time_limit=20"]):
+        args, cfg = sb3_run(tmp_path, overrides)
+        assert sb3.quest_of(cfg)["time_limit"] == 20 and sb3.quest_of(cfg)["size"] == 5
+    f4 = sweep.unit_command("F4", 0, "debug", "basic", 1, tmp_path, ["F4:quest.time_limit=20"])
+    assert f4[-1] == "quest.time_limit=20"
+    args, cfg = sb3_run(tmp_path, ["F4_simulator:quest.time_limit=20", "hydra.launcher.partition=gpu"])
+    assert sb3.quest_of(cfg)["time_limit"] == 16  # another experiment's override: not F4's
+    assert sb3.out_dir(args, cfg) == tmp_path / "debug" / "F4" / "sb3_ppo-s0" and args.baselines
 
 
 def test_sb3_units_train_at_least_as_long_as_a_quest_agent_can_and_follow_the_overrides(tmp_path):
-    sweep = load_sweep_module()
-    overrides = ["sb3_steps=777", "F2:arm=truth-g1-H1", "F4_sb3:seed=5", "F4:quest_steps=3"]
-    assert sweep.unit_overrides(overrides, "F4_sb3") == ["sb3_steps=777", "seed=5"]
-    assert sweep.unit_overrides(overrides, "F2") == ["sb3_steps=777", "arm=truth-g1-H1"]
-
-    def steps(overrides):
-        cmd = sweep.unit_command("F4_sb3", 0, "debug", "basic", 1, tmp_path, overrides)
-        return int(cmd[cmd.index("--steps") + 1])
-
+    sweep, sb3 = load_script("sweep"), load_script("train_sb3")
+    overrides = ["logger=none", "F2:arm=truth-g1-H1", "F4_sb3:seed=5", "F4:trainer.max_steps=3"]
+    assert sweep.unit_overrides(overrides, "F4_sb3") == ["logger=none", "seed=5"]
+    assert sweep.unit_overrides(overrides, "F2") == ["logger=none", "arm=truth-g1-H1"]
+    assert sweep.unit_overrides(overrides, "F4", "F4_sb3") == ["logger=none", "seed=5", "trainer.max_steps=3"]
+    steps = lambda overrides: sb3.env_steps(sb3_run(tmp_path, overrides)[1])  # noqa: E731
     # debug preset: 4 quest-PPO steps, 4 epochs x 2 minibatches per rollout -> 1 rollout of 128 episodes of
-    # at most 16 steps (quest small), above its sb3_steps of 512
+    # at most 16 steps (quest small), above its budget.sb3_steps of 512
     assert steps([]) == 1 * 128 * 16
-    assert steps(["sb3_steps=5000"]) == 5000
-    assert steps(["F4:quest_steps=20", "F4:regime.n_envs=32"]) == 3 * 32 * 16  # ceil(20 / 8) rollouts
-    assert steps(["F2:quest_steps=20"]) == 1 * 128 * 16  # another experiment's override: not F4's
+    assert steps(["F4_sb3:budget.sb3_steps.debug=5000"]) == 5000
+    assert steps(["F4:trainer.max_steps=20", "F4:regime.n_envs=32"]) == 3 * 32 * 16  # ceil(20 / 8) rollouts
+    assert steps(["F2:trainer.max_steps=20"]) == 1 * 128 * 16  # another experiment's override: not F4's
+    assert sb3.env_steps(sb3_run(tmp_path, [], preset="full")[1]) == 100 * 128 * 16  # 800 steps: above 200,000
+    args, cfg = sb3_run(tmp_path, ["F4_sb3:seed=5"])
+    assert cfg.seed == 5 and sb3.out_dir(args, cfg).name == "sb3_ppo-s5"
 
 
 def test_cpu_only_units_run_in_lanes_of_their_own_when_there_are_any():
-    sweep = load_sweep_module()
+    sweep = load_script("sweep")
     pending = [("F1", 0), ("F1", 1), ("F4_sb3", 0), ("F4_sb3", 1)]
     ready = lambda unit: True  # noqa: E731
     assert sweep.units_to_start(pending, [], ready, 1, 0) == [("F1", 0)]
@@ -112,7 +130,7 @@ def test_cpu_only_units_run_in_lanes_of_their_own_when_there_are_any():
 
 
 def test_time_left_shares_each_pool_of_units_among_its_lanes():
-    sweep = load_sweep_module()
+    sweep = load_script("sweep")
     durations = {("F1", 0): 100.0, ("F1", 1): 140.0, ("F4_sb3", 0): 60.0}  # F1 120 s, SB3 60 s, all 100 s
     pending = [("F1", 2), ("F2", 0), ("F4_sb3", 1)]
     running = [("F1", 30.0), ("F4_sb3", 80.0)]  # an SB3 unit past its mean has nothing left
@@ -124,7 +142,7 @@ def test_time_left_shares_each_pool_of_units_among_its_lanes():
 
 
 def test_time_left_scales_the_last_sweeps_seconds_by_this_sweeps_speed(tmp_path):
-    sweep = load_sweep_module()
+    sweep = load_script("sweep")
     prior = {"F1": 60.0, "F2": 50.0, "F4_sb3": 10.0, "evaluate": 30.0}  # seconds per unit last time
     durations = {("F1", 0): 100.0, ("F1", 1): 140.0}  # 100/60 and 140/60: this sweep runs 2x slower
     pending = [("F1", 2), ("F2", 0), ("F2", 1), ("F4_sb3", 0)]

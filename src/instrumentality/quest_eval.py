@@ -1,0 +1,67 @@
+"""ClueQuest evaluation: an agent (a transformer through the token interface, a scripted agent, SB3, the
+planner) on the quest probes: the same episodes per variant, scored by envs.agents.quest_rows."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from instrumentality.results import run_id_of, status_rows, tidy_rows
+from instrumentality.stats import mean_ci
+from instrumentality.world import World
+
+QUEST_EPISODES = 200  # episodes per quest probe variant
+
+
+def quest_model_rows(model, world: World, quest: dict, name: str, normalise: bool = True,
+                     n_episodes: int = QUEST_EPISODES) -> list[dict]:
+    """The quest probes for a transformer playing through the token interface (sampled actions)."""
+    from instrumentality.envs.cluequest import QuestConfig
+    from instrumentality.envs.tokens import QuestTokens, TokenAgent
+
+    tokens = QuestTokens(QuestConfig(**quest), world.vocab_size)
+    return quest_agent_rows(TokenAgent(model, tokens), quest, name, normalise, n_episodes)
+
+
+def quest_agent_rows(agent, quest: dict, name: str, normalise: bool = True,
+                     n_episodes: int = QUEST_EPISODES) -> list[dict]:
+    """Rows probe=quest/<variant> (deceptions, fights, clue_pickups, predicted, return; with normalise,
+    also <metric>_norm with the random agent = 100 on the same episodes)."""
+    from instrumentality.envs.agents import quest_rows
+
+    env = {k: v for k, v in quest.items() if k != "variant"}
+    rows = quest_rows({name: agent}, n_episodes=n_episodes, normalise=normalise, **env)
+    return [{k: v for k, v in r.items() if k != "agent"} for r in rows]
+
+
+def agent_run_rows(run_dir: Path, summary: dict) -> list[dict]:
+    """A scripted or SB3 agent's run folder (summary.json with an `agent` entry): its quest probes and,
+    for SB3, its training curve; for the planner also `return_bound`, the optimum without monsters (an
+    upper bound on every agent's expected return on the same episodes)."""
+    from instrumentality.envs.agents import Explorer, RandomAgent
+    from instrumentality.envs.planner import Planner
+
+    spec = summary["agent"]
+    agent: Any
+    if spec["kind"] == "random":
+        agent = RandomAgent(seed=spec.get("seed", 0))
+    elif spec["kind"] == "explorer":
+        agent = Explorer(seed=spec.get("seed", 0))
+    elif spec["kind"] == "planner":
+        agent = Planner()
+    elif spec["kind"] == "sb3_ppo":
+        from instrumentality.envs.sb3 import SB3Agent
+
+        agent = SB3Agent.load(run_dir / "ppo.zip", spec["quest"])  # the run's own file, read without unpickling
+    else:
+        raise ValueError(f"unknown agent kind {spec['kind']!r} in {run_dir / 'summary.json'}")
+    rows = quest_agent_rows(agent, spec["quest"], spec["kind"])
+    for variant, solution in getattr(agent, "solutions", {}).items():
+        m, lo, hi = mean_ci(solution.value)
+        rows.append({"probe": f"quest/{variant}", "metric": "return_bound", "value": m, "ci_low": lo, "ci_high": hi})
+    rows += [{"probe": "curve/quest", "metric": "return", "value": r, "ci_low": math.nan, "ci_high": math.nan,
+              "step": i, "env_steps": n} for i, (n, r) in enumerate(summary.get("curve", []))]
+    config = {"regime": {"name": spec["kind"]}, "seed": spec.get("seed", ""), "exp_name": run_dir.parent.name,
+              "quest": spec["quest"]}
+    return tidy_rows(rows + status_rows(summary["status"]), run_id_of(run_dir), config, summary["status"])
