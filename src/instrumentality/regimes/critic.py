@@ -61,7 +61,8 @@ class GradedRollouts:
 
     def __init__(self, world: World, critic, horizon: int, k_samples: int, n_prompts: int, rollout: str,
                  fork_fraction: float, fork_positions: list[int]):
-        self.world, self.critic, self.H, self.K, self.n_prompts = world, critic, horizon, k_samples, n_prompts
+        self.world, self.critic, self.H, self.n_prompts = world, critic, horizon, n_prompts
+        self.samples_per_prompt = k_samples
         self.rollout, self.fork_fraction, self.fork_positions = rollout, fork_fraction, fork_positions
         self.ref_model: torch.nn.Module | None = None
 
@@ -86,7 +87,7 @@ class GradedRollouts:
     def collect(self, model, gen: torch.Generator) -> Rollouts:
         assert self.ref_model is not None, "setup() loads pi_ref"
         device, H, cpu_gen = device_of(model), self.H, cpu_generator(gen)
-        host_prompts = self.prompts(cpu_gen).repeat_interleave(self.K, 0)  # [N = P*K, L]
+        host_prompts = self.prompts(cpu_gen).repeat_interleave(self.samples_per_prompt, 0)  # [N = P*K, L]
         prompts = host_prompts.to(device)
         N, L = prompts.shape
         if self.rollout == "free":
@@ -155,7 +156,7 @@ class CriticRegime(EntropyCollapse, RegimeBase):
         self.world = world
         self.rollouts = GradedRollouts(world, self.critic, horizon, k_samples, n_prompts, rollout, fork_fraction,
                                        list(fork_positions))
-        self.H, self.gamma, self.beta, self.K = horizon, gamma, beta, k_samples
+        self.H, self.gamma, self.beta, self.samples_per_prompt = horizon, gamma, beta, k_samples
         self.ref_checkpoint, self.ref_kind, self.init = ref_checkpoint, ref, init
         self.collapse_entropy = collapse_entropy
         self.algo, self.ppo_epochs, self.clip = algo, ppo_epochs, clip
@@ -234,7 +235,7 @@ class CriticRegime(EntropyCollapse, RegimeBase):
         with torch.no_grad():
             r, kl = self.rewards(batch, logp_a)
             G = discounted_returns(r, self.discount)                   # G_t = sum_k gamma^k r_{t+k}
-            b = leave_one_out_baseline(G, self.K)
+            b = leave_one_out_baseline(G, self.samples_per_prompt)
         loss = -((G - b) * logp_a).mean()
         metrics = {**self.fork_metrics(batch, (batch.graded, kl, G[:, 0].mean())), "entropy": entropy(logp.detach())}
         return Update(loss, metrics, batch.actions.numel())
