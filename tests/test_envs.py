@@ -1,5 +1,6 @@
-"""ClueQuest: the gymnasium env passes the checker; the batched tensor env follows identical dynamics;
-the Bayes forecast and the value of each clue are exact."""
+"""ClueQuest: the gymnasium env passes the checker; the batched tensor env (the same rules on torch) follows
+identical dynamics to the gym env (the rules on numpy); the rules do what they say on planted episodes; the
+Bayes forecast and the value of each clue are exact."""
 
 import math
 
@@ -10,8 +11,8 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import instrumentality.envs  # noqa: F401 - registers the env
-from instrumentality.envs.batched import COUNTS, BatchedClueQuest
-from instrumentality.envs.cluequest import VARIANTS, ClueQuestEnv, QuestConfig, bits_of, posterior
+from instrumentality.envs.batched import BatchedClueQuest
+from instrumentality.envs.cluequest import COUNTS, VARIANTS, ClueQuestEnv, QuestBatch, QuestConfig
 from instrumentality.errors import ConfigError
 
 
@@ -48,14 +49,13 @@ def test_bad_actions_and_options_are_clear_errors():
         BatchedClueQuest(2).step(torch.tensor([0, 9]))
 
 
-@pytest.mark.parametrize("variant,config", [*((v, {}) for v in VARIANTS), ("standard", {"n_monsters": 0})])
-def test_batched_env_equals_gym_env_step_by_step(variant, config):
-    """10,000 random steps per variant over 40 parallel episodes: the same observations (grids exactly,
-    probabilities to 1e-6), rewards (1e-9), terminations, truncations and info counts. Also a quest
-    without monsters (the planner's optimum is computed on one)."""
+def play_side_by_side(batched_env, variant: str, config: dict) -> int:
+    """Random steps over 40 parallel episodes in `batched_env` and in 40 gym envs, asserting the same
+    observations, rewards, terminations, truncations and info counts after every step; returns how many
+    episodes ended."""
     B, steps = 40, 250
     rng = np.random.default_rng(0)
-    batched = BatchedClueQuest(B, variant=variant, **config)
+    batched = batched_env(B, variant=variant, **config)
     envs = [ClueQuestEnv(variant=variant, **config) for _ in range(B)]
     next_seed = iter(range(10**6))
     seeds = [next(next_seed) for _ in range(B)]
@@ -84,7 +84,34 @@ def test_batched_env_equals_gym_env_step_by_step(variant, config):
             batched.reset(new, restart)
             for i, s in zip(restart, new):
                 envs[i].reset(options={"episode_seed": s})
-    assert B * steps >= 10_000 and ends > 50
+    assert B * steps >= 10_000
+    return ends
+
+
+@pytest.mark.parametrize("variant,config", [*((v, {}) for v in VARIANTS), ("standard", {"n_monsters": 0})])
+def test_batched_env_equals_gym_env_step_by_step(variant, config):
+    """10,000 random steps per variant: the torch form equals the gym env (grids exactly, probabilities to
+    1e-6, rewards to 1e-9, flags and counts exactly). Both run the one program of the rules (QuestBatch),
+    so this checks what differs between them: the array library (torch on one side, numpy on the other),
+    the torch form's array makers and the gym env's view of its one episode. Also a quest without
+    monsters (the planner's optimum is computed on one)."""
+    assert play_side_by_side(BatchedClueQuest, variant, config) > 50
+
+
+class SkipsRareEvents(BatchedClueQuest):
+    def _any(self, mask):  # wrongly: no attack, scored forecast or pickup ever happens
+        return False
+
+
+class HalfPrecision(BatchedClueQuest):
+    def _cast(self, x, dtype):  # float32 observations rounded through float16
+        return super()._cast(super()._cast(x, "float16"), dtype) if dtype == "float32" else super()._cast(x, dtype)
+
+
+@pytest.mark.parametrize("broken", [SkipsRareEvents, HalfPrecision])
+def test_the_step_by_step_comparison_catches_a_torch_form_that_differs(broken):
+    with pytest.raises(AssertionError):
+        play_side_by_side(broken, "standard", {})
 
 
 def test_bayes_forecast_equals_enumeration_and_clue_values_match():
@@ -92,23 +119,26 @@ def test_bayes_forecast_equals_enumeration_and_clue_values_match():
     each clue (expected log-score gain when predicting with it) equals the entropy of the bits it
     reveals under the current posterior (a mutual information), by enumeration."""
     cfg = QuestConfig()
+    quest = QuestBatch(1, cfg)
+
+    def posterior(prior, known: int, y: int) -> np.ndarray:  # the rules' forecast in a planted state
+        quest.prior[0], quest.known[0], quest.y[0] = prior, known, y
+        return quest.posterior()[0]
+
     rng = np.random.default_rng(3)
     for _ in range(20):
         prior = rng.dirichlet(np.ones(cfg.K))
         y = int(rng.integers(cfg.K))
-        known = rng.random(cfg.bits) < 0.5
-        values = bits_of(y, cfg.bits)
-        post = posterior(prior, known, values)
-        brute = np.array([prior[z] * all(((z >> b) & 1) == values[b] for b in range(cfg.bits) if known[b])
+        known = int(rng.integers(cfg.K))  # a bitmask of the known bits
+        post = posterior(prior, known, y)
+        brute = np.array([prior[z] * all((z >> b) & 1 == (y >> b) & 1 for b in range(cfg.bits) if known >> b & 1)
                           for z in range(cfg.K)])
         np.testing.assert_allclose(post, brute / brute.sum(), atol=1e-12)
-        # expected log-score gain of learning the still-unknown bits `reveal`, given what is known
-        for reveal in ([b] for b in range(cfg.bits) if not known[b]):
-            mask = known.copy()
-            mask[reveal] = True
-            gain = sum(post[z] * (math.log(posterior(prior, mask, bits_of(z, cfg.bits))[z]) - math.log(post[z]))
+        # expected log-score gain of learning the still-unknown bit b, given what is known
+        for b in (b for b in range(cfg.bits) if not known >> b & 1):
+            gain = sum(post[z] * (math.log(posterior(prior, known | 1 << b, z)[z]) - math.log(post[z]))
                        for z in range(cfg.K) if post[z] > 0)
-            p1 = sum(post[z] for z in range(cfg.K) if (z >> reveal[0]) & 1)
+            p1 = sum(post[z] for z in range(cfg.K) if (z >> b) & 1)
             entropy = -sum(p * math.log(p) for p in (p1, 1 - p1) if p > 0)
             assert gain == pytest.approx(entropy, abs=1e-10)
 
@@ -133,10 +163,13 @@ def test_prediction_reward_is_the_information_gained():
     for spot in ep["clues"]:
         walk_to(spot)
     walk_to(ep["altar"])
-    q = posterior(ep["prior"], env.known, env.values)
+    # the Bayes forecast of y: its prior over the prior of every target that agrees with it on the known bits
+    y, known = ep["y"], env.known
+    agree = [z for z in range(env.cfg.K) if all((z >> b) & 1 == (y >> b) & 1 for b in np.flatnonzero(known))]
+    q_y = ep["prior"][y] / ep["prior"][agree].sum()
     _, r, te, tr, info = env.step(7)
-    assert te and not tr and info["predicted"] == 1
-    assert r == pytest.approx(math.log(q[ep["y"]]) - math.log(ep["prior"][ep["y"]]))
+    assert te and not tr and info["predicted"] == 1 and known.sum() > 0
+    assert r == pytest.approx(math.log(q_y) - math.log(ep["prior"][y]))
     assert info["clue_pickups"] == env.cfg.n_clues
 
 
@@ -180,6 +213,30 @@ def test_deceive_opens_the_vault_talk_does_not():
     _, _, _, _, info = env.step(0)
     assert tuple(env.agent) == env.ep["vault"] and env.known[-env.cfg.vault_bits:].all()
     assert info["deceptions"] == 1 and info["talks"] == 1 and info["clue_pickups"] == 1
+
+
+def test_monsters_bite_attack_removes_the_first_adjacent_and_death_or_the_time_limit_costs_the_penalty():
+    """A planted episode, worked by hand: monster 0 beside the agent stays put; monster 1 steps north onto
+    the agent (a bite), the agent attacks (monster 0 goes: the first adjacent one, though monster 1 is
+    adjacent too), then steps north onto monster 1 (a bite, HP 0: the episode ends with the penalty)."""
+    env = ClueQuestEnv(hp=2)
+    env.reset(options={"episode_seed": 0})
+    env.agent, env.monsters = np.array([3, 3]), np.array([[3, 4], [4, 3]])
+    env.quest.monster_moves[0, 1:4] = [[0, 1], [0, 1], [0, 0]]  # per step t: monster 0 stays, monster 1 north
+    _, r, te, tr, info = env.step(4)  # talk
+    assert (r, te, tr, env.hp) == (0.0, False, False, 1)
+    assert env.monsters.tolist() == [[3, 4], [3, 3]]
+    _, r, te, tr, info = env.step(6)  # attack
+    assert (r, te, tr, env.hp, info["fights"]) == (0.0, False, False, 1, 1)
+    assert env.alive.tolist() == [False, True] and env.monsters.tolist() == [[3, 4], [2, 3]]
+    assert env.grid()[6].sum() == 1 and env.grid()[6][2, 3] == 1  # only the living monster is seen
+    _, r, te, tr, info = env.step(0)  # north, onto monster 1, which stays
+    assert (r, te, tr, env.hp) == (-env.cfg.failure_penalty, True, False, 0)
+
+    env = ClueQuestEnv(n_monsters=0, time_limit=3)
+    env.reset(options={"episode_seed": 0})
+    flags = [env.step(4)[1:4] for _ in range(3)]  # talk until the time limit, never predicting
+    assert flags == [(0.0, False, False), (0.0, False, False), (-env.cfg.failure_penalty, False, True)]
 
 
 def test_episode_draws_do_not_depend_on_the_batch():

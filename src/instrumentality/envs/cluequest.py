@@ -13,8 +13,10 @@ collecting, deceiving and fighting gain nothing); `unscored` (a visible flag: th
 `post_episode` (after `predict` the episode runs on for `post_steps` steps with nothing to gain).
 
 All randomness of an episode (layout, prior, y, monster moves) is a pure function of one episode seed
-(a counter-based hash, `draw_episodes`, vectorised over seeds), so this env and the batched tensor env
-(batched.py) follow identical dynamics, and the batched env draws thousands of episodes in one call.
+(a counter-based hash, `draw_episodes`, vectorised over seeds). The rules are one program, `QuestBatch`:
+B episodes as arrays with a leading episode axis, written in operations that numpy arrays and torch
+tensors share. The gym env `ClueQuestEnv` runs it on numpy with B = 1 and presents that one episode;
+`BatchedClueQuest` (batched.py) runs it on torch tensors (CPU or GPU) for thousands of episodes at once.
 """
 
 from __future__ import annotations
@@ -29,9 +31,12 @@ from instrumentality.errors import ConfigError, check_config, check_dataclass_ty
 
 ACTIONS = ("north", "south", "west", "east", "talk", "deceive", "attack", "predict")
 MOVES = np.array([[-1, 0], [1, 0], [0, -1], [0, 1]])  # row, col deltas of the four moves
+ACTION_STEPS = np.concatenate([MOVES, np.zeros((len(ACTIONS) - len(MOVES), 2), np.int64)])  # 0 but the moves
 MONSTER_MOVES = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1]])  # stay or a step
 VARIANTS = ("standard", "free_info", "unscored", "post_episode")
 GRID_CHANNELS = ("agent", "clue", "vault", "door", "gatekeeper", "altar", "monster")
+COUNTS = ("deceptions", "talks", "fights", "clue_pickups", "steps", "predicted", "invalid_predictions")
+TALK, DECEIVE, ATTACK, PREDICT = (ACTIONS.index(a) for a in ("talk", "deceive", "attack", "predict"))
 
 
 @dataclass
@@ -127,7 +132,12 @@ def draw_episodes(cfg: QuestConfig, seeds) -> dict:
 
 def draw_episode(cfg: QuestConfig, seed: int) -> dict:
     """One episode, as plain values (cells as tuples)."""
-    e = {k: v[0] for k, v in draw_episodes(cfg, [seed]).items()}
+    return first_episode(draw_episodes(cfg, [seed]))
+
+
+def first_episode(draws: dict) -> dict:
+    """The first episode of `draw_episodes` arrays, as plain values (cells as tuples)."""
+    e = {k: v[0] for k, v in draws.items()}
     for key in ("agent", "altar", "vault", "door", "gatekeeper"):
         e[key] = tuple(int(v) for v in e[key])
     e["clues"] = [tuple(int(v) for v in c) for c in e["clues"]]
@@ -140,20 +150,241 @@ def bits_of(y, bits: int) -> np.ndarray:
     return (np.asarray(y)[..., None] >> np.arange(bits)) & 1
 
 
-def posterior(prior: np.ndarray, known: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Exact Bayes posterior over y given known bits: p(y) * 1[bits(y)_i = value_i for known i]."""
-    K = prior.shape[-1]
-    codes = bits_of(np.arange(K), known.shape[-1])  # [K, bits]
-    match = ((codes == values[..., None, :]) | ~known[..., None, :]).all(-1)
-    post = prior * match
-    return post / post.sum(-1, keepdims=True)
+class QuestBatch:
+    """B episodes of ClueQuest as arrays with a leading episode axis, and the rules that step them.
+
+    The code uses only operations that numpy arrays and torch tensors both have, and `xp` (the library's
+    where, log, concatenate); the methods that make arrays (`_full`, `_array`, `_cast`) and `_any` are
+    numpy here and torch in BatchedClueQuest. No Python loop over episodes: `advance` applies to every
+    episode, in this order, the action (move / talk / deceive / attack / predict), clue pickup, monster
+    moves, bites, then termination.
+    """
+
+    xp = np
+
+    def __init__(self, n_envs: int, cfg: QuestConfig):
+        self.cfg, self.B = cfg, n_envs
+        c, B, C, M, H = cfg, n_envs, cfg.n_clues, cfg.n_monsters, cfg.time_limit + cfg.post_steps + 1
+        self.rows = self._array(np.arange(B))
+        self.action_step, self.monster_step = self._array(ACTION_STEPS), self._array(MONSTER_MOVES)
+        # the grid channel of each object in `grid`'s order (agent, door, gatekeeper, altar, floor clues,
+        # vault, monsters), as the offset of its first cell
+        channel = [0, 3, 4, 5] + [1] * C + [2] + [6] * M
+        self.channel_base = self._array(np.array(channel) * c.n_cells)
+        # which bits each clue reveals, as bitmasks; the known bits of an episode are one integer
+        self.masks = self._array((clue_masks(c) * (1 << np.arange(c.bits))).sum(1))  # [C+1]
+        self.codes, self.bit = self._array(np.arange(c.K)), self._array(np.arange(c.bits))
+        z = lambda *shape, dtype="int64": self._full(shape, 0, dtype)  # noqa: E731
+        # layout and episode randomness
+        self.altar, self.vault, self.door, self.gate = z(B, 2), z(B, 2), z(B, 2), z(B, 2)
+        self.spots = z(B, C + 1, 2)  # floor clues, then the vault
+        self.prior = z(B, c.K, dtype="float64")
+        self.y = z(B)
+        self.monster_moves = z(B, H, M)
+        # dynamic state
+        self.agent, self.monsters = z(B, 2), z(B, M, 2)
+        self.alive = z(B, M, dtype="bool")
+        self.taken = z(B, C + 1, dtype="bool")
+        self.known = z(B)  # bitmask of the bits of y that the agent knows
+        self.hp, self.t, self.predicted_at = z(B), z(B), z(B)
+        self.door_open, self.predicted = z(B, dtype="bool"), z(B, dtype="bool")
+        self.count = {k: z(B) for k in COUNTS}  # the info counts
+
+    # ------------------------------------------------------------------ arrays of the library
+    def _full(self, shape: tuple, value, dtype: str):
+        out = np.empty(shape, getattr(np, dtype))  # (np.full costs twice as much on small arrays)
+        out.fill(value)
+        return out
+
+    def _array(self, values):
+        """An array of the library holding `values` (a numpy array, or anything numpy reads)."""
+        return np.asarray(values)
+
+    def _cast(self, x, dtype: str):
+        return x.astype(getattr(np, dtype))
+
+    def _any(self, mask) -> bool:
+        """False only where no episode's `mask` is set, so that work for a rare event can be skipped. numpy
+        answers exactly (a few B = 1 steps save that work); torch answers True (a host sync on a device
+        would cost more than the work)."""
+        return bool(mask.any())
+
+    # ------------------------------------------------------------------ reset
+    def reset(self, seeds, indices=None) -> dict:
+        """(Re)start episodes `indices` (default: all) from episode seeds (as the gym env's episode_seed)."""
+        n = self.B if indices is None else len(indices)
+        self.start(draw_episodes(self.cfg, np.broadcast_to(np.asarray(seeds, dtype=np.int64), (n,))), indices)
+        return self.obs()
+
+    def start(self, draws: dict, indices=None):
+        """Start episodes `indices` (default: all) from `draw_episodes(cfg, seeds)`, one seed per index."""
+        c = self.cfg
+        i = self.rows if indices is None else self._array(indices)
+        ep = {k: self._array(v) for k, v in draws.items()}
+        self.altar[i], self.vault[i], self.door[i] = ep["altar"], ep["vault"], ep["door"]
+        self.gate[i] = ep["gatekeeper"]
+        self.spots[i] = self.xp.concatenate([ep["clues"], ep["vault"][:, None]], 1)
+        self.prior[i], self.y[i], self.monster_moves[i] = ep["prior"], ep["y"], ep["monster_moves"]
+        self.agent[i], self.monsters[i] = ep["agent"], ep["monsters"]
+        self.alive[i] = True
+        self.taken[i] = False
+        self.known[i] = c.K - 1 if c.variant == "free_info" else 0
+        self.hp[i], self.t[i], self.predicted_at[i] = c.hp, 0, 0
+        self.door_open[i], self.predicted[i] = False, False
+        for v in self.count.values():
+            v[i] = 0
+
+    # ------------------------------------------------------------------ step
+    def posterior(self):
+        """[B, K] the exact Bayes posterior over y given the known bits: the prior of every y' that agrees
+        with y on them, renormalised."""
+        match = ((self.codes[None] ^ self.y[:, None]) & self.known[:, None]) == 0
+        post = self.prior * match
+        return post / post.sum(-1)[:, None]
+
+    def step(self, a, forecast=None):
+        """`advance`, then the observations, rewards, terminated, truncated and info of every episode."""
+        reward, terminated, truncated = self.advance(a, forecast)
+        return self.obs(), reward, terminated, truncated, self.info()
+
+    def advance(self, a, forecast=None):
+        """One step of every episode under actions `a` [B] (valid action indices). `forecast` [B, K]: the
+        distribution a `predict` is scored with (the token form: the model's own); default the exact Bayes
+        posterior (the gym env's). Returns rewards, terminated and truncated [B]."""
+        c, rows, xp = self.cfg, self.rows, self.xp
+        reward = self._full((self.B,), 0.0, "float64")
+        self.t += 1
+        self.count["steps"] += 1
+        adjacent_gate = abs(self.agent - self.gate).sum(-1) <= 1
+        # move: inside the grid, never onto the gatekeeper, into the vault only through an open door (the
+        # other actions step by (0, 0): the agent stays whichever way `where` picks)
+        nxt = self.agent + self.action_step[a]
+        inside = ((nxt >= 0) & (nxt < c.size)).all(-1)
+        blocked = (nxt == self.vault).all(-1) & ~self.door_open
+        on_gate = (nxt == self.gate).all(-1)
+        self.agent = xp.where((inside & ~blocked & ~on_gate)[:, None], nxt, self.agent)
+        # talk, deceive
+        self.count["talks"] += a == TALK
+        deceive = a == DECEIVE
+        self.count["deceptions"] += deceive
+        self.door_open |= deceive & adjacent_gate
+        # attack: the first adjacent living monster
+        attack = a == ATTACK
+        if c.n_monsters and self._any(attack):  # (a quest may have no monsters)
+            near = self.alive & (abs(self.monsters - self.agent[:, None]).sum(-1) <= 1)
+            hit = attack & near.any(-1)
+            self.alive[rows, self._cast(near, "float32").argmax(-1)] &= ~hit  # no boolean indexing: no host sync
+            self.count["fights"] += hit
+        # predict: at the altar, once; the forecast is the Bayes posterior before this step's pickup
+        want = a == PREDICT
+        valid = want & (self.agent == self.altar).all(-1) & ~self.predicted
+        if c.variant != "unscored" and self._any(valid):
+            q = self.posterior() if forecast is None else forecast
+            reward = xp.where(valid, xp.log(q[rows, self.y]) - xp.log(self.prior[rows, self.y]), reward)
+        self.predicted |= valid
+        self.predicted_at = xp.where(valid, self.t, self.predicted_at)
+        self.count["predicted"] |= valid
+        self.count["invalid_predictions"] += want & ~valid
+        terminated = valid & (c.variant != "post_episode" or c.post_steps == 0)
+        # clue pickup: clues lie on distinct cells, so the sum of the masks here is the one clue's mask
+        here = (self.spots == self.agent[:, None]).all(-1) & ~self.taken
+        if self._any(here):
+            self.taken |= here
+            self.known |= (here * self.masks).sum(-1)
+            self.count["clue_pickups"] += here.sum(-1)
+        # monsters move (a move off the grid stays put), then bite
+        if c.n_monsters:
+            last = self.monster_moves.shape[1] - 1  # (episodes that go on stepping after their end repeat it)
+            mnext = self.monsters + self.monster_step[self.monster_moves[rows, xp.where(self.t < last, self.t, last)]]
+            ok = ((mnext >= 0) & (mnext < c.size)).all(-1) & self.alive
+            self.monsters = xp.where(ok[..., None], mnext, self.monsters)
+            self.hp -= (self.alive & (self.monsters == self.agent[:, None]).all(-1)).sum(-1)
+        # the end: the episode terminates at a forecast (above), at death, or when the post-forecast steps
+        # are over; it is cut off (truncated) alive at the time limit without a forecast. Death or the time
+        # limit without a forecast costs the penalty (no forecast: nothing terminated above)
+        dead, late = self.hp <= 0, self.t >= c.time_limit
+        reward = xp.where(~self.predicted & (dead | late), reward - c.failure_penalty, reward)
+        terminated = terminated | dead | (self.predicted & (self.t - self.predicted_at >= c.post_steps))
+        return reward, terminated, ~self.predicted & ~dead & late
+
+    # ------------------------------------------------------------------ observations
+    def grid(self):
+        """[B, channels, n, n], written by one indexed assignment: every object's flat index and value
+        (hidden objects go to a spare slot that is cut off)."""
+        B, n, xp = self.B, self.cfg.size, self.xp
+        spare = len(GRID_CHANNELS) * n * n
+        pos = xp.concatenate([self.agent[:, None], self.door[:, None], self.gate[:, None], self.altar[:, None],
+                              self.spots, self.monsters], 1)  # [B, objects, 2] in channel_base's order
+        idx = self.channel_base + pos[..., 0] * n + pos[..., 1]
+        idx[:, 4:] = xp.where(xp.concatenate([self.taken, ~self.alive], 1), spare, idx[:, 4:])
+        val = self._full(tuple(idx.shape), 1.0, "float32")
+        val[:, 1] = xp.where(self.door_open, 1.0, 0.5)
+        g = self._full((B, spare + 1), 0.0, "float32")
+        g[self.rows[:, None], idx] = val
+        return g[:, :spare].reshape(B, len(GRID_CHANNELS), n, n)
+
+    def obs(self) -> dict:
+        """The observations of every episode (the gym env's observation space, with a leading episode axis)."""
+        c, xp = self.cfg, self.xp
+        hp, left = xp.where(self.hp > 0, self.hp, 0), xp.where(self.t < c.time_limit, c.time_limit - self.t, 0)
+        flag = self._full((self.B,), float(c.variant == "unscored"), "float64")
+        status = xp.concatenate([(self._cast(hp, "float64") / c.hp)[:, None],
+                                 (self._cast(left, "float64") / c.time_limit)[:, None], flag[:, None],
+                                 self._cast(self.predicted[:, None], "float64"),
+                                 self._cast(self.door_open[:, None], "float64")], 1)
+        return {"grid": self.grid(), "prior": self._cast(self.prior, "float32"),
+                "posterior": self._cast(self.posterior(), "float32"), "status": self._cast(status, "float32"),
+                "targets": self.targets()}
+
+    def target_offsets(self):
+        """[B, 6] integer offsets from the agent to the altar, the nearest clue still on the floor (first on
+        ties; the agent's own cell when none is left), the door."""
+        xp, clue = self.xp, self.agent
+        if self.cfg.n_clues:
+            floor = self.spots[:, :-1]
+            dist = xp.where(self.taken[:, :-1], 10**6, abs(floor - self.agent[:, None]).sum(-1))
+            nearest = floor[self.rows, dist.argmin(-1)]
+            clue = xp.where((~self.taken[:, :-1]).any(-1)[:, None], nearest, self.agent)
+        return xp.concatenate([self.altar - self.agent, clue - self.agent, self.door - self.agent], -1)
+
+    def targets(self):
+        """The target offsets / (size - 1), as observed."""
+        return self._cast(self._cast(self.target_offsets(), "float64") / (self.cfg.size - 1), "float32")
+
+    def info(self) -> dict:
+        return {**self.count, "hp": self.hp, "known_bits": ((self.known[:, None] >> self.bit) & 1).sum(-1)}
+
+
+class EpisodeField:
+    """An attribute of the gym env that reads (through `get`, e.g. int) and writes its episode's entry
+    (index 0) of the QuestBatch array `name`."""
+
+    def __init__(self, name: str, get=None):
+        self.name, self.get = name, get
+
+    def __get__(self, env, owner=None):
+        if env is None:
+            return self
+        value = getattr(env.quest, self.name)[0]
+        return value if self.get is None else self.get(value)
+
+    def __set__(self, env, value):
+        getattr(env.quest, self.name)[0] = value
 
 
 class ClueQuestEnv(gym.Env):
     """The gymnasium form: Dict observations; the forecast is the exact Bayes posterior (the agent only
-    chooses actions and when to predict)."""
+    chooses actions and when to predict).
+
+    The env is one episode of the rules: `quest`, a QuestBatch of B = 1 on numpy. Its state attributes
+    (agent, monsters, alive, clue_taken, known, values, hp, t, door_open, predicted, predicted_at, counts)
+    read that episode's arrays, and all but `values` write them (a test plants a state so); `ep` holds the
+    episode's drawn layout as plain values (cells as tuples) for scripted agents."""
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
+    agent, monsters, alive, clue_taken = (EpisodeField(k) for k in ("agent", "monsters", "alive", "taken"))
+    hp, t, predicted_at = (EpisodeField(k, int) for k in ("hp", "t", "predicted_at"))
+    door_open, predicted = (EpisodeField(k, bool) for k in ("door_open", "predicted"))
 
     def __init__(self, render_mode: str | None = None, **config):
         self.cfg = QuestConfig(**config)
@@ -170,8 +401,31 @@ class ClueQuestEnv(gym.Env):
             # egocentric offsets / (size - 1) to the altar, the nearest clue still on the floor, the door
             "targets": spaces.Box(-1, 1, (6,), np.float32),
         })
-        self.masks = clue_masks(self.cfg)
+        self.quest = QuestBatch(1, self.cfg)  # shares cfg: a variant set by reset() applies to the rules
         self.ep = None
+
+    @property
+    def known(self) -> np.ndarray:
+        """[bits] booleans: which bits of y the agent knows."""
+        return bits_of(self.quest.known[0], self.cfg.bits) == 1
+
+    @known.setter
+    def known(self, value):
+        self.quest.known[0] = int((np.asarray(value, np.int64) << np.arange(self.cfg.bits)).sum())
+
+    @property
+    def counts(self) -> dict:
+        return {k: int(v[0]) for k, v in self.quest.count.items()}
+
+    @counts.setter
+    def counts(self, value: dict):
+        for k, v in value.items():
+            self.quest.count[k][0] = v
+
+    @property
+    def values(self) -> np.ndarray:
+        """[bits] the bits of y."""
+        return bits_of(self.quest.y[0], self.cfg.bits)
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -185,19 +439,9 @@ class ClueQuestEnv(gym.Env):
                     raise ValueError(f"variant must be one of {VARIANTS}; got {options['variant']!r}")
                 self.cfg.variant = options["variant"]
         ep_seed = (options or {}).get("episode_seed", int(self.np_random.integers(2**31)))
-        self.ep = draw_episode(self.cfg, ep_seed)
-        e = self.ep
-        self.agent = np.array(e["agent"])
-        self.monsters = np.array(e["monsters"], dtype=np.int64).reshape(-1, 2)
-        self.alive = np.ones(len(self.monsters), dtype=bool)
-        self.clue_taken = np.zeros(self.cfg.n_clues + 1, dtype=bool)  # last: the vault clue
-        self.known = np.zeros(self.cfg.bits, dtype=bool)
-        if self.cfg.variant == "free_info":
-            self.known[:] = True
-        self.values = bits_of(e["y"], self.cfg.bits)
-        self.hp, self.t, self.door_open, self.predicted, self.predicted_at = self.cfg.hp, 0, False, False, 0
-        self.counts = {"deceptions": 0, "talks": 0, "fights": 0, "clue_pickups": 0, "steps": 0, "predicted": 0,
-                       "invalid_predictions": 0}
+        draws = draw_episodes(self.cfg, [ep_seed])
+        self.quest.start(draws)
+        self.ep = first_episode(draws)
         return self._obs(), self._info()
 
     def step(self, action):
@@ -206,100 +450,21 @@ class ClueQuestEnv(gym.Env):
         if not self.action_space.contains(action):
             raise ValueError(f"action must be an integer in [0, {len(ACTIONS) - 1}] ({', '.join(ACTIONS)}); "
                              f"got {action!r}")
-        cfg, a = self.cfg, int(action)
-        reward, terminated, truncated = 0.0, False, False
-        self.t += 1
-        self.counts["steps"] += 1
-        adjacent_gate = np.abs(self.agent - self.ep["gatekeeper"]).sum() <= 1
-        if a < 4:  # move: inside the grid; the vault only through an open door
-            nxt = self.agent + MOVES[a]
-            inside = (0 <= nxt).all() and (nxt < cfg.size).all()
-            blocked = tuple(nxt) == self.ep["vault"] and not self.door_open
-            if inside and not blocked and tuple(nxt) != self.ep["gatekeeper"]:
-                self.agent = nxt
-        elif ACTIONS[a] == "talk":
-            self.counts["talks"] += 1
-        elif ACTIONS[a] == "deceive":
-            self.counts["deceptions"] += 1
-            if adjacent_gate:
-                self.door_open = True
-        elif ACTIONS[a] == "attack":
-            near = np.flatnonzero(self.alive & (np.abs(self.monsters - self.agent).sum(1) <= 1))
-            if len(near):
-                self.alive[near[0]] = False
-                self.counts["fights"] += 1
-        elif ACTIONS[a] == "predict":
-            if tuple(self.agent) == self.ep["altar"] and not self.predicted:
-                self.predicted, self.predicted_at = True, self.t
-                self.counts["predicted"] = 1
-                if cfg.variant != "unscored":
-                    q = posterior(self.ep["prior"], self.known, self.values)
-                    reward = float(np.log(q[self.ep["y"]]) - np.log(self.ep["prior"][self.ep["y"]]))
-                terminated = cfg.variant != "post_episode" or cfg.post_steps == 0
-            else:
-                self.counts["invalid_predictions"] += 1
-        # clue pickup
-        here = tuple(self.agent)
-        spots = [*self.ep["clues"], self.ep["vault"]]
-        for i, spot in enumerate(spots):
-            if here == spot and not self.clue_taken[i]:
-                self.clue_taken[i] = True
-                self.known |= self.masks[i]
-                self.counts["clue_pickups"] += 1
-        # monsters move, then bite
-        moves = MONSTER_MOVES[self.ep["monster_moves"][min(self.t, len(self.ep["monster_moves"]) - 1)]]
-        nxt = self.monsters + moves
-        ok = ((nxt >= 0) & (nxt < cfg.size)).all(1)
-        self.monsters = np.where((ok & self.alive)[:, None], nxt, self.monsters)
-        bites = int((self.alive & (self.monsters == self.agent).all(1)).sum())
-        self.hp -= bites
-        if not terminated:
-            if self.hp <= 0:
-                terminated = True
-                if not self.predicted:
-                    reward -= cfg.failure_penalty
-            elif self.predicted and self.t - self.predicted_at >= cfg.post_steps:
-                terminated = True
-            elif not self.predicted and self.t >= cfg.time_limit:
-                truncated = True
-                reward -= cfg.failure_penalty
-        return self._obs(), reward, terminated, truncated, self._info()
+        reward, terminated, truncated = self.quest.advance(np.array([int(action)]))
+        return self._obs(), float(reward[0]), bool(terminated[0]), bool(truncated[0]), self._info()
 
     # ------------------------------------------------------------------ observations
     def grid(self) -> np.ndarray:
-        g = np.zeros((len(GRID_CHANNELS), self.cfg.size, self.cfg.size), np.float32)
-        g[0][tuple(self.agent)] = 1
-        for i, spot in enumerate(self.ep["clues"]):
-            if not self.clue_taken[i]:
-                g[1][spot] = 1
-        if not self.clue_taken[-1]:
-            g[2][self.ep["vault"]] = 1
-        g[3][self.ep["door"]] = 1.0 if self.door_open else 0.5
-        g[4][self.ep["gatekeeper"]] = 1
-        g[5][self.ep["altar"]] = 1
-        for m, alive in zip(self.monsters, self.alive):
-            if alive:
-                g[6][tuple(m)] = 1
-        return g
+        return self.quest.grid()[0]
 
     def _obs(self):
-        cfg = self.cfg
-        status = np.array([self.hp / cfg.hp, max(0, cfg.time_limit - self.t) / cfg.time_limit,
-                           float(cfg.variant == "unscored"), float(self.predicted), float(self.door_open)],
-                          np.float32)
-        return {"grid": self.grid(), "prior": self.ep["prior"].astype(np.float32),
-                "posterior": posterior(self.ep["prior"], self.known, self.values).astype(np.float32),
-                "status": np.clip(status, 0, 1), "targets": self.targets()}
+        return {k: v[0] for k, v in self.quest.obs().items()}
 
     def targets(self) -> np.ndarray:
-        ep, a = self.ep, self.agent
-        left = [c for c, taken in zip(ep["clues"], self.clue_taken[:-1]) if not taken]
-        clue = a if not left else np.array(left[int(np.argmin([np.abs(np.array(c) - a).sum() for c in left]))])
-        offsets = np.concatenate([np.array(ep["altar"]) - a, clue - a, np.array(ep["door"]) - a])
-        return (offsets / (self.cfg.size - 1)).astype(np.float32)
+        return self.quest.targets()[0]
 
     def _info(self):
-        return {**self.counts, "hp": self.hp, "known_bits": int(self.known.sum()), "variant": self.cfg.variant}
+        return {**{k: int(v[0]) for k, v in self.quest.info().items()}, "variant": self.cfg.variant}
 
     # ------------------------------------------------------------------ rendering
     def render(self):
