@@ -623,7 +623,7 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
 
 def _has_tabulate() -> bool:
     try:
-        import tabulate  # type: ignore[import-untyped]  # noqa: F401
+        import tabulate  # noqa: F401
     except ImportError:
         return False
     return True

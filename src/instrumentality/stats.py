@@ -19,7 +19,7 @@ def bootstrap_indices(n: int, n_boot: int = N_BOOT, seed: int = 0) -> torch.Tens
     return torch.randint(0, n, (n_boot, n), generator=torch.Generator().manual_seed(seed))
 
 
-def mean_ci(values: torch.Tensor, n_boot: int = N_BOOT, alpha: float = ALPHA, seed: int = 0):
+def mean_ci(values: torch.Tensor | np.ndarray, n_boot: int = N_BOOT, alpha: float = ALPHA, seed: int = 0):
     """Mean of `values` [n] with a percentile bootstrap CI over items: (value, low, high)."""
     values = torch.as_tensor(values, dtype=torch.float64).flatten()
     if len(values) == 0:

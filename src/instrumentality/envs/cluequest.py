@@ -402,7 +402,7 @@ class ClueQuestEnv(gym.Env):
             "targets": spaces.Box(-1, 1, (6,), np.float32),
         })
         self.quest = QuestBatch(1, self.cfg)  # shares cfg: a variant set by reset() applies to the rules
-        self.ep = None
+        self.ep: dict = {}
 
     @property
     def known(self) -> np.ndarray:
@@ -445,7 +445,7 @@ class ClueQuestEnv(gym.Env):
         return self._obs(), self._info()
 
     def step(self, action):
-        if self.ep is None:
+        if not self.ep:
             raise RuntimeError("call reset() before step()")
         if not self.action_space.contains(action):
             raise ValueError(f"action must be an integer in [0, {len(ACTIONS) - 1}] ({', '.join(ACTIONS)}); "

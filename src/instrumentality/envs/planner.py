@@ -123,7 +123,7 @@ def _solve(cfg: QuestConfig, seeds: np.ndarray, variant: str | None) -> Solution
     table[0] = -float(cfg.failure_penalty)  # out of time, no forecast
     cost = np.array([0.0, 1.0, 1.0])  # what deceiving adds (a step and a deception) ...
     step_cost = np.array([0.0, 0.0, 1.0])  # ... and any other action (a step)
-    policy = [None] * cfg.time_limit
+    policy: list[np.ndarray] = [np.empty(0, dtype=np.int8)] * cfg.time_limit  # each step filled below
     for t in reversed(range(cfg.time_limit)):
         # arriving in a cell (before its clue is picked up): the expectation after the pickup
         arrive = table.copy()
