@@ -78,3 +78,26 @@ def test_too_long_sequence_is_an_error():
 def test_invalid_model_config_names_the_key(bad, key):
     with pytest.raises(ConfigError, match=key):
         GPTConfig(**bad)
+
+
+def test_residual_projections_get_the_scaled_init_by_name_and_old_checkpoints_load():
+    """Both projections into the residual stream (attention's and the MLP's c_proj) start with std
+    0.02 / sqrt(2 n_layer), the other linear layers with 0.02; a state dict that names the MLP's layers by
+    position (mlp.0, mlp.2) loads into the named layers."""
+    import math
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=50, block_size=8, n_layer=4, n_head=2, n_embd=128)
+    model = GPT(cfg)
+    scaled = 0.02 / math.sqrt(2 * cfg.n_layer)
+    for name, p in model.named_parameters():
+        if name.endswith("c_proj.weight"):
+            assert abs(float(p.std()) - scaled) < 0.1 * scaled, name
+        elif name.endswith("c_fc.weight"):
+            assert abs(float(p.std()) - 0.02) < 0.002, name
+    old = {k.replace("mlp.c_fc.", "mlp.0.").replace("mlp.c_proj.", "mlp.2."): v for k, v in model.state_dict().items()}
+    assert "blocks.0.mlp.2.weight" in old
+    again = GPT(cfg)
+    again.load_state_dict(old)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k

@@ -106,14 +106,34 @@ class CausalSelfAttention(nn.Module):
         return a @ v.detach() + a_diag * (v - v.detach())
 
 
+class MLP(nn.Module):
+    # checkpoints written when the MLP was an nn.Sequential name its layers by position
+    POSITIONAL_NAMES = {"0.": "c_fc.", "2.": "c_proj."}
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self._register_load_state_dict_pre_hook(self._rename_positional)
+        self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+    def _rename_positional(self, state_dict, prefix, *args):
+        for old, new in self.POSITIONAL_NAMES.items():
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.attn = CausalSelfAttention(cfg)
         self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-        self.mlp = nn.Sequential(nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias), nn.GELU(),
-                                 nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias), nn.Dropout(cfg.dropout))
+        self.mlp = MLP(cfg)
 
     def forward(self, x, cache=None, layer=0):
         x = x + self.attn(self.ln_1(x), cache, layer)
@@ -136,7 +156,7 @@ class GPT(nn.Module):
         self.value_head = nn.Linear(cfg.n_embd, 1) if cfg.value_head else None
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
-            if name.endswith("c_proj.weight") or name.endswith("mlp.2.weight"):
+            if name.endswith("c_proj.weight"):  # the projections into the residual stream (attention and MLP)
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
