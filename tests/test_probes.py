@@ -138,6 +138,17 @@ def test_bootstrap_cis_cover_the_truth_at_the_stated_rate(world):
 
 
 # ---------------------------------------------------------------------------- a trained checkpoint
+def test_quick_supervised_reaches_the_entropy_floor(quick_supervised_run):
+    out, summary = quick_supervised_run
+    m = summary["metrics"]
+    print(f"\nquick supervised: excess NLL {m['probe/calibration/excess_nll']:.4f} nats/token, "
+          f"KL {m['probe/calibration/kl']:.4f}, wall {summary['wall_s']:.1f}s")
+    assert summary["status"]["status"] == "finished"
+    assert m["probe/calibration/excess_nll"] < 0.05
+    assert m["probe/calibration/kl"] < 0.05
+    assert (out / "checkpoint.pt").exists() and (out / "summary.json").exists()
+
+
 def test_quick_supervised_checkpoint_is_calibrated_and_does_not_steer(quick_supervised_run, tmp_path):
     """A supervised model is calibrated and steers nothing beyond training noise. Its fork logits are off by
     SGD noise (either sign), which a test must not mistake for steering, and which differs from CPU to CPU:
