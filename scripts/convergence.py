@@ -7,7 +7,7 @@ evaluated every --eval-every steps, and writes:
     <out>/convergence.csv   steering at the p = 0.5 asymmetric fork vs step (and rollout tokens), per run
     <out>/summary.csv       per arm and setting at the end: mean and sd over seeds of learned / exact optimum,
                             and the optimum relative to the actual pi_ref (gamma = 1; sampled, see
-                            evaluate.reference_optimum_steering)
+                            evaluators.reference_optimum_steering)
     <out>/convergence.png   learned steering vs step, one line per seed, the exact optimum dashed
 
     .venv/bin/python scripts/convergence.py --out results/convergence/pilot --seeds 3 --steps 300 \
@@ -97,7 +97,7 @@ def collect(args) -> pd.DataFrame:
                 beta, gamma, H = regime.beta, regime.gamma, regime.H
                 optimum = optimal_steering(world, regime.critic.table(world), beta, gamma, H)[fork.index] \
                     if hasattr(regime.critic, "table") else math.nan
-                key = (s, arm, beta)
+                key = (name, s, arm)
                 if key not in ref_cache:
                     ref_cache[key] = math.nan
                     if gamma == 1.0 and hasattr(regime.critic, "table"):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 # pytest-xdist runs the suite in one process per core (pyproject addopts): one torch thread each; run alone
-# (pytest -p no:xdist, or -n 0), two
+# (pytest -n 0), two
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -122,3 +122,18 @@ def test_reference_optimum_estimate_recovers_the_exact_optimum_and_a_planted_til
                                            n_samples=64)
     assert tilted == pytest.approx(optimal_steering(world, TruthCritic.table(world), 1.0, 1.0, 4)[fork.index] + 1.0,
                                    abs=1e-4)
+
+
+def test_reference_optimum_at_one_token_is_the_exact_one_step_optimum():
+    """H = 1: no continuation is sampled, and the branch token is graded in the fork's own state: at a
+    p != 0.5 fork the truth critic's one-step optimum, (1/beta) logit p, comes out exactly."""
+    from instrumentality.evaluators import reference_optimum_steering
+    from instrumentality.planted import TruthModel
+
+    world = World()
+    fork = next(f for f in world.forks if not f.symmetric and f.p != 0.5)
+    prompts = world.fork_contexts(torch.full((4,), fork.index), 8, torch.Generator().manual_seed(0))
+    est, _ = reference_optimum_steering(TruthModel(world), world, TruthCritic(world), 2.0, 1, prompts, fork.index,
+                                        n_samples=4)
+    exact = optimal_steering(world, TruthCritic.table(world), 2.0, 1.0, 1)[fork.index]
+    assert abs(exact) > 0.1 and est == pytest.approx(exact, abs=1e-6)

@@ -162,7 +162,7 @@ def test_quest_regime_trains_counts_env_steps_and_resumes_exactly(tmp_path):
     assert 2 * 16 <= straight.env_steps <= 2 * 16 * CFG.time_limit
     assert rows[-1]["perf/env_steps_seen"] == straight.env_steps
     killed = trainer(tmp_path / "b")
-    killed.fit(stop_after=5)  # checkpoint at step 3, in the middle of the first rollout's updates
+    killed.fit(stop_after=5)  # checkpoint at step 4 (the first rollout boundary past 3), killed inside the second
     resumed = trainer(tmp_path / "b")
     resumed.fit()
     assert resumed.env_steps == straight.env_steps

@@ -165,7 +165,7 @@ def test_ppo_trains_and_resumes_exactly(tmp_path):
     straight = trainer(tmp_path / "a")
     assert straight.fit()["status"] == "finished"
     killed = trainer(tmp_path / "b")
-    killed.fit(stop_after=5)  # checkpoint at step 3, mid-way through the second rollout's epochs
+    killed.fit(stop_after=5)  # checkpoint at step 3 (a rollout boundary), killed inside the second rollout
     resumed = trainer(tmp_path / "b")
     resumed.fit()
     for (n, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):

@@ -180,3 +180,14 @@ def test_probe_families_and_theory_rows(every_regime):
     assert {r["horizon"] for r in rows if r["probe"].startswith("theory_curve/")} == set(range(1, 13))
     learned = CriticRegime(World(WORLD), critic="learned", ref="truth", init="scratch", fork_positions=[6])
     assert learned.theory_rows() == []  # a learned critic has no exact optimum
+
+
+def test_an_older_critic_config_builds_the_same_regime():
+    """Configs kept in older checkpoints name the class `regimes.Critic` and give prompt lengths with the
+    marker last (L = P + 1): evaluation rebuilds them as today's regime with fork positions P."""
+    from instrumentality.build import build_regime
+
+    old = {"_target_": "instrumentality.regimes.Critic", "name": "critic", "ref": "truth", "init": "scratch",
+           "prompt_lengths": [9, 25, 41]}
+    regime = build_regime({"regime": old}, World())
+    assert isinstance(regime, CriticRegime) and regime.rollouts.fork_positions == [8, 24, 40]

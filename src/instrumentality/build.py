@@ -60,6 +60,8 @@ RENAMED_TARGETS = {"instrumentality.regimes.Critic": "instrumentality.regimes.Cr
 def build_regime(cfg, world: World) -> Regime:
     node = plain(cfg["regime"])
     node["_target_"] = RENAMED_TARGETS.get(node["_target_"], node["_target_"])
+    if "prompt_lengths" in node:  # older critic configs: prompt lengths L with the marker last (P = L - 1)
+        node["fork_positions"] = [int(n) - 1 for n in node.pop("prompt_lengths")]
     return make(node, "regime", world=world)
 
 

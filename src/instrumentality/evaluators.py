@@ -149,15 +149,15 @@ def reference_optimum_steering(ref_model, world: World, critic, beta: float, hor
     logit p*(A), averaged over the prompts [n, L] (all ending at `fork`'s marker). Returns (mean, standard
     error over prompts)."""
     f = world.forks[fork]
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device=device_of(ref_model)).manual_seed(seed)
     n, L = prompts.shape
     logp = model_log_probs(ref_model, prompts)[:, L - 1].double()
     log_ratio = logp[:, f.first_token] - logp[:, f.second_token]
     for sign, branch in ((1, f.first_token), (-1, f.second_token)):
         start = torch.cat([prompts, torch.full((n, 1), branch)], 1).repeat_interleave(n_samples, 0)
-        rest = sample_continuations(ref_model, start, horizon - 1, g)
+        rest = sample_continuations(ref_model, start, horizon - 1, g) if horizon > 1 else start[:, :0]
         actions = torch.cat([start[:, -1:], rest], 1)                      # [n * n_samples, H]
-        contexts = torch.cat([start, rest[:, :-1]], 1)                      # action t after contexts[:, :L + t]
+        contexts = torch.cat([start[:, :L], actions[:, :-1]], 1)           # action t after contexts[:, :L + t]
         R = critic(contexts, actions).double().sum(1).view(n, n_samples)
         log_ratio = log_ratio + sign * (torch.logsumexp(R / beta, 1) - math.log(n_samples))
     steer = log_ratio - math.log(f.p / (1 - f.p))

@@ -17,10 +17,10 @@ QUEST_EPISODES = 200  # episodes per quest probe variant
 def quest_model_rows(model, world: World, quest: dict, name: str, normalise: bool = True,
                      n_episodes: int = QUEST_EPISODES) -> list[dict]:
     """The quest probes for a transformer playing through the token interface (sampled actions)."""
-    from instrumentality.envs.cluequest import QuestConfig
-    from instrumentality.envs.tokens import QuestTokens, TokenAgent
+    from instrumentality.envs.tokens import TokenAgent, quest_tokens
 
-    tokens = QuestTokens(QuestConfig(**quest), world.vocab_size)
+    tokens = quest_tokens(quest, world.vocab_size)
+    assert tokens is not None
     return quest_agent_rows(TokenAgent(model, tokens), quest, name, normalise, n_episodes)
 
 

@@ -210,9 +210,9 @@ class Trainer:
             [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=self.device.type == "cuda" or self.deferred_check)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        # nonfinite_check=deferred: a gradient scaler at scale 1 (a power of two: gradients unchanged) whose step
-        # skips an update with non-finite gradients on the device, without a host sync (fused AdamW); disabled,
-        # it calls optimizer.step() as is
+        # nonfinite_check=deferred: a gradient scaler (scale 1, halved after a non-finite step: powers of two leave
+        # gradients unchanged) whose step skips an update with non-finite gradients on the device, without a
+        # host sync (fused AdamW); disabled, it calls optimizer.step() as is
         self.skip_nonfinite = torch.amp.GradScaler(self.device.type, init_scale=1.0, growth_interval=2**30,
                                                    enabled=self.deferred_check)
         self.forward_model: Any = torch.compile(self.model) if cfg.compile else self.model
@@ -346,8 +346,8 @@ class Trainer:
         if self.deferred_check and int(self.first_bad_step) >= 0:  # synced here, once per log_every steps
             bad_step = int(self.first_bad_step)
             self.status = {"status": "collapsed", "step": bad_step,
-                           "reason": f"non-finite loss or gradient norm at step {bad_step} (the update "
-                                     f"was skipped; seen at step {self.step})"}
+                           "reason": f"non-finite loss or gradient norm at step {bad_step} (an update "
+                                     f"with non-finite gradients is skipped; seen at step {self.step})"}
             return
         reason = self.regime.collapsed(metrics)
         if reason:
@@ -398,7 +398,7 @@ class Trainer:
                 return {"status": "interrupted", "step": self.step, "reason": "stopped by a signal"}
         if bar is not None:
             bar.close()
-        if self.status["status"] == "running" and self.step >= c.max_steps:
+        if self.status["status"] == "running":
             self.status = {"status": "finished", "step": self.step, "reason": ""}
             self._run_eval()
         self.save()

@@ -182,7 +182,6 @@ class CriticRegime(EntropyCollapse, RegimeBase):
         self.rollouts.ref_model = ref_model.eval().requires_grad_(False)
         self.discount = self.discount.to(device)
         self.first_token_of_marker = self.first_token_of_marker.to(device)
-        self.marker_tokens = torch.tensor(self.world.marker_tokens, device=device)
         if self.algo == "ppo":
             add_value_head(model, device)
         if hasattr(self.critic, "to"):
@@ -224,8 +223,8 @@ class CriticRegime(EntropyCollapse, RegimeBase):
 
     def fork_metrics(self, batch: Rollouts, graded_kl_return) -> dict:
         c, kl, ret = graded_kl_return
-        at_fork = torch.isin(batch.prompts[:, -1], self.marker_tokens)
-        first = self.first_token_of_marker[batch.prompts[:, -1]]
+        first = self.first_token_of_marker[batch.prompts[:, -1]]  # -1 where the prompt ends elsewhere
+        at_fork = first >= 0
         return {"critic_reward": c.mean(), "kl": kl.mean(), "return": ret,
                 # share of fork prompts whose first token opens the first branch (NaN if none: 0/0, no sync)
                 "first_branch_rate": ((batch.actions[:, 0] == first) & at_fork).sum() / at_fork.sum()}
