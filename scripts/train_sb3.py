@@ -18,9 +18,10 @@ from pathlib import Path
 
 import yaml
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from instrumentality import runs  # noqa: F401 - registers the folder_name resolver of the config's run folders
+from instrumentality.build import plain
 from instrumentality.files import read_json, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def experiment_config(overrides: list[str]) -> DictConfig:
 
 
 def quest_of(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg.quest, resolve=True)
+    return plain(cfg.quest)
 
 
 def quest_env_steps_bound(cfg: DictConfig) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from instrumentality.build import plain
+from instrumentality.build import build_regime, build_world, plain
 from instrumentality.errors import DataFileError
 from instrumentality.evaluators import FAMILIES, evaluate_model, scalar_metrics
 from instrumentality.files import read_json
@@ -103,7 +103,6 @@ def trained_run_rows(run_dir: Path, probe_rows: list[dict], run_config: dict, hi
 
 def evaluate_checkpoint(run_dir: Path, probe_cache: str | None = None) -> list[dict]:
     """A run's rows from its checkpoint, evaluated on its world's probe set. Raises on a bad checkpoint."""
-    from instrumentality.build import build_regime, build_world
     from instrumentality.model import GPT, GPTConfig
     from instrumentality.trainer import load_checkpoint
 

@@ -84,11 +84,10 @@ class Quest(EntropyCollapse, RegimeBase):
         b = self.rollout(model, gen)
         for epoch in range(self.ppo_epochs):
             for i, rows in enumerate(b["order"][epoch].view(self.n_minibatches, -1)):  # minibatches of episodes
-                update = self.minibatch_update(model, b, rows)
-                update.env_steps = b["env_steps"] if epoch == i == 0 else 0  # the rollout's, counted once
-                yield update
+                yield self.minibatch_update(model, b, rows, first=epoch == i == 0)
 
-    def minibatch_update(self, model, b: dict, rows: torch.Tensor) -> Update:
+    def minibatch_update(self, model, b: dict, rows: torch.Tensor, first: bool = False) -> Update:
+        """One optimizer step on the episodes `rows` of rollout b; the rollout's env steps count at its first."""
         seq, live, P = b["seq"][rows], b["live"][rows], b["prefix_len"]
         out = model(seq)
         T = live.shape[1]
@@ -109,7 +108,8 @@ class Quest(EntropyCollapse, RegimeBase):
         metrics = {**b["metrics"], "entropy": ent.detach(), "value_loss": v_loss.detach(),
                    "forecast_nll": forecast_loss.detach(),
                    **ppo_diagnostics(ratio.detach(), self.clip, value.detach(), b["returns"][rows], live)}
-        return Update(loss, metrics, live.sum().long() * STEP_LEN)  # a device tensor: read when the trainer logs
+        return Update(loss, metrics, live.sum().long() * STEP_LEN,  # device tensors: read when the trainer logs
+                      env_steps=b["env_steps"] if first else 0)
 
     @torch.no_grad()
     def rollout(self, model, gen: torch.Generator) -> dict:
