@@ -31,8 +31,8 @@ def test_presets_compose_and_build(preset):
 def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(preset):
     """Each job a sweep would launch resolves (e.g. every F2 arm names a critic, gamma and H) and its
     world, model, regime and trainer instantiate, without training: the sweep's params are read from the
-    experiment configs as the preset composes them. The full preset too: it runs only on a GPU, where a
-    config error would cost a lent machine's minutes."""
+    experiment configs as the preset composes them. The full preset too: its sweep takes an hour, which a
+    config error found late would waste."""
     import itertools
     from pathlib import Path
 
@@ -63,10 +63,14 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
 
 @pytest.mark.parametrize("preset", ["quick", "full", "debug"])
 def test_experiments_hold_their_budgets_and_arms_per_preset(preset):
-    """F3 trains as long as the F2 runs it is compared with; the quick preset sweeps 9 of F2's 14 arms
-    (those that fit its 20 minutes), the others all of them."""
+    """F3 trains as long as the F2 runs it is compared with, at the same beta (4 in the full preset, where
+    REINFORCE reaches the optimum); the quick preset sweeps 9 of F2's 14 arms (those that fit its 20
+    minutes), the others all of them."""
     f2 = composed("experiment=F2", f"preset={preset}", hydra=True)
-    assert composed("experiment=F3", f"preset={preset}").trainer.max_steps == f2.trainer.max_steps
+    f3 = composed("experiment=F3", f"preset={preset}")
+    assert f3.trainer.max_steps == f2.trainer.max_steps and f3.regime.beta == f2.regime.beta
+    assert f2.regime.beta == (4.0 if preset == "full" else 1.0)
+    assert composed("experiment=F2", f"preset={preset}", "regime.beta=2").regime.beta == 2.0  # the command line wins
     arms = f2.hydra.sweeper.params.arm.split(",")
     assert len(set(arms)) == len(arms) and set(arms) <= set(f2.arms)
     if preset == "quick":
