@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from instrumentality.evaluators import evaluate_model
 from instrumentality.model import GPT, GPTConfig
 from instrumentality.probes import ProbeSet
-from instrumentality.regimes import Supervised
+from instrumentality.regimes import Supervised, SupervisedSettings
 from instrumentality.trainer import Trainer, TrainerConfig, autocast_for, pick_device
 from instrumentality.world import World
 
@@ -77,8 +77,9 @@ def bench_trainer(world, model_cfg, device, steps: int, batch: int, warmup: int)
 
     def trainer_rate(compile: bool) -> float:
         torch.manual_seed(0)
-        trainer = bench_trainer_for(GPT(model_cfg), Supervised(world, batch_size=batch), device, "trainer",
-                                    max_steps=warmup + steps, log_every=warmup, compile=compile)
+        regime = Supervised(world, SupervisedSettings(batch_size=batch))
+        trainer = bench_trainer_for(GPT(model_cfg), regime, device, "trainer", max_steps=warmup + steps,
+                                    log_every=warmup, compile=compile)
         trainer.fit()
         rates = [r["perf/tokens_per_s"] for r in trainer.history if "perf/tokens_per_s" in r][1:]
         return len(rates) / sum(1 / r for r in rates)  # equal windows: total tokens / total time
@@ -248,13 +249,13 @@ def bench_quest_ppo(world, model_cfg, device, n_envs: int, updates: int, sb3_ste
 
     from instrumentality.envs.sb3 import train as sb3_train
     from instrumentality.envs.tokens import quest_tokens
-    from instrumentality.regimes import Quest
+    from instrumentality.regimes import Quest, QuestSettings
 
     quest = yaml.safe_load((ROOT / "configs" / "quest" / "small.yaml").read_text())
     tokens = quest_tokens(quest, world.vocab_size)
     torch.manual_seed(0)
     trainer = bench_trainer_for(GPT(quest_model_config(world, tokens, model_cfg)),
-                                Quest(world, env=quest, n_envs=n_envs, init="scratch"), device, "quest",
+                                Quest(world, QuestSettings(env=quest, n_envs=n_envs, init="scratch")), device, "quest",
                                 max_steps=updates, log_every=updates)
     t0 = time.perf_counter()
     trainer.fit()
@@ -272,16 +273,17 @@ def bench_host_syncs(world, model_cfg, device, steps: int = 8) -> list[dict]:
     import yaml
 
     from instrumentality.envs.tokens import quest_tokens
-    from instrumentality.regimes import CriticRegime, Quest, Reinforce
+    from instrumentality.regimes import CriticRegime, CriticSettings, Quest, QuestSettings, Reinforce, ReinforceSettings
 
     quest = yaml.safe_load((ROOT / "configs" / "quest" / "small.yaml").read_text())
     tokens = quest_tokens(quest, world.vocab_size)
     cases = {
-        "supervised": (model_cfg, lambda: Supervised(world, batch_size=64)),
-        "reinforce (baseline=mean)": (model_cfg, lambda: Reinforce(world, batch_size=64, baseline="mean")),
-        "critic (truth, H=8)": (model_cfg, lambda: CriticRegime(world, ref="truth", init="scratch")),
+        "supervised": (model_cfg, lambda: Supervised(world, SupervisedSettings(batch_size=64))),
+        "reinforce (baseline=mean)": (model_cfg,
+                                      lambda: Reinforce(world, ReinforceSettings(batch_size=64, baseline="mean"))),
+        "critic (truth, H=8)": (model_cfg, lambda: CriticRegime(world, CriticSettings(ref="truth", init="scratch"))),
         "quest (scratch)": (quest_model_config(world, tokens, model_cfg),
-                            lambda: Quest(world, env=quest, n_envs=256, init="scratch")),
+                            lambda: Quest(world, QuestSettings(env=quest, n_envs=256, init="scratch"))),
     }
     rows = []
     for name, (cfg, regime) in cases.items():

@@ -94,7 +94,7 @@ def collect(args) -> pd.DataFrame:
                 world = build_world(cfg)
                 regime = build_regime(cfg, world)
                 fork = next(f for f in world.forks if not f.symmetric and f.p == 0.5)
-                beta, gamma, H = regime.beta, regime.gamma, regime.H
+                beta, gamma, H = regime.settings.beta, regime.settings.gamma, regime.settings.horizon
                 optimum = optimal_steering(world, regime.critic.table(world), beta, gamma, H)[fork.index] \
                     if hasattr(regime.critic, "table") else math.nan
                 key = (name, s, arm)

@@ -43,6 +43,8 @@ def compose(preset: str, *overrides: str, hydra: bool = False):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    import instrumentality.regimes  # noqa: F401 - registers regime/<name>_settings, which configs/regime/ start from
+
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         return hydra_compose(config_name="train", overrides=[f"preset={preset}", *overrides],
                              return_hydra_config=hydra)

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from instrumentality.model import GPT, GPTConfig
-from instrumentality.regimes import Supervised
+from instrumentality.regimes import Supervised, SupervisedSettings
 from instrumentality.trainer import Trainer, TrainerConfig
 from instrumentality.world import World, WorldConfig
 
@@ -47,7 +47,7 @@ def test_host_sync_counter_counts_planted_syncs_per_step(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: None)  # CPU: the warnings are planted
     world = World(WorldConfig(seq_len=16))
     model = GPT(GPTConfig(vocab_size=world.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16))
-    trainer = Trainer(model, SyncingRegime(world, batch_size=4), TrainerConfig(
+    trainer = Trainer(model, SyncingRegime(world, SupervisedSettings(batch_size=4)), TrainerConfig(
         max_steps=100, log_every=100, ckpt_every=0, progress=False, warmup_steps=0), tmp_path)
     per_step, where = bench.count_host_syncs(trainer, steps=3)
     assert per_step == 2.0 and trainer.step == 5

@@ -21,7 +21,7 @@ from instrumentality.envs.tokens import (
 )
 from instrumentality.errors import ConfigError
 from instrumentality.model import GPT, GPTConfig
-from instrumentality.regimes import Quest, Supervised
+from instrumentality.regimes import Quest, QuestSettings, Supervised, SupervisedSettings
 from instrumentality.rl import gae
 from instrumentality.trainer import Trainer, TrainerConfig, save_checkpoint
 from instrumentality.world import World, WorldConfig
@@ -150,7 +150,7 @@ def test_quest_regime_trains_counts_env_steps_and_resumes_exactly(tmp_path):
 
     def trainer(out):
         torch.manual_seed(0)
-        regime = Quest(world, env=env, n_envs=16, ppo_epochs=2, n_minibatches=2, init="scratch")
+        regime = Quest(world, QuestSettings(env=env, n_envs=16, ppo_epochs=2, n_minibatches=2, init="scratch"))
         return Trainer(quest_model(world, tokens), regime, TrainerConfig(max_steps=8, log_every=4, ckpt_every=3,
                                                                           progress=False, warmup_steps=0), out)
 
@@ -176,7 +176,8 @@ def test_quest_regime_starts_from_the_simulator_checkpoint(tmp_path):
     sim = quest_model(world, tokens)
     save_checkpoint(tmp_path / "sim.pt", {"model": sim.state_dict()})
     model = quest_model(world, tokens)
-    regime = Quest(world, env=asdict(CFG), n_envs=8, init="simulator", init_checkpoint=str(tmp_path / "sim.pt"))
+    regime = Quest(world, QuestSettings(env=asdict(CFG), n_envs=8, init="simulator",
+                                        init_checkpoint=str(tmp_path / "sim.pt")))
     regime.setup(model, torch.device("cpu"))
     assert model.value_head is not None
     for n, p in sim.state_dict().items():
@@ -188,14 +189,14 @@ def test_quest_regime_starts_from_the_simulator_checkpoint(tmp_path):
 def test_quest_regime_config_errors_name_the_key(kw, key):
     args = {"env": asdict(CFG), "init": "scratch", **kw}
     with pytest.raises(ConfigError, match=key):
-        Quest(quest_world(), **args)
+        Quest(quest_world(), QuestSettings(**args))
 
 
 def test_simulator_loss_is_the_transcript_cross_entropy_without_padding(tmp_path):
     world = quest_world()
     tokens = QuestTokens(CFG, world.vocab_size)
-    regime = Supervised(world, batch_size=8, quest=asdict(CFG), quest_fraction=1.0, quest_corpus=64,
-                        corpus_cache=str(tmp_path))
+    regime = Supervised(world, SupervisedSettings(batch_size=8, quest=asdict(CFG), quest_fraction=1.0, quest_corpus=64,
+                                                  corpus_cache=str(tmp_path)))
     model = quest_model(world, tokens)
     regime.setup(model, torch.device("cpu"))  # builds the transcript corpus
     assert len(list(tmp_path.glob("*.pt"))) == 1  # cached: a second regime loads it
@@ -209,7 +210,7 @@ def test_simulator_loss_is_the_transcript_cross_entropy_without_padding(tmp_path
     torch.testing.assert_close(loss, -(logp * real).sum() / real.sum())
     assert n_tokens == int(real.sum())
     with pytest.raises(ConfigError, match="quest env"):
-        Supervised(world, quest_fraction=0.5)
+        SupervisedSettings(quest_fraction=0.5)
 
 
 def test_quest_rollout_advantages_are_normalised_over_the_steps_that_happened():
@@ -217,7 +218,7 @@ def test_quest_rollout_advantages_are_normalised_over_the_steps_that_happened():
     tokens = QuestTokens(CFG, world.vocab_size)
     torch.manual_seed(0)
     model = quest_model(world, tokens)
-    regime = Quest(world, env=asdict(CFG), n_envs=32, init="scratch")
+    regime = Quest(world, QuestSettings(env=asdict(CFG), n_envs=32, init="scratch"))
     regime.setup(model, torch.device("cpu"))
     b = regime.rollout(model, torch.Generator().manual_seed(1))
     live = b["live"].bool()

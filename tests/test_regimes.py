@@ -1,13 +1,16 @@
-"""RL regimes: REINFORCE is unbiased for the supervised gradient; the critic regime runs both rollouts."""
+"""RL regimes: REINFORCE is unbiased for the supervised gradient; the critic regime runs both rollouts; each
+regime's settings have their defaults in one place and are checked there."""
 
+import dataclasses
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from instrumentality.model import GPT, GPTConfig
-from instrumentality.regimes import CriticRegime, Reinforce, Supervised
+from instrumentality.regimes import CriticRegime, CriticSettings, Reinforce, ReinforceSettings, SupervisedSettings
 from instrumentality.rl import gae
 from instrumentality.trainer import Trainer, TrainerConfig, save_checkpoint
 from instrumentality.world import ConfigError, World, WorldConfig
@@ -41,7 +44,7 @@ def test_reinforce_gradient_is_unbiased(tiny, reward):
     target = flat_grad(model, -logp.mean() if reward == "likelihood" else -logp.exp().mean())
     errors = {}
     for S in (64, 4096):
-        regime = Reinforce(world, reward=reward, samples_per_position=S)
+        regime = Reinforce(world, ReinforceSettings(reward=reward, samples_per_position=S))
         loss = regime.update_on(model, x, torch.Generator().manual_seed(S)).loss
         g = flat_grad(model, loss)
         errors[S] = float((g - target).norm() / target.norm())
@@ -54,7 +57,7 @@ def test_reinforce_baselines_leave_the_mean_gradient_unchanged(tiny):
     world, model, x = tiny
     grads = {}
     for b in ("one", "none"):
-        loss = Reinforce(world, baseline=b, samples_per_position=8192).update_on(
+        loss = Reinforce(world, ReinforceSettings(baseline=b, samples_per_position=8192)).update_on(
             model, x, torch.Generator().manual_seed(1)).loss
         grads[b] = flat_grad(model, loss)
     # same samples (same seed): the baseline term b * grad log pi(a) averages to ~0
@@ -74,8 +77,8 @@ def make_ref(tmp_path, world):
 def test_critic_regime_trains_and_keeps_the_reference_frozen(tmp_path, rollout, critic):
     world = World(WorldConfig(seq_len=24))
     model, ref_path = make_ref(tmp_path, world)
-    regime = CriticRegime(world, critic=critic, horizon=4, k_samples=2, n_prompts=8, rollout=rollout,
-                    fork_positions=[6, 10], ref_checkpoint=str(ref_path))
+    regime = CriticRegime(world, CriticSettings(critic=critic, horizon=4, k_samples=2, n_prompts=8, rollout=rollout,
+                                                fork_positions=[6, 10], ref_checkpoint=str(ref_path)))
     t = Trainer(model, regime, TrainerConfig(max_steps=6, log_every=2, progress=False, warmup_steps=0), tmp_path)
     assert t.fit()["status"] == "finished"
     ref_params = dict(regime.rollouts.ref_model.named_parameters())
@@ -102,14 +105,14 @@ def test_leave_one_out_baseline_and_discounted_returns():
                                     ({"horizon": 60, "ref": "truth", "init": "scratch"}, "regime.fork_positions")])
 def test_invalid_critic_config_names_the_key(kw, key):
     with pytest.raises(ConfigError, match=key):
-        CriticRegime(World(), **kw)
+        CriticRegime(World(), CriticSettings(**kw))
 
 
 def test_reinforce_invalid_reward_names_the_key():
     with pytest.raises(ConfigError, match="regime.reward"):
-        Reinforce(World(), reward="vibes")
+        ReinforceSettings(reward="vibes")
     with pytest.raises(ConfigError, match="regime.batch_size"):
-        Supervised(World(), batch_size=0)
+        SupervisedSettings(batch_size=0)
 
 
 def test_gae_limits():
@@ -128,13 +131,13 @@ def test_ppo_first_epoch_gradient_is_the_advantage_weighted_policy_gradient(tmp_
     of -mean A_t log pi(a_t | ctx_t), with A the stored (normalised) advantages."""
     world = World(WorldConfig(seq_len=24))
     model, ref_path = make_ref(tmp_path, world)
-    regime = CriticRegime(world, horizon=4, k_samples=2, n_prompts=8, fork_positions=[6],
-                          ref_checkpoint=str(ref_path), algo="ppo", vf_coef=0.0)
+    regime = CriticRegime(world, CriticSettings(horizon=4, k_samples=2, n_prompts=8, fork_positions=[6],
+                                                ref_checkpoint=str(ref_path), algo="ppo", vf_coef=0.0))
     regime.setup(model, torch.device("cpu"))
     assert model.value_head is not None and model.cfg.value_head
     batch = regime.rollouts.collect(model, torch.Generator().manual_seed(0))
     updates = list(regime.ppo_updates(model, batch))
-    assert len(updates) == regime.ppo_epochs  # one optimizer step per epoch on the rollout
+    assert len(updates) == regime.settings.ppo_epochs  # one optimizer step per epoch on the rollout
     first = updates[0]
     g_ppo = flat_grad(model, first.loss)
     L = batch.prompt_len
@@ -145,8 +148,8 @@ def test_ppo_first_epoch_gradient_is_the_advantage_weighted_policy_gradient(tmp_
 
     with torch.no_grad():
         out = model(batch.contexts)
-        r = batch.graded - regime.beta * (logp.detach() - batch.ref_logp_a)
-        adv = normalise(gae(r, out["value"][:, L - 1:].float(), regime.gamma, regime.gae_lambda))
+        r = batch.graded - regime.settings.beta * (logp.detach() - batch.ref_logp_a)
+        adv = normalise(gae(r, out["value"][:, L - 1:].float(), regime.settings.gamma, regime.settings.gae_lambda))
     g_pg = flat_grad(model, -(adv * logp).mean())
     torch.testing.assert_close(g_ppo, g_pg, atol=1e-6, rtol=1e-4)
     assert float(first.metrics["clip_fraction"]) == 0.0 and abs(float(first.metrics["approx_kl"])) < 1e-6
@@ -157,8 +160,8 @@ def test_ppo_trains_and_resumes_exactly(tmp_path):
 
     def trainer(out):
         model, ref_path = make_ref(tmp_path, world)
-        regime = CriticRegime(world, horizon=4, k_samples=2, n_prompts=8, fork_positions=[6],
-                              ref_checkpoint=str(ref_path), algo="ppo", ppo_epochs=3)
+        regime = CriticRegime(world, CriticSettings(horizon=4, k_samples=2, n_prompts=8, fork_positions=[6],
+                                                    ref_checkpoint=str(ref_path), algo="ppo", ppo_epochs=3))
         return Trainer(model, regime, TrainerConfig(max_steps=8, log_every=2, ckpt_every=3, progress=False,
                                                     warmup_steps=0), out)
 
@@ -204,7 +207,7 @@ def test_training_fork_prompts_put_the_marker_where_the_fork_probes_do():
     from instrumentality.probes import ProbeConfig, ProbeSet
 
     world = World()
-    regime = CriticRegime(world, ref="truth", init="scratch", n_prompts=16, fork_fraction=1.0)
+    regime = CriticRegime(world, CriticSettings(ref="truth", init="scratch", n_prompts=16, fork_fraction=1.0))
     probes = ProbeSet.generate(world, ProbeConfig(n_per_fork_position=2))
     prose = {s for s, k in enumerate(world.state_kind) if k == "prose"}
     for seed in range(6):
@@ -216,3 +219,73 @@ def test_training_fork_prompts_put_the_marker_where_the_fork_probes_do():
     for prompt, length in zip(probes.t["fork_prompts"], probes.t["fork_lengths"]):
         P = int(length) - 1
         assert P in probes.config.fork_positions and int(prompt[P]) in world.marker_tokens
+
+
+# ---------------------------------------------------------------------------- settings and their configs
+def composed(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    from instrumentality.train import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=["preset=debug", *overrides])
+
+
+@pytest.mark.parametrize("name", ["supervised", "reinforce", "critic", "quest"])
+def test_regime_configs_start_from_the_settings_defaults_and_repeat_none(name):
+    """configs/regime/<name>.yaml sets `_target_`, `name` and interpolations of run-level values only: every
+    other key of the composed config is its settings dataclass's default."""
+    from hydra.utils import get_object
+    from omegaconf import OmegaConf
+
+    from instrumentality.regimes.base import defaults
+    from instrumentality.train import CONFIG_DIR
+
+    cfg = composed(f"regime={name}").regime
+    settings = get_object(cfg._target_).Settings
+    interpolated = {k for k in cfg if OmegaConf.is_interpolation(cfg, k)}
+    assert set(cfg) == {"_target_", "name"} | {f.name for f in dataclasses.fields(settings)}
+    values = OmegaConf.to_container(cfg)
+    assert {k: v for k, v in values.items() if k not in interpolated | {"_target_", "name"}} == \
+        {k: v for k, v in defaults(settings).items() if k not in interpolated}
+    own = OmegaConf.load(Path(CONFIG_DIR) / "regime" / f"{name}.yaml")
+    assert set(own) - {"defaults", "_target_", "name"} == interpolated
+
+
+@pytest.mark.parametrize("key,value", [("beta", -1), ("k_samples", 1), ("gamma", 2), ("horizon", "abc"),
+                                       ("rollout", "dreamy")])
+def test_an_invalid_setting_names_the_key_in_the_dataclass_and_in_a_composed_config(key, value):
+    from instrumentality.build import build_regime
+
+    with pytest.raises(ConfigError, match=f"^regime.{key} must be"):
+        CriticSettings(ref="truth", init="scratch", **{key: value})
+    cfg = composed("regime=critic", "regime.ref=truth", "regime.init=scratch", f"regime.{key}={value}")
+    with pytest.raises(ConfigError, match=f"^regime.{key} must be"):
+        build_regime(cfg, World())
+
+
+def test_an_unknown_setting_names_the_key():
+    from hydra.errors import ConfigCompositionException
+
+    from instrumentality.build import build_regime
+
+    with pytest.raises(ConfigCompositionException, match="regime.betta"):  # a key the config lacks needs `+`
+        composed("regime=critic", "regime.betta=2")
+    with pytest.raises(ConfigError, match="regime.betta is not a setting of regime"):
+        build_regime(composed("regime=critic", "+regime.betta=2"), World())
+
+
+def test_the_whole_config_of_an_older_critic_checkpoint_builds():
+    """An older checkpoint keeps every key of its regime config, with the class named `regimes.Critic` and
+    prompt lengths L with the marker last (P = L - 1) in place of fork_positions."""
+    from instrumentality.build import build_regime
+
+    old = {"_target_": "instrumentality.regimes.Critic", "name": "critic", "critic": "truth", "critic_kwargs": {},
+           "horizon": 8, "gamma": 1.0, "beta": 1.0, "k_samples": 4, "n_prompts": 32, "rollout": "free",
+           "fork_fraction": 0.75, "prompt_lengths": [9, 25, 41], "ref_checkpoint": None, "ref": "truth",
+           "init": "scratch", "collapse_entropy": 0.01, "algo": "reinforce", "ppo_epochs": 4, "clip": 0.2,
+           "gae_lambda": 0.95, "vf_coef": 0.5}
+    regime = build_regime({"regime": old}, World())
+    assert isinstance(regime, CriticRegime)
+    assert regime.settings == CriticSettings(ref="truth", init="scratch")  # fork_positions [8, 24, 40]
+    assert regime.rollouts.fork_positions == [8, 24, 40]

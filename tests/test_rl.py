@@ -11,10 +11,14 @@ from instrumentality.regimes import (
     QUEST_PROBES,
     WORLD_PROBES,
     CriticRegime,
+    CriticSettings,
     Quest,
+    QuestSettings,
     Regime,
     Reinforce,
+    ReinforceSettings,
     Supervised,
+    SupervisedSettings,
     Update,
 )
 from instrumentality.rl import (
@@ -98,7 +102,7 @@ def quest_regime(world):
     from instrumentality.envs.tokens import QuestTokens
 
     cfg = QuestConfig(size=5, n_monsters=1, time_limit=12, post_steps=3)
-    return Quest(world, env=asdict(cfg), n_envs=8, n_minibatches=2, ppo_epochs=2, init="scratch"), \
+    return Quest(world, QuestSettings(env=asdict(cfg), n_envs=8, n_minibatches=2, ppo_epochs=2, init="scratch")), \
         QuestTokens(cfg, world.vocab_size)
 
 
@@ -106,12 +110,12 @@ def regimes():
     """One instance of every regime with its model, set up."""
     out = {}
     world, model = world_model()
-    out["supervised"] = (Supervised(world, batch_size=4), model)
+    out["supervised"] = (Supervised(world, SupervisedSettings(batch_size=4)), model)
     world, model = world_model()
-    out["reinforce"] = (Reinforce(world, batch_size=4), model)
+    out["reinforce"] = (Reinforce(world, ReinforceSettings(batch_size=4)), model)
     world, model = world_model()
-    out["critic"] = (CriticRegime(world, horizon=4, k_samples=2, n_prompts=4, fork_positions=[6], ref="truth",
-                                  init="scratch", algo="ppo", ppo_epochs=3), model)
+    out["critic"] = (CriticRegime(world, CriticSettings(horizon=4, k_samples=2, n_prompts=4, fork_positions=[6],
+                                                        ref="truth", init="scratch", algo="ppo", ppo_epochs=3)), model)
     world = World(WORLD)
     regime, tokens = quest_regime(world)
     _, model = world_model(tokens.size, tokens.max_seq_len)
@@ -150,12 +154,12 @@ def test_setup_loads_the_reference_and_adds_a_value_head_where_ppo_needs_one(eve
 def test_collapsed_when_the_policy_entropy_falls_below_the_bound(every_regime, name):
     regime = every_regime[name][0]
     assert regime.collapsed({"entropy": torch.tensor(1.0)}) is None
-    assert "entropy" in regime.collapsed({"entropy": torch.tensor(regime.collapse_entropy / 2)})
+    assert "entropy" in regime.collapsed({"entropy": torch.tensor(regime.settings.collapse_entropy / 2)})
     assert every_regime["supervised"][0].collapsed({}) is None  # supervised learning does not collapse
 
 
 def test_state_dict_round_trips_what_a_resume_needs(every_regime):
-    reinforce = Reinforce(World(WORLD), baseline="mean")
+    reinforce = Reinforce(World(WORLD), ReinforceSettings(baseline="mean"))
     reinforce.load_state_dict({"running_mean": 0.25})
     assert reinforce.state_dict() == {"running_mean": 0.25}
     for name, (regime, _) in every_regime.items():
@@ -167,10 +171,10 @@ def test_state_dict_round_trips_what_a_resume_needs(every_regime):
 def test_probe_families_and_theory_rows(every_regime):
     assert every_regime["supervised"][0].probe_families() == (WORLD_PROBES,)
     assert every_regime["quest"][0].probe_families() == (QUEST_PROBES,)
-    simulator = Supervised(World(WORLD), batch_size=4, quest={"size": 5}, quest_fraction=1.0)
+    simulator = Supervised(World(WORLD), SupervisedSettings(batch_size=4, quest={"size": 5}, quest_fraction=1.0))
     assert simulator.probe_families() == (QUEST_PROBES,)
-    assert Supervised(World(WORLD), batch_size=4, quest={"size": 5}, quest_fraction=0.5).probe_families() == \
-        (WORLD_PROBES, QUEST_PROBES)
+    mixed = Supervised(World(WORLD), SupervisedSettings(batch_size=4, quest={"size": 5}, quest_fraction=0.5))
+    assert mixed.probe_families() == (WORLD_PROBES, QUEST_PROBES)
     assert every_regime["supervised"][0].theory_rows() == []
     # the critic's exact optimum: the truth critic at gamma = 1, beta = 1 at the p = 0.5 fork (closed form in
     # optimum.py's docstring: log k sum_{j < min(m, H - 1)} 1, checked there); here: rows at H and the curve
@@ -178,7 +182,8 @@ def test_probe_families_and_theory_rows(every_regime):
     at_h = [r for r in rows if not r["probe"].startswith("theory_curve/")]
     assert at_h and all(r["metric"].endswith("_theory") for r in at_h)
     assert {r["horizon"] for r in rows if r["probe"].startswith("theory_curve/")} == set(range(1, 13))
-    learned = CriticRegime(World(WORLD), critic="learned", ref="truth", init="scratch", fork_positions=[6])
+    learned = CriticRegime(World(WORLD), CriticSettings(critic="learned", ref="truth", init="scratch",
+                                                        fork_positions=[6]))
     assert learned.theory_rows() == []  # a learned critic has no exact optimum
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from instrumentality.model import GPT, GPTConfig
-from instrumentality.regimes import Supervised
+from instrumentality.regimes import Supervised, SupervisedSettings
 from instrumentality.trainer import CheckpointError, Trainer, TrainerConfig, load_checkpoint
 from instrumentality.world import ConfigError, World, WorldConfig
 
@@ -14,7 +14,7 @@ def make_trainer(out_dir, world, **cfg):
     model = GPT(GPTConfig(vocab_size=world.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16))
     cfg = TrainerConfig(**{"max_steps": 12, "log_every": 2, "ckpt_every": 5, "warmup_steps": 3,
                            "progress": False, "seed": 3, **cfg})
-    return Trainer(model, Supervised(world, batch_size=8, seq_len=32), cfg, out_dir,
+    return Trainer(model, Supervised(world, SupervisedSettings(batch_size=8)), cfg, out_dir,
                    evaluate=lambda m, s: {"probe/sum": float(sum(p.detach().sum() for p in m.parameters()))})
 
 
@@ -69,7 +69,7 @@ class ExplodingRegime(Supervised):
 
 def test_nan_loss_ends_the_run_as_collapsed(tmp_path, small_world):
     t = make_trainer(tmp_path, small_world)
-    t.regime = ExplodingRegime(small_world, batch_size=4, seq_len=32)
+    t.regime = ExplodingRegime(small_world, SupervisedSettings(batch_size=4))
     status = t.fit()
     assert status["status"] == "collapsed" and status["step"] == 4 and "non-finite" in status["reason"]
     assert all(torch.isfinite(p).all() for p in t.model.parameters())  # the NaN step was never applied
@@ -81,7 +81,7 @@ def test_deferred_nonfinite_check_skips_the_update_on_the_device_and_collapses_a
     """The CUDA path (no host sync per step), run on the CPU: fused AdamW skips the NaN step's update, and
     the run collapses at the next logging step (log_every=3: step 6) naming step 4."""
     t = make_trainer(tmp_path, small_world, nonfinite_check="deferred", log_every=3)
-    t.regime = ExplodingRegime(small_world, batch_size=4, seq_len=32)
+    t.regime = ExplodingRegime(small_world, SupervisedSettings(batch_size=4))
     assert t.deferred_check and t.optimizer.defaults["fused"]
     status = t.fit()
     assert status["status"] == "collapsed" and status["step"] == 4 and "at step 4" in status["reason"]
@@ -109,12 +109,12 @@ class CountingRegime(Supervised):
 def test_counts_reported_as_tensors_are_read_at_log_and_checkpoint_steps_and_survive_resume(tmp_path,
                                                                                             small_world):
     t = make_trainer(tmp_path, small_world, log_every=4, ckpt_every=3)  # checkpoints fall between log steps
-    t.regime = CountingRegime(small_world, batch_size=4, seq_len=32)
+    t.regime = CountingRegime(small_world, SupervisedSettings(batch_size=4))
     assert t.fit(stop_after=7)["status"] == "interrupted"  # last checkpoint at step 6
     ck = load_checkpoint(tmp_path / "checkpoint.pt")
     assert (ck["tokens_seen"], ck["env_steps"]) == (sum(s + 1 for s in range(6)), sum(2 * s for s in range(6)))
     resumed = make_trainer(tmp_path, small_world, log_every=4, ckpt_every=3)
-    resumed.regime = CountingRegime(small_world, batch_size=4, seq_len=32)
+    resumed.regime = CountingRegime(small_world, SupervisedSettings(batch_size=4))
     assert resumed.fit()["status"] == "finished"
     assert resumed.tokens_seen == sum(s + 1 for s in range(12)) and resumed.env_steps == sum(2 * s for s in range(12))
     logged = {r["step"]: r for r in resumed.history if "train/loss" in r}

@@ -58,11 +58,15 @@ RENAMED_TARGETS = {"instrumentality.regimes.Critic": "instrumentality.regimes.Cr
 
 
 def build_regime(cfg, world: World) -> Regime:
-    node = plain(cfg["regime"])
-    node["_target_"] = RENAMED_TARGETS.get(node["_target_"], node["_target_"])
-    if "prompt_lengths" in node:  # older critic configs: prompt lengths L with the marker last (P = L - 1)
-        node["fork_positions"] = [int(n) - 1 for n in node.pop("prompt_lengths")]
-    return make(node, "regime", world=world)
+    """The regime class `regime._target_` with its settings dataclass (cls.Settings) built from the other
+    keys but `name`; an unknown key or a bad value raises ConfigError naming `regime.key`."""
+    values = plain(cfg["regime"])
+    target, _ = values.pop("_target_"), values.pop("name", None)
+    cls = get_object(RENAMED_TARGETS.get(target, target))
+    if "prompt_lengths" in values:  # older critic configs: prompt lengths L with the marker last (P = L - 1)
+        values["fork_positions"] = [int(n) - 1 for n in values.pop("prompt_lengths")]
+    check_types(cls.Settings, values, "regime")
+    return cls(world, cls.Settings(**values))
 
 
 def build(cfg, seed_everything=None) -> tuple[World, GPT, Regime]:

@@ -1,5 +1,5 @@
 """Training regimes: each says how the data of one step become optimizer updates (the `Regime` protocol in
-base.py). One module per regime; read each one's updates top to bottom.
+base.py). One module per regime, with its settings dataclass beside it; read each one's updates top to bottom.
 
     supervised.py   next-token cross-entropy on world text (and quest transcripts)
     reinforce.py    REINFORCE with the likelihood reward (an unbiased supervised gradient) or the indicator
@@ -8,11 +8,22 @@ base.py). One module per regime; read each one's updates top to bottom.
 The RL pieces they share (returns, baselines, GAE, the clipped loss, diagnostics) are in rl.py.
 """
 
-from instrumentality.regimes.base import QUEST_PROBES, WORLD_PROBES, Regime, RegimeBase, Update
-from instrumentality.regimes.critic import CriticRegime, GradedRollouts
-from instrumentality.regimes.quest import Quest
-from instrumentality.regimes.reinforce import Reinforce
-from instrumentality.regimes.supervised import Supervised
+from hydra.core.config_store import ConfigStore
 
-__all__ = ["QUEST_PROBES", "WORLD_PROBES", "CriticRegime", "GradedRollouts", "Quest", "Regime", "RegimeBase",
-           "Reinforce", "Supervised", "Update"]
+from instrumentality.regimes.base import QUEST_PROBES, WORLD_PROBES, Regime, RegimeBase, Update, defaults
+from instrumentality.regimes.critic import CriticRegime, CriticSettings, GradedRollouts
+from instrumentality.regimes.quest import Quest, QuestSettings
+from instrumentality.regimes.reinforce import Reinforce, ReinforceSettings
+from instrumentality.regimes.supervised import Supervised, SupervisedSettings
+
+# Each regime's settings at their defaults, as the Hydra configs regime/<name>_settings that
+# configs/regime/<name>.yaml start from. Registered on import: every place that composes a config imports
+# this package first.
+ConfigStore.instance().store(group="regime", name="supervised_settings", node=defaults(SupervisedSettings))
+ConfigStore.instance().store(group="regime", name="reinforce_settings", node=defaults(ReinforceSettings))
+ConfigStore.instance().store(group="regime", name="critic_settings", node=defaults(CriticSettings))
+ConfigStore.instance().store(group="regime", name="quest_settings", node=defaults(QuestSettings))
+
+__all__ = ["QUEST_PROBES", "WORLD_PROBES", "CriticRegime", "CriticSettings", "GradedRollouts", "Quest",
+           "QuestSettings", "Regime", "RegimeBase", "Reinforce", "ReinforceSettings", "Supervised",
+           "SupervisedSettings", "Update"]

@@ -1,5 +1,5 @@
 """What every regime is to the shared trainer: the `Regime` protocol, and `Update`, one optimizer step's
-worth of loss.
+worth of loss; and the checks of a regime's settings.
 
 The trainer calls, in this order:
     regime.setup(model, device)                      once, before the optimizer is built
@@ -8,16 +8,23 @@ The trainer calls, in this order:
     regime.collapsed(metrics)                        at logging steps: a reason to end the run, or None
     regime.state_dict() / load_state_dict(state)     what a checkpoint keeps beside the weights
 and the evaluation asks each regime which probe families score it and for its exact theory rows.
+
+A regime's settings are a dataclass beside it (e.g. CriticSettings), the one place their types and defaults
+are written; a field may declare a check in its metadata, e.g. `field(default=8, metadata=POSITIVE)`, and
+check_settings, called by the dataclass's __post_init__, runs them. Hydra's regime/<name>_settings node
+holds the defaults (regimes/__init__.py) and configs/regime/<name>.yaml starts from it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from instrumentality.errors import check_dataclass_types
 from instrumentality.world import ConfigError, World
 
 # The probe families a regime's model is scored on: the world probes (calibration, forks, rollouts,
@@ -87,18 +94,50 @@ class RegimeBase:
 
 
 class EntropyCollapse:
-    """Ends a run (status `collapsed`) when the logged policy entropy falls below collapse_entropy."""
+    """Ends a run (status `collapsed`) when the logged policy entropy falls below settings.collapse_entropy."""
 
-    collapse_entropy: float
+    settings: Any  # the regime's settings, with a collapse_entropy field
 
     def collapsed(self, metrics: dict) -> str | None:
-        h = float(metrics["entropy"])
-        return f"policy entropy {h:.4f} below {self.collapse_entropy}" if h < self.collapse_entropy else None
+        h, bound = float(metrics["entropy"]), self.settings.collapse_entropy
+        return f"policy entropy {h:.4f} below {bound}" if h < bound else None
 
 
-def positive(key: str, value, allowed: str = "a positive integer"):
-    if not value or value <= 0:
-        raise ConfigError(f"{key} must be {allowed}; got {value!r}")
+# ---------------------------------------------------------------------------- settings
+def check(test: Callable[[Any], bool], allowed: str) -> dict:
+    """Metadata of a settings field: a test its value must pass, and the words for what is allowed."""
+    return {"check": (test, allowed)}
+
+
+POSITIVE = check(lambda v: v > 0, "a positive integer")
+
+
+def in_range(low: float, high: float) -> dict:
+    return check(lambda v: low <= v <= high, f"in [{low}, {high}]")
+
+
+def one_of(*choices: str) -> dict:
+    return check(lambda v: v in choices, f"one of: {', '.join(choices)}")
+
+
+def check_settings(settings, group: str = "regime") -> None:
+    """For a settings dataclass's __post_init__: every value has its annotated type, then passes its field's
+    check; the first failure raises ConfigError naming `group.key`."""
+    check_dataclass_types(settings, group)
+    for f in dataclasses.fields(settings):
+        if "check" in f.metadata:
+            test, allowed = f.metadata["check"]
+            value = getattr(settings, f.name)
+            if not test(value):
+                raise ConfigError(f"{group}.{f.name} must be {allowed}; got {value!r}")
+
+
+def defaults(settings_class) -> dict:
+    """Every setting of a settings dataclass at its default, as plain data (a Hydra config node)."""
+    out = {}
+    for f in dataclasses.fields(settings_class):
+        out[f.name] = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return out
 
 
 def cpu_generator(gen: torch.Generator) -> torch.Generator:

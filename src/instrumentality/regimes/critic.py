@@ -11,13 +11,24 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from instrumentality.critics import CRITICS, make_critic
 from instrumentality.model import device_of
-from instrumentality.regimes.base import EntropyCollapse, RegimeBase, Update, cpu_generator, positive
+from instrumentality.regimes.base import (
+    POSITIVE,
+    EntropyCollapse,
+    RegimeBase,
+    Update,
+    check,
+    check_settings,
+    cpu_generator,
+    in_range,
+    one_of,
+)
 from instrumentality.rl import (
     add_value_head,
     clipped_policy_loss,
@@ -31,6 +42,40 @@ from instrumentality.rl import (
     value_loss,
 )
 from instrumentality.world import ConfigError, World
+
+
+@dataclass
+class CriticSettings:
+    # truth (log p*) | keyword (a bonus for the keyword token) | learned (a discriminator)
+    critic: str = field(default="truth", metadata=one_of(*CRITICS))
+    critic_kwargs: dict = field(default_factory=dict)  # keyword arguments of the critic's class (critics.py)
+    horizon: int = field(default=8, metadata=POSITIVE)  # H tokens per rollout
+    gamma: float = field(default=1.0, metadata=in_range(0, 1))  # discount inside the window
+    beta: float = field(default=1.0, metadata=check(lambda v: v > 0, "> 0"))  # KL coefficient against pi_ref
+    # rollouts per prompt (leave-one-out baseline)
+    k_samples: int = field(default=4, metadata=check(lambda v: v >= 2, ">= 2 (leave-one-out baseline)"))
+    n_prompts: int = field(default=32, metadata=POSITIVE)  # prompts per rollout
+    # free (the policy's samples fed back) | teacher_forced (world text fed back; samples graded, not followed)
+    rollout: str = field(default="free", metadata=one_of("free", "teacher_forced"))
+    fork_fraction: float = 0.75  # share of prompts that end at a fork marker
+    # prose tokens before the marker (as the fork probes: eval.probes.fork_positions)
+    fork_positions: list[int] = field(default_factory=lambda: [8, 24, 40])
+    ref_checkpoint: str | None = None  # a supervised checkpoint.pt: pi_ref and the initialisation
+    ref: str = field(default="checkpoint", metadata=one_of("checkpoint", "truth"))  # pi_ref: checkpoint | exact p*
+    init: str = field(default="reference", metadata=one_of("reference", "scratch"))  # from ref_checkpoint | afresh
+    collapse_entropy: float = 0.01  # mean policy entropy (nats) below which the run is recorded as collapsed
+    # reinforce (leave-one-out baseline) | ppo (value head, GAE, clipping)
+    algo: str = field(default="reinforce", metadata=one_of("reinforce", "ppo"))
+    ppo_epochs: int = field(default=4, metadata=POSITIVE)  # optimizer steps per rollout (ppo)
+    clip: float = 0.2  # PPO's clipping of the probability ratio: [1 - clip, 1 + clip]
+    gae_lambda: float = 0.95  # GAE's lambda (ppo)
+    vf_coef: float = 0.5  # weight of the value loss (ppo)
+
+    def __post_init__(self):
+        check_settings(self)
+        if (self.ref == "checkpoint" or self.init == "reference") and not self.ref_checkpoint:
+            raise ConfigError("regime.ref_checkpoint must name a supervised checkpoint.pt (pi_ref and the "
+                              "initialisation); or set regime.ref=truth and regime.init=scratch")
 
 
 def action_log_probs(logits: torch.Tensor, actions: torch.Tensor, start: int):
@@ -120,48 +165,18 @@ class CriticRegime(EntropyCollapse, RegimeBase):
     """
 
     name = "critic"
+    Settings = CriticSettings
 
-    def __init__(self, world: World, critic: str = "truth", critic_kwargs: dict | None = None, horizon: int = 8,
-                 gamma: float = 1.0, beta: float = 1.0, k_samples: int = 4, n_prompts: int = 32,
-                 rollout: str = "free", fork_fraction: float = 0.75, fork_positions: list[int] = (8, 24, 40),  # type: ignore[assignment]
-                 ref_checkpoint: str | None = None, ref: str = "checkpoint", init: str = "reference",
-                 collapse_entropy: float = 0.01, algo: str = "reinforce", ppo_epochs: int = 4, clip: float = 0.2,
-                 gae_lambda: float = 0.95, vf_coef: float = 0.5):
-        from instrumentality.critics import make_critic
-
-        self.critic = make_critic(critic, world, **(critic_kwargs or {}))  # the grader c(ctx, a)
-        positive("regime.horizon", horizon)
-        positive("regime.n_prompts", n_prompts)
-        if k_samples < 2:
-            raise ConfigError(f"regime.k_samples must be >= 2 (leave-one-out baseline); got {k_samples!r}")
-        if beta <= 0:
-            raise ConfigError(f"regime.beta must be > 0; got {beta!r}")
-        if not 0 <= gamma <= 1:
-            raise ConfigError(f"regime.gamma must be in [0, 1]; got {gamma!r}")
-        if rollout not in ("free", "teacher_forced"):
-            raise ConfigError(f"regime.rollout must be one of: free, teacher_forced; got {rollout!r}")
-        if algo not in ("reinforce", "ppo"):
-            raise ConfigError(f"regime.algo must be one of: reinforce, ppo; got {algo!r}")
-        positive("regime.ppo_epochs", ppo_epochs)
-        if ref not in ("checkpoint", "truth"):
-            raise ConfigError(f"regime.ref must be one of: checkpoint, truth; got {ref!r}")
-        if init not in ("reference", "scratch"):
-            raise ConfigError(f"regime.init must be one of: reference, scratch; got {init!r}")
-        if (ref == "checkpoint" or init == "reference") and not ref_checkpoint:
-            raise ConfigError("regime.ref_checkpoint must name a supervised checkpoint.pt (pi_ref and the "
-                              "initialisation); or set regime.ref=truth and regime.init=scratch")
-        if max(fork_positions) + 1 + horizon > world.cfg.seq_len:
-            raise ConfigError(f"regime.fork_positions (max {max(fork_positions)}) + the marker + regime.horizon "
-                              f"({horizon}) exceeds world.seq_len={world.cfg.seq_len}")
-        self.world = world
-        self.rollouts = GradedRollouts(world, self.critic, horizon, k_samples, n_prompts, rollout, fork_fraction,
-                                       list(fork_positions))
-        self.H, self.gamma, self.beta, self.samples_per_prompt = horizon, gamma, beta, k_samples
-        self.ref_checkpoint, self.ref_kind, self.init = ref_checkpoint, ref, init
-        self.collapse_entropy = collapse_entropy
-        self.algo, self.ppo_epochs, self.clip = algo, ppo_epochs, clip
-        self.gae_lambda, self.vf_coef = gae_lambda, vf_coef
-        self.discount = discount_matrix(horizon, gamma)
+    def __init__(self, world: World, settings: CriticSettings):
+        s = settings
+        if max(s.fork_positions) + 1 + s.horizon > world.cfg.seq_len:
+            raise ConfigError(f"regime.fork_positions (max {max(s.fork_positions)}) + the marker + regime.horizon "
+                              f"({s.horizon}) exceeds world.seq_len={world.cfg.seq_len}")
+        self.world, self.settings = world, settings
+        self.critic = make_critic(s.critic, world, **s.critic_kwargs)  # the grader c(ctx, a)
+        self.rollouts = GradedRollouts(world, self.critic, s.horizon, s.k_samples, s.n_prompts, s.rollout,
+                                       s.fork_fraction, list(s.fork_positions))
+        self.discount = discount_matrix(s.horizon, s.gamma)
         self.first_token_of_marker = torch.full((world.vocab_size,), -1, dtype=torch.long)
         for f in world.forks:
             self.first_token_of_marker[f.marker] = f.first_token
@@ -170,10 +185,11 @@ class CriticRegime(EntropyCollapse, RegimeBase):
         from instrumentality.planted import TruthModel
         from instrumentality.trainer import load_checkpoint
 
-        ck = load_checkpoint(self.ref_checkpoint, map_location=device) if self.ref_checkpoint else None
-        if ck is not None and self.init == "reference":
+        s = self.settings
+        ck = load_checkpoint(s.ref_checkpoint, map_location=device) if s.ref_checkpoint else None
+        if ck is not None and s.init == "reference":
             model.load_state_dict(ck["model"])
-        if self.ref_kind == "truth":
+        if s.ref == "truth":
             ref_model: torch.nn.Module = TruthModel(self.world).to(device)
         else:
             assert ck is not None
@@ -182,7 +198,7 @@ class CriticRegime(EntropyCollapse, RegimeBase):
         self.rollouts.ref_model = ref_model.eval().requires_grad_(False)
         self.discount = self.discount.to(device)
         self.first_token_of_marker = self.first_token_of_marker.to(device)
-        if self.algo == "ppo":
+        if s.algo == "ppo":
             add_value_head(model, device)
         if hasattr(self.critic, "to"):
             self.critic.to(device)
@@ -201,17 +217,17 @@ class CriticRegime(EntropyCollapse, RegimeBase):
 
         if not hasattr(self.critic, "table"):
             return []
-        table = self.critic.table(self.world)
+        s, table = self.settings, self.critic.table(self.world)
         rows = [{**r, "metric": r["metric"] + "_theory"}
-                for r in theory_rows(self.world, table, self.beta, self.gamma, self.H)]
+                for r in theory_rows(self.world, table, s.beta, s.gamma, s.horizon)]
         for h in range(1, THEORY_CURVE_MAX_H + 1):
             rows += [{**r, "probe": "theory_curve/" + r["probe"], "horizon": h}
-                     for r in theory_rows(self.world, table, self.beta, self.gamma, h)]
+                     for r in theory_rows(self.world, table, s.beta, s.gamma, h)]
         return rows
 
     def updates(self, model, step: int, gen: torch.Generator) -> Iterator[Update]:
         batch = self.rollouts.collect(model, gen)
-        if self.algo == "reinforce":
+        if self.settings.algo == "reinforce":
             yield self.reinforce_update(model, batch)
         else:
             yield from self.ppo_updates(model, batch)
@@ -219,7 +235,7 @@ class CriticRegime(EntropyCollapse, RegimeBase):
     def rewards(self, batch: Rollouts, logp_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """r_t = c(ctx_t, a_t) - beta * log(pi / pi_ref)(a_t), and the log-ratio."""
         kl = logp_a.detach() - batch.ref_logp_a
-        return batch.graded - self.beta * kl, kl
+        return batch.graded - self.settings.beta * kl, kl
 
     def fork_metrics(self, batch: Rollouts, graded_kl_return) -> dict:
         c, kl, ret = graded_kl_return
@@ -234,28 +250,28 @@ class CriticRegime(EntropyCollapse, RegimeBase):
         with torch.no_grad():
             r, kl = self.rewards(batch, logp_a)
             G = discounted_returns(r, self.discount)                   # G_t = sum_k gamma^k r_{t+k}
-            b = leave_one_out_baseline(G, self.samples_per_prompt)
+            b = leave_one_out_baseline(G, self.settings.k_samples)
         loss = -((G - b) * logp_a).mean()
         metrics = {**self.fork_metrics(batch, (batch.graded, kl, G[:, 0].mean())), "entropy": entropy(logp.detach())}
         return Update(loss, metrics, batch.actions.numel())
 
     def ppo_updates(self, model, batch: Rollouts) -> Iterator[Update]:
-        L = batch.prompt_len
+        s, L = self.settings, batch.prompt_len
         with torch.no_grad():
             out = model(batch.contexts)
             old_logp_a = action_log_probs(out["logits"], batch.actions, L)[1]
             values = out["value"][:, L - 1:].float()
             r, kl = self.rewards(batch, old_logp_a)
-            adv = gae(r, values, self.gamma, self.gae_lambda)
+            adv = gae(r, values, s.gamma, s.gae_lambda)
             returns = adv + values
             adv = normalise(adv)
             rollout_metrics = self.fork_metrics(batch, (batch.graded, kl, returns[:, 0].mean()))
-        for epoch in range(self.ppo_epochs):  # every epoch on the whole rollout
+        for epoch in range(s.ppo_epochs):  # every epoch on the whole rollout
             out = model(batch.contexts)
             logp, logp_a = action_log_probs(out["logits"], batch.actions, L)
             value = out["value"][:, L - 1:].float()
-            pg, ratio = clipped_policy_loss(logp_a, old_logp_a, adv, self.clip)
+            pg, ratio = clipped_policy_loss(logp_a, old_logp_a, adv, s.clip)
             v_loss = value_loss(value, returns)
             metrics = {**rollout_metrics, "entropy": entropy(logp.detach()), "value_loss": v_loss.detach(),
-                       **ppo_diagnostics(ratio.detach(), self.clip, value.detach(), returns)}
-            yield Update(pg + self.vf_coef * v_loss, metrics, batch.actions.numel() if epoch == 0 else 0)
+                       **ppo_diagnostics(ratio.detach(), s.clip, value.detach(), returns)}
+            yield Update(pg + s.vf_coef * v_loss, metrics, batch.actions.numel() if epoch == 0 else 0)

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from instrumentality.envs.tokens import OBS_PER_STEP, STEP_LEN
-from instrumentality.regimes.base import QUEST_PROBES, EntropyCollapse, RegimeBase, Update, cpu_generator, positive
+from instrumentality.envs.tokens import OBS_PER_STEP, STEP_LEN, quest_tokens
+from instrumentality.regimes.base import (
+    POSITIVE,
+    QUEST_PROBES,
+    EntropyCollapse,
+    RegimeBase,
+    Update,
+    check_settings,
+    cpu_generator,
+    in_range,
+    one_of,
+)
 from instrumentality.rl import (
     add_value_head,
     clipped_policy_loss,
@@ -19,6 +30,34 @@ from instrumentality.rl import (
     value_loss,
 )
 from instrumentality.world import ConfigError, World
+
+
+@dataclass
+class QuestSettings:
+    env: dict | None = None  # the ClueQuest env's settings (configs: the run's quest)
+    n_envs: int = field(default=128, metadata=POSITIVE)  # episodes per rollout, played in lock step on the batched env
+    gamma: float = field(default=0.99, metadata=in_range(0, 1))  # discount
+    gae_lambda: float = 0.95  # GAE's lambda
+    clip: float = 0.2  # PPO's clipping of the probability ratio: [1 - clip, 1 + clip]
+    ppo_epochs: int = field(default=4, metadata=POSITIVE)  # epochs on each rollout
+    n_minibatches: int = field(default=2, metadata=POSITIVE)  # optimizer steps per rollout = ppo_epochs * n_minibatches
+    vf_coef: float = 0.5  # weight of the value loss
+    ent_coef: float = 0.01  # weight of the entropy bonus
+    forecast_coef: float = 1.0  # weight of - log q(y): the log-score reward's gradient wrt the forecast
+    init: str = field(default="simulator", metadata=one_of("simulator", "scratch"))  # from init_checkpoint | afresh
+    init_checkpoint: str | None = None  # a supervised checkpoint.pt trained on quest transcripts (init=simulator)
+    collapse_entropy: float = 0.01  # mean policy entropy (nats) below which the run is recorded as collapsed
+
+    def __post_init__(self):
+        check_settings(self)
+        if self.env is None:
+            raise ConfigError("regime=quest needs a quest env: add `/quest: small` to the experiment")
+        if self.n_envs % self.n_minibatches:
+            raise ConfigError(f"regime.n_envs ({self.n_envs}) must be a multiple of regime.n_minibatches "
+                              f"({self.n_minibatches})")
+        if self.init == "simulator" and not self.init_checkpoint:
+            raise ConfigError("regime.init=simulator needs regime.init_checkpoint (a supervised checkpoint.pt "
+                              "trained on quest transcripts); or set regime.init=scratch")
 
 
 class Quest(EntropyCollapse, RegimeBase):
@@ -39,40 +78,18 @@ class Quest(EntropyCollapse, RegimeBase):
     """
 
     name = "quest"
+    Settings = QuestSettings
 
-    def __init__(self, world: World, env: dict | None = None, n_envs: int = 128, gamma: float = 0.99,
-                 gae_lambda: float = 0.95, clip: float = 0.2, ppo_epochs: int = 4, n_minibatches: int = 2,
-                 vf_coef: float = 0.5, ent_coef: float = 0.01, forecast_coef: float = 1.0, init: str = "simulator",
-                 init_checkpoint: str | None = None, collapse_entropy: float = 0.01):
-        from instrumentality.envs.tokens import quest_tokens
-
-        if env is None:
-            raise ConfigError("regime=quest needs a quest env: add `/quest: small` to the experiment")
-        positive("regime.n_envs", n_envs)
-        positive("regime.ppo_epochs", ppo_epochs)
-        positive("regime.n_minibatches", n_minibatches)
-        if n_envs % n_minibatches:
-            raise ConfigError(f"regime.n_envs ({n_envs}) must be a multiple of regime.n_minibatches ({n_minibatches})")
-        if not 0 <= gamma <= 1:
-            raise ConfigError(f"regime.gamma must be in [0, 1]; got {gamma!r}")
-        if init not in ("simulator", "scratch"):
-            raise ConfigError(f"regime.init must be one of: simulator, scratch; got {init!r}")
-        if init == "simulator" and not init_checkpoint:
-            raise ConfigError("regime.init=simulator needs regime.init_checkpoint (a supervised checkpoint.pt "
-                              "trained on quest transcripts); or set regime.init=scratch")
-        tokens = quest_tokens(env, world.vocab_size)
-        assert tokens is not None
-        self.world, self.tokens = world, tokens
-        self.n_envs, self.gamma, self.gae_lambda, self.clip = n_envs, gamma, gae_lambda, clip
-        self.ppo_epochs, self.n_minibatches = ppo_epochs, n_minibatches
-        self.vf_coef, self.ent_coef, self.forecast_coef = vf_coef, ent_coef, forecast_coef
-        self.init, self.init_checkpoint, self.collapse_entropy = init, init_checkpoint, collapse_entropy
+    def __init__(self, world: World, settings: QuestSettings):
+        tokens = quest_tokens(settings.env, world.vocab_size)
+        assert tokens is not None  # QuestSettings requires an env
+        self.world, self.settings, self.tokens = world, settings, tokens
 
     def setup(self, model, device):
         from instrumentality.trainer import load_checkpoint
 
-        if self.init == "simulator":
-            ck = load_checkpoint(self.init_checkpoint, map_location=device)
+        if self.settings.init == "simulator":
+            ck = load_checkpoint(self.settings.init_checkpoint, map_location=device)
             state = {k: v for k, v in ck["model"].items() if not k.startswith("value_head.")}
             model.load_state_dict(state, strict=False)
         add_value_head(model, device)
@@ -81,14 +98,14 @@ class Quest(EntropyCollapse, RegimeBase):
         return (QUEST_PROBES,)
 
     def updates(self, model, step: int, gen: torch.Generator) -> Iterator[Update]:
-        b = self.rollout(model, gen)
-        for epoch in range(self.ppo_epochs):
-            for i, rows in enumerate(b["order"][epoch].view(self.n_minibatches, -1)):  # minibatches of episodes
+        b, s = self.rollout(model, gen), self.settings
+        for epoch in range(s.ppo_epochs):
+            for i, rows in enumerate(b["order"][epoch].view(s.n_minibatches, -1)):  # minibatches of episodes
                 yield self.minibatch_update(model, b, rows, first=epoch == i == 0)
 
     def minibatch_update(self, model, b: dict, rows: torch.Tensor, first: bool = False) -> Update:
         """One optimizer step on the episodes `rows` of rollout b; the rollout's env steps count at its first."""
-        seq, live, P = b["seq"][rows], b["live"][rows], b["prefix_len"]
+        s, seq, live, P = self.settings, b["seq"][rows], b["live"][rows], b["prefix_len"]
         out = model(seq)
         T = live.shape[1]
         obs_end = P + STEP_LEN * torch.arange(T, device=seq.device) + OBS_PER_STEP - 1  # where a_t is chosen
@@ -96,7 +113,7 @@ class Quest(EntropyCollapse, RegimeBase):
         logp = F.log_softmax(logits, -1)
         logp_a = logp.gather(-1, b["actions"][rows, :, None]).squeeze(-1)
         value = out["value"][:, obs_end].float()
-        pg, ratio = clipped_policy_loss(logp_a, b["logp"][rows], b["advantages"][rows], self.clip, live)
+        pg, ratio = clipped_policy_loss(logp_a, b["logp"][rows], b["advantages"][rows], s.clip, live)
         v_loss = value_loss(value, b["returns"][rows], live)
         ent = entropy(logp, live)
         # the forecast: the answer-token distribution at the `predict` token's position
@@ -104,10 +121,10 @@ class Quest(EntropyCollapse, RegimeBase):
         answer_logits = out["logits"][:, obs_end + 1][..., self.tokens.answer_ids.to(seq.device)].float()
         log_q = F.log_softmax(answer_logits, -1).gather(-1, b["y"][rows, None, None].expand(-1, T, 1)).squeeze(-1)
         forecast_loss = -(log_q * scored).sum() / scored.sum().clamp(min=1)
-        loss = pg + self.vf_coef * v_loss - self.ent_coef * ent + self.forecast_coef * forecast_loss
+        loss = pg + s.vf_coef * v_loss - s.ent_coef * ent + s.forecast_coef * forecast_loss
         metrics = {**b["metrics"], "entropy": ent.detach(), "value_loss": v_loss.detach(),
                    "forecast_nll": forecast_loss.detach(),
-                   **ppo_diagnostics(ratio.detach(), self.clip, value.detach(), b["returns"][rows], live)}
+                   **ppo_diagnostics(ratio.detach(), s.clip, value.detach(), b["returns"][rows], live)}
         return Update(loss, metrics, live.sum().long() * STEP_LEN,  # device tensors: read when the trainer logs
                       env_steps=b["env_steps"] if first else 0)
 
@@ -116,16 +133,16 @@ class Quest(EntropyCollapse, RegimeBase):
         from instrumentality.envs.agents import QUEST_METRICS
         from instrumentality.envs.tokens import play
 
-        cpu_gen = cpu_generator(gen)
-        seeds = torch.randint(0, 2**31 - 1, (self.n_envs,), generator=cpu_gen).numpy()
+        s, cpu_gen = self.settings, cpu_generator(gen)
+        seeds = torch.randint(0, 2**31 - 1, (s.n_envs,), generator=cpu_gen).numpy()
         was_training = model.training
         model.eval()
         p = play(model, self.tokens, seeds, generator=gen)
         model.train(was_training)
         live = p["live"].float()
-        adv = gae(p["rewards"], p["values"] * live, self.gamma, self.gae_lambda, live)
+        adv = gae(p["rewards"], p["values"] * live, s.gamma, s.gae_lambda, live)
         returns = adv + p["values"] * live
-        order = torch.stack([torch.randperm(self.n_envs, generator=cpu_gen) for _ in range(self.ppo_epochs)])
+        order = torch.stack([torch.randperm(s.n_envs, generator=cpu_gen) for _ in range(s.ppo_epochs)])
         m = p["metrics"].mean(0)
         metrics = {f"env/{name}": m[i] for i, name in enumerate(QUEST_METRICS)}
         metrics["env/episode_len"] = live.sum(1).mean()

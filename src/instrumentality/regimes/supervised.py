@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from instrumentality.model import device_of
-from instrumentality.regimes.base import QUEST_PROBES, WORLD_PROBES, RegimeBase, Update, cpu_generator, positive
+from instrumentality.regimes.base import (
+    POSITIVE,
+    QUEST_PROBES,
+    WORLD_PROBES,
+    RegimeBase,
+    Update,
+    check_settings,
+    cpu_generator,
+    in_range,
+)
 from instrumentality.world import ConfigError, World
+
+
+@dataclass
+class SupervisedSettings:
+    batch_size: int = field(default=64, metadata=POSITIVE)  # sequences per step (configs: the run's batch_size)
+    quest: dict | None = None  # the quest env whose explorer transcripts join the corpus (when quest_fraction > 0)
+    quest_fraction: float = field(default=0.0, metadata=in_range(0, 1))  # share of each batch that is transcripts
+    quest_corpus: int = field(default=4096, metadata=POSITIVE)  # explorer episodes in the transcript corpus
+    corpus_seed: int = 0  # one transcript corpus for every seed (seeds differ in init and batches)
+    corpus_cache: str | None = None  # folder the transcript corpus is cached in (None: not cached)
+
+    def __post_init__(self):
+        check_settings(self)
+        if self.quest_fraction > 0 and self.quest is None:
+            raise ConfigError("regime.quest_fraction > 0 needs a quest env: add `/quest: small` to the experiment")
 
 
 class Supervised(RegimeBase):
@@ -22,40 +47,33 @@ class Supervised(RegimeBase):
     """
 
     name = "supervised"
+    Settings = SupervisedSettings
 
-    def __init__(self, world: World, batch_size: int = 64, seq_len: int | None = None, quest: dict | None = None,
-                 quest_fraction: float = 0.0, quest_corpus: int = 4096, corpus_seed: int = 0,
-                 corpus_cache: str | None = None):
-        positive("regime.batch_size", batch_size)
-        if not 0.0 <= quest_fraction <= 1.0:
-            raise ConfigError(f"regime.quest_fraction must be in [0, 1]; got {quest_fraction!r}")
-        if quest_fraction > 0 and quest is None:
-            raise ConfigError("regime.quest_fraction > 0 needs a quest env: add `/quest: small` to the experiment")
-        positive("regime.quest_corpus", quest_corpus)
-        self.world, self.batch_size, self.quest = world, batch_size, quest
-        self.seq_len = seq_len or world.cfg.seq_len
-        self.n_quest = round(quest_fraction * batch_size)
-        self.corpus_size, self.corpus_seed, self.corpus_cache = quest_corpus, corpus_seed, corpus_cache
+    def __init__(self, world: World, settings: SupervisedSettings):
+        self.world, self.settings = world, settings
+        self.n_quest = round(settings.quest_fraction * settings.batch_size)  # transcript rows of each batch
         self.corpus = None
 
     def setup(self, model, device):
+        s = self.settings
         if self.n_quest:  # the explorer's transcripts (cached on disk: the same corpus for every seed)
             from instrumentality.envs.tokens import QuestCorpus, quest_tokens
 
-            self.corpus = QuestCorpus(quest_tokens(self.quest, self.world.vocab_size), self.corpus_size,
-                                      seed=self.corpus_seed, cache=self.corpus_cache)
+            self.corpus = QuestCorpus(quest_tokens(s.quest, self.world.vocab_size), s.quest_corpus,
+                                      seed=s.corpus_seed, cache=s.corpus_cache)
 
     def probe_families(self) -> tuple[str, ...]:
-        return (((WORLD_PROBES,) if self.n_quest < self.batch_size else ())
-                + ((QUEST_PROBES,) if self.quest is not None else ()))
+        return (((WORLD_PROBES,) if self.n_quest < self.settings.batch_size else ())
+                + ((QUEST_PROBES,) if self.settings.quest is not None else ()))
 
     def updates(self, model, step: int, gen: torch.Generator) -> Iterator[Update]:
-        device, n_world, cpu_gen = device_of(model), self.batch_size - self.n_quest, cpu_generator(gen)
+        B = self.settings.batch_size
+        device, n_world, cpu_gen = device_of(model), B - self.n_quest, cpu_generator(gen)
         loss, metrics, n_tokens = torch.zeros((), device=device), {}, 0
         if n_world:
-            x = self.world.sample(n_world, self.seq_len, generator=cpu_gen).to(device)
+            x = self.world.sample(n_world, self.world.cfg.seq_len, generator=cpu_gen).to(device)
             nll = F.cross_entropy(model(x[:, :-1])["logits"].flatten(0, 1).float(), x[:, 1:].flatten())
-            loss, metrics["nll"], n_tokens = nll * n_world / self.batch_size, nll.detach(), x[:, 1:].numel()
+            loss, metrics["nll"], n_tokens = nll * n_world / B, nll.detach(), x[:, 1:].numel()
         if self.n_quest:
             assert self.corpus is not None, "setup() builds the transcript corpus"
             x = self.corpus.sample(self.n_quest, cpu_gen)
@@ -63,6 +81,6 @@ class Supervised(RegimeBase):
             x = x.to(device)
             nll = F.cross_entropy(model(x[:, :-1])["logits"].flatten(0, 1).float(), x[:, 1:].flatten(),
                                   ignore_index=self.corpus.tokens.pad)
-            loss = loss + nll * self.n_quest / self.batch_size
+            loss = loss + nll * self.n_quest / B
             metrics["quest_nll"] = nll.detach()
         yield Update(loss, metrics, n_tokens)
