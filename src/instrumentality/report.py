@@ -361,29 +361,66 @@ def figure_f2(df: pd.DataFrame, folder: Path) -> list[Path]:
                     pts.append((H, *v[:3]))
             if pts:
                 H, m, lo, hi = map(np.array, zip(*pts))
-                ax.errorbar(H + 0.12 * (i - (len(all_gammas) - 1) / 2), m, yerr=[m - lo, hi - m], fmt="o",
-                            color=color, capsize=3,
-                            label=f"learned, gamma={gamma:g}")
-        ax.set(xlabel="horizon H", ylabel="steering index at p=0.5 fork (nats)", title=f"F2: critic = {critic}")
+                dx = 0.15 * (i - (len(all_gammas) - 1) / 2)
+                ax.errorbar(H + dx, m, yerr=[m - lo, hi - m], fmt="o", color=color, capsize=3,
+                            label=f"learned, gamma={gamma:g} (mean, 95% CI)")
+                seeds = runs[(runs.probe == "forks/asym/p=0.5") & (runs.metric == "steering_index")]
+                ax.scatter(seeds["regime.horizon"] + dx + 0.25, seeds.value, s=8, color=color, alpha=0.5,
+                           label=f"one seed, gamma={gamma:g}")
+        betas = of_critic["regime.beta"].dropna().unique() if "regime.beta" in of_critic else []
+        beta = ", ".join(f"{b:g}" for b in sorted(betas))
+        ax.set(xlabel="horizon H", ylabel="steering index at p=0.5 fork (nats)",
+               title=f"F2: critic = {critic}" + (f", beta = {beta}" if beta else ""))
         ax.axhline(0, color="grey", lw=0.5)
-        ax.legend(fontsize=8)
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8,
+               frameon=False)
+    fig.tight_layout()
     return _save(fig, folder, "F2_steering_vs_horizon")
 
 
+def arm_label(run: pd.Series) -> str:
+    """A run's arm in a few words: its regime, and for the critic regime its critic, gamma, H and rollout."""
+    if run.regime != "critic":
+        return str(run.regime)
+    label = f"critic {run['regime.critic']}, gamma {float(run['regime.gamma']):g}, H {int(run['regime.horizon'])}"
+    return label + (", teacher-forced" if run.get("regime.rollout") == "teacher_forced" else "")
+
+
 def figure_f6(df: pd.DataFrame, folder: Path) -> list[Path]:
+    """Reliability per arm (one panel each): accuracy under p* against the model's confidence, mean over
+    seeds, with the share of probe positions in each confidence bin as grey bars."""
     rel = df[df.probe == "calibration/reliability"]
     if rel.empty:
         return []
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], ls=":", color="grey")
-    for regime, r in rel.groupby("regime"):
-        r = r.assign(bin=r.metric.str.slice(3, 5).astype(int), kind=r.metric.str.split("_").str[-1])
+    rel = rel.assign(arm=rel.apply(arm_label, axis=1), bin=rel.metric.str.slice(3, 5).astype(int),
+                     kind=rel.metric.str.split("_").str[-1])
+    arms = sorted(rel.arm.unique(), key=lambda a: (a.startswith("critic"), a))
+    cols = min(len(arms), 4)
+    rows = -(-len(arms) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False, sharex=True,
+                             sharey=True)
+    for ax in axes.flat[len(arms):]:
+        ax.set_visible(False)
+    for ax, arm in zip(axes.flat, arms):
+        r = rel[rel.arm == arm]
         t = r.pivot_table(index="bin", columns="kind", values="value", aggfunc="mean").dropna()
         t = t[t["count"] > 0]
-        ax.plot(t["conf"], t["acc"], "o-", color=REGIME_COLORS.get(regime), label=regime, ms=3)
-    ax.set(xlabel="confidence of the top token", ylabel="expected accuracy p*(top token)",
-           title="F6: reliability (mean over seeds)", xlim=(0, 1), ylim=(0, 1))
-    ax.legend(fontsize=8)
+        share = t["count"] / t["count"].sum()
+        ax.bar(t.index / 10 + 0.05, share, width=0.09, color="0.85", label="share of positions")
+        ax.plot([0, 1], [0, 1], ls=":", color="grey")
+        ax.plot(t["conf"], t["acc"], "o-", color=REGIME_COLORS.get(r.regime.iloc[0]), ms=3,
+                label="accuracy under p*")
+        ax.set_title(f"{arm} ({r.seed.nunique()} seeds)", fontsize=8)
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+    for ax in axes[-1]:
+        ax.set_xlabel("confidence of the top token")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("p*(top token); bars: share")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
+    fig.suptitle("F6: reliability per arm (mean over seeds)")
+    fig.tight_layout()
     return _save(fig, folder, "F6_reliability")
 
 
@@ -489,13 +526,46 @@ def optimum_bracket(df: pd.DataFrame, variant: str = "standard") -> tuple[float,
     return float(t.get("return", math.nan)), float(t.get("return_bound", math.nan))
 
 
+def quest_returns(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per quest agent, seed and probe variant: the mean episode return (final rows)."""
+    fin = final_rows(df)
+    parts = []
+    for name in QUEST_AGENTS:
+        r = quest_agent(fin, name)
+        r = r[r.probe.str.startswith("quest/") & (r.metric == "return")]
+        parts.append(pd.DataFrame({"agent": name, "seed": r.seed.values, "variant": r.probe.str.slice(6).values,
+                                   "value": r.value.values}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def agent_scores(df: pd.DataFrame) -> dict[str, np.ndarray]:
+    """F4's normalised scores per agent (agent_scores.py); {} without both anchors."""
+    from instrumentality.agent_scores import ANCHORS, normalised_scores
+
+    returns = quest_returns(df)
+    if not all((returns.agent == a).any() for a in ANCHORS):
+        return {}
+    return normalised_scores(returns)
+
+
+def figure_f4_aggregates(df: pd.DataFrame, folder: Path) -> list[Path]:
+    from instrumentality.agent_scores import figure
+
+    scores = agent_scores(df)
+    return figure(scores, folder) if scores else []
+
+
 def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
     table = quest_table(df)
     if table.empty:
         return []
     variants = [v for v in ("standard", "free_info", "unscored", "post_episode") if v in set(table.variant)]
     agents = [a for a in QUEST_AGENTS if a in set(table.agent)]
-    fig, axes = plt.subplots(1, len(variants) + 1, figsize=(4.2 * (len(variants) + 1), 4.2))
+    # a grid: one panel per probe variant, the learning curves, and the shared legend in the last cell
+    cols = 3
+    rows = -(-(len(variants) + 2) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
+    axes = list(grid.flat)
     width = 0.8 / len(agents)
     for ax, variant in zip(axes, variants):
         for i, agent in enumerate(agents):
@@ -513,9 +583,9 @@ def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
         ax.set_yscale("symlog", linthresh=10)
         ax.set_ylim(bottom=0)
         ax.set_title(f"quest/{variant}")
-    axes[0].set_ylabel("per episode (random agent = 100)")
-    axes[0].legend(fontsize=7)
-    ax = axes[-1]
+    for ax in grid[:, 0]:
+        ax.set_ylabel("per episode (random agent = 100)")
+    ax = axes[len(variants)]
     curves = df[(df.probe == "curve/quest") & (df.metric == "return")]
     for i, agent in enumerate(agents):
         c = quest_agent(curves, agent)
@@ -530,20 +600,28 @@ def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
         ax.axhspan(bracket[0], bracket[1], color="k", alpha=0.15, lw=0)
         ax.axhline(bracket[0], color="k", ls="--", lw=1, label="optimum on `standard` (planner .. bound)")
     ax.set(xlabel="env steps", ylabel="mean episode return (training rollouts)", title="learning curves")
-    ax.legend(fontsize=7, loc="center right")
+    handles = {label: h for a in axes for h, label in zip(*a.get_legend_handles_labels())}
+    legend_ax = axes[len(variants) + 1]
+    legend_ax.axis("off")
+    legend_ax.legend(handles.values(), handles.keys(), loc="center", fontsize=9, frameon=False)
+    for a in axes[len(variants) + 2:]:
+        a.set_visible(False)
     fig.suptitle("F4: ClueQuest probe rates (random agent = 100; bars: mean over seeds, 95% CI)")
     fig.tight_layout()
     return _save(fig, folder, "F4_quest_probes")
 
 
-FIGURES = {"F1": figure_f1, "F2": figure_f2, "F3": figure_f3, "F4": figure_f4, "F5": figure_f5, "F6": figure_f6}
+FIGURES = {"F1": figure_f1, "F2": figure_f2, "F3": figure_f3, "F4": figure_f4, "F4 aggregated": figure_f4_aggregates,
+           "F5": figure_f5, "F6": figure_f6}
+QUEST_FIGURES = ("F4", "F4 aggregated")  # drawn from the quest runs; the others from the world-text runs
 
 
 # ---------------------------------------------------------------------------- the report
 def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict | None = None) -> Path:
     df = load(results_csv)
     out_dir = Path(out_dir)
-    figs = {name: fn(df if name == "F4" else world_runs(df), out_dir / "figures") for name, fn in FIGURES.items()}
+    figs = {name: fn(df if name in QUEST_FIGURES else world_runs(df), out_dir / "figures")
+            for name, fn in FIGURES.items()}
     lines = ["# Report", "",
              f"Generated by `make figures` from `{Path(results_csv).name}` "
              f"({df.run_id.nunique()} runs, {len(df)} rows). Do not edit by hand.", ""]
@@ -607,6 +685,7 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
             for r in eq.itertuples():
                 lines.append(f"| {r.init} | {r.seed} | {r.env_steps:.0f} | {r.quest_ppo_return:.3f} | "
                              f"{r.sb3_return:.3f} |")
+        lines += aggregated_agents_section(df)
     status = df[df.probe == "run"]
     if not status.empty:
         counts = status.groupby(["regime", "metric"]).size().unstack(fill_value=0)
@@ -619,6 +698,34 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def aggregated_agents_section(df: pd.DataFrame) -> list[str]:
+    """The report's rliable tables: aggregates per agent and probabilities of improvement."""
+    from instrumentality.agent_scores import aggregate_table, improvement_table
+
+    scores = agent_scores(df)
+    if not scores:
+        return []
+    table = aggregate_table(scores)
+    lines = ["", "### ClueQuest agents aggregated over variants and seeds (rliable)", "",
+             "Each agent's return on each variant as a normalised score (random agent 0, planner 1), one per "
+             "seed; 95% stratified bootstrap intervals. At this many seeds a percentile bootstrap covers less "
+             "than 95%: these describe the spread, they decide no claim (agent_scores.py).", "",
+             "| agent | seeds | " + " | ".join(table.statistic.unique()) + " |",
+             "|---|---|" + "---|" * table.statistic.nunique()]
+    for agent, t in table.groupby("agent", sort=False):
+        lines.append(f"| {agent} | {t.seeds.iloc[0]} | " + " | ".join(
+            f"{r.value:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}]" for r in t.itertuples()) + " |")
+    pairs = [("quest-PPO (from simulator)", "simulator"), ("quest-PPO (from simulator)", "quest-PPO (from scratch)"),
+             ("quest-PPO (from simulator)", "SB3 PPO"), ("SB3 PPO", "quest-PPO (from scratch)"),
+             ("explorer", "simulator")]
+    improvement = improvement_table(scores, pairs)
+    if not improvement.empty:
+        lines += ["", "| X | Y | P(X > Y) [95% CI] |", "|---|---|---|"]
+        for r in improvement.itertuples():
+            lines.append(f"| {r.X} | {r.Y} | {r._3:.3g} [{r.ci_low:.3g}, {r.ci_high:.3g}] |")
+    return lines
 
 
 def _has_tabulate() -> bool:
