@@ -19,6 +19,10 @@ def test_offline_run_holds_config_probe_metrics_group_and_tags(tmp_path):
                            f"eval.probe_cache={tmp_path}/probes"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    run_log = (tmp_path / "run" / "train.log").read_text().splitlines()  # the run's lines, timed, in its folder
+    assert [line.split("] ", 1)[1].split(":")[0] for line in run_log[:2]] == ["step 5/10", "step 10/10"]
+    assert "[supervised-s0] finished after 10 steps" in run_log[-1] and "[INFO]" in run_log[-1]
+    assert "[supervised-s0] finished after 10 steps" in proc.stderr  # and on the console
     logs = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logs) == 1
     wandb_cli = Path(sys.executable).with_name("wandb")

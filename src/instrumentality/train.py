@@ -6,6 +6,7 @@ Builds world, model, regime, tracker and trainer from the config, trains, evalua
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import time
@@ -37,6 +38,8 @@ from instrumentality.trainer import (
     stop_requested,
 )
 from instrumentality.world import World
+
+log = logging.getLogger(__name__)
 
 HEADLINE = ("probe/calibration/kl", "probe/calibration/excess_nll", "probe/forks/asym/all/steering_index")
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -76,7 +79,7 @@ def previous_summary(out_dir: Path) -> dict | None:
     try:
         return read_json(path, "run summary")
     except DataFileError as e:
-        print(f"warning: {e}; it will be written anew", file=sys.stderr)
+        log.warning(f"{e}; it will be written anew")
         return None
 
 
@@ -177,7 +180,7 @@ def main(cfg: DictConfig) -> float | None:
         if isinstance(e, InstantiationException) and not isinstance(cause, ConfigError):
             raise cause from None  # an error while building the regime that is not a bad value
         kind = "configuration error" if isinstance(cause, ConfigError) else "error"
-        print(f"[{cfg.get('run_name', '?')}] {kind}: {cause}", file=sys.stderr, flush=True)
+        log.error(f"[{cfg.get('run_name', '?')}] {kind}: {cause}")
         if multirun:
             record_failure(cfg, out_dir, cause)
             raise JobFailed(f"{cfg.get('run_name', '?')}: {cause}") from None
@@ -185,16 +188,15 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as e:
         if not multirun:
             raise
-        print(f"[{cfg.run_name}] FAILED: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        log.error(f"[{cfg.run_name}] FAILED: {type(e).__name__}: {e}")
         record_failure(cfg, out_dir, e)
         raise JobFailed(f"{cfg.run_name}: {type(e).__name__}: {e}") from None
     if summary["status"]["status"] == "interrupted":
-        print(f"[{cfg.run_name}] interrupted after {summary['steps']} steps; checkpoint saved, run again to resume",
-              flush=True)
+        log.info(f"[{cfg.run_name}] interrupted after {summary['steps']} steps; checkpoint saved, run again to resume")
         sys.exit(128 + signal.SIGTERM)
     m = summary["metrics"]
-    print(f"[{cfg.run_name}] {summary['status']['status']} after {summary['steps']} steps, "
-          f"{summary.get('wall_s', 0.0):.1f}s; " + ", ".join(f"{k}={m[k]:.4g}" for k in HEADLINE if k in m), flush=True)
+    log.info(f"[{cfg.run_name}] {summary['status']['status']} after {summary['steps']} steps, "
+             f"{summary.get('wall_s', 0.0):.1f}s; " + ", ".join(f"{k}={m[k]:.4g}" for k in HEADLINE if k in m))
     return m.get("probe/calibration/excess_nll")
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import logging
 import math
 import os
 import random
 import re
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,6 +40,9 @@ from instrumentality.files import write_atomic
 from instrumentality.regimes.base import Regime, Update
 
 CHECKPOINT_NAME = "checkpoint.pt"
+
+log = logging.getLogger(__name__)
+LOGGED_LINE = ("train/loss", "train/grad_norm", "train/lr", "perf/tokens_per_s", "perf/env_steps_per_s")  # train.log
 
 
 class CheckpointError(RuntimeError):
@@ -162,8 +165,8 @@ def _on_signal(signum, frame):
     if STOP.is_set():  # a second signal: stop now
         raise KeyboardInterrupt
     STOP.set()
-    print(f"signal {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
-          "(run again to resume)", file=sys.stderr, flush=True)
+    log.warning(f"signal {signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                "(run again to resume)")
 
 
 def stop_on_signals():
@@ -340,6 +343,8 @@ class Trainer:
         if self.env_steps:
             row.update({"perf/env_steps_per_s": env_since / max(dt, 1e-9), "perf/env_steps_seen": self.env_steps})
         self._log(row)
+        log.info(f"step {self.step}/{self.cfg.max_steps}: " + ", ".join(
+            f"{k.split('/', 1)[-1]} {v:.4g}" for k, v in row.items() if k in LOGGED_LINE))
         if bar is not None:
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
         self._t_last = time.perf_counter()
@@ -366,9 +371,16 @@ class Trainer:
         bar = None
         if c.progress:
             from tqdm.auto import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             bar = tqdm(total=c.max_steps, initial=self.step, desc=self.regime.name,
                        dynamic_ncols=True, leave=False)
+            with logging_redirect_tqdm():  # the step lines print above the bar, not through it
+                return self._fit_loop(bar, stop_after)
+        return self._fit_loop(bar, stop_after)
+
+    def _fit_loop(self, bar, stop_after: int | None) -> dict:
+        c = self.cfg
         self._t_last, steps_done = time.perf_counter(), 0
         while self.step < c.max_steps and self.status["status"] == "running":
             # one call of the regime: its updates (an RL regime's epochs x minibatches on one rollout) all
