@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 PRESET ?= $(if $(HAS_CUDA),full,quick)
-LAUNCHER ?= basic
+LAUNCHER ?= basic          # basic | joblib | local | slurm (configs/hydra/launcher/); settings through ARGS
+ARGS ?=                    # extra overrides for every run, e.g. ARGS="hydra.launcher.partition=gpu"
 # units (experiment, seed) at once: without CUDA two, one thread each (the tiny quick models use two
 # threads poorly); with CUDA four processes share the GPU (one small model's process leaves it mostly
 # idle; not yet timed on a GPU: scripts/device_check.sh does); see README "Lanes"
@@ -34,7 +35,7 @@ test: install  ## run the test suite (W&B disabled)
 	WANDB_MODE=disabled $(PY) -m pytest
 
 sweep: install  ## run every experiment (quick preset without CUDA, full with), evaluate, draw figures
-	$(PY) scripts/sweep.py --preset $(PRESET) --launcher $(LAUNCHER) --lanes $(LANES)
+	$(PY) scripts/sweep.py --preset $(PRESET) --launcher $(LAUNCHER) --lanes $(LANES) $(ARGS)
 
 check-full: install  ## every job of the full preset, 2 steps each, 1 seed, on this machine (about 3 min on 2 CPU cores)
 	rm -rf /tmp/check-full

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SB3_UNIT = "F4_sb3"
 EXPERIMENTS = ["F1", "F2", "F4_simulator", "F3", "F4", SB3_UNIT]
 CPU_ONLY = {SB3_UNIT}
-LAUNCHERS = {"basic": "basic", "joblib": "joblib", "submitit_slurm": "submitit_slurm"}
 RUN_DONE = re.compile(r"\[(\S+)\] (?:finished after|collapsed after|interrupted after|FAILED|configuration error"
                       r"|error:)")
 
@@ -67,6 +67,55 @@ def unit_overrides(overrides: list[str], *exps: str) -> list[str]:
     """The sweep's extra overrides that apply to these experiments: plain ones, and EXP:key=value for them."""
     scope = lambda o: o.split(":", 1)[0] if ":" in o.split("=")[0] else None  # noqa: E731
     return [o.split(":", 1)[1] if scope(o) else o for o in overrides if scope(o) in (None, *exps)]
+
+
+@functools.cache
+def experiment_folder(preset: str, exp: str) -> str:
+    """The folder (under runs/<preset>/) of an experiment's runs: its exp_name."""
+    return str(compose(preset, f"experiment={exp}").exp_name)
+
+
+@functools.cache
+def launcher_kind(launcher: str) -> str:
+    """What a Hydra launcher config (hydra/launcher/<name>: configs/hydra/launcher/ or an installed plugin's)
+    is: "joblib", "submitit" (its jobs print to .submitit/ files, not to the unit), "slurm" (submitit
+    through sbatch) or "basic". An unknown name, or the slurm launcher without sbatch, stops the sweep
+    with one line."""
+    from hydra.errors import MissingConfigException
+
+    try:
+        target = compose("debug", f"hydra/launcher={launcher}", hydra=True).hydra.launcher._target_
+    except MissingConfigException as e:
+        options = re.search(r"Available options in 'hydra/launcher':\s*((?:\s+\S+)+?)\s*Config search path", str(e))
+        raise SystemExit(f"--launcher {launcher}: no such Hydra launcher"
+                         + (f" (installed: {', '.join(options.group(1).split())})" if options else "")) from None
+    if target.endswith("SlurmLauncher"):
+        if shutil.which("sbatch") is None:
+            raise SystemExit(f"--launcher {launcher} submits each run with sbatch, which this machine does not "
+                             "have: run the sweep on a SLURM login node (or use --launcher local for the same "
+                             "submission on this machine)")
+        return "slurm"
+    return "submitit" if "submitit" in target else "joblib" if "Joblib" in target else "basic"
+
+
+def ended_runs(folder: Path, seed: int, since: float) -> dict[str, str]:
+    """The runs of one seed in an experiment's folder that ended since `since` (their summary.json says
+    so): run name -> the line its job prints when it ends (for launchers whose jobs print elsewhere)."""
+    out = {}
+    for path in folder.glob(f"*-s{seed}/summary.json"):
+        try:
+            if path.stat().st_mtime < since:
+                continue
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being written: read it on the next look
+        status = summary.get("status", {})
+        if status.get("status") in ("finished", "collapsed", "failed"):
+            name = path.parent.name
+            out[name] = (f"[{name}] FAILED: {status.get('reason', '')}" if status["status"] == "failed" else
+                         f"[{name}] {status['status']} after {summary.get('steps', '?')} steps, "
+                         f"{summary.get('wall_s', 0.0):.1f}s")
+    return out
 
 
 def n_seeds(preset: str) -> int:
@@ -107,7 +156,8 @@ class Unit:
 
     def __init__(self, exp: str, seed: int, cmd: list[str], env: dict, progress):
         self.exp, self.seed, self.name = exp, seed, f"{exp} s{seed}"
-        self.t0 = time.perf_counter()
+        self.t0, self.started = time.perf_counter(), time.time()
+        self.reported: set[str] = set()  # runs whose end was printed from their summary.json (ended_runs)
         # a session of its own: a signal to the sweep reaches the unit only through stop(), which signals the
         # unit's whole process group (Hydra's job processes included) and waits for it
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -150,8 +200,8 @@ def unit_command(exp: str, seed: int, preset: str, launcher: str, jobs: int, run
     if exp == SB3_UNIT:
         return sb3_command(preset, seed, runs_root, overrides)
     cmd = [sys.executable, "-m", "instrumentality.train", "--multirun", f"experiment={exp}", f"preset={preset}",
-           f"seed={seed}", f"hydra/launcher={LAUNCHERS[launcher]}", f"runs_root={runs_root}"]
-    cmd += [f"hydra.launcher.n_jobs={jobs}"] if launcher == "joblib" else []
+           f"seed={seed}", f"hydra/launcher={launcher}", f"runs_root={runs_root}"]
+    cmd += [f"hydra.launcher.n_jobs={jobs}"] if launcher_kind(launcher) == "joblib" else []
     return cmd + unit_overrides(overrides, exp)
 
 
@@ -237,13 +287,13 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
     running: list[Unit] = []
     t0, runs_done = time.perf_counter(), [0]
     lock = threading.Lock()
-    per_process = jobs if launcher == "joblib" else 1
+    per_process = jobs if launcher_kind(launcher) == "joblib" else 1
     threads = str(threads_per_process(lanes, cpu_lanes, per_process))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # a worker process's lines arrive as they are written
     env.setdefault("OMP_NUM_THREADS", threads)
     print(f"=== {len(pending)} units ({', '.join(experiments)} x {seeds} seeds), {lanes} at a time"
           + (f" (and {cpu_lanes} CPU-only units beside them)" if cpu_lanes else "") + "; "
-          f"launcher {launcher}" + (f" with {jobs} jobs at a time" if launcher == "joblib" else "")
+          f"launcher {launcher}" + (f" with {jobs} jobs at a time" if per_process > 1 else "")
           + f"; {env['OMP_NUM_THREADS']} thread(s) per process", flush=True)
 
     def minutes_left() -> str:
@@ -266,8 +316,18 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
     received: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}
+    watch = launcher_kind(launcher) in ("submitit", "slurm")  # its jobs print to files: read their summaries
+    last_look = 0.0
     try:
         while (pending or running) and not received:
+            if watch and time.perf_counter() - last_look > 2.0:
+                last_look = time.perf_counter()
+                for u in [u for u in running if u.exp != SB3_UNIT]:
+                    folder = runs_root / preset / experiment_folder(preset, u.exp)
+                    for name, line in ended_runs(folder, u.seed, u.started).items():
+                        if name not in u.reported:
+                            u.reported.add(name)
+                            progress(u, line, run_done=True)
             for u in [u for u in running if u.finished()]:
                 u.thread.join()
                 with lock:
@@ -327,7 +387,9 @@ def print_failures(failed_jobs: list[Path], failed_units: list[tuple[str, int]])
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--preset", default="quick")
-    ap.add_argument("--launcher", default="basic", choices=sorted(LAUNCHERS), help="each unit's Hydra launcher")
+    ap.add_argument("--launcher", default="basic",
+                    help="each unit's Hydra launcher: basic, joblib, local or slurm (configs/hydra/launcher/), or "
+                         "any installed one; its settings as overrides, e.g. hydra.launcher.partition=gpu")
     ap.add_argument("--jobs", type=int, default=2, help="joblib launcher: runs of a unit at once")
     ap.add_argument("--lanes", type=int, default=1,
                     help="units (experiment, seed) at once; the cores are split between them (threads)")
@@ -341,6 +403,7 @@ def main() -> int:
     ap.add_argument("overrides", nargs="*",
                     help="extra Hydra overrides for every job; EXP:key=value applies to experiment EXP only")
     args = ap.parse_args()
+    launcher_kind(args.launcher)  # an unknown launcher, or slurm off a cluster: one line, before any run
     os.environ.setdefault("WANDB_SILENT", "true")
     out = (ROOT / args.results / args.preset).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -373,9 +436,10 @@ def main() -> int:
                   "hardware": f"{hw['device'] if hw['device'] != 'cpu' else hw['cpu']}, {hw['cores']} cores, "
                               f"torch {hw['torch']}, numpy {hw['numpy']}", **hw,
                   "threads_per_process": threads_per_process(args.lanes, args.cpu_lanes,
-                                                             args.jobs if args.launcher == "joblib" else 1),
+                                                             args.jobs if launcher_kind(args.launcher) == "joblib"
+                                                             else 1),
                   "seeds": seeds, "launcher": args.launcher, "lanes": args.lanes, "cpu_lanes": args.cpu_lanes,
-                  "jobs_per_unit_at_once": args.jobs if args.launcher == "joblib" else 1,
+                  "jobs_per_unit_at_once": args.jobs if launcher_kind(args.launcher) == "joblib" else 1,
                   "unit_s": {k: round(v, 1) for k, v in walls.items()},  # summed over seeds; units overlap
                   "total_wall_s": round(time.perf_counter() - t_all, 1)}
     write_json(out / "provenance.json", provenance)

@@ -153,3 +153,32 @@ def test_time_left_scales_the_last_sweeps_seconds_by_this_sweeps_speed(tmp_path)
     (tmp_path / "provenance.json").write_text('{"seeds": 3, "unit_s": {"F1": 300.0, "evaluate": 40.0}}')
     assert sweep.last_sweep_seconds(tmp_path / "provenance.json") == {"F1": 100.0, "evaluate": 40.0}
     assert sweep.last_sweep_seconds(tmp_path / "missing.json") == {}
+
+
+def test_a_sweep_through_submitit_prints_each_run_as_it_ends(tmp_path):
+    """The `local` launcher (submitit on this machine, as `slurm` submits on a cluster): its jobs print to
+    .submitit/ files, so the sweep reads each run's end from its summary.json."""
+    cmd = [sys.executable, "scripts/sweep.py", "--preset", "debug", "--launcher", "local", "--seeds", "1",
+           "--experiments", "F1", "--runs-root", str(tmp_path / "runs"), "--results", str(tmp_path / "results"),
+           "F1:regime=supervised,reinforce", "trainer.max_steps=2", "logger=none"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for run in ("supervised-s0", "reinforce-s0"):
+        assert re.search(rf"\[F1 s0 \|[^]]*\] \[{run}\] finished after 2 steps", out), out[-3000:]
+        assert (tmp_path / "runs" / "debug" / "F1" / run / "checkpoint.pt").exists()
+    assert list((tmp_path / "runs" / "debug" / "F1" / ".submitit").rglob("*_log.out"))  # submitit ran the jobs
+
+
+def test_the_slurm_launcher_composes_and_stops_with_one_line_off_a_cluster(tmp_path):
+    sweep = load_script("sweep")
+    cfg = sweep.compose("full", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", hydra=True)
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher") and cfg.hydra.launcher.partition == "gpu"
+    env = {"PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "HOME": str(tmp_path)}  # no sbatch here
+    proc = subprocess.run([sys.executable, "scripts/sweep.py", "--launcher", "slurm", "--runs-root", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "sbatch" in proc.stderr and "--launcher local" in proc.stderr
+    proc = subprocess.run([sys.executable, "scripts/sweep.py", "--launcher", "nope"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1 and "no such Hydra launcher" in proc.stderr and "slurm" in proc.stderr
