@@ -64,6 +64,19 @@ def test_resuming_with_another_config_is_refused_naming_the_keys(tmp_path):
     debug_run(folder, "trainer.max_steps=4", "trainer.log_every=1", "trainer.ckpt_every=2")
 
 
+def test_a_regime_setting_added_since_a_run_was_trained_is_no_difference_at_its_default():
+    """A run folder written before a setting existed was trained as the setting's default trains: resuming
+    it at that default is allowed, at another value refused."""
+    from instrumentality.runs import config_differences
+
+    old = {"seed": 0, "regime": {"_target_": "instrumentality.regimes.Supervised", "name": "supervised",
+                                 "batch_size": 64, "quest": None}}
+    new = {"seed": 0, "regime": {**old["regime"], "future_weight": 1.0}}
+    assert config_differences(old, new) == []
+    assert config_differences(old, {**new, "regime": {**new["regime"], "future_weight": 2.0}}) == [
+        "regime.future_weight 1.0 -> 2.0"]
+
+
 def test_a_larger_max_steps_trains_a_finished_run_on(tmp_path):
     folder = tmp_path / "runs" / "r"
     first = debug_run(folder, "trainer.max_steps=4")

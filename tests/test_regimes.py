@@ -289,3 +289,38 @@ def test_the_whole_config_of_an_older_critic_checkpoint_builds():
     assert isinstance(regime, CriticRegime)
     assert regime.settings == CriticSettings(ref="truth", init="scratch")  # fork_positions [8, 24, 40]
     assert regime.rollouts.fork_positions == [8, 24, 40]
+
+
+def test_future_heads_loss_is_zero_for_a_planted_future_copier_and_not_for_a_shifted_one():
+    """Head j at position t must be scored on x_{t+2+j}: logits that put all mass there score ~0, the same
+    logits one position off (x_{t+1+j}) score ~the logit gap."""
+    from instrumentality.regimes.supervised import future_heads_loss
+
+    torch.manual_seed(0)
+    B, T, V, n, gap = 3, 10, 7, 3, 30.0
+    x = torch.randint(V, (B, T + 1))  # the inputs x[:, :T] and the next token
+    right = torch.zeros(n, B, T, V)
+    shifted = torch.zeros(n, B, T, V)
+    for j in range(n):
+        for t in range(T - 1 - j):
+            right[j, :, t].scatter_(1, x[:, t + 2 + j, None], gap)
+            shifted[j, :, t].scatter_(1, x[:, t + 1 + j, None], gap)
+    assert future_heads_loss(right, x).item() < 1e-10
+    # wherever x_{t+1+j} != x_{t+2+j} the shifted copier pays about the gap
+    assert future_heads_loss(shifted, x).item() > 0.5 * gap * (1 - 1 / V)
+
+
+def test_a_model_with_future_heads_adds_their_weighted_loss(tiny):
+    from instrumentality.regimes import Supervised
+
+    world = tiny[0]
+    model = GPT(GPTConfig(vocab_size=world.vocab_size, block_size=world.cfg.seq_len, n_layer=1, n_head=2,
+                          n_embd=16, n_future_heads=2))
+    losses = {}
+    for w in (0.0, 2.0):
+        update = next(Supervised(world, SupervisedSettings(batch_size=4, future_weight=w)).updates(
+            model, 0, torch.Generator().manual_seed(0)))
+        losses[w] = (update.loss.item(), update.metrics["nll"].item(), update.metrics["future_nll"].item())
+    assert losses[0.0][0] == pytest.approx(losses[0.0][1])  # weight 0: the next-token loss alone
+    assert losses[2.0][0] == pytest.approx(losses[2.0][1] + 2.0 * losses[2.0][2])
+    assert losses[2.0][2] > 0

@@ -23,10 +23,30 @@ BUDGET_KEYS = {"trainer.max_steps", "trainer.log_every", "trainer.eval_every", "
                "regime.corpus_cache"}
 
 
+def regime_at_defaults(regime: dict) -> dict:
+    """A resolved regime config with every setting of its regime's settings dataclass that it lacks (one
+    added since the run was trained) at its default: the run was trained as that default trains."""
+    from hydra.utils import get_object
+
+    from instrumentality.build import RENAMED_TARGETS
+    from instrumentality.regimes.base import defaults
+
+    try:
+        cls = get_object(RENAMED_TARGETS.get(regime["_target_"], regime["_target_"]))
+    except Exception:  # an unknown class: compared as it is
+        return regime
+    settings = getattr(cls, "Settings", None)
+    return {**defaults(settings), **regime} if settings is not None else regime
+
+
 def identity(config: dict) -> dict:
     """The flat identity of a resolved run config: IDENTITY_KEYS less BUDGET_KEYS, with paths under the
-    config's runs_root written relative to it (a moved runs folder is the same run)."""
+    config's runs_root written relative to it (a moved runs folder is the same run), and regime settings
+    it lacks at their defaults."""
     root = str(config.get("runs_root", "")).rstrip("/")
+    config = dict(config)
+    if isinstance(config.get("regime"), dict) and "_target_" in config["regime"]:
+        config["regime"] = regime_at_defaults(config["regime"])
     flat = flatten({k: config.get(k) for k in IDENTITY_KEYS})
     out = {}
     for key, value in flat.items():

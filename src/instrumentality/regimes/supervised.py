@@ -30,6 +30,8 @@ class SupervisedSettings:
     quest_corpus: int = field(default=4096, metadata=POSITIVE)  # explorer episodes in the transcript corpus
     corpus_seed: int = 0  # one transcript corpus for every seed (seeds differ in init and batches)
     corpus_cache: str | None = None  # folder the transcript corpus is cached in (None: not cached)
+    # weight of the future heads' loss (a model with model.n_future_heads > 0; multi-token prediction)
+    future_weight: float = field(default=1.0, metadata=in_range(0, 100))
 
     def __post_init__(self):
         check_settings(self)
@@ -37,10 +39,22 @@ class SupervisedSettings:
             raise ConfigError("regime.quest_fraction > 0 needs a quest env: add `/quest: small` to the experiment")
 
 
+def future_heads_loss(future_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Multi-token prediction (Gloeckle et al. 2024): future head j (j = 0 .. n-1) at position t predicts
+    x_{t+2+j}, so its loss is - mean_t log q_j(x_{t+2+j} | x_<=t), averaged over the heads.
+    future_logits [n, B, T, V] from the inputs x[:, :T]; x [B, T + 1] (the inputs and the next token)."""
+    n, T = future_logits.shape[0], future_logits.shape[2]
+    losses = [F.cross_entropy(future_logits[j, :, :T - 1 - j].flatten(0, 1).float(), x[:, 2 + j:].flatten())
+              for j in range(n)]
+    return torch.stack(losses).mean()
+
+
 class Supervised(RegimeBase):
     """Teacher-forced cross-entropy on world text:
 
         L = - mean_t log pi(x_t | x_<t)
+    A model with future heads (model.n_future_heads = n) adds future_weight times their loss
+    (future_heads_loss: head j predicts x_{t+2+j}); the next-token head's loss is logged as nll either way.
     With quest_fraction > 0, that share of each batch is quest transcripts (the explorer's episodes,
     envs/tokens.py) instead of world text, and L is the row-weighted mean of the two (pads excluded):
     the model becomes a simulator of the explorer.
@@ -72,8 +86,12 @@ class Supervised(RegimeBase):
         loss, metrics, n_tokens = torch.zeros((), device=device), {}, 0
         if n_world:
             x = self.world.sample(n_world, self.world.cfg.seq_len, generator=cpu_gen).to(device)
-            nll = F.cross_entropy(model(x[:, :-1])["logits"].flatten(0, 1).float(), x[:, 1:].flatten())
+            out = model(x[:, :-1])
+            nll = F.cross_entropy(out["logits"].flatten(0, 1).float(), x[:, 1:].flatten())
             loss, metrics["nll"], n_tokens = nll * n_world / B, nll.detach(), x[:, 1:].numel()
+            if "future_logits" in out:
+                future = future_heads_loss(out["future_logits"], x)
+                loss, metrics["future_nll"] = loss + self.settings.future_weight * future * n_world / B, future.detach()
         if self.n_quest:
             assert self.corpus is not None, "setup() builds the transcript corpus"
             x = self.corpus.sample(self.n_quest, cpu_gen)
