@@ -361,13 +361,18 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
 
 
 def log_report_to_wandb(out: Path, provenance: dict):
-    """One W&B run per sweep (group report-<preset>): the figures as images, the claims as a table."""
+    """One W&B run per sweep, in the preset's project (group and job type `report`): the figures as images,
+    the claims as a table, and results.csv, REPORT.md and the figures as one artifact."""
     from instrumentality.report import claims, load
     from instrumentality.tracking import Tracker
 
-    tracker = Tracker(mode="auto", group=f"report-{provenance['preset']}", name=f"report-{provenance['preset']}",
-                      tags=[f"rev:{provenance['git_revision']}", f"preset:{provenance['preset']}", "report"],
+    preset = provenance["preset"]
+    tracker = Tracker(mode="auto", project=f"instrumentality-{preset}", group="report", job_type="report",
+                      name=f"report-{preset}", tags=[f"rev:{provenance['git_revision']}", f"preset:{preset}", "report"],
                       config=provenance, dir=ROOT / "runs" / "wandb-report")
+    tracker.log_artifact(f"results-{preset}", "results", [out / "results.csv", out / "REPORT.md",
+                                                           out / "provenance.json", out / "figures"],
+                         f"the {preset} sweep's results table, report and figures")
     for png in sorted((out / "figures").glob("*.png")):
         tracker.log_image(f"figures/{png.stem}", png, step=0)
     tracker.log_table("report/claims", [{"claim": c.claim, "metric": c.metric, "prediction": c.prediction,

@@ -38,8 +38,23 @@ def test_offline_run_holds_config_probe_metrics_group_and_tags(tmp_path):
     assert "preset:debug" in summary["tags"] and any(t.startswith("rev:") for t in summary["tags"])
     records = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(logs[0])],
                              capture_output=True, text=True, check=True, timeout=120).stdout.splitlines()
-    run_record = next(json.loads(r) for r in records if '"type":"run"' in r)
-    assert run_record["run"]["run_group"] == "contract"
+    run_record = next(json.loads(r) for r in records if '"type":"run"' in r)["run"]
+    # found by preset (project), experiment arm (group: the run name without its seed) and regime (job type)
+    assert run_record["project"] == "instrumentality-debug" and run_record["run_group"] == "contract/supervised"
+    assert run_record["job_type"] == "supervised" and "cognition:standard" in run_record["tags"]
+    # training curves against tokens seen
+    defined = [json.loads(r)["metric"] for r in records if '"type":"metric"' in r]
+    assert {(m.get("glob_name"), m.get("step_metric")) for m in defined} >= {("train/*", "perf/tokens_seen"),
+                                                                              ("perf/*", "perf/tokens_seen")}
+    # the probes' interval bounds beside their values
+    low, value, high = (metrics[f"probe{ci}/calibration/kl{side}"] for ci, side in
+                        (("_ci", "/low"), ("", ""), ("_ci", "/high")))
+    assert low < value < high
+    # the checkpoint and the run's rows as an artifact
+    artifacts = [json.loads(r)["artifact"] for r in records if '"type":"artifact"' in r]
+    run_artifact = next(a for a in artifacts if a["type"] == "run")
+    assert run_artifact["name"] == "contract-supervised-s0"
+    assert sorted(c["path"] for c in run_artifact["manifest"]["contents"]) == ["checkpoint.pt", "rows.csv"]
     assert any('"type":"run_table"' in r or "probe/table" in r for r in records)  # the probe table
 
 

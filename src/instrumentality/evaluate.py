@@ -17,7 +17,7 @@ import pandas as pd
 
 from instrumentality.build import build_regime, build_world, plain
 from instrumentality.errors import DataFileError
-from instrumentality.evaluators import FAMILIES, evaluate_model, scalar_metrics
+from instrumentality.evaluators import FAMILIES, evaluate_model, interval_bounds, scalar_metrics
 from instrumentality.files import read_json
 from instrumentality.probes import ProbeConfig, ProbeSet, probe_set_for
 from instrumentality.quest_eval import agent_run_rows, quest_model_rows
@@ -64,6 +64,7 @@ class TrainingEvaluator:
             rows = []
         if self.tracker is not None:
             self.tracker.log_table("probe/table", rows, step=step)
+            self.tracker.log(interval_bounds(rows), step=step)
         return scalar_metrics(rows)
 
 

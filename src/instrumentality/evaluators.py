@@ -312,7 +312,22 @@ def evaluate_model(model, world: World, probes: ProbeSet, families=FAMILIES, see
     return rows
 
 
+def _scalar_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if not r["probe"].endswith("reliability") and not r["probe"].startswith("theory_curve/")]
+
+
 def scalar_metrics(rows: list[dict]) -> dict:
     """Rows as flat W&B scalars: probe/<probe>/<metric>."""
-    return {f"probe/{r['probe']}/{r['metric']}": float(r["value"]) for r in rows
-            if not r["probe"].endswith("reliability") and not r["probe"].startswith("theory_curve/")}
+    return {f"probe/{r['probe']}/{r['metric']}": float(r["value"]) for r in _scalar_rows(rows)}
+
+
+def interval_bounds(rows: list[dict]) -> dict:
+    """The rows' 95% interval bounds as W&B scalars, in a section of their own beside probe/:
+    probe_ci/<probe>/<metric>/low and /high (rows without an interval have none)."""
+    out = {}
+    for r in _scalar_rows(rows):
+        for side, key in (("low", "ci_low"), ("high", "ci_high")):
+            value = r.get(key)
+            if value is not None and math.isfinite(float(value)):
+                out[f"probe_ci/{r['probe']}/{r['metric']}/{side}"] = float(value)
+    return out

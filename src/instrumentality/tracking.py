@@ -4,13 +4,15 @@ mode: "auto" = online when an API key is configured, offline otherwise (sync lat
 "online", "offline", or "disabled" (unit tests, debug preset). Online falls back to offline, with one
 warning line, when the server does not accept a connection within a few seconds. A run folder keeps its
 W&B run id, so a resumed run continues its W&B run. Metrics are namespaced by the caller: train/, probe/,
-env/, perf/.
+probe_ci/ (the probes' 95% interval bounds), env/, perf/. A training run is found by project (one per
+preset), group (its experiment arm: the run name without the seed), job type (its regime) and tags.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import socket
 import subprocess
 import sys
@@ -78,7 +80,10 @@ class Tracker:
 
     def __init__(self, mode: str = "auto", project: str = "instrumentality", group: str | None = None,
                  name: str | None = None, tags: list[str] | None = None, config: dict | None = None,
-                 dir: str | os.PathLike = ".", run_id: str | None = None):
+                 dir: str | os.PathLike = ".", run_id: str | None = None, job_type: str | None = None,
+                 x_axis: str | None = None):
+        """x_axis: the metric (e.g. perf/tokens_seen) that train/ and perf/ charts are drawn against; probe/
+        charts keep the trainer step they were evaluated at."""
         self.mode = resolve_mode(mode)
         self.run = None
         if self.mode == "disabled":
@@ -92,8 +97,12 @@ class Tracker:
         Path(dir).mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(project=project, group=group, name=name, tags=[t for t in (tags or []) if t],
                               config=config, dir=str(dir), mode=self.mode,  # type: ignore[arg-type]
-                              id=run_id, resume="allow", reinit="finish_previous",
+                              id=run_id, resume="allow", reinit="finish_previous", job_type=job_type,
                               settings=wandb.Settings(silent=True))
+        if x_axis is not None:
+            self.run.define_metric(x_axis)
+            for section in ("train/*", "perf/*"):
+                self.run.define_metric(section, step_metric=x_axis)
 
     @property
     def enabled(self) -> bool:
@@ -116,6 +125,20 @@ class Tracker:
             import wandb
 
             self.run.log({key: wandb.Image(str(path))}, step=step)
+
+    def log_artifact(self, name: str, kind: str, paths: list, description: str = ""):
+        """Files (and folders) as one W&B artifact of type `kind`; missing paths are left out."""
+        if self.run is None:
+            return
+        import wandb
+
+        artifact = wandb.Artifact(re.sub(r"[^\w.-]+", "-", name), type=kind, description=description)
+        for path in map(Path, paths):
+            if path.is_dir():
+                artifact.add_dir(str(path), name=path.name)
+            elif path.exists():
+                artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
 
     def summary(self, values: dict):
         if self.run is not None:

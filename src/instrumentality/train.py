@@ -7,6 +7,7 @@ Builds world, model, regime, tracker and trainer from the config, trains, evalua
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 import time
@@ -25,7 +26,7 @@ from instrumentality.build import make, plain
 from instrumentality.errors import ConfigError, DataFileError
 from instrumentality.files import Locked, file_lock, read_json, remove_stale_temporaries, write_atomic, write_json
 from instrumentality.probes import ProbeConfig
-from instrumentality.results import write_run_rows
+from instrumentality.results import ROWS, write_run_rows
 from instrumentality.runs import FolderConflict, check_run_names, check_same_run
 from instrumentality.tracking import Tracker, git_revision
 from instrumentality.trainer import (
@@ -113,27 +114,45 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
         summary = previous_summary(out_dir)
         if done and summary is not None and summary.get("steps") == ck["step"]:
             return summary  # a sweep run again: nothing to train, nothing to log
-    tracker = Tracker(mode=cfg.logger.mode, project=cfg.logger.project, group=cfg.exp_name,
-                      name=f"{cfg.exp_name}/{cfg.run_name}", config=config, dir=out_dir,
-                      run_id=wandb_run_id(out_dir),
-                      tags=[f"rev:{git_revision()}", f"preset:{cfg.get('preset_name', '')}", cfg.regime.name])
+    tracker = Tracker(mode=cfg.logger.mode, name=f"{cfg.exp_name}/{cfg.run_name}", config=config, dir=out_dir,
+                      run_id=wandb_run_id(out_dir), **wandb_labels(cfg))
     evaluate = TrainingEvaluator(world, regime, cfg, tracker)
     trainer = Trainer(model, regime, trainer_cfg, out_dir, tracker=tracker, run_config=config, evaluate=evaluate)
     t0 = time.perf_counter()
     try:
         status = trainer.fit()
+        if status["status"] != "interrupted" and trainer.status["status"] == "finished" \
+                and evaluate.final_rows is not None:  # the results table's rows
+            write_run_rows(out_dir, trained_run_rows(out_dir, evaluate.final_rows, config, trainer.history,
+                                                     trainer.status))
+            tracker.log_artifact(f"{cfg.exp_name}-{cfg.run_name}", "run", [checkpoint, out_dir / ROWS],
+                                 "the run's checkpoint and its rows of the results table")
     finally:
         tracker.finish()
     if status["status"] == "interrupted":
         return {"status": status, "steps": trainer.step, "metrics": {}}
-    if trainer.status["status"] == "finished" and evaluate.final_rows is not None:  # the results table's rows
-        write_run_rows(out_dir, trained_run_rows(out_dir, evaluate.final_rows, config, trainer.history,
-                                                 trainer.status))
     last_eval = next((r for r in reversed(trainer.history) if any(k.startswith("probe/") for k in r)), {})
     summary = {"status": status, "wall_s": time.perf_counter() - t0, "steps": trainer.step,
                "metrics": last_eval, "world_fingerprint": world.fingerprint(), "config": config}
     write_json(out_dir / "summary.json", summary, default=float)
     return summary
+
+
+def wandb_labels(cfg: DictConfig) -> dict:
+    """Where a run is found in W&B: a project per preset, a group per experiment arm (the run name without
+    its seed, e.g. F2/critic-truth-g1.0-H8), the regime as job type, tags for what tells arms apart
+    (critic, gamma, H, rollout, init, cognition), and the x-axis of its training curves (env steps for the
+    quest regime, tokens otherwise)."""
+    preset = str(cfg.get("preset_name") or "")
+    regime, model = cfg.regime, cfg.model
+    tags = [f"rev:{git_revision()}", f"preset:{preset}", regime.name]
+    tags += [f"{key}:{regime[key]}" for key in ("critic", "gamma", "horizon", "rollout", "init") if key in regime]
+    cognition = ("myopic" if model.get("myopic") else
+                 f"future-heads-{model.n_future_heads}" if model.get("n_future_heads") else "standard")
+    return {"project": f"{cfg.logger.project}-{preset}" if preset else cfg.logger.project,
+            "group": f"{cfg.exp_name}/{re.sub(r'-s[0-9]+$', '', str(cfg.run_name))}",
+            "job_type": regime.name, "tags": [*tags, f"cognition:{cognition}"],
+            "x_axis": "perf/env_steps_seen" if regime.name == "quest" else "perf/tokens_seen"}
 
 
 def wandb_run_id(out_dir: Path) -> str:
