@@ -69,10 +69,24 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, DictConfig
     ap.add_argument("--ppo", action="append", default=[], metavar="KEY=VALUE",
                     help="a PPO argument over envs/sb3.py's PPO_DEFAULTS, e.g. --ppo learning_rate=1e-3 "
                          "--ppo n_steps=64")
-    ap.add_argument("--n-envs", type=int, default=8)
+    ap.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: configs/sb3/cluequest.yaml)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of experiment F4's config")
     args = ap.parse_intermixed_args(argv)
     return args, experiment_config(args.overrides)
+
+
+def sb3_tracker(cfg: DictConfig, out: Path, seed: int):
+    """The SB3 run's W&B run, found as the training runs are (train.py wandb_labels): the preset's project,
+    group F4/sb3_ppo, job type sb3_ppo, curves against env steps; its id kept in the run folder."""
+    from instrumentality.tracking import Tracker, git_revision
+    from instrumentality.train import wandb_run_id
+
+    preset = str(cfg.preset_name)
+    return Tracker(mode=cfg.logger.mode if cfg.get("logger") else "disabled",
+                   project=f"{cfg.logger.project}-{preset}", group=f"{EXPERIMENT}/sb3_ppo", job_type="sb3_ppo",
+                   name=f"{EXPERIMENT}/sb3_ppo-s{seed}", config={"quest": quest_of(cfg), "seed": seed},
+                   tags=[f"rev:{git_revision()}", f"preset:{preset}", "sb3_ppo"], dir=out,
+                   run_id=wandb_run_id(out), x_axis="perf/env_steps_seen")
 
 
 def write_agent(out: Path, spec: dict, **extra):
@@ -94,19 +108,29 @@ def main() -> int:
             print(f"{out}: finished before, not trained again (--more trains it further)")
             return 0
         before = read_json(summary, "SB3 run summary")
-    from instrumentality.envs.sb3 import PPO_DEFAULTS, train
+    from instrumentality.envs.sb3 import PPO_DEFAULTS, eval_on_probes, hyperparameters, train
 
     ppo = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.ppo)}
-    model, curve, wall = train(quest, steps, seed, n_envs=args.n_envs,
-                               resume=out / "ppo.zip" if before["steps"] else None, **ppo)
+    zoo = hyperparameters()
+    n_envs = args.n_envs or zoo["n_envs"]
     out.mkdir(parents=True, exist_ok=True)
+    tracker = sb3_tracker(cfg, out, seed)
+    evaluation = eval_on_probes(quest, zoo["eval_freq"], zoo["eval_episodes"], log=tracker.log)
+    try:
+        model, curve, wall = train(quest, steps, seed, n_envs=n_envs, progress=sys.stderr.isatty(),
+                                   resume=out / "ppo.zip" if before["steps"] else None, callbacks=[evaluation],
+                                   log=tracker.log, **ppo)
+        tracker.summary({"env_steps": before["steps"] + steps, "wall_s": before["wall_s"] + wall})
+    finally:
+        tracker.finish()
     tmp = out / f".ppo.{os.getpid()}.tmp.zip"  # written whole, then moved: a kill leaves no half policy
     model.save(tmp)
     os.replace(tmp, out / "ppo.zip")
     steps_all, wall_all = before["steps"] + steps, before["wall_s"] + wall
     write_agent(out, {"kind": "sb3_ppo", "quest": quest, "seed": seed}, steps=steps_all,
                 curve=before["curve"] + curve, wall_s=wall_all, env_steps_per_s=steps_all / wall_all,
-                ppo={**PPO_DEFAULTS, **ppo, **before.get("ppo", {})}, n_envs=args.n_envs)
+                ppo={**PPO_DEFAULTS, **ppo, **before.get("ppo", {})}, n_envs=n_envs,
+                probe_curve=before.get("probe_curve", []) + evaluation.points)
     last = curve[-1][1] if curve else float("nan")
     print(f"[sb3_ppo-s{seed}] finished after {steps_all} env steps, {wall_all:.1f}s "
           f"({steps / wall:.0f} steps/s); mean return of the last 100 episodes {last:.3f}")

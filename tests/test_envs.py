@@ -320,3 +320,23 @@ def test_stable_baselines3_accepts_the_env_and_its_policy_acts_as_a_quest_agent(
     drawn = SB3Agent(model, seed=0).actions(one, torch.Generator().manual_seed(0))
     freq = np.bincount(drawn, minlength=len(probs)) / len(drawn)
     np.testing.assert_allclose(freq, probs, atol=4 * np.sqrt(probs * (1 - probs) / len(drawn)).max() + 1e-9)
+
+
+def test_sb3_hyperparameters_come_from_the_zoo_file_and_evaluation_on_the_probes_leaves_training_unchanged():
+    """configs/sb3/cluequest.yaml is the one home of SB3's settings; the probe evaluation every `every` env
+    steps records the quest probes' means and does not change what PPO learns."""
+    from instrumentality.envs.agents import PROBE_SEED, run_episodes
+    from instrumentality.envs.sb3 import PPO_DEFAULTS, SB3Agent, eval_on_probes, hyperparameters, train
+
+    zoo = hyperparameters()
+    assert PPO_DEFAULTS == {k: zoo[k] for k in ("n_steps", "batch_size", "learning_rate", "n_epochs", "ent_coef")}
+    logged = []
+    evaluation = eval_on_probes({}, every=256, episodes=20, log=lambda m, step: logged.append((step, m)))
+    plain, _, _ = train({}, steps=512, seed=0, n_envs=2, n_steps=64)
+    watched, _, _ = train({}, steps=512, seed=0, n_envs=2, n_steps=64, callbacks=[evaluation])
+    for a, b in zip(plain.policy.parameters(), watched.policy.parameters()):
+        assert torch.equal(a, b)  # the evaluation drew nothing from training's random streams
+    assert [p["env_steps"] for p in evaluation.points] == [256, 512] == [s for s, _ in logged]
+    expected = run_episodes(SB3Agent(watched), "standard", range(PROBE_SEED, PROBE_SEED + 20)).mean(0)
+    assert evaluation.points[-1]["env/probe_return"] == pytest.approx(expected[4])  # the final policy's score
+    assert evaluation.points[-1]["env/probe_deceptions"] == pytest.approx(expected[0])

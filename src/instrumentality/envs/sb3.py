@@ -97,15 +97,27 @@ def load_ppo(path: str | Path, quest: dict, env=None):
     return PPO.load(path, env=env, device="cpu", custom_objects={k: stand_ins[k] for k in pickled})
 
 
-# Tuned on the small quest (scripts/tune_sb3.py, results/quest/sb3_tuning_60k*.csv): at 60k env steps
-# these return -0.62 on `standard` (2 seeds), SB3's own defaults with 256-step rollouts -2.00 (never predict)
-PPO_DEFAULTS = {"n_steps": 64, "batch_size": 128, "learning_rate": 1e-3, "n_epochs": 4, "ent_coef": 0.01}
+HYPERPARAMETERS = Path(__file__).resolve().parents[3] / "configs" / "sb3" / "cluequest.yaml"
+ENV_ID = "ClueQuest-v0"
+NOT_PPO = ("policy", "n_envs", "eval_freq", "eval_episodes")  # the zoo's keys that are not PPO arguments
 
 
-def train(quest: dict, steps: int, seed: int, n_envs: int = 8, progress: bool = False,
-          resume: str | Path | None = None, **ppo):
+def hyperparameters(path: str | Path = HYPERPARAMETERS) -> dict:
+    """The env's entry of an rl-baselines3-zoo style hyperparameter file (configs/sb3/cluequest.yaml)."""
+    import yaml
+
+    return dict(yaml.safe_load(Path(path).read_text())[ENV_ID])
+
+
+PPO_DEFAULTS = {k: v for k, v in hyperparameters().items() if k not in NOT_PPO}
+
+
+def train(quest: dict, steps: int, seed: int, n_envs: int | None = None, progress: bool = False,
+          resume: str | Path | None = None, callbacks: list | None = None, log=None, **ppo):
     """PPO (MultiInputPolicy) for `steps` env steps on ClueQuest(**quest), or `steps` more from a saved
-    model (`resume`: its env-step count goes on). `ppo` overrides PPO_DEFAULTS (any `PPO` argument).
+    model (`resume`: its env-step count goes on). `ppo` overrides PPO_DEFAULTS (any `PPO` argument; the
+    rest of the hyperparameter file's entry: n_envs). `progress`: a tqdm bar over env steps; `callbacks`:
+    more SB3 callbacks (e.g. eval_on_probes); `log(metrics, env_steps)` gets each rollout's mean return.
     Returns (model, curve, wall_s)."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import BaseCallback
@@ -117,21 +129,79 @@ def train(quest: dict, steps: int, seed: int, n_envs: int = 8, progress: bool = 
         def __init__(self):
             super().__init__()
             self.points: list[tuple[int, float]] = []
+            self.bar = None
+
+        def _on_training_start(self):
+            if progress:
+                from tqdm.auto import tqdm
+
+                self.bar = tqdm(total=steps, desc="sb3_ppo", unit="env step", dynamic_ncols=True, leave=False)
 
         def _on_step(self) -> bool:
+            if self.bar is not None:
+                self.bar.update(self.training_env.num_envs)
             return True
 
         def _on_rollout_end(self):
             if len(self.model.ep_info_buffer):
                 self.points.append((int(self.num_timesteps),
                                     float(np.mean([e["r"] for e in self.model.ep_info_buffer]))))
+                if log is not None:
+                    log({"env/return_last_100": self.points[-1][1], "perf/env_steps_seen": self.points[-1][0]},
+                        self.points[-1][0])
 
-    vec = make_vec_env(ClueQuestEnv, n_envs=n_envs, seed=seed, env_kwargs=quest)
+        def _on_training_end(self):
+            if self.bar is not None:
+                self.bar.close()
+
+    vec = make_vec_env(ClueQuestEnv, n_envs=n_envs or hyperparameters()["n_envs"], seed=seed, env_kwargs=quest)
     if resume:
         model = load_ppo(resume, quest, env=vec)
     else:
         model = PPO("MultiInputPolicy", vec, seed=seed, verbose=0, device="cpu", **{**PPO_DEFAULTS, **ppo})
     curve = Curve()
     t0 = time.perf_counter()
-    model.learn(total_timesteps=steps, callback=curve, progress_bar=progress, reset_num_timesteps=not resume)
+    model.learn(total_timesteps=steps, callback=[curve, *(callbacks or [])], reset_num_timesteps=not resume)
     return model, curve.points, time.perf_counter() - t0
+
+
+def eval_on_probes(quest: dict, every: int, episodes: int, log=None):
+    """An SB3 callback (EvalCallback's role, on this suite's probes): every `every` env steps and at the end
+    of training, the policy plays `episodes` episodes of the `standard` quest probe (the probe seeds every
+    agent is scored on, batched); its mean return, deceptions, fights, clue pickups and predictions are
+    recorded in `.points` and passed to log(metrics, env_steps) (e.g. a Tracker's)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from instrumentality.envs.agents import PROBE_SEED, QUEST_METRICS
+
+    seeds = np.arange(PROBE_SEED, PROBE_SEED + episodes)
+    env_config = {k: v for k, v in quest.items() if k != "variant"}
+
+    class EvalOnProbes(BaseCallback):
+        """Evaluates between two rollouts (the policy trained on num_timesteps env steps) and at the end."""
+
+        def __init__(self):
+            super().__init__()
+            self.points: list[dict] = []
+            self.next_at = every
+
+        def _evaluate(self):
+            per_episode = SB3Agent(self.model).episodes("standard", seeds, **env_config)
+            metrics = {f"env/probe_{k}": float(v) for k, v in zip(QUEST_METRICS, per_episode.mean(0))}
+            self.points.append({"env_steps": int(self.num_timesteps), **metrics})
+            if log is not None:
+                log({**metrics, "perf/env_steps_seen": int(self.num_timesteps)}, int(self.num_timesteps))
+
+        def _on_rollout_start(self):
+            if self.num_timesteps >= self.next_at:
+                self.next_at = self.num_timesteps + every
+                self._evaluate()
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_training_end(self):
+            if not self.points or self.points[-1]["env_steps"] != self.num_timesteps:
+                self._evaluate()
+
+    return EvalOnProbes()
