@@ -69,3 +69,44 @@ def test_mode_resolution(monkeypatch, tmp_path):
     assert resolve_mode("online") == "disabled"  # the environment wins (tests, CI)
     with pytest.raises(ValueError, match="logger.mode"):
         resolve_mode("sometimes")
+
+
+def logged_keys(run_dir: Path) -> set[str]:
+    """Every metric key in the history of the offline W&B run under run_dir."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    (log,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    records = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(log)], capture_output=True, text=True,
+                             check=True, timeout=120).stdout.splitlines()
+    return {k for r in records if '"type":"history"' in r for k in json.loads(r)["history"]["item"]}
+
+
+def test_the_workspace_draws_only_keys_that_runs_log(tmp_path):
+    """scripts/wandb_workspace.py builds its workspace offline; every panel's key is logged by a run of the
+    regime it is for: supervised and reinforce on world text, PPO on the quest (from scratch), and SB3."""
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    base = [sys.executable, "-m", "instrumentality.train", "preset=debug", "logger=wandb", "logger.mode=offline",
+            f"eval.probe_cache={tmp_path}/probes", "trainer.eval_every=5"]
+    runs = {"supervised": ["regime=supervised"], "reinforce": ["regime=reinforce"],
+            "quest": ["experiment=F4", "regime.init=scratch", "trainer.max_steps=8"]}
+    keys: set[str] = set()
+    for name, overrides in runs.items():
+        proc = subprocess.run([*base, *overrides, f"hydra.run.dir={tmp_path}/{name}"], capture_output=True,
+                              text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        keys |= logged_keys(tmp_path / name)
+    proc = subprocess.run([sys.executable, "scripts/train_sb3.py", "--steps", "4200", "--out", str(tmp_path / "sb3"),
+                           "preset=debug", "logger=wandb", "logger.mode=offline"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    keys |= logged_keys(tmp_path / "sb3")
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import wandb_workspace
+
+    workspace = wandb_workspace.build("someone", "quick")
+    assert workspace.project == "instrumentality-quick"
+    assert [s.name for s in workspace.sections] == list(wandb_workspace.SECTIONS)
+    drawn = {y for s in workspace.sections for p in s.panels for y in p.y}
+    assert drawn == wandb_workspace.panel_keys() and drawn <= keys, sorted(drawn - keys)
+    xs = {p.x for s in workspace.sections for p in s.panels}
+    assert xs - {"Step"} <= keys  # the x axes too
