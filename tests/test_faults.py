@@ -370,13 +370,15 @@ def test_the_cli_refuses_bad_values_with_one_line_and_makes_no_folder_outside_ru
 
 
 # ---------------------------------------------------------------------------- damaged files name themselves
-def test_a_damaged_summary_does_not_stick_the_run(tmp_path, capsys):
+def test_a_damaged_summary_does_not_stick_the_run(tmp_path, caplog):
     folder = tmp_path / "runs" / "r"
     debug_run(folder)
     (folder / "summary.json").write_text('{"status": {"stat')
     summary = debug_run(folder)
     assert summary["status"]["status"] == "finished"
-    assert f"{folder / 'summary.json'}: this run summary is not valid JSON" in capsys.readouterr().err
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]  # one logged warning
+    assert warning.startswith(f"{folder / 'summary.json'}: this run summary is not valid JSON")
+    assert warning.endswith("it will be written anew")
     assert json.loads((folder / "summary.json").read_text())["steps"] == 10
 
 
