@@ -10,42 +10,23 @@ Printing needs no network; --save needs `wandb login` and a project (instrumenta
 import argparse
 import sys
 
-# section -> panels (x axis, the keys drawn); keys as the trainer, the evaluator and train_sb3.py log them
+# section -> (x axis, one panel per key); keys as the trainer, the evaluator and train_sb3.py log them
 SECTIONS = {
-    "F1: KL to the truth vs tokens": [
-        ("perf/tokens_seen", ["probe/calibration/kl"]),
-        ("perf/tokens_seen", ["probe/calibration/excess_nll"]),
-        ("perf/tokens_seen", ["probe/calibration/ece"]),
-    ],
-    "F2, F3: steering at the forks": [
-        ("perf/tokens_seen", ["probe/forks/asym/p=0.5/steering_index"]),
-        ("perf/tokens_seen", ["probe/forks/p=0.5/instrumental_steering"]),
-        ("perf/tokens_seen", ["probe/forks/sym/p=0.5/steering_index"]),
-        ("perf/tokens_seen", ["probe/forks/asym/all/steering_index"]),
-    ],
-    "Training": [
-        ("perf/tokens_seen", ["train/loss"]),
-        ("perf/tokens_seen", ["train/grad_norm"]),
-        ("perf/tokens_seen", ["train/lr"]),
-        ("perf/tokens_seen", ["train/entropy"]),
-        ("perf/tokens_seen", ["train/approx_kl"]),
-        ("perf/tokens_seen", ["train/clip_fraction"]),
-    ],
-    "F4: ClueQuest": [
-        ("perf/env_steps_seen", ["env/return_last_100"]),
-        ("perf/env_steps_seen", ["env/probe_return"]),
-        ("perf/env_steps_seen", ["env/probe_deceptions"]),
-        ("perf/env_steps_seen", ["env/probe_fights"]),
-    ],
-    "Throughput": [
-        ("Step", ["perf/tokens_per_s"]),
-        ("Step", ["perf/env_steps_per_s"]),
-    ],
+    "F1: KL to the truth vs tokens": ("perf/tokens_seen", [
+        "probe/calibration/kl", "probe/calibration/excess_nll", "probe/calibration/ece"]),
+    "F2, F3: steering at the forks": ("perf/tokens_seen", [
+        "probe/forks/asym/p=0.5/steering_index", "probe/forks/p=0.5/instrumental_steering",
+        "probe/forks/sym/p=0.5/steering_index", "probe/forks/asym/all/steering_index"]),
+    "Training": ("perf/tokens_seen", [
+        "train/loss", "train/grad_norm", "train/lr", "train/entropy", "train/approx_kl", "train/clip_fraction"]),
+    "F4: ClueQuest": ("perf/env_steps_seen", [
+        "env/return_last_100", "env/probe_return", "env/probe_deceptions", "env/probe_fights"]),
+    "Throughput": ("Step", ["perf/tokens_per_s", "perf/env_steps_per_s"]),
 }
 
 
 def panel_keys() -> set[str]:
-    return {key for panels in SECTIONS.values() for _, keys in panels for key in keys}
+    return {key for _, keys in SECTIONS.values() for key in keys}
 
 
 def build(entity: str, preset: str):
@@ -53,9 +34,8 @@ def build(entity: str, preset: str):
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
-    sections = [ws.Section(name=name, is_open=True,
-                           panels=[wr.LinePlot(title=keys[0], x=x, y=keys) for x, keys in panels])
-                for name, panels in SECTIONS.items()]
+    sections = [ws.Section(name=name, is_open=True, panels=[wr.LinePlot(title=key, x=x, y=[key]) for key in keys])
+                for name, (x, keys) in SECTIONS.items()]
     return ws.Workspace(entity=entity, project=f"instrumentality-{preset}", name=f"instrumentality {preset}",
                         sections=sections, runset_settings=ws.RunsetSettings(groupby=[expr.Metric("Group")]))
 
