@@ -121,8 +121,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     try:
         status = trainer.fit()
-        if status["status"] != "interrupted" and trainer.status["status"] == "finished" \
-                and evaluate.final_rows is not None:  # the results table's rows
+        if trainer.status["status"] == "finished" and evaluate.final_rows is not None:  # the results table's rows
             write_run_rows(out_dir, trained_run_rows(out_dir, evaluate.final_rows, config, trainer.history,
                                                      trainer.status))
             tracker.log_artifact(f"{cfg.exp_name}-{cfg.run_name}", "run", [checkpoint, out_dir / ROWS],
