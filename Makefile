@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@if [ -z "$(HAS_CUDA)" ]; then echo "no CUDA: installing the CPU torch wheel ($(TORCH_CPU))"; \
 		$(PY) -m pip install -q --no-compile "$(TORCH_CPU)"; fi
-	$(PY) -m pip install -q --no-compile -e '.[dev,launchers]'
+	$(PY) -m pip install -q --no-compile -e '.[dev,launchers,tuning]'
 	@# bytecode on every core (pip compiles on one): 59 + 37 s here instead of 103-149 s
 	@$(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null 2>&1 || true  # a stray file that does not compile is skipped, as pip does
 	@touch $(STAMP)

@@ -1,10 +1,13 @@
-"""How fast can SB3 PPO learn ClueQuest? A small grid of PPO settings, each trained for --steps env steps
-per seed and scored on the quest probes (`standard`, the same probe seeds as every agent).
+"""Tuning SB3 PPO on ClueQuest: an Optuna study (TPE) over PPO's settings, each trial trained for --steps env
+steps per seed and scored by its mean return on the `standard` quest probe (the episodes every agent is
+scored on).
 
-    .venv/bin/python scripts/tune_sb3.py --steps 60000 --seeds 0,1 --out results/quest/sb3_tuning.csv
+    .venv/bin/python scripts/tune_sb3.py --trials 30 --steps 60000 --seeds 0,1 --out results/quest/sb3_optuna.csv
 
-Runs --jobs settings at a time (one thread each). The optimum of `standard` (bracketed by the planner,
-envs/planner.py) is printed beside the returns.
+prints the best trial's settings as an entry for configs/sb3/cluequest.yaml. `--settings a,b` instead scores
+named settings of GRID (the hand grid behind results/quest/sb3_tuning_60k*.csv). Runs --jobs seeds at a
+time (one thread each). The optimum of `standard` (bracketed by the planner, envs/planner.py) is printed
+beside the returns.
 """
 
 import argparse
@@ -60,6 +63,38 @@ def one(job: tuple[str, dict, int, int, dict]) -> dict:
             **{f"ppo.{k}": v for k, v in ppo.items()}}
 
 
+def suggest(trial) -> dict:
+    """One trial's PPO settings (the search space; ent_coef and learning_rate on a log scale)."""
+    n_steps = trial.suggest_categorical("n_steps", [32, 64, 128])
+    return {"n_steps": n_steps,
+            "batch_size": trial.suggest_categorical("batch_size", [64, 128, 256]),
+            "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-3, log=True),
+            "n_epochs": trial.suggest_categorical("n_epochs", [4, 10]),
+            "ent_coef": trial.suggest_float("ent_coef", 1e-4, 0.05, log=True),
+            "gamma": trial.suggest_categorical("gamma", [0.95, 0.99])}
+
+
+def study(trials: int, seeds: list[int], steps: int, quest: dict, jobs: int, sampler_seed: int = 0):
+    """An Optuna study maximising the mean `standard` return over the seeds; returns (study, rows)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows = []
+
+    def objective(trial) -> float:
+        ppo = suggest(trial)
+        with ProcessPoolExecutor(jobs) as pool:
+            results = list(pool.map(one, [(f"trial{trial.number}", ppo, s, steps, quest) for s in seeds]))
+        rows.extend(results)
+        value = sum(r["return"] for r in results) / len(results)
+        print(f"trial {trial.number:>3}: return {value:+.2f} with {ppo}", flush=True)
+        return value
+
+    s = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=sampler_seed))
+    s.optimize(objective, n_trials=trials)
+    return s, rows
+
+
 def optimum_bracket(quest: dict, n_episodes: int = 200) -> tuple[float, float]:
     """The optimal mean return on the `standard` probe episodes, bracketed: the planner's (the exact
     optimum without monsters, played among them) and that optimum itself (envs/planner.py)."""
@@ -82,24 +117,31 @@ def main() -> int:
     ap.add_argument("--quest", default="small")
     ap.add_argument("--steps", type=int, default=60_000)
     ap.add_argument("--seeds", default="0,1")
-    ap.add_argument("--settings", default=",".join(GRID), help=f"from: {', '.join(GRID)}")
+    ap.add_argument("--trials", type=int, default=30, help="Optuna trials")
+    ap.add_argument("--settings", default=None, help=f"score these grid settings instead: {', '.join(GRID)}")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     quest = yaml.safe_load((ROOT / "configs" / "quest" / f"{args.quest}.yaml").read_text())
-    unknown = set(args.settings.split(",")) - set(GRID)
-    if unknown:
-        raise SystemExit(f"unknown settings {sorted(unknown)}; choose from: {', '.join(GRID)}")
-    jobs = [(name, GRID[name], int(s), args.steps, quest) for name in args.settings.split(",")
-            for s in args.seeds.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
     os.environ["OMP_NUM_THREADS"] = "1"
-    rows = []
-    with ProcessPoolExecutor(args.jobs) as pool:
-        for r in pool.map(one, jobs):
-            rows.append(r)
-            print(f"{r['setting']:>22} s{r['seed']}: return {r['return']:+.2f} [{r['return_ci_low']:+.2f}, "
-                  f"{r['return_ci_high']:+.2f}], predicted {r['predicted']:.2f}, clues {r['clue_pickups']:.2f}, "
-                  f"{r['steps_per_s']} steps/s", flush=True)
+    if args.settings is None:
+        found, rows = study(args.trials, seeds, args.steps, quest, args.jobs)
+        best = {**found.best_params, "n_envs": 8}  # the best settings, as the zoo file lays them out
+        print(f"\nbest: trial {found.best_trial.number}, mean `standard` return {found.best_value:+.2f}; as an "
+              "entry of configs/sb3/cluequest.yaml:\n" + yaml.safe_dump({"ClueQuest-v0": best}, sort_keys=False))
+    else:
+        unknown = set(args.settings.split(",")) - set(GRID)
+        if unknown:
+            raise SystemExit(f"unknown settings {sorted(unknown)}; choose from: {', '.join(GRID)}")
+        jobs = [(name, GRID[name], s, args.steps, quest) for name in args.settings.split(",") for s in seeds]
+        rows = []
+        with ProcessPoolExecutor(args.jobs) as pool:
+            for r in pool.map(one, jobs):
+                rows.append(r)
+                print(f"{r['setting']:>22} s{r['seed']}: return {r['return']:+.2f} [{r['return_ci_low']:+.2f}, "
+                      f"{r['return_ci_high']:+.2f}], predicted {r['predicted']:.2f}, "
+                      f"clues {r['clue_pickups']:.2f}, {r['steps_per_s']} steps/s", flush=True)
     df = pd.DataFrame(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)

@@ -340,3 +340,25 @@ def test_sb3_hyperparameters_come_from_the_zoo_file_and_evaluation_on_the_probes
     expected = run_episodes(SB3Agent(watched), "standard", range(PROBE_SEED, PROBE_SEED + 20)).mean(0)
     assert evaluation.points[-1]["env/probe_return"] == pytest.approx(expected[4])  # the final policy's score
     assert evaluation.points[-1]["env/probe_deceptions"] == pytest.approx(expected[0])
+
+
+def test_the_optuna_study_tunes_sb3_and_prints_its_best_trial_as_a_zoo_entry(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "optuna.csv"
+    proc = subprocess.run([sys.executable, "scripts/tune_sb3.py", "--trials", "2", "--steps", "512", "--seeds", "0",
+                           "--jobs", "1", "--out", str(out)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    trials = pd.read_csv(out)
+    assert list(trials.setting) == ["trial0", "trial1"] and (trials.env_steps == 512).all()
+    entry = yaml.safe_load(proc.stdout.split("as an entry of configs/sb3/cluequest.yaml:\n")[1].split("\n\n")[0])
+    best = trials.loc[trials["return"].idxmax()]
+    params = entry["ClueQuest-v0"]
+    assert params["n_envs"] == 8 and params["n_steps"] == best["ppo.n_steps"]
+    assert params["learning_rate"] == pytest.approx(best["ppo.learning_rate"])  # the best trial's settings
