@@ -78,8 +78,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, DictConfig
 def sb3_tracker(cfg: DictConfig, out: Path, seed: int):
     """The SB3 run's W&B run, found as the training runs are (train.py wandb_labels): the preset's project,
     group F4/sb3_ppo, job type sb3_ppo, curves against env steps; its id kept in the run folder."""
-    from instrumentality.tracking import Tracker, git_revision
-    from instrumentality.train import wandb_run_id
+    from instrumentality.tracking import Tracker, git_revision, wandb_run_id
 
     preset = str(cfg.preset_name)
     return Tracker(mode=cfg.logger.mode if cfg.get("logger") else "disabled",

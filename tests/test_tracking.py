@@ -110,3 +110,28 @@ def test_the_workspace_draws_only_keys_that_runs_log(tmp_path):
     assert drawn == wandb_workspace.panel_keys() and drawn <= keys, sorted(drawn - keys)
     xs = {p.x for s in workspace.sections for p in s.panels}
     assert xs - {"Step"} <= keys  # the x axes too
+
+
+def test_a_scripted_agents_probes_are_logged_like_a_training_run(tmp_path, monkeypatch):
+    """Evaluating a random, explorer or planner agent's folder logs its quest probes to W&B: the project of
+    its preset, group F4/<kind>, job type <kind>."""
+    from instrumentality.evaluate import evaluate_run
+    from instrumentality.files import write_json
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    folder = tmp_path / "runs" / "quick" / "F4" / "random"
+    write_json(folder / "summary.json", {"agent": {"kind": "random", "quest": {}, "seed": 0},
+                                         "status": {"status": "finished", "step": 0, "reason": ""}})
+    rows = evaluate_run(folder)
+    (log,) = folder.glob("wandb/offline-run-*/run-*.wandb")
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    summary = json.loads(subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", str(log)],
+                                        capture_output=True, text=True, check=True, timeout=120).stdout)
+    records = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(log)], capture_output=True, text=True,
+                             check=True, timeout=120).stdout.splitlines()
+    run = next(json.loads(r) for r in records if '"type":"run"' in r)["run"]
+    assert (run["project"], run["run_group"], run["job_type"]) == ("instrumentality-quick", "F4/random", "random")
+    expected = rows[(rows.probe == "quest/standard") & (rows.metric == "return")].value.iloc[0]
+    assert summary["summary"]["probe/quest/standard/return"] == pytest.approx(expected)
+    assert "probe_ci/quest/standard/return/low" in summary["summary"]

@@ -20,7 +20,7 @@ from instrumentality.errors import DataFileError
 from instrumentality.evaluators import FAMILIES, evaluate_model, interval_bounds, scalar_metrics
 from instrumentality.files import read_json
 from instrumentality.probes import ProbeConfig, ProbeSet, probe_set_for
-from instrumentality.quest_eval import agent_run_rows, quest_model_rows
+from instrumentality.quest_eval import agent_run_rows, log_agent, quest_model_rows
 from instrumentality.regimes.base import QUEST_PROBES, WORLD_PROBES, Regime
 from instrumentality.results import (
     ROWS,
@@ -127,6 +127,7 @@ def evaluate_run(run_dir: Path, probe_cache: str | None = None, recompute: bool 
     summary = read_json(run_dir / "summary.json", "run summary") if (run_dir / "summary.json").exists() else {}
     if "agent" in summary:  # a scripted or SB3 quest agent
         rows = agent_run_rows(run_dir, summary)
+        log_agent(run_dir, summary, rows)
     elif not (run_dir / "checkpoint.pt").exists():
         if not summary:
             raise DataFileError(f"{run_dir}: neither a checkpoint.pt nor a summary.json")

@@ -65,3 +65,22 @@ def agent_run_rows(run_dir: Path, summary: dict) -> list[dict]:
     config = {"regime": {"name": spec["kind"]}, "seed": spec.get("seed", ""), "exp_name": run_dir.parent.name,
               "quest": spec["quest"]}
     return tidy_rows(rows + status_rows(summary["status"]), run_id_of(run_dir), config, summary["status"])
+
+
+def log_agent(run_dir: Path, summary: dict, rows: list[dict]) -> None:
+    """An agent's quest probes as a W&B run, found as the training runs are: the project of its preset (the
+    run folder is runs/<preset>/<experiment>/<agent>), group <experiment>/<agent kind>, job type the kind.
+    SB3's folder keeps the id of its training run, which this continues. W&B's mode: WANDB_MODE, else
+    online when logged in, else offline."""
+    from instrumentality.evaluators import interval_bounds, scalar_metrics
+    from instrumentality.tracking import Tracker, wandb_run_id
+
+    kind, preset, experiment = summary["agent"]["kind"], run_dir.parent.parent.name, run_dir.parent.name
+    tracker = Tracker(mode="auto", project=f"instrumentality-{preset}", group=f"{experiment}/{kind}", job_type=kind,
+                      name=f"{experiment}/{run_dir.name}", config=summary["agent"], dir=run_dir,
+                      run_id=wandb_run_id(run_dir), tags=[f"preset:{preset}", kind])
+    probes = [r for r in rows if str(r["probe"]).startswith("quest/")]
+    tracker.summary({**scalar_metrics(probes), **interval_bounds(probes)})
+    tracker.log_table("probe/table", [{k: r[k] for k in ("probe", "metric", "value", "ci_low", "ci_high")}
+                                      for r in probes])  # the step after the run's last (SB3: its training)
+    tracker.finish()

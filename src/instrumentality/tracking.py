@@ -17,8 +17,11 @@ import socket
 import subprocess
 import sys
 import threading
+import uuid
 from pathlib import Path
 from urllib.parse import urlparse
+
+from instrumentality.files import write_atomic
 
 
 def git_revision(default: str = "unknown") -> str:
@@ -112,7 +115,7 @@ class Tracker:
         if self.run is not None:
             self.run.log(metrics, step=step)
 
-    def log_table(self, key: str, rows: list[dict], step: int):
+    def log_table(self, key: str, rows: list[dict], step: int | None = None):
         if self.run is not None and rows:
             import wandb
 
@@ -148,3 +151,13 @@ class Tracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+def wandb_run_id(out_dir: Path) -> str:
+    """The W&B run id of this run folder, made once and kept, so that a resumed run continues its W&B run."""
+    path = out_dir / "wandb_run_id"
+    if path.exists() and path.read_text().strip():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    write_atomic(path, run_id + "\n")
+    return run_id

@@ -12,7 +12,6 @@ import signal
 import sys
 import time
 import traceback
-import uuid
 from pathlib import Path
 
 import hydra
@@ -24,11 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from instrumentality.build import build as build_objects
 from instrumentality.build import make, plain
 from instrumentality.errors import ConfigError, DataFileError
-from instrumentality.files import Locked, file_lock, read_json, remove_stale_temporaries, write_atomic, write_json
+from instrumentality.files import Locked, file_lock, read_json, remove_stale_temporaries, write_json
 from instrumentality.probes import ProbeConfig
 from instrumentality.results import ROWS, write_run_rows
 from instrumentality.runs import FolderConflict, check_run_names, check_same_run
-from instrumentality.tracking import Tracker, git_revision
+from instrumentality.tracking import Tracker, git_revision, wandb_run_id
 from instrumentality.trainer import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -152,16 +151,6 @@ def wandb_labels(cfg: DictConfig) -> dict:
             "group": f"{cfg.exp_name}/{re.sub(r'-s[0-9]+$', '', str(cfg.run_name))}",
             "job_type": regime.name, "tags": [*tags, f"cognition:{cognition}"],
             "x_axis": "perf/env_steps_seen" if regime.name == "quest" else "perf/tokens_seen"}
-
-
-def wandb_run_id(out_dir: Path) -> str:
-    """The W&B run id of this run folder, made once and kept, so that a resumed run continues its W&B run."""
-    path = out_dir / "wandb_run_id"
-    if path.exists() and path.read_text().strip():
-        return path.read_text().strip()
-    run_id = uuid.uuid4().hex[:12]
-    write_atomic(path, run_id + "\n")
-    return run_id
 
 
 def record_failure(cfg: DictConfig, out_dir: Path, error: BaseException):
