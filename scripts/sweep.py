@@ -408,7 +408,8 @@ def main() -> int:
     ap.add_argument("overrides", nargs="*",
                     help="extra Hydra overrides for every job; EXP:key=value applies to experiment EXP only")
     args = ap.parse_args()
-    launcher_kind(args.launcher)  # an unknown launcher, or slurm off a cluster: one line, before any run
+    # an unknown launcher, or slurm off a cluster: one line, before any run
+    jobs_at_once = args.jobs if launcher_kind(args.launcher) == "joblib" else 1
     os.environ.setdefault("WANDB_SILENT", "true")
     out = (ROOT / args.results / args.preset).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -440,11 +441,9 @@ def main() -> int:
                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "hardware": f"{hw['device'] if hw['device'] != 'cpu' else hw['cpu']}, {hw['cores']} cores, "
                               f"torch {hw['torch']}, numpy {hw['numpy']}", **hw,
-                  "threads_per_process": threads_per_process(args.lanes, args.cpu_lanes,
-                                                             args.jobs if launcher_kind(args.launcher) == "joblib"
-                                                             else 1),
+                  "threads_per_process": threads_per_process(args.lanes, args.cpu_lanes, jobs_at_once),
                   "seeds": seeds, "launcher": args.launcher, "lanes": args.lanes, "cpu_lanes": args.cpu_lanes,
-                  "jobs_per_unit_at_once": args.jobs if launcher_kind(args.launcher) == "joblib" else 1,
+                  "jobs_per_unit_at_once": jobs_at_once,
                   "unit_s": {k: round(v, 1) for k, v in walls.items()},  # summed over seeds; units overlap
                   "total_wall_s": round(time.perf_counter() - t_all, 1)}
     write_json(out / "provenance.json", provenance)

@@ -18,7 +18,6 @@ describe the spread; the claims' verdicts use the Student-t intervals of stats.p
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -104,8 +103,8 @@ def performance_profiles(scores: dict[str, np.ndarray], taus: np.ndarray, reps: 
     return rly.create_performance_profile(scores, taus, reps=reps)
 
 
-def figure(scores: dict[str, np.ndarray], folder: Path, reps: int = 2000) -> list[Path]:
-    """Two panels: the aggregates with their intervals, and the performance profiles."""
+def figure(scores: dict[str, np.ndarray], reps: int = 2000):
+    """The aggregates with their intervals, and the performance profiles: a matplotlib figure."""
     import matplotlib.pyplot as plt
 
     table = aggregate_table(scores, reps=reps)
@@ -130,9 +129,4 @@ def figure(scores: dict[str, np.ndarray], folder: Path, reps: int = 2000) -> lis
     ax.legend(fontsize=7, loc="lower left")
     fig.suptitle("F4 aggregated (rliable; random agent = 0, planner = 1; 95% stratified bootstrap)")
     fig.tight_layout()
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = [folder / "F4_aggregates.png", folder / "F4_aggregates.pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return paths
+    return fig

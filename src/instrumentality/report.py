@@ -552,7 +552,7 @@ def figure_f4_aggregates(df: pd.DataFrame, folder: Path) -> list[Path]:
     from instrumentality.agent_scores import figure
 
     scores = agent_scores(df)
-    return figure(scores, folder) if scores else []
+    return _save(figure(scores), folder, "F4_aggregates") if scores else []
 
 
 def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
