@@ -39,7 +39,7 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
     from omegaconf import OmegaConf
 
     paths = sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
-    assert [p.stem for p in paths] == ["F1", "F2", "F3", "F4", "F4_simulator"]
+    assert [p.stem for p in paths] == ["F1", "F2", "F3", "F4", "F4_simulator", "F8", "F8_critic"]
     for path in paths:
         cfg = composed(f"experiment={path.stem}", f"preset={preset}", hydra=True)
         params = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
@@ -65,7 +65,7 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
 def test_experiments_hold_their_budgets_and_arms_per_preset(preset):
     """F3 trains as long as the F2 runs it is compared with, at the same beta (4 in the full preset, where
     REINFORCE reaches the optimum); the quick preset sweeps 9 of F2's 14 arms (those that fit its 20
-    minutes), the others all of them."""
+    minutes), the full preset 8 (room for F8), debug all of them."""
     f2 = composed("experiment=F2", f"preset={preset}", hydra=True)
     f3 = composed("experiment=F3", f"preset={preset}")
     assert f3.trainer.max_steps == f2.trainer.max_steps and f3.regime.beta == f2.regime.beta
@@ -76,6 +76,9 @@ def test_experiments_hold_their_budgets_and_arms_per_preset(preset):
     if preset == "quick":
         assert sorted(arms) == sorted(["truth-g1-H1", "truth-g1-H4", "truth-g0-H8", "truth-g05-H8", "truth-g1-H8",
                                        "keyword-g1-H1", "keyword-g0-H8", "keyword-g05-H8", "keyword-g1-H8"])
+    elif preset == "full":  # what C3 and C4 compare, and the curve's middle points
+        assert sorted(arms) == sorted(["truth-g1-H1", "truth-g1-H4", "truth-g1-H8", "truth-g0-H8", "truth-g05-H8",
+                                       "keyword-g1-H1", "keyword-g1-H8", "keyword-g0-H8"])
     else:
         assert len(arms) == len(f2.arms) == 14
 
@@ -101,3 +104,29 @@ def test_cli_stops_before_training_with_a_clear_message(tmp_path, override, key)
     assert proc.returncode != 0
     assert key in proc.stderr
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_f8_cells_share_their_standard_cells_budgets_and_start_from_their_own_cognition(preset):
+    """F8's supervised cells train as long as F1's supervised run (the standard cell: the myopia gap is at
+    equal tokens); F8_critic's as long as F2's arms, at the same beta, each from F8's run of its own
+    cognition and seed, whose model options it keeps."""
+    f1 = composed("experiment=F1", f"preset={preset}", "regime=supervised")
+    f2 = composed("experiment=F2", f"preset={preset}")
+    f8 = composed("experiment=F8", f"preset={preset}", hydra=True)
+    f8c = composed("experiment=F8_critic", f"preset={preset}", hydra=True)
+    assert f8.trainer.max_steps == f1.trainer.max_steps and f8.regime.name == "supervised"
+    cells = f8.hydra.sweeper.params.cognition.split(",")
+    assert f8c.hydra.sweeper.params.cognition.split(",") == cells and "standard" not in cells
+    assert {"myopic", "future3"} <= set(cells) and (preset == "quick" or "future1" in cells)
+    assert f8c.hydra.sweeper.params["regime.gamma"].split(",") == ["0.0", "1.0"]
+    expected = {"myopic": (True, 0), "future1": (False, 1), "future3": (False, 3)}
+    for cell in cells:
+        sup = composed("experiment=F8", f"preset={preset}", f"cognition={cell}", "seed=3")
+        rl = composed("experiment=F8_critic", f"preset={preset}", f"cognition={cell}", "seed=3")
+        for cfg in (sup, rl):
+            assert (cfg.model.myopic, cfg.model.n_future_heads) == expected[cell]
+        assert rl.trainer.max_steps == f2.trainer.max_steps and rl.regime.beta == f2.regime.beta
+        assert (rl.regime.critic, rl.regime.horizon) == ("truth", 8)
+        assert rl.regime.ref_checkpoint == f"runs/{preset}/F8/{sup.run_name}/checkpoint.pt"
+        assert sup.run_name == f"supervised-{cell}-s3"

@@ -91,6 +91,32 @@ def test_uniform_model_kl_matches_closed_form(world, probes):
         world.states_of(tokens[:, :-1])].mean()), abs=1e-9)
 
 
+def test_position_class_rows_match_closed_forms(world, probes):
+    """Per position class: the entropy floor is the mean of H(p*(.|s_t)) over the class's positions (counted
+    here one by one); the uniform model's excess NLL is log V minus that floor; the truth's is exactly 0 inside
+    phrases (easy: one possible token; hard: uniform over the hard words, so -log pi = H)."""
+    tokens = probes.t["calibration"]
+    states = world.states_of(tokens[:, :-1])
+    by_class: dict[str, list[float]] = {}
+    for s in states.flatten().tolist():
+        by_class.setdefault(world.state_kind[s], []).append(float(world.state_entropy[s]))
+    uniform = by_key(calibration_rows(UniformModel(world.vocab_size), world, tokens))
+    truth = by_key(calibration_rows(TruthModel(world), world, tokens))
+    assert set(by_class) == {"prose", "marker", "easy_phrase", "hard_phrase"}
+    for kind, entropies in by_class.items():
+        probe = f"calibration/position={kind}"
+        floor = sum(entropies) / len(entropies)
+        assert uniform[(probe, "entropy_floor")]["value"] == pytest.approx(floor, abs=1e-9)
+        assert uniform[(probe, "excess_nll")]["value"] == pytest.approx(math.log(world.vocab_size) - floor, abs=1e-6)
+        assert uniform[(probe, "share")]["value"] == pytest.approx(len(entropies) / states.numel())
+        lo, hi = uniform[(probe, "excess_nll")]["ci_low"], uniform[(probe, "excess_nll")]["ci_high"]
+        assert lo <= uniform[(probe, "excess_nll")]["value"] <= hi
+    for kind in ("easy_phrase", "hard_phrase"):
+        assert abs(truth[(f"calibration/position={kind}", "excess_nll")]["value"]) < 1e-6
+    assert truth[("calibration/position=hard_phrase", "entropy_floor")]["value"] == pytest.approx(
+        math.log(world.cfg.n_hard_words))
+
+
 def test_tilted_rollouts_follow_the_tilt(world, probes):
     """A model tilted by delta takes the easy branch with probability sigmoid(logit p + delta)."""
     delta = 1.5

@@ -5,7 +5,8 @@ identity (run_id, regime, swept config values, seed). Metrics (docs/design.md se
 
   calibration  kl = KL(p* || pi); excess_nll = -log pi(x_t) - H(p*(.|s_t)); ece (top-label, expected
                accuracy p*(argmax pi)); brier = E_{x~p*} sum_v (pi_v - 1[v = x])^2; all per token, CIs over
-               sequences; plus reliability-diagram bins
+               sequences; plus reliability-diagram bins, and excess_nll with its entropy floor per position
+               class (prose, fork marker, easy / hard phrase)
   forks        steering_index = logit pi(first) - logit p*(first), pi renormalised over the two branch tokens,
                per fork probability, asymmetric (first = easy) and symmetric (control); instrumental_steering
                = asymmetric minus symmetric
@@ -62,6 +63,7 @@ def calibration_rows(model, world: World, tokens: torch.Tensor, n_bins: int = 10
     brier = (pi ** 2).sum(-1) - 2 * (pi * p).sum(-1) + 1
     rows = [_row("calibration", name, mean_ci(v.mean(1))) for name, v in
             (("kl", kl), ("excess_nll", excess), ("nll", nll), ("brier", brier))]
+    rows += position_class_rows(world, states, excess)
     # top-label ECE with the exact expected accuracy p*(argmax pi); bins of confidence, CI over sequences
     conf, pred = pi.max(-1)
     acc = p.gather(-1, pred[..., None]).squeeze(-1)
@@ -83,6 +85,33 @@ def calibration_rows(model, world: World, tokens: torch.Tensor, n_bins: int = 10
         conf_k, acc_k = (float(tot[1, k] / n), float(tot[2, k] / n)) if n else (math.nan, math.nan)
         for metric, v in ((f"bin{k:02d}_conf", conf_k), (f"bin{k:02d}_acc", acc_k), (f"bin{k:02d}_count", n)):
             rows.append(_row("calibration/reliability", metric, (v, math.nan, math.nan)))
+    return rows
+
+
+POSITION_CLASSES = ("prose", "marker", "easy_phrase", "hard_phrase")  # World.state_kind of the emitting state
+
+
+def position_class_rows(world: World, states: torch.Tensor, excess: torch.Tensor) -> list[dict]:
+    """Excess NLL per position class (the kind of state that emits the token: prose, fork marker, easy or
+    hard phrase), with the exact entropy floor H(p*(.|s_t)) of those positions beside it. Each is a
+    ratio over all positions of the class (sum over positions / count), its CI a bootstrap over sequences.
+    The myopia gap (report.py) is the difference of excess_nll between two cognitions at equal tokens."""
+    kind = torch.tensor([POSITION_CLASSES.index(k) for k in world.state_kind])[states]  # [N, T]
+    entropy = world.state_entropy[states]
+    rows = []
+    for c, name in enumerate(POSITION_CLASSES):
+        mask = (kind == c).double()
+        count = mask.sum(1)
+        if not count.any():
+            continue
+        for metric, v in (("excess_nll", excess), ("entropy_floor", entropy)):
+            per_seq = (v * mask).sum(1)
+
+            def ratio(idx, s=per_seq):  # idx [n_boot, N]: sum over the drawn sequences / their positions
+                return s[idx].sum(-1) / count[idx].sum(-1).clamp_min(1)
+
+            rows.append(_row(f"calibration/position={name}", metric, stat_ci(len(count), ratio)))
+        rows.append(_row(f"calibration/position={name}", "share", (float(count.sum() / mask.numel()),) * 3))
     return rows
 
 

@@ -47,6 +47,13 @@ class GPTConfig:
         ])
 
 
+def cognition(myopic: bool, n_future_heads: int) -> str:
+    """A model's cognition in one word (W&B tags, the results table): standard, myopic, future-heads-N,
+    or myopic+future-heads-N."""
+    parts = (["myopic"] if myopic else []) + ([f"future-heads-{n_future_heads}"] if n_future_heads else [])
+    return "+".join(parts) or "standard"
+
+
 def device_of(model: nn.Module) -> torch.device:
     """Where a model lives (its first parameter or buffer; the CPU for a model with neither)."""
     t = next(iter(list(model.parameters()) + list(model.buffers())), None)

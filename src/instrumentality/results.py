@@ -24,11 +24,13 @@ import pandas as pd
 
 from instrumentality.errors import DataFileError
 from instrumentality.files import file_lock, read_json, write_atomic, write_json
+from instrumentality.model import cognition
 
-EVAL_VERSION = 1  # of the evaluators: bump when a change to them changes rows (a run's rows are then redone)
+EVAL_VERSION = 2  # of the evaluators: bump when a change to them changes rows (a run's rows are then redone)
 ROWS, ROWS_META = "rows.csv", "rows.json"
 # config values copied into every row (the ones experiments sweep); absent ones are left empty
 SWEPT_KEYS = ("preset_name", "exp_name", "world.seed", "model.n_layer", "model.n_embd", "model.myopic",
+              "model.n_future_heads",
               "regime.reward", "regime.baseline", "regime.critic", "regime.rollout", "regime.horizon",
               "regime.gamma", "regime.beta", "regime.init", "trainer.max_steps")
 TABLE_KEYS = ("run_id", "source", "run_rows", "probe", "metric", "value")  # every table has these columns
@@ -54,6 +56,8 @@ def tidy_rows(rows: list[dict], run_id: str, run_config: dict, status: dict | No
     flat = flatten(run_config)
     meta = {"run_id": run_id, "regime": flat.get("regime.name", ""), "seed": flat.get("seed", "")}
     meta.update({k: flat.get(k, "") for k in SWEPT_KEYS})
+    if "model.myopic" in flat:  # a world-text or quest model (not a scripted agent)
+        meta["cognition"] = cognition(bool(flat["model.myopic"]), int(flat.get("model.n_future_heads") or 0))
     meta["status"] = (status or {}).get("status", "")
     return [{**meta, **r} for r in rows]
 

@@ -24,6 +24,7 @@ from instrumentality.build import build as build_objects
 from instrumentality.build import make, plain
 from instrumentality.errors import ConfigError, DataFileError
 from instrumentality.files import Locked, file_lock, read_json, remove_stale_temporaries, write_json
+from instrumentality.model import cognition as model_cognition
 from instrumentality.probes import ProbeConfig
 from instrumentality.results import ROWS, write_run_rows
 from instrumentality.runs import FolderConflict, check_run_names, check_same_run
@@ -145,8 +146,7 @@ def wandb_labels(cfg: DictConfig) -> dict:
     regime, model = cfg.regime, cfg.model
     tags = [f"rev:{git_revision()}", f"preset:{preset}", regime.name]
     tags += [f"{key}:{regime[key]}" for key in ("critic", "gamma", "horizon", "rollout", "init") if key in regime]
-    cognition = ("myopic" if model.get("myopic") else
-                 f"future-heads-{model.n_future_heads}" if model.get("n_future_heads") else "standard")
+    cognition = model_cognition(bool(model.get("myopic")), int(model.get("n_future_heads") or 0))
     return {"project": f"{cfg.logger.project}-{preset}" if preset else cfg.logger.project,
             "group": f"{cfg.exp_name}/{re.sub(r'-s[0-9]+$', '', str(cfg.run_name))}",
             "job_type": regime.name, "tags": [*tags, f"cognition:{cognition}"],
