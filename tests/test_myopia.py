@@ -1,0 +1,131 @@
+"""F8 and C8 (myopia.py) on planted results tables with known answers, and the myopia gap of identical models."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from instrumentality.evaluators import POSITION_CLASSES, calibration_rows
+from instrumentality.myopia import c8_claims, cell_table, gap_table, grid, myopia_gap, report_section
+from instrumentality.planted import TruthModel
+from instrumentality.report import claims, write_report
+from tests.test_report import as_results_table
+
+SEEDS = range(5)
+LOOKAHEAD = {"standard": 0.35, "myopic": 0.25, "future1": 0.40, "future3": 0.45}  # k=2 accuracy; chance 0.06
+STEER_G1 = {"standard": 2.0, "myopic": 1.8, "future1": 2.1, "future3": 2.0}      # critic gamma=1, H=8
+MARKER_EXCESS = {"standard": 0.01, "myopic": 0.06, "future1": 0.01, "future3": 0.02}
+LABEL = {"standard": "standard", "myopic": "myopic", "future1": "future-heads-1", "future3": "future-heads-3"}
+
+
+def planted_grid() -> pd.DataFrame:
+    """Every F8 cell for 5 seeds (seed noise +-0.01 around the planted values): the objective sets steering
+    (gamma=1 steers about 2 nats whatever the cognition, supervised and gamma=0 do not), cognition sets
+    look-ahead (myopic lower, future heads higher), and only the myopic model pays at fork markers."""
+    rows = []
+
+    def add(run, exp, regime, seed, cognition, probe, metric, value, width=0.01, **extra):
+        rows.append({"run_id": run, "exp_name": exp, "regime": regime, "seed": seed, "cognition": LABEL[cognition],
+                     "probe": probe, "metric": metric, "value": value, "ci_low": value - width,
+                     "ci_high": value + width, "tokens": math.nan, "step": math.nan, **extra})
+
+    for s in SEEDS:
+        noise = 0.01 * (s - 2)
+        for c in LOOKAHEAD:
+            sup = ("F1", "F1/supervised-s{s}") if c == "standard" else ("F8", f"F8/supervised-{c}-s{{s}}")
+            exp, run = sup[0], sup[1].format(s=s)
+            add(run, exp, "supervised", s, c, "forks/asym/p=0.5", "steering_index", noise)
+            add(run, exp, "supervised", s, c, "forks/p=0.5", "instrumental_steering", noise)
+            add(run, exp, "supervised", s, c, "lookahead/k=2", "chance", 0.06)
+            add(run, exp, "supervised", s, c, "lookahead/k=2/layer=1", "accuracy", LOOKAHEAD[c] + noise)
+            for position in POSITION_CLASSES:
+                excess = MARKER_EXCESS[c] if position == "marker" else 0.01
+                add(run, exp, "supervised", s, c, f"calibration/position={position}", "excess_nll", excess + noise)
+                add(run, exp, "supervised", s, c, f"calibration/position={position}", "entropy_floor", 0.5, width=0)
+            for gamma in (0.0, 1.0):
+                exp = "F2" if c == "standard" else "F8_critic"
+                run = f"{exp}/critic-truth-{'' if c == 'standard' else c + '-'}g{gamma}-H8-s{s}"
+                extra = {"regime.critic": "truth", "regime.gamma": gamma, "regime.horizon": 8,
+                         "regime.rollout": "free"}
+                steer = gamma * STEER_G1[c] + noise
+                add(run, exp, "critic", s, c, "forks/asym/p=0.5", "steering_index", steer, **extra)
+                add(run, exp, "critic", s, c, "forks/asym/p=0.5", "steering_index_theory", gamma * 2.08, width=0,
+                    **extra)
+                add(run, exp, "critic", s, c, "forks/p=0.5", "instrumental_steering", steer, **extra)
+                add(run, exp, "critic", s, c, "lookahead/k=2", "chance", 0.06, **extra)
+                add(run, exp, "critic", s, c, "lookahead/k=2/layer=1", "accuracy", LOOKAHEAD[c], **extra)
+    return as_results_table(pd.DataFrame(rows))
+
+
+def test_the_grid_finds_every_cell_and_its_standard_cells_in_f1_and_f2():
+    g = grid(planted_grid())
+    counts = g.groupby(["cognition", "objective"]).seed.nunique()
+    assert len(counts) == 12 and (counts == 5).all()
+    standard = g[g.cognition == "standard"]
+    assert set(standard.exp_name) == {"F1", "F2"} and set(g[g.cognition == "myopic"].exp_name) == {"F8", "F8_critic"}
+
+
+def test_c8_on_a_planted_grid():
+    out = c8_claims(planted_grid())
+    objective = [c for c in out if "objective moves steering" in c.metric]
+    # per seed: (2.0 - 0) - |STEER_G1[c] - 2.0| (the seed noise cancels within a seed)
+    assert [round(c.value, 6) for c in objective] == [1.8, 1.9, 2.0]
+    assert all(c.verdict == "supported" and c.n_seeds == 5 for c in objective)
+    look = {c.metric.split(" of ")[1].split(" ")[0]: c for c in out if "look-ahead" in c.metric}
+    assert look["myopic"].value == pytest.approx(-0.10) and look["myopic"].verdict == "supported"
+    assert look["future1"].value == pytest.approx(0.05) and look["future3"].value == pytest.approx(0.10)
+    assert look["future3"].verdict == "supported"
+    interaction = out[-1]
+    assert interaction.value == pytest.approx(1.8) and interaction.verdict == "supported"
+    assert [c.claim for c in claims(planted_grid())].count("C8") == len(out) == 7
+
+
+def test_c8_fails_when_cognition_moves_steering_as_much_as_the_objective():
+    df = planted_grid()
+    myopic_g1 = (df.run_id.str.startswith("F8_critic/critic-truth-myopic-g1.0")) & (df.metric == "steering_index")
+    df.loc[myopic_g1, ["value", "ci_low", "ci_high"]] -= 3.0  # the myopic model steers the other way
+    c = next(c for c in c8_claims(df) if "|myopic - standard|" in c.metric)
+    assert c.value == pytest.approx(2.0 - 3.2) and c.verdict == "not supported"
+
+
+def test_myopia_gap_is_zero_for_identical_models_and_the_planted_difference_otherwise(world):
+    g = grid(planted_grid())
+    for position in POSITION_CLASSES:
+        assert (myopia_gap(g, "future1", position).value == 0).all()  # future1's rows equal standard's
+    assert myopia_gap(g, "myopic", "marker").value.to_numpy() == pytest.approx([0.05] * 5)
+    gaps = gap_table(planted_grid()).set_index("position")
+    assert gaps.loc["marker", "myopic"][0] == pytest.approx(0.05) and gaps.loc["prose", "myopic"][0] == 0
+    assert gaps.loc["marker", "entropy_floor"] == 0.5
+    # two identical models evaluated on the same probe positions: every class's excess NLL is equal
+    tokens = world.sample(32, generator=torch.Generator().manual_seed(0))
+    a, b = calibration_rows(TruthModel(world), world, tokens), calibration_rows(TruthModel(world), world, tokens)
+    gaps = [x["value"] - y["value"] for x, y in zip(a, b) if x["probe"].startswith("calibration/position=")]
+    assert len(gaps) == 3 * len(POSITION_CLASSES) and all(d == 0 for d in gaps)
+
+
+def test_cell_table_reports_steering_its_share_of_the_optimum_and_look_ahead():
+    t = cell_table(planted_grid()).set_index(["cognition", "objective"])
+    assert len(t) == 12
+    row = t.loc[("myopic", "critic gamma=1")]
+    assert row.steering[0] == pytest.approx(1.8) and row.optimum == pytest.approx(2.08)
+    assert row["lookahead k=2"][0] == pytest.approx(0.25 - 0.06)
+    assert math.isnan(row["lookahead k=3"][0])  # not measured in the planted table
+    lines = "\n".join(report_section(planted_grid()))
+    assert "| myopic | critic gamma=1 | 5 | 1.800 [" in lines and "| 87% |" in lines
+    assert "| marker | 0.5 | 0.050 [" in lines
+
+
+def test_the_report_draws_f8_and_keeps_f8_runs_out_of_the_other_claims(tmp_path):
+    df = planted_grid()
+    csv = tmp_path / "results.csv"
+    df.to_csv(csv, index=False)
+    text = write_report(csv, tmp_path).read_text()
+    assert (tmp_path / "figures" / "F8_cognition_vs_objective.png").stat().st_size > 1000
+    assert "### F8: cognition x objective" in text and "| C8 |" in text
+    by = {(c.claim, c.metric): c for c in claims(df)}
+    c7 = next(c for (cid, _), c in by.items() if cid == "C7")
+    assert c7.value == pytest.approx(0.35 - 0.06) and c7.n_seeds == 5  # F1's supervised runs, not F8's
+    c3 = next(c for (cid, _), c in by.items() if cid == "C3")
+    assert c3.value == pytest.approx(2.0) and np.isfinite(c3.low)  # F2's runs, not F8_critic's
