@@ -1,7 +1,7 @@
 """Evaluators: a model and the probe set in, tidy rows out.
 
-Every row: probe, metric, value, ci_low, ci_high (95% percentile bootstrap). `tidy_rows` adds the run's
-identity (run_id, regime, swept config values, seed). Metrics (docs/design.md section 4):
+Every row: probe, metric, value, ci_low, ci_high (95% percentile bootstrap: scipy.stats.bootstrap). `tidy_rows`
+adds the run's identity (run_id, regime, swept config values, seed). Metrics (docs/design.md section 4):
 
   calibration  kl = KL(p* || pi); excess_nll = -log pi(x_t) - H(p*(.|s_t)); ece (top-label, expected
                accuracy p*(argmax pi)); brier = E_{x~p*} sum_v (pi_v - 1[v = x])^2; all per token, CIs over
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from instrumentality.model import device_of
 from instrumentality.probes import ProbeSet
-from instrumentality.stats import ALPHA, bootstrap_indices, mean_ci, stat_ci
+from instrumentality.stats import diff_ci, mean_ci, stat_ci
 from instrumentality.world import World
 
 FAMILIES = ("calibration", "forks", "rollouts", "lookahead")
@@ -153,17 +153,8 @@ def fork_rows(model, world: World, probes: ProbeSet) -> list[dict]:
     for p in sorted({p for _, p in groups}):
         if ("asym", p) in groups and ("sym", p) in groups:
             rows.append(_row(f"forks/p={p}", "instrumental_steering",
-                             _diff_ci(groups[("asym", p)], groups[("sym", p)])))
+                             diff_ci(groups[("asym", p)], groups[("sym", p)])))
     return rows
-
-
-def _diff_ci(a: torch.Tensor, b: torch.Tensor, n_boot: int = 1000):
-    """Difference of two independent means with a bootstrap CI (each resampled on its own)."""
-    ba = a[bootstrap_indices(len(a), n_boot, seed=1)].mean(1)
-    bb = b[bootstrap_indices(len(b), n_boot, seed=2)].mean(1)
-    d = ba - bb
-    lo, hi = torch.quantile(d, torch.tensor([ALPHA / 2, 1 - ALPHA / 2], dtype=torch.float64))
-    return float(a.mean() - b.mean()), float(lo), float(hi)
 
 
 @torch.no_grad()

@@ -14,30 +14,45 @@ N_BOOT = 1000
 ALPHA = 0.05
 
 
-def bootstrap_indices(n: int, n_boot: int = N_BOOT, seed: int = 0) -> torch.Tensor:
-    """[n_boot, n] resampling indices, with replacement, from a fixed seed (CIs are reproducible)."""
-    return torch.randint(0, n, (n_boot, n), generator=torch.Generator().manual_seed(seed))
+def _percentile_bootstrap(data: tuple, statistic, n_boot: int, alpha: float, seed: int) -> tuple[float, float]:
+    """scipy.stats.bootstrap's percentile interval of a vectorised statistic, from a fixed seed (CIs are
+    reproducible); each sample in `data` is resampled on its own."""
+    res = stats.bootstrap(data, statistic, n_resamples=n_boot, confidence_level=1 - alpha, method="percentile",
+                          vectorized=True, rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def mean_ci(values: torch.Tensor | np.ndarray, n_boot: int = N_BOOT, alpha: float = ALPHA, seed: int = 0):
     """Mean of `values` [n] with a percentile bootstrap CI over items: (value, low, high)."""
-    values = torch.as_tensor(values, dtype=torch.float64).flatten()
-    if len(values) == 0:
+    v = torch.as_tensor(values, dtype=torch.float64).flatten().numpy()
+    if len(v) == 0:
         return float("nan"), float("nan"), float("nan")
-    boots = values[bootstrap_indices(len(values), n_boot, seed)].mean(1)
-    return _interval(float(values.mean()), boots, alpha)
+    if len(v) == 1 or (v == v[0]).all():  # no spread: the interval is the value
+        return float(v.mean()), float(v[0]), float(v[0])
+    return (float(v.mean()), *_percentile_bootstrap((v,), np.mean, n_boot, alpha, seed))
+
+
+def diff_ci(a, b, n_boot: int = N_BOOT, alpha: float = ALPHA, seed: int = 0):
+    """Difference of two independent means, mean(a) - mean(b), with a percentile bootstrap CI (each sample
+    resampled on its own): (value, low, high)."""
+    a, b = (torch.as_tensor(x, dtype=torch.float64).flatten().numpy() for x in (a, b))
+
+    def difference(x, y, axis=-1):
+        return x.mean(axis) - y.mean(axis)
+
+    return (float(a.mean() - b.mean()), *_percentile_bootstrap((a, b), difference, n_boot, alpha, seed))
 
 
 def stat_ci(n: int, stat: Callable[[torch.Tensor], torch.Tensor], n_boot: int = N_BOOT,
             alpha: float = ALPHA, seed: int = 0):
-    """Any statistic of n clusters: stat(idx [n_boot, n]) -> [n_boot]; stat(arange(n)[None]) is the estimate."""
+    """Any statistic of n clusters (sequences): stat(idx [n_boot, n]) -> [n_boot], the clusters drawn by
+    index; stat(arange(n)[None]) is the estimate. The percentile bootstrap resamples the indices."""
     value = float(stat(torch.arange(n)[None])[0])
-    return _interval(value, stat(bootstrap_indices(n, n_boot, seed)), alpha)
 
+    def of_indices(idx, axis=-1):
+        return stat(torch.as_tensor(idx).reshape(-1, n)).numpy().reshape(idx.shape[:-1])
 
-def _interval(value: float, boots: torch.Tensor, alpha: float):
-    lo, hi = torch.quantile(boots.double(), torch.tensor([alpha / 2, 1 - alpha / 2], dtype=torch.float64))
-    return value, float(lo), float(hi)
+    return (value, *_percentile_bootstrap((np.arange(n),), of_indices, n_boot, alpha, seed))
 
 
 def item_se(lows, highs, n: int) -> np.ndarray:
