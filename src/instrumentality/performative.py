@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from scipy import optimize
@@ -60,7 +61,12 @@ class ResponseMap:
         return (self.high - self.low) * self.steepness * s * (1 - s)
 
 
-Response = Callable  # any f with f(q) and f.slope(q), vectorised over numpy arrays
+class Response(Protocol):
+    """Any response map: f(q) and its derivative f.slope(q), vectorised over numpy arrays."""
+
+    def __call__(self, q): ...
+
+    def slope(self, q): ...
 
 
 @dataclass(frozen=True)
