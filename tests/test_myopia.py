@@ -129,3 +129,19 @@ def test_the_report_draws_f8_and_keeps_f8_runs_out_of_the_other_claims(tmp_path)
     assert c7.value == pytest.approx(0.35 - 0.06) and c7.n_seeds == 5  # F1's supervised runs, not F8's
     c3 = next(c for (cid, _), c in by.items() if cid == "C3")
     assert c3.value == pytest.approx(2.0) and np.isfinite(c3.low)  # F2's runs, not F8_critic's
+
+
+def test_a_runs_rows_name_its_cognition_as_the_grid_reads_it():
+    from instrumentality.model import cognition
+    from instrumentality.myopia import COGNITION_LABELS
+    from instrumentality.results import tidy_rows
+
+    assert [cognition(False, 0), cognition(True, 0), cognition(False, 3), cognition(True, 1)] == [
+        "standard", "myopic", "future-heads-3", "myopic+future-heads-1"]
+    for name, (myopic, heads) in {"standard": (False, 0), "myopic": (True, 0), "future1": (False, 1),
+                                  "future3": (False, 3)}.items():
+        config = {"seed": 0, "regime": {"name": "supervised"}, "model": {"myopic": myopic, "n_future_heads": heads}}
+        (row,) = tidy_rows([{"probe": "p", "metric": "m", "value": 1.0}], "F8/x", config)
+        assert row["cognition"] == COGNITION_LABELS[name] and row["model.n_future_heads"] == heads
+    # a scripted quest agent has no model: no cognition
+    assert "cognition" not in tidy_rows([{"probe": "p"}], "F4/random-s0", {"regime": {"name": "random"}})[0]
