@@ -85,8 +85,15 @@ def main() -> int:
     print("| claim | metric | committed (95% CI) | new | within the committed CI | verdicts |")
     print("|---|---|---|---|---|---|")
     inside = total = 0
-    for c_old, c_new in zip(claims(old), claims(new)):
-        if c_old.n_seeds == 0 or c_new.n_seeds == 0 or math.isnan(c_new.value):
+    committed = {(c.claim, c.metric): c for c in claims(old)}
+    for c_new in claims(new):  # a claim is matched by its id and metric; one only in the new table is listed
+        c_old = committed.get((c_new.claim, c_new.metric))
+        if c_old is None or c_old.n_seeds == 0:
+            if c_new.n_seeds:
+                print(f"| {c_new.claim} | {c_new.metric} | not in the committed table | {c_new.value:.4g} | - | "
+                      f"{c_new.verdict} |")
+            continue
+        if c_new.n_seeds == 0 or math.isnan(c_new.value):
             continue
         total += 1
         ok = c_old.low <= c_new.value <= c_old.high

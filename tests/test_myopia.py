@@ -145,3 +145,22 @@ def test_a_runs_rows_name_its_cognition_as_the_grid_reads_it():
         assert row["cognition"] == COGNITION_LABELS[name] and row["model.n_future_heads"] == heads
     # a scripted quest agent has no model: no cognition
     assert "cognition" not in tidy_rows([{"probe": "p"}], "F4/random-s0", {"regime": {"name": "random"}})[0]
+
+
+def test_compare_lists_the_claims_a_new_table_adds(tmp_path):
+    """scripts/compare.py matches claims by id and metric: against a committed table without F8's runs, the
+    C8 claims are listed as new, and the others are compared as before."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    new = planted_grid()
+    old = new[~new.exp_name.isin(["F8", "F8_critic"])]
+    old.to_csv(tmp_path / "old.csv", index=False)
+    new.to_csv(tmp_path / "new.csv", index=False)
+    proc = subprocess.run([sys.executable, "scripts/compare.py", str(tmp_path / "old.csv"), str(tmp_path / "new.csv")],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    c8 = [line for line in proc.stdout.splitlines() if line.startswith("| C8 |")]
+    assert len(c8) == 7 and all("| not in the committed table |" in line for line in c8)
+    assert "| C7 |" in proc.stdout and "| yes |" in proc.stdout
