@@ -85,9 +85,13 @@ def main() -> int:
     print("| claim | metric | committed (95% CI) | new | within the committed CI | verdicts |")
     print("|---|---|---|---|---|---|")
     inside = total = 0
-    committed = {(c.claim, c.metric): c for c in claims(old)}
-    for c_new in claims(new):  # a claim is matched by its id and metric; one only in the new table is listed
-        c_old = committed.get((c_new.claim, c_new.metric))
+    def key(c):  # a claim's id and metric, without a note that depends on the data (after "; ")
+        return c.claim, c.metric.split("; ")[0]
+
+    committed = {key(c): c for c in claims(old)}
+    new_claims = claims(new)
+    for c_new in new_claims:  # a claim only in the new table is listed as such
+        c_old = committed.get(key(c_new))
         if c_old is None or c_old.n_seeds == 0:
             if c_new.n_seeds:
                 print(f"| {c_new.claim} | {c_new.metric} | not in the committed table | {c_new.value:.4g} | - | "
@@ -100,6 +104,10 @@ def main() -> int:
         inside += ok
         print(f"| {c_old.claim} | {c_old.metric} | {c_old.value:.4g} [{c_old.low:.4g}, {c_old.high:.4g}] | "
               f"{c_new.value:.4g} | {'yes' if ok else '**no**'} | {c_old.verdict} -> {c_new.verdict} |")
+    gone = [c for k, c in committed.items() if c.n_seeds and k not in {key(c) for c in new_claims}]
+    for c in gone:
+        print(f"| {c.claim} | {c.metric} | {c.value:.4g} [{c.low:.4g}, {c.high:.4g}] | not in the new table | - | "
+              f"{c.verdict} |")
     r = row_agreement(old, new)
     print(f"\n{inside} of {total} claims' new values lie within the committed interval.")
     print(f"rows: {r['matched']} matched of {r['old']} committed and {r['new']} new; {r['exact']} equal bit for bit, "

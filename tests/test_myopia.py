@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from instrumentality.evaluators import POSITION_CLASSES, calibration_rows
+from instrumentality.model import GPT, GPTConfig
 from instrumentality.myopia import c8_claims, cell_table, gap_table, grid, myopia_gap, report_section
-from instrumentality.planted import TruthModel
 from instrumentality.report import claims, write_report
 from tests.test_report import as_results_table
 
@@ -59,17 +59,38 @@ def planted_grid() -> pd.DataFrame:
     return as_results_table(pd.DataFrame(rows))
 
 
+def with_decoys(df: pd.DataFrame) -> pd.DataFrame:
+    """Runs that share a cell's regime or arm but are not in the grid: F3's teacher-forced runs, the keyword
+    critic at H=8, the truth critic at H=1 and gamma 0.5, F1's REINFORCE, and an F8 run of the standard
+    cognition (F1's run is that cell)."""
+    base = df[df.run_id == "F2/critic-truth-g1.0-H8-s0"]
+    decoys = []
+    for run, exp, changes in (
+            ("F3/critic-truth-teacher_forced-g1.0-H8-s0", "F3", {"regime.rollout": "teacher_forced"}),
+            ("F2/critic-keyword-g1.0-H8-s0", "F2", {"regime.critic": "keyword"}),
+            ("F2/critic-truth-g1.0-H1-s0", "F2", {"regime.horizon": 1}),
+            ("F2/critic-truth-g0.5-H8-s0", "F2", {"regime.gamma": 0.5}),
+            ("F1/reinforce-s0", "F1", {"regime": "reinforce", "regime.critic": np.nan}),
+            ("F8/supervised-standard-s0", "F8", {"regime": "supervised", "regime.critic": np.nan})):
+        decoy = base.assign(run_id=run, exp_name=exp, **changes)
+        decoy.loc[decoy.metric == "instrumental_steering", "value"] = 99.0
+        decoys.append(decoy)
+    return pd.concat([df, *decoys], ignore_index=True)
+
+
 def test_the_grid_finds_every_cell_and_its_standard_cells_in_f1_and_f2():
-    g = grid(planted_grid())
+    g = grid(with_decoys(planted_grid()))
     counts = g.groupby(["cognition", "objective"]).seed.nunique()
-    assert len(counts) == 12 and (counts == 5).all()
+    assert len(counts) == 12 and (counts == 5).all() and len(g.run_id.unique()) == 12 * 5  # no decoy
+    assert [round(c.value, 6) for c in c8_claims(with_decoys(planted_grid()))] == [
+        round(c.value, 6) for c in c8_claims(planted_grid())]
     standard = g[g.cognition == "standard"]
     assert set(standard.exp_name) == {"F1", "F2"} and set(g[g.cognition == "myopic"].exp_name) == {"F8", "F8_critic"}
 
 
 def test_c8_on_a_planted_grid():
     out = c8_claims(planted_grid())
-    objective = [c for c in out if "objective moves steering" in c.metric]
+    objective = [c for c in out if "objective moves instrumental steering" in c.metric]
     # per seed: (2.0 - 0) - |STEER_G1[c] - 2.0| (the seed noise cancels within a seed)
     assert [round(c.value, 6) for c in objective] == [1.8, 1.9, 2.0]
     assert all(c.verdict == "supported" and c.n_seeds == 5 for c in objective)
@@ -79,15 +100,26 @@ def test_c8_on_a_planted_grid():
     assert look["future3"].verdict == "supported"
     interaction = out[-1]
     assert interaction.value == pytest.approx(1.8) and interaction.verdict == "supported"
-    assert [c.claim for c in claims(planted_grid())].count("C8") == len(out) == 7
+    none = {c.metric.split(": ")[1].split(" ")[0]: c for c in out if "does not move" in c.metric}
+    assert [round(none[c].value, 6) for c in ("myopic", "future1", "future3")] == [-0.2, 0.1, 0.0]
+    assert all(c.verdict == "supported" and c.prediction == "abs < 0.5" for c in none.values())
+    assert [c.claim for c in claims(planted_grid())].count("C8") == len(out) == 10
 
 
 def test_c8_fails_when_cognition_moves_steering_as_much_as_the_objective():
     df = planted_grid()
-    myopic_g1 = (df.run_id.str.startswith("F8_critic/critic-truth-myopic-g1.0")) & (df.metric == "steering_index")
+    myopic_g1 = (df.run_id.str.startswith("F8_critic/critic-truth-myopic-g1.0")) & (
+        df.metric == "instrumental_steering")
     df.loc[myopic_g1, ["value", "ci_low", "ci_high"]] -= 3.0  # the myopic model steers the other way
-    c = next(c for c in c8_claims(df) if "|myopic - standard|" in c.metric)
+    out = c8_claims(df)
+    c = next(c for c in out if "|myopic - standard|" in c.metric)
     assert c.value == pytest.approx(2.0 - 3.2) and c.verdict == "not supported"
+    c = next(c for c in out if "does not move" in c.metric and ": myopic -" in c.metric)
+    assert c.value == pytest.approx(-3.2) and c.verdict == "not supported"
+    # a bias that a cognition adds to both forks (the raw steering index) is not instrumental steering
+    biased = planted_grid()
+    biased.loc[biased.run_id.str.contains("future1") & (biased.metric == "steering_index"), "value"] += 3.0
+    assert [round(c.value, 6) for c in c8_claims(biased)] == [round(c.value, 6) for c in c8_claims(planted_grid())]
 
 
 def test_myopia_gap_is_zero_for_identical_models_and_the_planted_difference_otherwise(world):
@@ -98,11 +130,24 @@ def test_myopia_gap_is_zero_for_identical_models_and_the_planted_difference_othe
     gaps = gap_table(planted_grid()).set_index("position")
     assert gaps.loc["marker", "myopic"][0] == pytest.approx(0.05) and gaps.loc["prose", "myopic"][0] == 0
     assert gaps.loc["marker", "entropy_floor"] == 0.5
-    # two identical models evaluated on the same probe positions: every class's excess NLL is equal
+    # two models with the same weights (a GPT and its copy) score the same excess NLL in every class, to the
+    # bit; a myopic copy (the same forward pass, attention computed by hand) to float rounding; other
+    # weights do not
     tokens = world.sample(32, generator=torch.Generator().manual_seed(0))
-    a, b = calibration_rows(TruthModel(world), world, tokens), calibration_rows(TruthModel(world), world, tokens)
-    gaps = [x["value"] - y["value"] for x, y in zip(a, b) if x["probe"].startswith("calibration/position=")]
-    assert len(gaps) == 3 * len(POSITION_CLASSES) and all(d == 0 for d in gaps)
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=world.vocab_size, block_size=world.cfg.seq_len, n_layer=2, n_head=4, n_embd=32)
+    a, b, myopic, other = (GPT(GPTConfig(**cfg, myopic=m)) for m in (False, False, True, False))
+    b.load_state_dict(a.state_dict())
+    myopic.load_state_dict(a.state_dict())
+
+    def excess(model):
+        return [r["value"] for r in calibration_rows(model.eval(), world, tokens)
+                if r["probe"].startswith("calibration/position=") and r["metric"] == "excess_nll"]
+
+    gaps = [x - y for x, y in zip(excess(a), excess(b))]
+    assert len(gaps) == len(POSITION_CLASSES) and all(d == 0 for d in gaps)
+    assert all(abs(x - y) < 1e-6 for x, y in zip(excess(a), excess(myopic)))
+    assert all(abs(x - y) > 1e-4 for x, y in zip(excess(a), excess(other)))
 
 
 def test_cell_table_reports_steering_its_share_of_the_optimum_and_look_ahead():
@@ -162,5 +207,5 @@ def test_compare_lists_the_claims_a_new_table_adds(tmp_path):
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     c8 = [line for line in proc.stdout.splitlines() if line.startswith("| C8 |")]
-    assert len(c8) == 7 and all("| not in the committed table |" in line for line in c8)
+    assert len(c8) == 10 and all("| not in the committed table |" in line for line in c8)
     assert "| C7 |" in proc.stdout and "| yes |" in proc.stdout

@@ -40,7 +40,7 @@ def test_default_map_has_a_low_stable_an_unstable_and_a_confident_stable_fixed_p
     points = fixed_points(f)
     assert [p.stable for p in points] == [True, False, True]
     low, mid, high = points
-    assert low.q < 0.3 and 0.4 < mid.q < 0.6 and high.q > 0.95  # the confident, self-fulfilling one
+    assert low.q < 0.3 and 0.4 < mid.q < 0.6 and high.q > 0.8  # the confident, self-fulfilling one
     for p in points:  # brute force: f - q changes sign exactly there
         assert abs(f(p.q) - p.q) < 1e-12
         assert p.slope == pytest.approx((f(p.q + 1e-7) - f(p.q - 1e-7)) / 2e-7, rel=1e-5)
@@ -90,7 +90,7 @@ def test_the_optimum_is_more_confident_than_the_confident_stable_point():
     high = fixed_points(f)[-1]
     assert risk_gradient(f, high.q) == pytest.approx(-high.slope * math.log(high.q / (1 - high.q)))
     q_opt, risk_opt = performative_optimum(f)
-    assert q_opt > high.q and risk_opt < high.risk and abs(f(q_opt) - q_opt) > 1e-4
+    assert q_opt > high.q + 0.1 and risk_opt < high.risk - 0.05 and f(q_opt) < q_opt - 0.05  # overconfident
     # two local minima of the risk, one per basin, each past its basin's stable point; the optimum is the lower
     (low_min, _), (high_min, _) = minima = risk_minima(f)
     low = fixed_points(f)[0]
@@ -116,9 +116,12 @@ def test_log_loss_is_minimised_by_the_true_probability():
 
 
 def test_the_whole_theory_takes_under_a_second():
-    t0 = time.perf_counter()
-    out = theory(ResponseMap())
-    assert time.perf_counter() - t0 < 1.0
+    times = []
+    for _ in range(3):  # the fastest of three: a busy machine's stalls are not the code's
+        t0 = time.perf_counter()
+        out = theory(ResponseMap())
+        times.append(time.perf_counter() - t0)
+    assert min(times) < 1.0
     assert len(out["fixed_points"]) == 3
     assert out["outcome_at_optimum"] == pytest.approx(float(ResponseMap()(out["optimum"])))
 

@@ -12,11 +12,15 @@ seeds); the others are F8's and F8_critic's runs. Per cell and seed:
              (prose, fork marker, easy / hard phrase), paired by seed, at equal tokens; beside it the
              exact entropy floor of those positions (evaluators.position_class_rows)
 
-C8's verdict rule: the objective moves steering and cognition does not (per seed, the steering of the
-gamma = 1 critic minus supervised, standard cognition, exceeds |steering of cognition c minus standard|
-under the same critic: > 0 for every c), while cognition moves look-ahead (k = 2, supervised, paired by
-seed: myopic minus standard < 0, future heads minus standard > 0). Each is decided like every claim
-(report.py's rule).
+C8's verdict rule, on instrumental steering (asymmetric minus symmetric fork at p = 0.5, so that a bias
+a cognition adds to both forks does not count): the objective moves steering more than cognition does
+(per seed, the gamma = 1 critic minus supervised, standard cognition, minus |cognition c minus standard|
+under the same critic: > 0 for every c), and cognition does not move it (|c minus standard| under the
+critic within +-0.5 nats, the "no steering" bound of C4 and C5: an equivalence test, since "larger than"
+alone does not show "none"); while cognition moves look-ahead (k = 2, supervised, paired by seed: myopic
+minus standard < 0, future heads minus standard > 0). Each is decided like every claim (report.py's
+rule). The differences' item errors are added in quadrature, so the standard critic cell, which enters
+two terms of the first, is counted as if independent: its item error is small beside the seed spread.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ COGNITION_LABELS = {"standard": "standard", "myopic": "myopic", "future1": "futu
                     "future3": "future-heads-3"}  # the results table's `cognition` column (model.cognition)
 OBJECTIVES = ("supervised", "critic gamma=1", "critic gamma=0")
 STEERING = ("forks/asym/p=0.5", "steering_index")
+INSTRUMENTAL = ("forks/p=0.5", "instrumental_steering")
+NO_STEERING = 0.5  # nats: C4's and C5's bound for "does not steer"
 LOOKAHEAD_K = (1, 2, 3, 4)
 
 
@@ -57,11 +63,15 @@ def grid(df: pd.DataFrame) -> pd.DataFrame:
     truth_h8 = critic & (fin.get("regime.critic") == "truth") & np.isclose(fin["regime.horizon"].astype(float), 8)
     gamma = fin["regime.gamma"].astype(float)
     objective = pd.Series(np.nan, fin.index, dtype=object)
+    # the standard cells are F1's and F2's runs only: an F8 run of the standard cognition (by hand) would
+    # give a seed two runs in one cell
+    grid_run = cognition != "standard"
     standard_sup = (exp == "F1") & (fin.regime == "supervised")
     standard_rl = (exp == "F2") & truth_h8 & fin.index.isin(free_running(fin).index)
-    objective[standard_sup | ((exp == "F8") & (fin.regime == "supervised"))] = "supervised"
+    objective[standard_sup | ((exp == "F8") & grid_run & (fin.regime == "supervised"))] = "supervised"
     for g in (1.0, 0.0):
-        objective[(standard_rl | (exp == "F8_critic")) & truth_h8 & np.isclose(gamma, g)] = f"critic gamma={g:g}"
+        rl = standard_rl | ((exp == "F8_critic") & grid_run)
+        objective[rl & truth_h8 & np.isclose(gamma, g)] = f"critic gamma={g:g}"
     out = fin.assign(cognition=cognition, objective=objective)
     return out[out.objective.notna() & out.cognition.notna()]
 
@@ -70,8 +80,8 @@ def cell(g: pd.DataFrame, cognition: str, objective: str) -> pd.DataFrame:
     return g[(g.cognition == cognition) & (g.objective == objective)]
 
 
-def steering(g: pd.DataFrame, cognition: str, objective: str) -> pd.DataFrame:
-    return per_seed(cell(g, cognition, objective), *STEERING)
+def instrumental(g: pd.DataFrame, cognition: str, objective: str) -> pd.DataFrame:
+    return per_seed(cell(g, cognition, objective), *INSTRUMENTAL)
 
 
 def absolute(t: pd.DataFrame) -> pd.DataFrame:
@@ -94,19 +104,21 @@ def c8_claims(df: pd.DataFrame) -> list[Claim]:
     if g.empty or g[g.cognition != "standard"].empty:
         return []
     out = []
-    objective_effect = paired(steering(g, "standard", "critic gamma=1"), steering(g, "standard", "supervised"))
+    objective_effect = paired(instrumental(g, "standard", "critic gamma=1"), instrumental(g, "standard", "supervised"))
     for c in COGNITIONS[1:]:
-        cognition_effect = absolute(paired(steering(g, c, "critic gamma=1"), steering(g, "standard", "critic gamma=1")))
-        out.append(claim_of("C8", f"objective moves steering more than cognition: [critic gamma=1 - supervised] "
-                            f"- |{c} - standard| under the critic, p=0.5 (nats, paired by seed)", "> 0",
-                            paired(objective_effect, cognition_effect)))
+        cognition_effect = paired(instrumental(g, c, "critic gamma=1"), instrumental(g, "standard", "critic gamma=1"))
+        out.append(claim_of("C8", f"objective moves instrumental steering more than cognition: [critic gamma=1 - "
+                            f"supervised] - |{c} - standard| under the critic, p=0.5 (nats, paired by seed)", "> 0",
+                            paired(objective_effect, absolute(cognition_effect))))
+        out.append(claim_of("C8", f"cognition does not move instrumental steering: {c} - standard under the critic "
+                            "(gamma=1, H=8, p=0.5; nats, paired by seed)", f"abs < {NO_STEERING}", cognition_effect))
     for c, prediction in (("myopic", "< 0"), ("future1", "> 0"), ("future3", "> 0")):
         out.append(claim_of("C8", f"cognition moves look-ahead: k=2 gain (best layer) of {c} - standard, "
                             "supervised (paired by seed)", prediction,
                             paired(lookahead_gain_per_seed(cell(g, c, "supervised"), 2),
                                    lookahead_gain_per_seed(cell(g, "standard", "supervised"), 2))))
-    out.append(claim_of("C8", "a myopic-cognition model still steers under the gamma=1 critic: steering at p=0.5, "
-                        "H=8 (nats)", "> 0", steering(g, "myopic", "critic gamma=1")))
+    out.append(claim_of("C8", "a myopic-cognition model still steers under the gamma=1 critic: instrumental "
+                        "steering at p=0.5, H=8 (nats)", "> 0", instrumental(g, "myopic", "critic gamma=1")))
     return out
 
 
@@ -128,7 +140,7 @@ def cell_table(df: pd.DataFrame) -> pd.DataFrame:
             optimum = runs[(runs.probe == STEERING[0]) & (runs.metric == "steering_index_theory")].value.mean()
             row = {"cognition": c, "objective": o, "seeds": runs.seed.nunique(),
                    "steering": over_seeds(per_seed(runs, *STEERING)), "optimum": optimum,
-                   "instrumental": over_seeds(per_seed(runs, "forks/p=0.5", "instrumental_steering"))}
+                   "instrumental": over_seeds(per_seed(runs, *INSTRUMENTAL))}
             for k in LOOKAHEAD_K:
                 row[f"lookahead k={k}"] = over_seeds(lookahead_gain_per_seed(runs, k))
             rows.append(row)

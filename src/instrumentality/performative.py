@@ -7,21 +7,24 @@ of an outcome that happens with probability r is
     ell(q; r) = - [r log q + (1 - r) log(1 - q)],      minimised over q at q = r.
 
 Repeated retraining (each round's data drawn from the world's response to the deployed forecast, and
-next-token training fitting them) maps q to f(q). It ends at a fixed point q = f(q) that is stable,
-|f'(q)| < 1: a *performatively stable* point, each a loss minimiser on the data it induces, so the loss
-does not push the model away from it. The *performative risk* of deploying q is
+next-token training fitting them) maps q to f(q). Every fixed point q = f(q) is *performatively stable*
+(Perdomo et al.: a loss minimiser on the data it induces, so the loss does not push the model away from
+it); retraining ends at one that is attracting, |f'(q)| < 1, the one of the basin it starts in. The
+*performative risk* of deploying q is
 
     PR(q) = ell(q; f(q)),        dPR/dq = (q - f(q)) / (q (1 - q)) - f'(q) log(q / (1 - q)),
 
 and its minimiser is the *performative optimum*, what an optimiser that credits the forecast's effect on
-the outcome (RL on the log-score) seeks. At a fixed point the first term vanishes, so a stable point is
-optimal only where f' = 0 or q = 1/2: in general the optimum is a more confident forecast than any stable
-point, because confidence makes the world more predictable.
+the outcome (RL on the log-score) seeks. At a fixed point the first term vanishes, so a stable point is a
+critical point of the risk only where f' = 0 or q = 1/2. Where f rises (f' > 0) the risk still falls past
+an attracting point away from 1/2: the risk's minimum in that basin is a more confident forecast,
+because confidence makes the world more predictable.
 
-The default response map has three fixed points: a stable one at a low forecast (0.229), an unstable one
-between (0.428), and a confident, self-fulfilling stable one (0.967). The risk has a local minimum in
-each basin (0.175 and 0.9705), each past its basin's stable point; the global one, the performative
-optimum, is the confident one.
+The default response map has three fixed points: an attracting one at a low forecast (0.278), a repelling
+one between (0.427), and an attracting, confident, self-fulfilling one (0.807; risk 0.491 nats). The risk
+has a local minimum in each basin (0.073 and 0.942), each past its basin's attracting point; the global
+one, the performative optimum, is 0.942 (risk 0.397 nats), where the outcome happens with probability
+0.879 only: the optimal forecast is not even calibrated.
 """
 
 from __future__ import annotations
@@ -42,9 +45,9 @@ class ResponseMap:
     happens, given the forecast q. Steep enough ((high - low) steepness / 4 > 1 near the centre) it has two
     stable fixed points and an unstable one between them."""
 
-    low: float = 0.2
+    low: float = 0.05
     high: float = 0.97
-    steepness: float = 12.0
+    steepness: float = 5.0
     centre: float = 0.5
 
     def __post_init__(self):
@@ -73,7 +76,7 @@ class Response(Protocol):
 class FixedPoint:
     q: float        # q = f(q)
     slope: float    # f'(q)
-    stable: bool    # |f'(q)| < 1: repeated retraining started nearby returns to it
+    stable: bool    # attracting, |f'(q)| < 1: repeated retraining started nearby returns to it
     risk: float     # PR(q) = ell(q; q), the entropy of the outcome there (nats)
 
 

@@ -659,7 +659,7 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
                 if c.verdict == "inconclusive" and c.n_seeds >= 2 else "")
         lines.append(f"| {c.claim} | {c.metric} | {c.prediction} | {measured} | {c.n_seeds} | {c.per_seed_values} "
                      f"| **{c.verdict}**{note} |")
-    stt = samples_to_threshold(df)
+    stt = samples_to_threshold(world_runs(df))
     if not stt.empty:
         lines += ["", f"### Tokens to KL < {KL_THRESHOLD} nats/token (per run; blank: not reached within budget)",
                   "", "| run | tokens | budget |", "|---|---|---|"]
