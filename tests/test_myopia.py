@@ -40,6 +40,9 @@ def planted_grid() -> pd.DataFrame:
             add(run, exp, "supervised", s, c, "forks/p=0.5", "instrumental_steering", noise)
             add(run, exp, "supervised", s, c, "lookahead/k=2", "chance", 0.06)
             add(run, exp, "supervised", s, c, "lookahead/k=2/layer=1", "accuracy", LOOKAHEAD[c] + noise)
+            for t, kl in enumerate((0.5, 0.05)):  # a learning curve (F8 runs log one at their end too)
+                rows.append({**rows[-1], "probe": "curve/calibration", "metric": "kl", "value": kl,
+                             "ci_low": math.nan, "ci_high": math.nan, "tokens": 1000.0 * (t + 1)})
             for position in POSITION_CLASSES:
                 excess = MARKER_EXCESS[c] if position == "marker" else 0.01
                 add(run, exp, "supervised", s, c, f"calibration/position={position}", "excess_nll", excess + noise)
@@ -166,7 +169,8 @@ def test_the_report_draws_f8_and_keeps_f8_runs_out_of_the_other_claims(tmp_path)
     df = planted_grid()
     csv = tmp_path / "results.csv"
     df.to_csv(csv, index=False)
-    text = write_report(csv, tmp_path).read_text()
+    text = write_report(csv, tmp_path).read_text()  # F8's curves do not enter F1's tokens-to-KL (one run a seed)
+    assert "| F8/" not in text.split("### Tokens to KL")[1].split("###")[0]
     assert (tmp_path / "figures" / "F8_cognition_vs_objective.png").stat().st_size > 1000
     assert "### F8: cognition x objective" in text and "| C8 |" in text
     by = {(c.claim, c.metric): c for c in claims(df)}
