@@ -115,7 +115,7 @@ def test_c8_fails_when_cognition_moves_steering_as_much_as_the_objective():
         df.metric == "instrumental_steering")
     df.loc[myopic_g1, ["value", "ci_low", "ci_high"]] -= 3.0  # the myopic model steers the other way
     out = c8_claims(df)
-    c = next(c for c in out if "|myopic - standard|" in c.metric)
+    c = next(c for c in out if "abs(myopic - standard)" in c.metric)
     assert c.value == pytest.approx(2.0 - 3.2) and c.verdict == "not supported"
     c = next(c for c in out if "does not move" in c.metric and ": myopic -" in c.metric)
     assert c.value == pytest.approx(-3.2) and c.verdict == "not supported"
@@ -173,6 +173,10 @@ def test_the_report_draws_f8_and_keeps_f8_runs_out_of_the_other_claims(tmp_path)
     assert "| F8/" not in text.split("### Tokens to KL")[1].split("###")[0]
     assert (tmp_path / "figures" / "F8_cognition_vs_objective.png").stat().st_size > 1000
     assert "### F8: cognition x objective" in text and "| C8 |" in text
+    import re
+
+    for line in (x for x in text.splitlines() if x.startswith("| C")):  # 7 columns, unescaped pipes only
+        assert len(re.split(r"(?<!\\)\|", line)) == 9, line
     by = {(c.claim, c.metric): c for c in claims(df)}
     c7 = next(c for (cid, _), c in by.items() if cid == "C7")
     assert c7.value == pytest.approx(0.35 - 0.06) and c7.n_seeds == 5  # F1's supervised runs, not F8's

@@ -108,7 +108,7 @@ def c8_claims(df: pd.DataFrame) -> list[Claim]:
     for c in COGNITIONS[1:]:
         cognition_effect = paired(instrumental(g, c, "critic gamma=1"), instrumental(g, "standard", "critic gamma=1"))
         out.append(claim_of("C8", f"objective moves instrumental steering more than cognition: [critic gamma=1 - "
-                            f"supervised] - |{c} - standard| under the critic, p=0.5 (nats, paired by seed)", "> 0",
+                            f"supervised] - abs({c} - standard) under the critic, p=0.5 (nats, paired by seed)", "> 0",
                             paired(objective_effect, absolute(cognition_effect))))
         out.append(claim_of("C8", f"cognition does not move instrumental steering: {c} - standard under the critic "
                             "(gamma=1, H=8, p=0.5; nats, paired by seed)", f"abs < {NO_STEERING}", cognition_effect))

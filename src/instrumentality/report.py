@@ -657,7 +657,8 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
         note = (f" (about {decide} seeds would decide it, if the mean and spread held)" if decide else
                 " (no seed count would: the item error, or a mean on the threshold)"
                 if c.verdict == "inconclusive" and c.n_seeds >= 2 else "")
-        lines.append(f"| {c.claim} | {c.metric} | {c.prediction} | {measured} | {c.n_seeds} | {c.per_seed_values} "
+        metric = c.metric.replace("|", "\\|")  # a pipe would end the table cell
+        lines.append(f"| {c.claim} | {metric} | {c.prediction} | {measured} | {c.n_seeds} | {c.per_seed_values} "
                      f"| **{c.verdict}**{note} |")
     stt = samples_to_threshold(world_runs(df))
     if not stt.empty:
