@@ -213,8 +213,7 @@ def figure_f8(df: pd.DataFrame, folder) -> list:
             if m.empty:
                 continue
             ax1.scatter(m.value_s, m.value_l, color=f"C{i}", marker=marker, s=10, alpha=0.4)
-            xs = seed_interval(m.value_s, m.ci_low_s, m.ci_high_s)
-            ys = seed_interval(m.value_l, m.ci_low_l, m.ci_high_l)
+            xs, ys = over_seeds(s[s.seed.isin(m.seed)]), over_seeds(la[la.seed.isin(m.seed)])
             ax1.errorbar(xs[0], ys[0], xerr=[[xs[0] - xs[1]], [xs[2] - xs[0]]],
                          yerr=[[ys[0] - ys[1]], [ys[2] - ys[0]]], color=f"C{i}", marker=marker, ms=7,
                          capsize=2, label=f"{c}, {o}")
