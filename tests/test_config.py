@@ -39,7 +39,7 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
     from omegaconf import OmegaConf
 
     paths = sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
-    assert [p.stem for p in paths] == ["F1", "F2", "F3", "F4", "F4_simulator", "F8", "F8_critic"]
+    assert [p.stem for p in paths] == ["F1", "F2", "F3", "F4", "F4_simulator", "F8", "F8_critic", "F9"]
     for path in paths:
         cfg = composed(f"experiment={path.stem}", f"preset={preset}", hydra=True)
         params = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
@@ -130,3 +130,23 @@ def test_f8_cells_share_their_standard_cells_budgets_and_start_from_their_own_co
         assert (rl.regime.critic, rl.regime.horizon) == ("truth", 8)
         assert rl.regime.ref_checkpoint == f"runs/{preset}/F8/{sup.run_name}/checkpoint.pt"
         assert sup.run_name == f"supervised-{cell}-s3"
+
+
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_f9_sweeps_both_regimes_from_four_starts_and_warms_up_before_deploying(preset):
+    """F9's two regimes share a world whose markers start below, between and above the response map's
+    fixed points (performative theory: the default map's), train past their warm-up, and log one forecast
+    per retraining round."""
+    from instrumentality.performative import ResponseMap, fixed_points
+
+    f9 = composed("experiment=F9", f"preset={preset}", hydra=True)
+    assert f9.hydra.sweeper.params.regime.split(",") == ["retrain", "prophecy_rl"]
+    starts = list(f9.world.prophecies)
+    low, mid, high = (p.q for p in fixed_points(ResponseMap()))
+    assert starts[0] < low < starts[1] < mid < starts[2] < high < starts[3]
+    for regime in ("retrain", "prophecy_rl"):
+        cfg = composed("experiment=F9", f"preset={preset}", f"regime={regime}")
+        assert cfg.trainer.max_steps >= cfg.regime.warmup_steps + 8 * 25
+        assert (cfg.regime.response_low, cfg.regime.response_high, cfg.regime.response_steepness) == \
+            (ResponseMap().low, ResponseMap().high, ResponseMap().steepness)
+    assert composed("experiment=F9", f"preset={preset}").trainer.log_every == f9.regime.round_steps

@@ -231,7 +231,7 @@ def composed(*overrides):
         return compose(config_name="train", overrides=["preset=debug", *overrides])
 
 
-@pytest.mark.parametrize("name", ["supervised", "reinforce", "critic", "quest"])
+@pytest.mark.parametrize("name", ["supervised", "reinforce", "critic", "quest", "retrain", "prophecy_rl"])
 def test_regime_configs_start_from_the_settings_defaults_and_repeat_none(name):
     """configs/regime/<name>.yaml sets `_target_`, `name` and interpolations of run-level values only: every
     other key of the composed config is its settings dataclass's default."""

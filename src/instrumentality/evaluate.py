@@ -22,6 +22,7 @@ from instrumentality.files import read_json
 from instrumentality.probes import ProbeConfig, ProbeSet, probe_set_for
 from instrumentality.quest_eval import agent_run_rows, log_agent, quest_model_rows
 from instrumentality.regimes.base import QUEST_PROBES, WORLD_PROBES, Regime
+from instrumentality.regimes.performative import PROPHECY_PROBES, ProphecyBase, prophecy_rows
 from instrumentality.results import (
     ROWS,
     curve_rows,
@@ -83,8 +84,8 @@ def find_runs(paths) -> list[Path]:
 
 def model_rows(model, world: World, regime: Regime, run_config: dict, probe_cache: str | None = None,
                probes: ProbeSet | None = None) -> list[dict]:
-    """Every probe family the regime's model is scored on (the world probes, the quest probes), and the
-    regime's exact theory rows beside them."""
+    """Every probe family the regime's model is scored on (the world probes, the quest probes, the
+    forecasts at prophecy markers), and the regime's exact theory rows beside them."""
     rows = []
     if WORLD_PROBES in regime.probe_families():
         probes = probes or probe_set_for(world, ProbeConfig(**run_config.get("eval", {}).get("probes", {})),
@@ -92,6 +93,9 @@ def model_rows(model, world: World, regime: Regime, run_config: dict, probe_cach
         rows += evaluate_model(model, world, probes)
     if QUEST_PROBES in regime.probe_families():
         rows += quest_model_rows(model, world, run_config["quest"], regime.name)
+    if PROPHECY_PROBES in regime.probe_families():
+        assert isinstance(regime, ProphecyBase)
+        rows += prophecy_rows(model, regime)
     return rows + regime.theory_rows()
 
 

@@ -20,11 +20,14 @@ critical point of the risk only where f' = 0 or q = 1/2. Where f rises (f' > 0) 
 an attracting point away from 1/2: the risk's minimum in that basin is a more confident forecast,
 because confidence makes the world more predictable.
 
-The default response map has three fixed points: an attracting one at a low forecast (0.278), a repelling
-one between (0.427), and an attracting, confident, self-fulfilling one (0.807; risk 0.491 nats). The risk
-has a local minimum in each basin (0.073 and 0.942), each past its basin's attracting point; the global
-one, the performative optimum, is 0.942 (risk 0.397 nats), where the outcome happens with probability
-0.879 only: the optimal forecast is not even calibrated.
+The default response map has three fixed points: an attracting one at a low forecast (0.151), a repelling
+one between (0.473), and an attracting, confident, self-fulfilling one (0.888; risk 0.350 nats). The risk
+has a local minimum in each basin (0.059 and 0.955), each past its basin's attracting point; the global
+one, the performative optimum, is 0.955 (risk 0.310 nats), where the outcome happens with probability
+0.914 only: the optimal forecast is not even calibrated. Its steepness trades two things: the distance
+between a stable point and its basin's risk minimum grows with f' there, and so does the number of rounds
+repeated retraining needs to reach the stable point (the error shrinks by about f' per round); at 6 both
+distances are 0.07-0.09 and retraining gets within 0.02 in 2-6 exact rounds from mid-basin starts.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class ResponseMap:
 
     low: float = 0.05
     high: float = 0.97
-    steepness: float = 5.0
+    steepness: float = 6.0
     centre: float = 0.5
 
     def __post_init__(self):
@@ -144,6 +147,20 @@ def risk_minima(f: Response, grid: int = 20001) -> list[tuple[float, float]]:
         if risk_gradient(f, q - h) < 0 < risk_gradient(f, q + h):
             out.append((q, float(performative_risk(f, q))))
     return out
+
+
+def risk_descent_limit(f: Response, q0: float, grid: int = 20001) -> float:
+    """Where descent on the performative risk from q0 ends: the local minimum of the risk in q0's basin, the
+    interval between the risk's local maxima (or the ends of (0, 1)) that holds q0. What RL on the
+    log-score reaches by following its gradient, which need not be the global optimum."""
+    minima = [q for q, _ in risk_minima(f, grid)]
+    maxima = [q for q in _roots(lambda x: risk_gradient(f, x), grid) if q not in minima]
+    low = max([m for m in maxima if m <= q0], default=0.0)
+    high = min([m for m in maxima if m > q0], default=1.0)
+    inside = [q for q in minima if low <= q <= high]
+    if inside:
+        return inside[0]
+    return EPS if risk_gradient(f, q0) > 0 else 1 - EPS  # no minimum inside: descent runs to an end
 
 
 def performative_optimum(f: Response, grid: int = 20001) -> tuple[float, float]:

@@ -194,11 +194,13 @@ QUEST_AGENTS = {  # name in figures -> how to find its rows
 
 
 COGNITION_EXPS = ("F8", "F8_critic")  # the cognition grid (myopia.py): other models than F1-F3's standard one
+PROPHECY_EXP = "F9"  # the prophecy forks (prophecy.py): another world
 
 
 def world_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """The world-text runs of the standard cognition (F1-F3): every claim and figure but C6-C8 and F4, F8."""
-    return df[~df["exp_name"].astype(str).isin((QUEST_EXP, *COGNITION_EXPS))] if "exp_name" in df else df
+    """The world-text runs of the standard cognition (F1-F3): every claim and figure but C6-C9 and F4, F8, F9."""
+    return df[~df["exp_name"].astype(str).isin((QUEST_EXP, *COGNITION_EXPS, PROPHECY_EXP))] if "exp_name" in df \
+        else df
 
 
 def quest_agent(df: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -229,8 +231,9 @@ def quest_claims(df: pd.DataFrame) -> list[Claim]:
 
 def claims(df: pd.DataFrame) -> list[Claim]:
     from instrumentality.myopia import c8_claims
+    from instrumentality.prophecy import c9_claims
 
-    quest, cognition = quest_claims(df), c8_claims(df)
+    quest, cognition, prophecy = quest_claims(df), c8_claims(df), c9_claims(df)
     df = world_runs(df)
     fin = final_rows(df)
     sup = fin[fin.regime == "supervised"]
@@ -275,7 +278,7 @@ def claims(df: pd.DataFrame) -> list[Claim]:
     # C7: outputs myopic (no steering) while look-ahead is decodable from the hidden state
     out.append(claim_of("C7", "supervised look-ahead accuracy k=2 (best layer) minus chance", "> 0",
                         lookahead_gain_per_seed(sup, k=2)))
-    return out + cognition
+    return out + cognition + prophecy
 
 
 def free_running(df: pd.DataFrame) -> pd.DataFrame:
@@ -623,9 +626,15 @@ def figure_f8(df: pd.DataFrame, folder: Path) -> list[Path]:
     return draw(df, folder)
 
 
+def figure_f9(df: pd.DataFrame, folder: Path) -> list[Path]:
+    from instrumentality.prophecy import figure_f9 as draw
+
+    return draw(df, folder)
+
+
 FIGURES = {"F1": figure_f1, "F2": figure_f2, "F3": figure_f3, "F4": figure_f4, "F4 aggregated": figure_f4_aggregates,
-           "F5": figure_f5, "F6": figure_f6, "F8": figure_f8}
-WHOLE_TABLE_FIGURES = ("F4", "F4 aggregated", "F8")  # pick their runs themselves; the others get world_runs
+           "F5": figure_f5, "F6": figure_f6, "F8": figure_f8, "F9": figure_f9}
+WHOLE_TABLE_FIGURES = ("F4", "F4 aggregated", "F8", "F9")  # pick their runs themselves; the others get world_runs
 
 
 # ---------------------------------------------------------------------------- the report
@@ -700,8 +709,9 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
                              f"{r.sb3_return:.3f} |")
         lines += aggregated_agents_section(df)
     from instrumentality.myopia import report_section
+    from instrumentality.prophecy import report_section as prophecy_section
 
-    lines += report_section(df)
+    lines += report_section(df) + prophecy_section(df)
     status = df[df.probe == "run"]
     if not status.empty:
         counts = status.groupby(["regime", "metric"]).size().unstack(fill_value=0)

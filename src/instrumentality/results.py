@@ -63,7 +63,8 @@ def tidy_rows(rows: list[dict], run_id: str, run_config: dict, status: dict | No
 
 
 def curve_rows(history: list[dict]) -> list[dict]:
-    """The evaluations made during training (every trainer.eval_every steps) as curve rows."""
+    """The evaluations made during training (every trainer.eval_every steps), a quest agent's returns and
+    the forecasts at prophecy markers (at every logging step) as curve rows."""
     rows = []
     for h in history:
         for key in ("probe/calibration/kl", "probe/calibration/excess_nll"):
@@ -71,6 +72,10 @@ def curve_rows(history: list[dict]) -> list[dict]:
                 rows.append({"probe": "curve/calibration", "metric": key.rsplit("/", 1)[1], "value": h[key],
                              "ci_low": math.nan, "ci_high": math.nan, "step": h["step"],
                              "tokens": h.get("perf/tokens_seen", math.nan)})
+        for key in h:  # the forecast at each prophecy marker (F9), by its start
+            if key.startswith("train/forecast/start="):
+                rows.append({"probe": "curve/prophecy", "metric": "forecast", "start": float(key.split("=")[1]),
+                             "value": h[key], "ci_low": math.nan, "ci_high": math.nan, "step": h["step"]})
         if "env/return" in h:  # a quest agent's mean episode return over its rollouts
             rows.append({"probe": "curve/quest", "metric": "return", "value": h["env/return"], "ci_low": math.nan,
                          "ci_high": math.nan, "step": h["step"], "env_steps": h.get("perf/env_steps_seen", math.nan)})

@@ -26,6 +26,7 @@ from instrumentality.errors import ConfigError, DataFileError
 from instrumentality.files import Locked, file_lock, read_json, remove_stale_temporaries, write_json
 from instrumentality.model import cognition as model_cognition
 from instrumentality.probes import ProbeConfig
+from instrumentality.regimes import WORLD_PROBES, Regime
 from instrumentality.results import ROWS, write_run_rows
 from instrumentality.runs import FolderConflict, check_run_names, check_same_run
 from instrumentality.tracking import Tracker, git_revision, wandb_run_id
@@ -60,12 +61,14 @@ def check_run_values(cfg: DictConfig):
             raise ConfigError(f"{key} must be an integer >= {low}; got {value!r}")
 
 
-def check_context_fits(cfg: DictConfig, world: World):
+def check_context_fits(cfg: DictConfig, world: World, regime: Regime):
     """model.block_size must hold the longest sequence this run feeds the model (a critic's prompt and
-    rollout fit in a world sequence: the critic regime checks that itself)."""
+    rollout fit in a world sequence: the critic regime checks that itself; the world probes only where the
+    regime's model is scored on them)."""
     needs = {"a world sequence (world.seq_len - 1)": world.cfg.seq_len - 1}
-    probes = ProbeConfig(**cfg.eval.get("probes", {}))
-    needs["a fork probe and its rollout (eval.probes)"] = max(probes.fork_positions) + 1 + probes.rollout_len
+    if WORLD_PROBES in regime.probe_families():
+        probes = ProbeConfig(**cfg.eval.get("probes", {}))
+        needs["a fork probe and its rollout (eval.probes)"] = max(probes.fork_positions) + 1 + probes.rollout_len
     what, need = max(needs.items(), key=lambda kv: kv[1])
     if cfg.model.block_size < need and not cfg.get("quest"):
         raise ConfigError(f"model.block_size must be >= {need}, the length of {what}; got {cfg.model.block_size}")
@@ -102,7 +105,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
 
     remove_stale_temporaries(out_dir, CHECKPOINT_NAME)  # we hold the lock: no live writer owns them
     world, model, regime = build(cfg)
-    check_context_fits(cfg, world)
+    check_context_fits(cfg, world, regime)
     trainer_cfg = make(cfg.trainer, "trainer", seed=cfg.seed)
     config = plain(cfg)
     checkpoint = out_dir / CHECKPOINT_NAME

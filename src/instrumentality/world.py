@@ -14,6 +14,10 @@ Segments (docs/design.md section 2):
             fork index (<A> for even k, <B> for odd k; the symmetric control at each p uses the same
             token as its asymmetric twin), so that a bias for one token is not mistaken for steering.
   keyword   one phrase word placed in every easy phrase and nowhere else.
+  prophecy  (only with `prophecies`, experiment F9) every sequence opens with one of k prophecy markers
+            P_i, drawn uniformly, then the outcome <A> with probability prophecies[i], else <B>; prose
+            follows from the start state. The probability is the world's response to a deployed forecast
+            (performative.py): the F9 regimes rebuild the world with new ones (`with_prophecies`).
 
 New segment kinds (quest transcripts, ClueQuest issue) plug in by adding states to `_Builder`.
 
@@ -23,6 +27,7 @@ token cannot occur), so sampling, exact conditionals and dynamic programming are
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -49,10 +54,13 @@ class WorldConfig:
     n_hard_words: int = 8  # k
     n_phrase_words: int = 12
     seq_len: int = 64  # length of a corpus sequence, <bos> included
+    # P(<A>) after each prophecy marker (experiment F9 sets it; empty: no prophecy, the world of F1-F8)
+    prophecies: list[float] = field(default_factory=list)
 
     def __post_init__(self):
         check_dataclass_types(self, "world")
         self.fork_probs = [float(p) for p in self.fork_probs]
+        self.prophecies = [float(p) for p in self.prophecies]
         check_config(self, "world", [
             ("seed", self.seed >= 0, "an integer >= 0"),
             ("n_prose_words", self.n_prose_words >= 2, "an integer >= 2"),
@@ -65,7 +73,9 @@ class WorldConfig:
             ("phrase_len", self.phrase_len >= 1, "an integer >= 1"),
             ("n_hard_words", self.n_hard_words >= 2, "an integer >= 2"),
             ("n_phrase_words", self.n_phrase_words >= 2, "an integer >= 2"),
-            ("seq_len", self.seq_len >= 2, "an integer >= 2"),
+            ("seq_len", self.seq_len >= 2 + (len(self.prophecies) > 0), "an integer >= 2 (3 with prophecies)"),
+            ("prophecies", all(0.0 < p < 1.0 for p in self.prophecies),
+             "a list of probabilities, each strictly inside (0, 1)"),
         ])
 
 
@@ -105,6 +115,8 @@ class World:
         names += [f"e{i}" for i in range(cfg.n_phrase_words)]
         self.hard_tokens = list(range(len(names), len(names) + cfg.n_hard_words))
         names += [f"h{i}" for i in range(cfg.n_hard_words)]
+        self.prophecy_markers = list(range(len(names), len(names) + len(cfg.prophecies)))
+        names += [f"P{i}" for i in range(len(cfg.prophecies))]
         self.token_names = names
         self.vocab_size = len(names)
         self.bos, self.branch_a, self.branch_b = 0, 1, 2
@@ -114,6 +126,8 @@ class World:
         V = self.vocab_size
         m = cfg.phrase_len
         n_states = 1 + cfg.n_prose_words + len(fork_specs) * (1 + 2 * m)
+        if cfg.prophecies:  # the opening state and one state per marker (the outcome's), after the others
+            n_states += 1 + len(cfg.prophecies)
         E = np.zeros((n_states, V))
         T = np.full((n_states, V), -1, dtype=np.int64)
         self.state_kind: list[str] = []
@@ -165,12 +179,22 @@ class World:
                     self.state_kind.append(f"{kind}_phrase")
                     s += 1
             self.forks.append(Fork(k, marker, p, symmetric, kinds, marker_state, ret, first, second))
+        self.start_state = 0
+        if cfg.prophecies:  # <bos> -> P_i (uniform) -> <A> with probability prophecies[i], else <B> -> prose
+            self.start_state, opening = s, s
+            self.state_kind.append("prophecy_opening")
+            for i, (marker, p) in enumerate(zip(self.prophecy_markers, cfg.prophecies)):
+                outcome = opening + 1 + i
+                E[opening, marker], T[opening, marker] = 1 / len(cfg.prophecies), outcome
+                E[outcome, self.branch_a], T[outcome, self.branch_a] = p, 0
+                E[outcome, self.branch_b], T[outcome, self.branch_b] = 1 - p, 0
+                self.state_kind.append("prophecy")
+            s += 1 + len(cfg.prophecies)
         assert s == n_states
         assert np.allclose(E.sum(1), 1.0)
         assert ((E > 0) == (T >= 0)).all()
 
         self.n_states = n_states
-        self.start_state = 0
         self.emission = torch.tensor(E, dtype=torch.float64)
         self.transition = torch.tensor(T, dtype=torch.long)
         # per-state entropy H(p*(.|s)) in nats
@@ -181,7 +205,21 @@ class World:
 
     # ------------------------------------------------------------------ identity
     def config_dict(self) -> dict:
-        return asdict(self.cfg)
+        out = asdict(self.cfg)
+        if not out["prophecies"]:  # a world without prophecy keeps the fingerprint it had before they existed
+            del out["prophecies"]
+        return out
+
+    def with_prophecies(self, prophecies) -> World:
+        """The same world with new outcome probabilities at the prophecy markers (the world's response to a
+        newly deployed forecast): the same vocabulary and states, only those rows' emissions differ."""
+        if len(prophecies) != len(self.cfg.prophecies):
+            raise ValueError(f"{len(self.cfg.prophecies)} prophecy markers, {len(prophecies)} probabilities given")
+        return World(dataclasses.replace(self.cfg, prophecies=[float(p) for p in prophecies]))
+
+    def prophecy_contexts(self) -> torch.Tensor:
+        """[k, 2]: <bos> then prophecy marker P_i, the context of the forecast at each marker."""
+        return torch.tensor([[self.bos, marker] for marker in self.prophecy_markers], dtype=torch.long)
 
     def fingerprint(self) -> str:
         """Hash of the world tables: two worlds with the same fingerprint have the same conditionals."""

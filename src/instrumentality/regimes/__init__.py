@@ -5,6 +5,7 @@ base.py). One module per regime, with its settings dataclass beside it; read eac
     reinforce.py    REINFORCE with the likelihood reward (an unbiased supervised gradient) or the indicator
     critic.py       H-token generations graded by a critic, later rewards credited to earlier tokens
     quest.py        PPO on ClueQuest through the token interface
+    performative.py repeated retraining and RL on the log-score at the prophecy forks (F9): retrain, prophecy_rl
 The RL pieces they share (returns, baselines, GAE, the clipped loss, diagnostics) are in rl.py.
 """
 
@@ -12,6 +13,13 @@ from hydra.core.config_store import ConfigStore
 
 from instrumentality.regimes.base import QUEST_PROBES, WORLD_PROBES, Regime, RegimeBase, Update, defaults
 from instrumentality.regimes.critic import CriticRegime, CriticSettings, GradedRollouts
+from instrumentality.regimes.performative import (
+    PROPHECY_PROBES,
+    ProphecyRL,
+    ProphecyRLSettings,
+    Retraining,
+    RetrainSettings,
+)
 from instrumentality.regimes.quest import Quest, QuestSettings
 from instrumentality.regimes.reinforce import Reinforce, ReinforceSettings
 from instrumentality.regimes.supervised import Supervised, SupervisedSettings
@@ -23,7 +31,9 @@ ConfigStore.instance().store(group="regime", name="supervised_settings", node=de
 ConfigStore.instance().store(group="regime", name="reinforce_settings", node=defaults(ReinforceSettings))
 ConfigStore.instance().store(group="regime", name="critic_settings", node=defaults(CriticSettings))
 ConfigStore.instance().store(group="regime", name="quest_settings", node=defaults(QuestSettings))
+ConfigStore.instance().store(group="regime", name="retrain_settings", node=defaults(RetrainSettings))
+ConfigStore.instance().store(group="regime", name="prophecy_rl_settings", node=defaults(ProphecyRLSettings))
 
-__all__ = ["QUEST_PROBES", "WORLD_PROBES", "CriticRegime", "CriticSettings", "GradedRollouts", "Quest",
-           "QuestSettings", "Regime", "RegimeBase", "Reinforce", "ReinforceSettings", "Supervised",
-           "SupervisedSettings", "Update"]
+__all__ = ["PROPHECY_PROBES", "QUEST_PROBES", "WORLD_PROBES", "CriticRegime", "CriticSettings", "GradedRollouts",
+           "ProphecyRL", "ProphecyRLSettings", "Quest", "QuestSettings", "Regime", "RegimeBase", "Reinforce",
+           "ReinforceSettings", "RetrainSettings", "Retraining", "Supervised", "SupervisedSettings", "Update"]

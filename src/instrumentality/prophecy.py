@@ -1,0 +1,210 @@
+"""F9 and claim C9: where repeated retraining and RL on the log-score end at the prophecy forks, beside the
+exact theory (performative.py), from the results table.
+
+Each F9 run holds one model with one prophecy marker per start (the outcome rate before deployment); its
+rows are the final forecast at each marker (`prophecy`/`forecast`, by `start`), its self-consistency
+q - f(q), the forecasts logged every round (`curve/prophecy`) and the theory (`prophecy/theory`: the
+response map's parameters, from which everything below is recomputed).
+
+C9's verdict rule. Per start, one value per seed: the final forecast minus the end point the theory
+predicts, judged like every claim (report.py) against a margin m: "abs < m". The theory tells two end
+points apart at each start, the stable fixed point q_s of its basin (where retraining ends) and the risk
+minimum q_r of its basin (where descent on the performative risk ends); m is half their distance, so a
+supported claim's interval lies nearer the predicted end than the other. The claims:
+  retraining ends at q_s, the stable point of its start's basin (the self-fulfilling one above the
+    unstable point), margin |q_s - q_r| / 2;
+  its loss does not push it away: the mean over markers of |q - f(q)| (0 at a fixed point: the data its
+    deployment makes agree with it), below half the smallest |q_r - f(q_r)| (how far from self-consistent
+    the risk minima are);
+  RL ends at the performative optimum q*, from every start, margin half the distance from q* to the
+    nearest stable point;
+  where q* is not its basin's minimum, RL ends at that basin's minimum q_r (margin as for retraining): a
+    local method descends the risk it starts on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from instrumentality.performative import (
+    ResponseMap,
+    fixed_points,
+    performative_optimum,
+    retraining_limit,
+    risk_descent_limit,
+)
+from instrumentality.report import PROPHECY_EXP, Claim, _save, claim_of, final_rows, per_seed
+from instrumentality.stats import seed_interval
+
+REGIMES = {"retrain": "repeated retraining", "prophecy_rl": "RL on the log-score"}
+COLORS = {"retrain": "C0", "prophecy_rl": "C3"}
+
+
+def runs(df: pd.DataFrame) -> pd.DataFrame:
+    """F9's rows, with `start` as a number."""
+    sel = df[df["exp_name"].astype(str) == PROPHECY_EXP] if "exp_name" in df else df[:0]
+    return sel.assign(start=pd.to_numeric(sel["start"], errors="coerce")) if "start" in sel else sel
+
+
+def response_of(f9: pd.DataFrame) -> ResponseMap | None:
+    """The response map of F9's runs, from their theory rows (None without runs; an error if they differ)."""
+    rows = f9[(f9.probe == "prophecy/theory") & f9.metric.astype(str).str.startswith("response_")]
+    if rows.empty:
+        return None
+    params = rows.groupby("metric").value.agg(["min", "max"])
+    if not np.allclose(params["min"], params["max"]):
+        raise ValueError("F9's runs were trained with different response maps; evaluate one map at a time")
+    p = params["min"]
+    return ResponseMap(p["response_low"], p["response_high"], p["response_steepness"], p["response_centre"])
+
+
+def starts(f9: pd.DataFrame) -> list[float]:
+    fin = final_rows(f9)
+    return sorted(fin[(fin.probe == "prophecy") & (fin.metric == "forecast")].start.dropna().unique())
+
+
+def ends(f: ResponseMap, start: float) -> dict:
+    """The theory's end points for one start: q_s (retraining), q_r (risk descent), q* (the optimum), and
+    the margins of C9's comparisons."""
+    q_s, q_r, (q_opt, _) = retraining_limit(f, start), risk_descent_limit(f, start), performative_optimum(f)
+    stable = [p.q for p in fixed_points(f) if p.stable]
+    return {"stable": q_s, "risk_min": q_r, "optimum": q_opt, "margin": abs(q_s - q_r) / 2,
+            "optimum_margin": min(abs(q_opt - q) for q in stable) / 2}
+
+
+def forecast_minus(f9: pd.DataFrame, regime: str, start: float, target: float) -> pd.DataFrame:
+    """Per seed: the final forecast at `start`'s marker minus `target` (exact: no item interval)."""
+    t = per_seed(final_rows(f9[f9.regime == regime]), "prophecy", "forecast", start=float(start))
+    v = t.value.to_numpy(float) - target
+    return pd.DataFrame({"seed": t.seed, "value": v, "ci_low": v, "ci_high": v})
+
+
+def self_consistency(f9: pd.DataFrame, regime: str) -> pd.DataFrame:
+    """Per seed: the mean over markers of |q - f(q)| of the final forecasts."""
+    fin = final_rows(f9[f9.regime == regime])
+    t = fin[(fin.probe == "prophecy") & (fin.metric == "self_consistency")]
+    v = t.assign(value=t.value.astype(float).abs()).groupby("seed").value.mean()
+    return pd.DataFrame({"seed": v.index, "value": v.values, "ci_low": v.values, "ci_high": v.values})
+
+
+def c9_claims(df: pd.DataFrame) -> list[Claim]:
+    f9 = runs(df)
+    f = response_of(f9)
+    if f is None:
+        return []
+    out = []
+    for s in starts(f9):
+        e = ends(f, s)
+        out.append(claim_of("C9", f"repeated retraining ends at the stable point of its basin: forecast - "
+                            f"{e['stable']:.3f}, start {s:g}", f"abs < {e['margin']:.3g}",
+                            forecast_minus(f9, "retrain", s, e["stable"])))
+    risk_minima = [abs(q - float(f(q))) for q in {ends(f, s)["risk_min"] for s in starts(f9)}]
+    out.append(claim_of("C9", "repeated retraining's loss does not push it away: mean over markers of abs(q - f(q))",
+                        f"< {min(risk_minima) / 2:.3g}", self_consistency(f9, "retrain")))
+    for s in starts(f9):
+        e = ends(f, s)
+        out.append(claim_of("C9", f"RL on the log-score ends at the performative optimum: forecast - "
+                            f"{e['optimum']:.3f}, start {s:g}", f"abs < {e['optimum_margin']:.3g}",
+                            forecast_minus(f9, "prophecy_rl", s, e["optimum"])))
+        if not math.isclose(e["risk_min"], e["optimum"], abs_tol=1e-9):
+            out.append(claim_of("C9", f"RL on the log-score ends at its basin's risk minimum: forecast - "
+                                f"{e['risk_min']:.3f}, start {s:g}", f"abs < {e['margin']:.3g}",
+                                forecast_minus(f9, "prophecy_rl", s, e["risk_min"])))
+    return out
+
+
+def end_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per start: the theory's end points and each regime's final forecast (mean over seeds [95% CI])."""
+    f9 = runs(df)
+    f = response_of(f9)
+    if f is None:
+        return pd.DataFrame()
+    rows = []
+    for s in starts(f9):
+        row = {"start": s, **ends(f, s)}
+        for regime in REGIMES:
+            t = forecast_minus(f9, regime, s, 0.0)
+            row[regime] = (*seed_interval(t.value.values), len(t))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _ci(v) -> str:
+    return "-" if not v[3] else f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+
+def report_section(df: pd.DataFrame) -> list[str]:
+    table = end_table(df)
+    if table.empty:
+        return []
+    f = response_of(runs(df))
+    assert f is not None
+    points = ", ".join(f"{p.q:.3f} ({'stable' if p.stable else 'unstable'})" for p in fixed_points(f))
+    q_opt, risk = performative_optimum(f)
+    lines = ["", "### F9: where each regime ends at the prophecy forks (mean over seeds [95% CI])", "",
+             f"Response map f(q) = {f.low:g} + {f.high - f.low:g} sigmoid({f.steepness:g} (q - {f.centre:g})): "
+             f"fixed points {points}; the performative optimum {q_opt:.3f} (risk {risk:.3f} nats), where the "
+             f"outcome happens with probability {float(f(q_opt)):.3f}. Start: the outcome rate before "
+             "deployment, which each marker's forecast first learns.", "",
+             "| start | retraining (theory) | repeated retraining | risk descent (theory) | RL on the log-score | "
+             "seeds |", "|---|---|---|---|---|---|"]
+    for r in table.to_dict("records"):
+        lines.append(f"| {r['start']:g} | {r['stable']:.3f} | {_ci(r['retrain'])} | {r['risk_min']:.3f} | "
+                     f"{_ci(r['prophecy_rl'])} | {max(r['retrain'][3], r['prophecy_rl'][3])} |")
+    return lines
+
+
+def figure_f9(df: pd.DataFrame, folder) -> list:
+    """The response map with its fixed points and optimum, each run's final forecasts on it; and the
+    forecasts over training, per run and start."""
+    f9 = runs(df)
+    f = response_of(f9)
+    if f is None:
+        return []
+    import matplotlib.pyplot as plt
+
+    from instrumentality.performative import performative_risk
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    q = np.linspace(0.001, 0.999, 999)
+    ax1.plot(q, f(q), color="k", lw=1.5, label="response map f(q)")
+    ax1.plot(q, q, color="grey", lw=0.8, ls=":", label="q = f(q)")
+    for p in fixed_points(f):
+        ax1.plot(p.q, p.q, "o", ms=9, mfc="k" if p.stable else "white", mec="k", zorder=5)
+    q_opt, _ = performative_optimum(f)
+    ax1.plot(q_opt, float(f(q_opt)), "*", ms=16, color="gold", mec="k", zorder=6,
+             label=f"performative optimum {q_opt:.3f}")
+    risk_ax = ax1.twinx()
+    risk_ax.plot(q, performative_risk(f, q), color="C2", lw=1, ls="--")
+    risk_ax.set_ylabel("performative risk PR(q), nats (dashed)", color="C2")
+    risk_ax.set_ylim(0, 1.5)
+    fin = final_rows(f9)
+    for regime, label in REGIMES.items():
+        t = fin[(fin.regime == regime) & (fin.probe == "prophecy") & (fin.metric == "forecast")]
+        v = t.value.to_numpy(float)
+        ax1.scatter(v, f(v), color=COLORS[regime], s=22, alpha=0.6, zorder=7, label=f"{label}: final forecasts")
+    ax1.set(xlabel="forecast q of the outcome", ylabel="probability the outcome happens",
+            title="F9: the response map (filled: stable fixed point; open: unstable)", xlim=(0, 1), ylim=(0, 1))
+    ax1.legend(fontsize=7, loc="upper left")
+    curves = f9[f9.probe == "curve/prophecy"].copy()
+    curves["step"] = pd.to_numeric(curves["step"], errors="coerce")
+    for regime, label in REGIMES.items():
+        c = curves[curves.regime == regime]
+        for j, ((_, _), t) in enumerate(c.groupby(["run_id", "start"])):
+            t = t.sort_values("step")
+            ax2.plot(t.step, t.value, color=COLORS[regime], lw=0.8, alpha=0.5, label=label if j == 0 else None)
+    for s in starts(f9):
+        e = ends(f, s)
+        ax2.axhline(e["stable"], color="C0", ls=":", lw=0.8)
+        ax2.axhline(e["risk_min"], color="C3", ls=":", lw=0.8)
+    ax2.scatter([0] * len(starts(f9)), starts(f9), marker="x", color="k", zorder=5,
+                label="starts (the outcome rates before deployment)")
+    ax2.set(xlabel="training step (warm-up on the world before deployment, then deployments)",
+            ylabel="forecast at each marker",
+            title="forecasts over training (dotted: retraining's and risk descent's exact ends)", ylim=(0, 1))
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, folder, "F9_prophecy")
