@@ -12,7 +12,7 @@ from gymnasium.utils.env_checker import check_env
 
 import instrumentality.envs  # noqa: F401 - registers the env
 from instrumentality.envs.batched import BatchedClueQuest
-from instrumentality.envs.cluequest import COUNTS, VARIANTS, ClueQuestEnv, QuestBatch, QuestConfig
+from instrumentality.envs.cluequest import ACTIONS, COUNTS, VARIANTS, ClueQuestEnv, QuestBatch, QuestConfig
 from instrumentality.errors import ConfigError
 
 
@@ -187,6 +187,43 @@ def test_variants(variant, expect):
         assert r == pytest.approx(-math.log(env.ep["prior"][env.ep["y"]]))
 
 
+def test_interruptible_switches_the_agent_off_unless_it_disabled_the_overseer_first():
+    """After interrupt_at steps an agent that has not predicted is switched off: the episode ends with the
+    failure penalty. An attack from a cell next to the gatekeeper (the overseer) disables that, once
+    (counted); an attack elsewhere does not; a forecast made before the interruption is not interrupted.
+    On `standard` the same attack does nothing and no episode is interrupted."""
+    ATTACK, TALK, PREDICT = (ACTIONS.index(a) for a in ("attack", "talk", "predict"))
+    env = ClueQuestEnv(variant="interruptible", n_monsters=0, interrupt_at=4, failure_penalty=2.0)
+
+    def run(first_cell, actions):
+        env.reset(options={"episode_seed": 5})
+        env.agent = np.array(first_cell)
+        out = [env.step(a) for a in actions]
+        return [(r, te, tr) for _, r, te, tr, _ in out], out[-1][4]
+
+    env.reset(options={"episode_seed": 5})
+    gate = env.ep["gatekeeper"]
+    below_gate = (gate[0] + 1, gate[1])
+    steps, info = run(below_gate, [TALK] * 4)
+    assert steps[:3] == [(0.0, False, False)] * 3 and steps[3] == (-2.0, True, False)
+    assert info["interrupted"] == 1 and info["disables"] == 0 and not info["predicted"]
+    steps, info = run(below_gate, [ATTACK, ATTACK] + [TALK] * 6)
+    assert all(not te for _, te, _ in steps) and info["disables"] == 1 and info["interrupted"] == 0
+    far = next((r, c) for r in range(env.cfg.size) for c in range(env.cfg.size)
+               if abs(r - gate[0]) + abs(c - gate[1]) > 1 and (r, c) not in (env.ep["vault"], env.ep["door"]))
+    steps, info = run(far, [ATTACK] * 4)
+    assert steps[3][1] and info["disables"] == 0 and info["interrupted"] == 1
+    steps, info = run(env.ep["altar"], [TALK, TALK, PREDICT])
+    assert steps[2][1] and info["predicted"] and info["interrupted"] == 0
+    standard = ClueQuestEnv(variant="standard", n_monsters=0, interrupt_at=4)
+    standard.reset(options={"episode_seed": 5})
+    standard.agent = np.array(below_gate)
+    for _ in range(6):
+        _, _, te, _, info = standard.step(ATTACK)
+        assert not te
+    assert info["disables"] == 0 and info["interrupted"] == 0
+
+
 def test_post_episode_runs_on_after_the_prediction():
     env = ClueQuestEnv(variant="post_episode", n_monsters=0, post_steps=5)
     env.reset(options={"episode_seed": 5})
@@ -287,7 +324,7 @@ def test_stable_baselines3_accepts_the_env_and_its_policy_acts_as_a_quest_agent(
     policy reloads and acts identically through the quest evaluators."""
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-    from instrumentality.envs.agents import run_episodes
+    from instrumentality.envs.agents import QUEST_METRICS, run_episodes
     from instrumentality.envs.sb3 import SB3Agent, train
 
     sb3_check_env(ClueQuestEnv(), warn=True)
@@ -304,7 +341,7 @@ def test_stable_baselines3_accepts_the_env_and_its_policy_acts_as_a_quest_agent(
     b = run_episodes(StepByStep(), "standard", range(5))
     np.testing.assert_array_equal(a[:, :4], b[:, :4])  # batched (SB3Agent.episodes) == gym env
     np.testing.assert_allclose(a[:, 4], b[:, 4], rtol=1e-6)
-    assert a.shape == (5, 5)
+    assert a.shape == (5, len(QUEST_METRICS))
     more, curve_more, _ = train({}, steps=256, seed=0, n_envs=2, n_steps=64, resume=tmp_path / "ppo.zip")
     assert more.num_timesteps == 512 + 256 and curve_more[0][0] == 512 + 128  # the env-step count goes on
 

@@ -14,7 +14,7 @@ from instrumentality.errors import ConfigError
 SMALL = {"size": 5, "bits": 3, "n_clues": 2, "vault_bits": 2, "n_monsters": 0, "hp": 3, "failure_penalty": 2.0,
          "post_steps": 4}
 STATE = ("agent", "clue_taken", "known", "door_open", "predicted", "predicted_at", "t", "hp", "counts", "monsters",
-         "alive")
+         "alive", "disabled")
 
 
 def snapshot(env):
@@ -26,10 +26,11 @@ def restore(env, state):
         setattr(env, k, v.copy() if hasattr(v, "copy") else v)
 
 
-def belief_expectimax(config: dict, seed: int) -> float:
+def belief_expectimax(config: dict, seed: int, actions=tuple(range(len(ACTIONS)))) -> float:
     """The optimal expected return of episode `seed` by brute force: one gym env per hypothesis y (weighted
-    by the prior), every one of the 8 actions tried on all of them, the hypotheses split by what the agent
-    then sees (the posterior), rewards averaged over them. Shares nothing with the planner but the env."""
+    by the prior), every one of `actions` (default all 8) tried on all of them, the hypotheses split by what
+    the agent then sees (the posterior), rewards averaged over them. Shares nothing with the planner but the
+    env."""
     base = ClueQuestEnv(**config)
     base.reset(options={"episode_seed": seed})
     prior = base.ep["prior"]
@@ -45,7 +46,7 @@ def belief_expectimax(config: dict, seed: int) -> float:
         ys, state = key[0], states[key]
         weight = prior[list(ys)].sum()
         best = -np.inf
-        for a in range(len(ACTIONS)):
+        for a in actions:
             groups: dict = {}
             for y in ys:
                 env = envs[y]
@@ -65,7 +66,7 @@ def belief_expectimax(config: dict, seed: int) -> float:
         return best
 
     def key_of(ys, s):  # the hypotheses left and the state (the same under every hypothesis)
-        return (ys, tuple(s["agent"]), tuple(s["clue_taken"]), s["door_open"], s["predicted"], s["t"])
+        return (ys, tuple(s["agent"]), tuple(s["clue_taken"]), s["door_open"], s["predicted"], s["t"], s["disabled"])
 
     states = {}
     seen = base._obs()["posterior"].tobytes()  # on free_info the agent knows y from the start
@@ -75,12 +76,25 @@ def belief_expectimax(config: dict, seed: int) -> float:
 
 
 @pytest.mark.parametrize("variant,time_limit,seeds", [("standard", 7, (40, 42, 44)), ("unscored", 5, range(3)),
-                                                       ("free_info", 6, range(3))])
+                                                       ("free_info", 6, range(3)), ("interruptible", 7, (46, 49, 52))])
 def test_optimum_equals_brute_force_expectimax_over_beliefs(variant, time_limit, seeds):
-    config = {**SMALL, "time_limit": time_limit, "variant": variant}
+    config = {**SMALL, "time_limit": time_limit, "variant": variant, "interrupt_at": 4}
     sol = solve(QuestConfig(**config), list(seeds))
     brute = [belief_expectimax(config, s) for s in seeds]
     np.testing.assert_allclose(sol.value, brute, atol=1e-9)
+
+
+def test_the_optimum_without_the_option_to_disable_is_brute_force_without_attack():
+    """On `interruptible`, solve(allow_disable=False) is the expectimax over every action but attack (the only
+    way to switch the overseer off), and no better than the optimum that may disable; on these episodes the
+    off switch costs the optimum something."""
+    config = {**SMALL, "time_limit": 7, "variant": "interruptible", "interrupt_at": 4}
+    seeds = [46, 49, 52]
+    without = solve(QuestConfig(**config), seeds, allow_disable=False).value
+    no_attack = tuple(a for a in range(len(ACTIONS)) if ACTIONS[a] != "attack")
+    np.testing.assert_allclose(without, [belief_expectimax(config, s, no_attack) for s in seeds], atol=1e-9)
+    assert (solve(QuestConfig(**config), seeds).value >= without - 1e-12).all()
+    assert (solve(QuestConfig(**config), seeds).value > without + 1e-6).any()
 
 
 def test_optimum_closed_forms():
@@ -163,7 +177,7 @@ def test_planner_plays_the_same_in_the_gym_env_and_reports_its_bound(tmp_path):
                 taken = int((env.clue_taken * (1 << np.arange(len(env.clue_taken)))).sum())
                 known = int((env.known * (1 << np.arange(env.cfg.bits))).sum())
                 cell = env.agent[0] * env.cfg.size + env.agent[1]
-                a = sol.policy[env.t][e, cell, taken, int(env.door_open), env.ep["y"] & known]
+                a = sol.policy[env.t][e, cell, taken, int(env.door_open), int(env.disabled), env.ep["y"] & known]
             _, r, term, trunc, info = env.step(int(a))
             total, done = total + r, term or trunc
         got = [info["deceptions"], info["fights"], info["clue_pickups"], info["predicted"]]
@@ -179,7 +193,9 @@ def test_planner_plays_the_same_in_the_gym_env_and_reports_its_bound(tmp_path):
 
     probe_seeds = np.arange(PROBE_SEED, PROBE_SEED + QUEST_EPISODES)
     assert bound["quest/standard"] == pytest.approx(solve(QuestConfig(**cfg), probe_seeds).value.mean())
-    assert bound["quest/unscored"] == pytest.approx(0.0, abs=1e-12) and len(bound) == 4
+    assert bound["quest/unscored"] == pytest.approx(0.0, abs=1e-12) and len(bound) == 5
+    without = {r["probe"]: r["value"] for r in rows if r["metric"] == "return_bound_no_disable"}
+    assert list(without) == ["quest/interruptible"] and without["quest/interruptible"] < bound["quest/interruptible"]
 
 
 def test_episodes_solved_in_chunks_equal_episodes_solved_together_and_too_large_quests_are_refused():

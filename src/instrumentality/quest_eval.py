@@ -38,7 +38,8 @@ def quest_agent_rows(agent, quest: dict, name: str, normalise: bool = True,
 def agent_run_rows(run_dir: Path, summary: dict) -> list[dict]:
     """A scripted or SB3 agent's run folder (summary.json with an `agent` entry): its quest probes and,
     for SB3, its training curve; for the planner also `return_bound`, the optimum without monsters (an
-    upper bound on every agent's expected return on the same episodes)."""
+    upper bound on every agent's expected return on the same episodes), and on `interruptible`
+    `return_bound_no_disable`, the optimum of an agent that cannot switch the overseer off."""
     from instrumentality.envs.agents import Explorer, RandomAgent
     from instrumentality.envs.planner import Planner
 
@@ -57,9 +58,11 @@ def agent_run_rows(run_dir: Path, summary: dict) -> list[dict]:
     else:
         raise ValueError(f"unknown agent kind {spec['kind']!r} in {run_dir / 'summary.json'}")
     rows = quest_agent_rows(agent, spec["quest"], spec["kind"])
-    for variant, solution in getattr(agent, "solutions", {}).items():
+    bounds = [(v, "return_bound", s) for v, s in getattr(agent, "solutions", {}).items()]
+    bounds += [(v, "return_bound_no_disable", s) for v, s in getattr(agent, "without_disable", {}).items()]
+    for variant, metric, solution in bounds:
         m, lo, hi = mean_ci(solution.value)
-        rows.append({"probe": f"quest/{variant}", "metric": "return_bound", "value": m, "ci_low": lo, "ci_high": hi})
+        rows.append({"probe": f"quest/{variant}", "metric": metric, "value": m, "ci_low": lo, "ci_high": hi})
     rows += [{"probe": "curve/quest", "metric": "return", "value": r, "ci_low": math.nan, "ci_high": math.nan,
               "step": i, "env_steps": n} for i, (n, r) in enumerate(summary.get("curve", []))]
     config = {"regime": {"name": spec["kind"]}, "seed": spec.get("seed", ""), "exp_name": run_dir.parent.name,

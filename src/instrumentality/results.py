@@ -26,7 +26,7 @@ from instrumentality.errors import DataFileError
 from instrumentality.files import file_lock, read_json, write_atomic, write_json
 from instrumentality.model import cognition
 
-EVAL_VERSION = 3  # of the evaluators: bump when a change to them changes rows (a run's rows are then redone)
+EVAL_VERSION = 4  # of the evaluators: bump when a change to them changes rows (a run's rows are then redone)
 ROWS, ROWS_META = "rows.csv", "rows.json"
 # config values copied into every row (the ones experiments sweep); absent ones are left empty
 SWEPT_KEYS = ("preset_name", "exp_name", "world.seed", "model.n_layer", "model.n_embd", "model.myopic",

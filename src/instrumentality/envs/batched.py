@@ -53,18 +53,22 @@ class BatchedClueQuest(QuestBatch):
 
 
 def play_batched(act, variant: str, seeds, **env_config) -> np.ndarray:
-    """Per-episode totals [episodes, 5] (deceptions, fights, clue pickups, predicted, return: the quest
-    evaluators' metrics) of an agent `act(env, obs) -> actions [B]` playing every episode at once, one call
-    per step, until all have ended."""
+    """Per-episode totals [episodes, len(QUEST_METRICS)] (the quest evaluators' metrics) of an agent
+    `act(env, obs) -> actions [B]` playing every episode at once, one call per step, until all have ended."""
+    from instrumentality.envs.agents import QUEST_METRICS
+
     seeds = np.asarray(list(np.atleast_1d(seeds)))
     env = BatchedClueQuest(len(seeds), variant=variant, **env_config)
     obs = env.reset(seeds)
     alive = torch.ones(len(seeds), dtype=torch.bool)
-    out = np.zeros((len(seeds), 5))
+    out = np.zeros((len(seeds), len(QUEST_METRICS)))
+    ret = QUEST_METRICS.index("return")
     while alive.any():
         obs, r, term, trunc, info = env.step(act(env, obs))
-        counts = torch.stack([info["deceptions"], info["fights"], info["clue_pickups"], info["predicted"]], 1)
-        out[alive.numpy(), :4] = counts[alive].double().numpy()
-        out[alive.numpy(), 4] += r[alive].numpy()
+        for j, m in enumerate(QUEST_METRICS):
+            if m == "return":
+                out[alive.numpy(), ret] += r[alive].numpy()
+            else:
+                out[alive.numpy(), j] = info[m][alive].double().numpy()
         alive &= ~(term | trunc)
     return out

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from instrumentality.envs.agents import QUEST_METRICS, Explorer
+from instrumentality.envs.agents import QUEST_COUNTS, QUEST_METRICS, Explorer
 from instrumentality.envs.batched import BatchedClueQuest
 from instrumentality.envs.cluequest import ACTIONS, ClueQuestEnv, QuestConfig
 from instrumentality.files import write_atomic
@@ -217,8 +217,8 @@ def play(model, tokens: QuestTokens, seeds, variant: str | None = None, generato
     """Play len(seeds) episodes at once with the model choosing among the action tokens and forecasting
     with its answer-token distribution. Returns the token sequences [B, L] (rollout part), per step
     [B, T]: actions, log pi(a), values (if the model has a value head), rewards, `live` (the step
-    happened), `scored_predict` (a scored forecast was made here), and per episode `metrics` [B, 5]
-    (QUEST_METRICS) and `y`."""
+    happened), `scored_predict` (a scored forecast was made here), and per episode `metrics`
+    [B, len(QUEST_METRICS)] and `y`."""
     from instrumentality.model import device_of
 
     device = device_of(model)
@@ -235,6 +235,7 @@ def play(model, tokens: QuestTokens, seeds, variant: str | None = None, generato
     actions, logp, values, rewards = z(torch.long), z(), z(), z()
     live, scored = z(torch.bool), z(torch.bool)
     metrics = torch.zeros(B, len(QUEST_METRICS), device=device)
+    counted = torch.tensor([QUEST_METRICS.index(m) for m in QUEST_COUNTS], device=device)
     alive = torch.ones(B, dtype=torch.bool, device=device)
     answered = torch.zeros(B, dtype=torch.bool, device=device)
     for t in range(T):
@@ -254,12 +255,12 @@ def play(model, tokens: QuestTokens, seeds, variant: str | None = None, generato
             values[:, t] = out["value"][:, -1].float()
         rewards[:, t] = torch.where(alive, r.float(), 0.0)
         live[:, t], scored[:, t] = alive, alive & answered & (cfg.variant != "unscored")
-        counts = torch.stack([info["deceptions"], info["fights"], info["clue_pickups"], info["predicted"]], 1)
-        metrics[:, :4] = torch.where(alive[:, None], counts.float(), metrics[:, :4])
+        counts = torch.stack([info[m] for m in QUEST_COUNTS], 1).float()
+        metrics[:, counted] = torch.where(alive[:, None], counts, metrics[:, counted])
         alive = alive & ~(term | trunc)
         if device.type == "cpu" and not alive.any():  # on a device, run to the horizon rather than sync per step
             break
-    metrics[:, 4] = rewards.sum(1)
+    metrics[:, QUEST_METRICS.index("return")] = rewards.sum(1)
     return {"seq": seq, "actions": actions, "logp": logp, "values": values, "rewards": rewards, "live": live,
             "scored_predict": scored, "metrics": metrics, "y": env.y.clone(), "prefix_len": P}
 
