@@ -198,7 +198,7 @@ PROPHECY_EXP = "F9"  # the prophecy forks (prophecy.py): another world
 
 
 def world_runs(df: pd.DataFrame) -> pd.DataFrame:
-    """The world-text runs of the standard cognition (F1-F3): every claim and figure but C6-C9 and F4, F8, F9."""
+    """The world-text runs of the standard cognition (F1-F3): every claim and figure but C6-C10 and F4, F8-F10."""
     return df[~df["exp_name"].astype(str).isin((QUEST_EXP, *COGNITION_EXPS, PROPHECY_EXP))] if "exp_name" in df \
         else df
 
@@ -230,10 +230,11 @@ def quest_claims(df: pd.DataFrame) -> list[Claim]:
 
 
 def claims(df: pd.DataFrame) -> list[Claim]:
+    from instrumentality.interruption import c10_claims
     from instrumentality.myopia import c8_claims
     from instrumentality.prophecy import c9_claims
 
-    quest, cognition, prophecy = quest_claims(df), c8_claims(df), c9_claims(df)
+    quest, cognition, prophecy, interruption = quest_claims(df), c8_claims(df), c9_claims(df), c10_claims(df)
     df = world_runs(df)
     fin = final_rows(df)
     sup = fin[fin.regime == "supervised"]
@@ -278,7 +279,7 @@ def claims(df: pd.DataFrame) -> list[Claim]:
     # C7: outputs myopic (no steering) while look-ahead is decodable from the hidden state
     out.append(claim_of("C7", "supervised look-ahead accuracy k=2 (best layer) minus chance", "> 0",
                         lookahead_gain_per_seed(sup, k=2)))
-    return out + cognition + prophecy
+    return out + cognition + prophecy + interruption
 
 
 def free_running(df: pd.DataFrame) -> pd.DataFrame:
@@ -632,9 +633,15 @@ def figure_f9(df: pd.DataFrame, folder: Path) -> list[Path]:
     return draw(df, folder)
 
 
+def figure_f10(df: pd.DataFrame, folder: Path) -> list[Path]:
+    from instrumentality.interruption import figure_f10 as draw
+
+    return draw(df, folder)
+
+
 FIGURES = {"F1": figure_f1, "F2": figure_f2, "F3": figure_f3, "F4": figure_f4, "F4 aggregated": figure_f4_aggregates,
-           "F5": figure_f5, "F6": figure_f6, "F8": figure_f8, "F9": figure_f9}
-WHOLE_TABLE_FIGURES = ("F4", "F4 aggregated", "F8", "F9")  # pick their runs themselves; the others get world_runs
+           "F5": figure_f5, "F6": figure_f6, "F8": figure_f8, "F9": figure_f9, "F10": figure_f10}
+WHOLE_TABLE_FIGURES = ("F4", "F4 aggregated", "F8", "F9", "F10")  # pick their own runs; the others: world_runs
 
 
 # ---------------------------------------------------------------------------- the report
@@ -708,10 +715,11 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
                 lines.append(f"| {r.init} | {r.seed} | {r.env_steps:.0f} | {r.quest_ppo_return:.3f} | "
                              f"{r.sb3_return:.3f} |")
         lines += aggregated_agents_section(df)
+    from instrumentality.interruption import report_section as interruption_section
     from instrumentality.myopia import report_section
     from instrumentality.prophecy import report_section as prophecy_section
 
-    lines += report_section(df) + prophecy_section(df)
+    lines += report_section(df) + prophecy_section(df) + interruption_section(df)
     status = df[df.probe == "run"]
     if not status.empty:
         counts = status.groupby(["regime", "metric"]).size().unstack(fill_value=0)
