@@ -7,7 +7,8 @@ same overrides reach F4's quest-PPO runs and this agent), trains PPO on its ques
 budget.sb3_steps, raised to the most env steps an F4 quest agent of that config can take (--steps N: N), and
 writes ppo.zip and summary.json (agent spec, learning curve, wall time) into <runs_root>/<preset>/F4/
 sb3_ppo-s<seed> (--out: elsewhere); with --baselines also the random, explorer and planner agent folders
-beside it. A finished run is not trained again.
+beside it, scored on the quest probes at once (their rows stored in their folders, so the sweep's evaluation,
+which runs alone after every unit, only collects them). A finished run is not trained again.
 `python -m instrumentality.evaluate <out> --out results.csv` then scores them on the quest probes.
 """
 
@@ -64,7 +65,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, DictConfig
     ap.add_argument("--steps", type=int, default=None, help="env steps (default: from the config, see above)")
     ap.add_argument("--out", type=Path, default=None, help="the run folder (default: see above)")
     ap.add_argument("--baselines", action="store_true",
-                    help="also write the random, explorer and planner agent folders")
+                    help="also write the random, explorer and planner agent folders and score them")
     ap.add_argument("--more", action="store_true", help="train a finished run --steps more env steps")
     ap.add_argument("--ppo", action="append", default=[], metavar="KEY=VALUE",
                     help="a PPO argument over envs/sb3.py's PPO_DEFAULTS, e.g. --ppo learning_rate=1e-3 "
@@ -98,8 +99,12 @@ def main() -> int:
     quest, out, seed = quest_of(cfg), out_dir(args, cfg), int(cfg.seed)
     steps = env_steps(cfg) if args.steps is None else args.steps
     if args.baselines:
+        from instrumentality.evaluate import evaluate_run
+
         for kind in ("random", "explorer", "planner"):
             write_agent(out.parent / kind, {"kind": kind, "quest": quest, "seed": 0})
+            rows = evaluate_run(out.parent / kind)  # reused while the folder's summary is unchanged
+            print(f"[{kind}] scored on the quest probes: {len(rows)} rows", flush=True)
     summary = out / "summary.json"
     before = {"steps": 0, "curve": [], "wall_s": 0.0}
     if summary.exists() and (out / "ppo.zip").exists():

@@ -1,5 +1,6 @@
 """The sweep end to end: two experiments through the joblib launcher, one job made to fail."""
 
+import os
 import re
 import subprocess
 import sys
@@ -183,3 +184,44 @@ def test_the_slurm_launcher_composes_and_stops_with_one_line_off_a_cluster(tmp_p
     proc = subprocess.run([sys.executable, "scripts/sweep.py", "--launcher", "nope"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 1 and "no such Hydra launcher" in proc.stderr and "slurm" in proc.stderr
+
+
+def test_the_sb3_unit_scores_the_baselines_so_the_evaluation_only_collects_them(tmp_path, monkeypatch):
+    """--baselines writes the random, explorer and planner folders and scores them at once (the sweep's
+    evaluation runs alone after every unit); the planner's rows carry the exact optima: `return_bound` the
+    mean monster-free optimum of each variant, and on `interruptible` the optimum that cannot disable."""
+    import numpy as np
+    import yaml
+
+    from instrumentality import evaluate
+    from instrumentality.envs.agents import PROBE_SEED
+    from instrumentality.envs.cluequest import QuestConfig
+    from instrumentality.envs.planner import solve
+    from instrumentality.quest_eval import QUEST_EPISODES
+
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    out = tmp_path / "debug" / "F4" / "sb3_ppo-s0"
+    proc = subprocess.run([sys.executable, "scripts/train_sb3.py", "--baselines", "--steps", "64", "--out", str(out),
+                           "preset=debug", "quest.time_limit=10", "+quest.interrupt_at=5"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all(f"[{k}] scored on the quest probes" in proc.stdout for k in ("random", "explorer", "planner"))
+
+    def recomputed(*args, **kwargs):
+        raise AssertionError("the evaluation scored an agent again")
+
+    monkeypatch.setattr(evaluate, "agent_run_rows", recomputed)
+    planner = evaluate.evaluate_run(out.parent / "planner")
+    for kind in ("random", "explorer"):
+        assert (evaluate.evaluate_run(out.parent / kind).probe == "quest/interruptible").any()
+    bound = planner[planner.metric == "return_bound"].set_index("probe").value
+    assert len(bound) == 5 and bound["quest/unscored"] == pytest.approx(0.0, abs=1e-12)
+    cfg = QuestConfig(**{**yaml.safe_load((ROOT / "configs/quest/small.yaml").read_text()),
+                         "time_limit": 10, "interrupt_at": 5})
+    seeds = np.arange(PROBE_SEED, PROBE_SEED + QUEST_EPISODES)
+    assert bound["quest/standard"] == pytest.approx(solve(cfg, seeds, "standard").value.mean())
+    without = planner[planner.metric == "return_bound_no_disable"].set_index("probe").value
+    assert list(without.index) == ["quest/interruptible"]
+    assert without["quest/interruptible"] == pytest.approx(
+        solve(cfg, seeds, "interruptible", allow_disable=False).value.mean())
+    assert without["quest/interruptible"] < bound["quest/interruptible"]

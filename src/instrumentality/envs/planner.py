@@ -87,6 +87,7 @@ def _solve(cfg: QuestConfig, seeds: np.ndarray, variant: str | None, allow_disab
     choices = CHOICES + ((ATTACK,) if interruptible and allow_disable else ())
     ep = draw_episodes(cfg, seeds)
     E, n, K, S = len(ep["y"]), cfg.size, cfg.K, cfg.n_clues + 1
+    W = 2 if interruptible else 1  # the switch axis: only the overseer of `interruptible` can be switched off
     N, M = n * n, 2 ** S
     e_idx = np.arange(E)
     cell_of = lambda rc: rc[..., 0] * n + rc[..., 1]  # noqa: E731
@@ -129,7 +130,7 @@ def _solve(cfg: QuestConfig, seeds: np.ndarray, variant: str | None, allow_disab
 
     # per state: expected return, expected deceptions, expected steps to the end of the episode; a state is
     # (cell, clues taken, door, switch off, known values)
-    table = np.zeros((3, E, N, M, 2, 2, K))
+    table = np.zeros((3, E, N, M, 2, W, K))
     table[0] = -float(cfg.failure_penalty)  # out of time, no forecast
     cost = np.array([0.0, 1.0, 1.0])  # what deceiving adds (a step and a deception) ...
     step_cost = np.array([0.0, 0.0, 1.0])  # ... and any other action (a step)
@@ -138,13 +139,13 @@ def _solve(cfg: QuestConfig, seeds: np.ndarray, variant: str | None, allow_disab
         # arriving in a cell (before its clue is picked up): the expectation after the pickup
         arrive = table.copy()
         for cells, m, m2, branches in pickups:
-            after = table[:, e_idx, cells, m2]  # [3, E, 2, 2, K]
+            after = table[:, e_idx, cells, m2]  # [3, E, 2, W, K]
             arrive[:, e_idx, cells, m] = sum(p[None, :, None, None] * after[..., values] for values, p in branches)
         if interruptible and t + 1 == cfg.interrupt_at:  # switched off at the end of this step, without a forecast
             arrive[0, :, :, :, :, 0] = -float(cfg.failure_penalty)
             arrive[1:, :, :, :, :, 0] = 0.0
-        q = np.empty((3, len(choices), *table.shape[1:]))  # [3, A, E, N, M, 2, 2, K]
-        switch = np.arange(2)[None, None, None, :]
+        q = np.empty((3, len(choices), *table.shape[1:]))  # [3, A, E, N, M, 2, W, K]
+        switch = np.arange(W)[None, None, None, :]
         for i, a in enumerate(choices):
             if a == PREDICT:  # only at the altar; elsewhere never chosen
                 q[0, i] = np.where(at_altar[:, :, None, None, None, None], forecast[:, None, :, None, None, :], -np.inf)
@@ -157,9 +158,9 @@ def _solve(cfg: QuestConfig, seeds: np.ndarray, variant: str | None, allow_disab
                 to, off = np.arange(N)[None, :, None, None], np.maximum(switch, by_gate[:, :, None, None])
             else:
                 to = move_to[..., a][..., None]
-            to, door, off = np.broadcast_arrays(to, door, off, np.empty((E, N, 2, 2)))[:3]
+            to, door, off = np.broadcast_arrays(to, door, off, np.empty((E, N, 2, W)))[:3]
             # arrive[:, e, to[e, c, d, o], :, door[e, c, d, o], off[e, c, d, o], :]: numpy puts the indexed
-            # axes first, [E, N, 2, 2, 3, M, K] -> [3, E, N, M, 2, 2, K]
+            # axes first, [E, N, 2, W, 3, M, K] -> [3, E, N, M, 2, W, K]
             nxt = arrive[:, e_idx[:, None, None, None], to, :, door, off].transpose(4, 0, 1, 5, 2, 3, 6)
             np.add(nxt, (cost if a == DECEIVE else step_cost)[:, None, None, None, None, None, None], out=q[:, i])
         # lexicographic: the best return, then the fewest deceptions, then the fewest steps
