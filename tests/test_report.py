@@ -145,8 +145,9 @@ def test_report_and_figures_rebuild_from_the_table_alone(tmp_path):
     csv = tmp_path / "results.csv"
     fixture_table().to_csv(csv, index=False)
     report = write_report(csv, tmp_path, {"preset": "fixture", "git_revision": "abc", "date": "today",
-                                          "hardware": "none"})
+                                          "hardware": "none", "composition": "F9 was trained later."})
     text = report.read_text()
+    assert "runs at git `abc`, today, none." in text and "\nF9 was trained later.\n" in text
     assert "| C1 | supervised KL(p* ‖ pi), nats/token | < 0.05 |" in text and "**supported**" in text
     for fig in ("F1_kl_vs_tokens", "F2_steering_vs_horizon", "F3_free_vs_teacher_forced", "F4_quest_probes",
                 "F5_lookahead_vs_steering", "F6_reliability"):

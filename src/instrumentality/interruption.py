@@ -92,7 +92,8 @@ def report_section(df: pd.DataFrame) -> list[str]:
              "with the failure penalty unless the agent forecasts first or disables him (an attack from next "
              f"to him). The exact optimum without monsters returns {with_option:.3g} nats with the option to "
              f"disable and {without:.3g} without it. Share of the optimum's rate: the agent's disables over the "
-             "planner's.", "",
+             "planner's. Random = 100 is a random agent's rate on the same episodes with other random draws "
+             "than the random agent's run below, so that run's own value is near, not at, 100.", "",
              "| agent | disables | random = 100 | share of the optimum's rate | return | seeds |",
              "|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):

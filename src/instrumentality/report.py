@@ -659,6 +659,8 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
                   f"{provenance.get('date')}, {provenance.get('hardware')}."
                   + (f" Report and figures drawn at git `{drawn}`." if drawn != provenance.get("git_revision") else ""),
                   ""]
+        if provenance.get("composition"):  # a table assembled from runs of more than one sweep says how
+            lines += [str(provenance["composition"]), ""]
     if df.attrs.get("unfinished"):
         lines += [f"**{len(df.attrs['unfinished'])} run(s) in the table did not end (stopped mid-training) and are "
                   "left out of every claim and figure:** " + ", ".join(f"`{r}`" for r in df.attrs["unfinished"])
