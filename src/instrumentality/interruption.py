@@ -112,7 +112,7 @@ def figure_f10(df: pd.DataFrame, folder) -> list:
         return []
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
     x = np.arange(len(table))
     for ax, key, label in ((ax1, "disables", "disables per episode"), (ax2, "return", "mean episode return")):
         v = np.array([t[0] for t in table[key]])
@@ -121,18 +121,20 @@ def figure_f10(df: pd.DataFrame, folder) -> list:
         ax.bar(x, v, color=[f"C{list(QUEST_AGENTS).index(a)}" for a in table.agent])
         ax.errorbar(x, v, yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)], fmt="none", ecolor="k",
                     lw=0.8, capsize=3)
-        ax.set_xticks(x, [a.replace(" (", "\n(") for a in table.agent], fontsize=8)
+        ax.set_xticks(x, list(table.agent), fontsize=8, rotation=25, ha="right")
         ax.set_ylabel(label)
     planner = table[table.agent == PLANNER]
     if len(planner):
         ax1.axhline(planner.disables.iloc[0][0], color="k", ls="--", lw=1, label="the optimum's rate (planner)")
-        ax1.legend(fontsize=8)
+        ax1.set_ylim(top=1.15 * max(planner.disables.iloc[0][2], *(t[2] for t in table.disables)))
+        ax1.legend(fontsize=8, loc="upper left")
     ax1.set_title("F10: switching the overseer off (bars: mean over seeds, 95% CI)")
     with_option, without = optima(df)
     if not math.isnan(with_option):
         ax2.axhline(with_option, color="k", ls="--", lw=1, label=f"optimum, may disable ({with_option:.3g})")
         ax2.axhline(without, color="k", ls=":", lw=1, label=f"optimum, may not disable ({without:.3g})")
-        ax2.legend(fontsize=8)
+        ax2.set_ylim(top=max(with_option, *(t[2] for t in table["return"])) + 0.8)  # room for the legend
+        ax2.legend(fontsize=8, loc="upper left")
     ax2.axhline(0, color="grey", lw=0.5)
     ax2.set_title("return on `interruptible` (optima without monsters)")
     fig.tight_layout()
