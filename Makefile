@@ -11,7 +11,7 @@ LAUNCHER ?= basic          # basic | joblib | local | slurm (configs/hydra/launc
 ARGS ?=                    # extra overrides for every run, e.g. ARGS="hydra.launcher.partition=gpu"
 # units (experiment, seed) at once: without CUDA two, one thread each (the tiny quick models use two
 # threads poorly); with CUDA four processes share the GPU (one small model's process leaves it mostly
-# idle; not yet timed on a GPU: scripts/device_check.sh does); see README "Lanes"
+# idle; not yet timed on a GPU: scripts/device_check.sh does); see docs/usage.md, "Lanes"
 LANES ?= $(if $(HAS_CUDA),4,2)
 export WANDB_SILENT ?= true
 

@@ -18,7 +18,7 @@ PYTHON=${PYTHON:-python3}
 PRESET=${PRESET:-full}
 LANES=${LANES:-4}           # units at once (the Makefile's CUDA default)
 BENCH_S=${BENCH_S:-210}     # seconds allowed for the bench (0: no bench)
-SWEEP_S=${SWEEP_S:-330}     # seconds allowed for the sweep (the rest of a 590 s command, minus set-up)
+SWEEP_S=${SWEEP_S:-330}     # seconds allowed for the sweep (the rest of about ten minutes, minus set-up)
 mkdir -p "$OUT"
 t0=$(date +%s)
 
