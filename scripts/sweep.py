@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # at the end). SB3 runs on the CPU: with `cpu_lanes` (the default on CUDA) its units run in lanes of their
 # own, beside the GPU's.
 SB3_UNIT = "F4_sb3"
-EXPERIMENTS = ["F1", "F2", "F8", "F4_simulator", "F3", "F8_critic", "F4", "F9", SB3_UNIT]
+EXPERIMENTS = ["F1", "F2", "F8", "F4_simulator", "F3", "F8_critic", "F4", "F10", "F9", SB3_UNIT]
 CPU_ONLY = {SB3_UNIT}
 RUN_DONE = re.compile(r"\[(\S+)\] (?:finished after|collapsed after|interrupted after|FAILED|configuration error"
                       r"|error:)")

@@ -21,6 +21,8 @@ SECTIONS = {
         "train/loss", "train/grad_norm", "train/lr", "train/entropy", "train/approx_kl", "train/clip_fraction"]),
     "F4: ClueQuest": ("perf/env_steps_seen", [
         "env/return_last_100", "env/probe_return", "env/probe_deceptions", "env/probe_fights"]),
+    "F10: quest-PPO learning to switch the overseer off (experiment F10)": ("perf/env_steps_seen", [
+        "env/disables", "env/return", "env/predicted"]),
     "F9: forecasts at the prophecy markers (by start, configs/experiment/F9.yaml)": ("Step", [
         f"train/forecast/start={start:g}" for start in (0.08, 0.3, 0.65, 0.97)]),
     "Throughput": ("Step", ["perf/tokens_per_s", "perf/env_steps_per_s"]),

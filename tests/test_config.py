@@ -39,7 +39,7 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
     from omegaconf import OmegaConf
 
     paths = sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
-    assert [p.stem for p in paths] == ["F1", "F2", "F3", "F4", "F4_simulator", "F8", "F8_critic", "F9"]
+    assert [p.stem for p in paths] == ["F1", "F10", "F2", "F3", "F4", "F4_simulator", "F8", "F8_critic", "F9"]
     for path in paths:
         cfg = composed(f"experiment={path.stem}", f"preset={preset}", hydra=True)
         params = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
@@ -59,6 +59,30 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
                 assert resolved["regime"]["critic"] == critic
                 assert resolved["regime"]["horizon"] == int(horizon[1:])
                 assert resolved["regime"]["gamma"] == float(gamma[1:].replace("05", "0.5"))
+
+
+@pytest.mark.parametrize("preset", ["quick", "full", "debug"])
+def test_f10_is_f4s_quest_ppo_from_the_simulator_on_the_interruptible_quest_only(preset):
+    """C10 pairs F10's agent with the simulator that F4's quest-PPO starts from: the two PPO runs of a seed
+    must differ in the quest variant alone (and in their names), or C10 would compare more than training
+    where the agent can be switched off."""
+    from omegaconf import OmegaConf
+
+    f4 = OmegaConf.to_container(composed("experiment=F4", f"preset={preset}", "seed=1", "regime.init=simulator"),
+                                resolve=True)
+    f10 = OmegaConf.to_container(composed("experiment=F10", f"preset={preset}", "seed=1", "regime.init=simulator"),
+                                 resolve=True)
+    assert (f4["quest"]["variant"], f10["quest"]["variant"]) == ("standard", "interruptible")
+    assert (f10["exp_name"], f10["run_name"]) == ("F10", "quest-interruptible-s1")
+    assert f10["regime"]["init_checkpoint"] == f4["regime"]["init_checkpoint"]
+    assert f10["regime"]["init_checkpoint"].endswith(f"/{preset}/F4/simulator-s1/checkpoint.pt")
+    for key in ("exp_name", "run_name"):
+        f4.pop(key), f10.pop(key)
+    for cfg in (f4, f10):  # the regime's env is the run's quest
+        assert cfg["regime"]["env"].pop("variant") == cfg["quest"].pop("variant")
+    assert f4 == f10
+    params = composed("experiment=F10", f"preset={preset}", hydra=True).hydra.sweeper.params
+    assert dict(params) == {"regime.init": "simulator"}
 
 
 @pytest.mark.parametrize("preset", ["quick", "full", "debug"])

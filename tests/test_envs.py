@@ -45,6 +45,10 @@ def test_bad_actions_and_options_are_clear_errors():
         env.reset(options={"cheat": True})
     with pytest.raises(ConfigError, match="quest.variant"):
         ClueQuestEnv(variant="nope")
+    with pytest.raises(ConfigError, match="quest.interrupt_at.*below time_limit"):
+        ClueQuestEnv(variant="interruptible", time_limit=8, interrupt_at=8)
+    with pytest.raises(ConfigError, match="quest.interrupt_at.*below time_limit"):
+        ClueQuestEnv(time_limit=8, interrupt_at=8).reset(options={"variant": "interruptible"})
     with pytest.raises(ValueError, match="actions must be"):
         BatchedClueQuest(2).step(torch.tensor([0, 9]))
 

@@ -299,7 +299,8 @@ def test_cli_reports_a_corrupt_run_exits_non_zero_and_keeps_the_others(tmp_path,
 def _agent_runs(root, names):
     import json
 
-    quest = {"size": 5, "n_clues": 1, "n_monsters": 0, "time_limit": 8, "variant": "standard"}
+    quest = {"size": 5, "n_clues": 1, "n_monsters": 0, "time_limit": 8, "interrupt_at": 4,
+             "variant": "standard"}
     for name in names:
         (root / name).mkdir(parents=True, exist_ok=True)
         (root / name / "summary.json").write_text(json.dumps(

@@ -70,7 +70,7 @@ def test_units_wait_for_the_experiments_their_configs_need():
     sweep = load_script("sweep")
     for preset in ("quick", "full"):
         assert [sweep.needs(preset, e) for e in sweep.EXPERIMENTS] == [
-            (), ("F1",), (), (), ("F1",), ("F8",), ("F4_simulator",), (), ()]
+            (), ("F1",), (), (), ("F1",), ("F8",), ("F4_simulator",), ("F4_simulator",), (), ()]
 
 
 def test_an_experiments_swept_values_come_from_its_config_and_the_command_line_wins(tmp_path):

@@ -82,13 +82,13 @@ def logged_keys(run_dir: Path) -> set[str]:
 
 def test_the_workspace_draws_only_keys_that_runs_log(tmp_path):
     """scripts/wandb_workspace.py builds its workspace offline; every panel's key is logged by a run of the
-    regime it is for: supervised and reinforce on world text, PPO on the quest (from scratch), SB3, and RL
-    on the prophecy forks (F9)."""
+    regime it is for: supervised and reinforce on world text, PPO on the interruptible quest (from scratch),
+    SB3, and RL on the prophecy forks (F9)."""
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
     base = [sys.executable, "-m", "instrumentality.train", "preset=debug", "logger=wandb", "logger.mode=offline",
             f"eval.probe_cache={tmp_path}/probes", "trainer.eval_every=5"]
     runs = {"supervised": ["regime=supervised"], "reinforce": ["regime=reinforce"],
-            "quest": ["experiment=F4", "regime.init=scratch", "trainer.max_steps=8"],
+            "quest": ["experiment=F10", "regime.init=scratch", "trainer.max_steps=8"],  # F4's PPO on `interruptible`
             "prophecy": ["experiment=F9", "regime=prophecy_rl", "regime.warmup_steps=2", "trainer.max_steps=6",
                          "trainer.log_every=2", "regime.samples=64"]}
     keys: set[str] = set()

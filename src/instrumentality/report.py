@@ -182,12 +182,14 @@ def efficiency_ratio(stt: pd.DataFrame, regime: str) -> tuple[float, float, floa
 
 
 QUEST_EXP = "F4"  # the ClueQuest experiment: its agents are not world-text runs
-QUEST_AGENTS = {  # name in figures -> how to find its rows
+INTERRUPTION_EXP = "F10"  # quest-PPO trained on the `interruptible` quest (interruption.py)
+QUEST_AGENTS = {  # name in figures -> how to find its rows (in QUEST_EXP's runs unless it names exp_name)
     "random": {"regime": "random"},
     "explorer": {"regime": "explorer"},
     "simulator": {"regime": "supervised"},
     "quest-PPO (from simulator)": {"regime": "quest", "regime.init": "simulator"},
     "quest-PPO (from scratch)": {"regime": "quest", "regime.init": "scratch"},
+    "quest-PPO (trained on interruptible)": {"exp_name": INTERRUPTION_EXP, "regime": "quest"},
     "SB3 PPO": {"regime": "sb3_ppo"},
     "planner (optimum)": {"regime": "planner"},  # the exact optimum without monsters, played with them
 }
@@ -199,13 +201,13 @@ PROPHECY_EXP = "F9"  # the prophecy forks (prophecy.py): another world
 
 def world_runs(df: pd.DataFrame) -> pd.DataFrame:
     """The world-text runs of the standard cognition (F1-F3): every claim and figure but C6-C10 and F4, F8-F10."""
-    return df[~df["exp_name"].astype(str).isin((QUEST_EXP, *COGNITION_EXPS, PROPHECY_EXP))] if "exp_name" in df \
-        else df
+    other = (QUEST_EXP, INTERRUPTION_EXP, *COGNITION_EXPS, PROPHECY_EXP)
+    return df[~df["exp_name"].astype(str).isin(other)] if "exp_name" in df else df
 
 
 def quest_agent(df: pd.DataFrame, name: str) -> pd.DataFrame:
-    sel = df[df["exp_name"].astype(str) == QUEST_EXP] if "exp_name" in df else df[:0]
-    for k, v in QUEST_AGENTS[name].items():
+    sel = df
+    for k, v in {"exp_name": QUEST_EXP, **QUEST_AGENTS[name]}.items():
         sel = sel[sel[k].astype(str) == v] if k in sel else sel[:0]
     return sel
 

@@ -76,6 +76,13 @@ class QuestConfig:
             ("interrupt_at", self.interrupt_at >= 1, "an integer >= 1"),
             ("variant", self.variant in VARIANTS, f"one of: {', '.join(VARIANTS)}"),
         ])
+        self.check_interruption()
+
+    def check_interruption(self):
+        """On `interruptible` the overseer must act before the time limit, or the variant is `standard`."""
+        check_config(self, "quest", [
+            ("interrupt_at", self.variant != "interruptible" or self.interrupt_at < self.time_limit,
+             f"below time_limit ({self.time_limit}) on `interruptible`, or the overseer never acts")])
 
     @property
     def K(self) -> int:
@@ -455,6 +462,7 @@ class ClueQuestEnv(gym.Env):
                 if options["variant"] not in VARIANTS:
                     raise ValueError(f"variant must be one of {VARIANTS}; got {options['variant']!r}")
                 self.cfg.variant = options["variant"]
+                self.cfg.check_interruption()
         ep_seed = (options or {}).get("episode_seed", int(self.np_random.integers(2**31)))
         draws = draw_episodes(self.cfg, [ep_seed])
         self.quest.start(draws)
