@@ -83,6 +83,15 @@ def test_performative_optimum_against_brute_force():
         assert all(risk <= p.risk + 1e-12 for p in fixed_points(f))
 
 
+def test_the_optimum_is_a_certain_forecast_where_the_risk_falls_to_an_end():
+    """f(q) = 0.2 + 0.8 q has an interior stationary point of the risk, but f(1) = 1: forecasting the outcome
+    with certainty makes it certain, and the risk falls to 0 at q -> 1 (closed form: PR(q) -> 0)."""
+    f = Linear(0.2, 0.8)
+    q, risk = performative_optimum(f)
+    assert q > 1 - 1e-6 and risk < 1e-6
+    assert risk <= float(np.min(performative_risk(f, GRID)))
+
+
 def test_the_optimum_is_more_confident_than_the_confident_stable_point():
     """dPR/dq at a fixed point is -f'(q) log(q / (1 - q)): negative above 1/2 where f rises, so the risk
     still falls past the confident stable point; the optimum is not performatively stable."""

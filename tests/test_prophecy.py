@@ -101,6 +101,8 @@ def test_the_regimes_refuse_a_world_without_prophecies_and_a_bad_response_map():
         Retraining(World(WorldConfig()), RetrainSettings())
     with pytest.raises(ConfigError, match="^regime.response_low must be below"):
         RetrainSettings(response_low=0.9, response_high=0.5)
+    with pytest.raises(ConfigError, match=r"^regime.response_low must be in \(0, 1\)"):
+        RetrainSettings(response_low=0.0)  # a certain outcome: the response map's theory needs f in (0, 1)
     with pytest.raises(ConfigError, match="^regime.response_steepness must be"):
         ProphecyRLSettings(response_steepness=-1.0)
     with pytest.raises(ConfigError, match="^regime.noise must be"):
@@ -210,11 +212,45 @@ def test_theory_rows_give_each_starts_ends():
 
 
 # ---------------------------------------------------------------------------- C9 on a planted table
-def planted_table(rl_low_end: str = "risk_min", seeds: int = 5) -> pd.DataFrame:
-    """F9 rows of `seeds` seeds where each regime ends near the theory's end point (seeded noise of 0.005);
-    RL from the low starts ends at its basin's risk minimum, or (rl_low_end="optimum") at the optimum."""
+def brute_force_ends() -> dict:
+    """The default map's end points by brute force on a grid of 10^6 forecasts, without the package's
+    theory: f(q) = 0.05 + 0.92 sigmoid(6 (q - 0.5)); its stable fixed points (f(q) - q turns from + to -);
+    the local minima of the risk PR(q) = -f log q - (1 - f) log(1 - q) and the global one; C9's margins
+    (half the distance from each basin's stable point to its risk minimum; half the optimum's distance to
+    the nearest stable point)."""
+    q = np.linspace(1e-6, 1 - 1e-6, 1_000_001)
+    f = 0.05 + 0.92 / (1 + np.exp(-6 * (q - 0.5)))
+    g = f - q
+    stable = q[1:][(g[:-1] > 0) & (g[1:] <= 0)]
+    risk = -f * np.log(q) - (1 - f) * np.log(1 - q)
+    i = np.flatnonzero((risk[1:-1] < risk[:-2]) & (risk[1:-1] < risk[2:])) + 1
+    minima, optimum = q[i], q[np.argmin(risk)]
+    return {"stable": stable, "risk_min": minima, "optimum": optimum,
+            "margin": np.abs(stable - minima) / 2, "optimum_margin": np.min(np.abs(stable - optimum)) / 2}
+
+
+BF = brute_force_ends()
+
+
+def test_brute_force_ends_are_the_documented_ones():
+    """The values F9.yaml and docs/design.md quote, so the planted tables below sit where they claim."""
+    assert BF["stable"] == pytest.approx([0.151, 0.888], abs=1e-3)
+    assert BF["risk_min"] == pytest.approx([0.0586, 0.955], abs=1e-3) and BF["optimum"] == BF["risk_min"][1]
     from instrumentality.prophecy import ends
 
+    f = ResponseMap()
+    for s, basin in zip(STARTS, (0, 0, 1, 1)):
+        e = ends(f, s)
+        assert (e["stable"], e["risk_min"], e["optimum"]) == pytest.approx(
+            (BF["stable"][basin], BF["risk_min"][basin], BF["optimum"]), abs=2e-6)
+        assert (e["margin"], e["optimum_margin"]) == pytest.approx((BF["margin"][basin], BF["optimum_margin"]),
+                                                                   abs=2e-6)
+
+
+def planted_table(rl_low_end: str = "risk_min", seeds: int = 5, retrain_off: float = 0.0) -> pd.DataFrame:
+    """F9 rows of `seeds` seeds where each regime ends near the brute-force end point of its start's basin
+    (seeded noise of 0.002), retraining shifted up by `retrain_off` x its margin; RL from the low starts
+    ends at its basin's risk minimum, or (rl_low_end="optimum") at the optimum."""
     regime = Retraining(prophecy_world(), RetrainSettings())
     f = regime.response
     rng = np.random.default_rng(0)
@@ -222,10 +258,12 @@ def planted_table(rl_low_end: str = "risk_min", seeds: int = 5) -> pd.DataFrame:
     for seed in range(seeds):
         for name in ("retrain", "prophecy_rl"):
             run = [{**r, "run_id": f"F9/{name}-s{seed}"} for r in regime.theory_rows()]
-            for s in STARTS:
-                e = ends(f, s)
-                q = e["stable"] if name == "retrain" else e["optimum"] if rl_low_end == "optimum" else e["risk_min"]
-                q += rng.normal(0, 0.005)
+            for s, basin in zip(STARTS, (0, 0, 1, 1)):
+                if name == "retrain":
+                    q = BF["stable"][basin] + retrain_off * BF["margin"][basin]
+                else:
+                    q = BF["optimum"] if rl_low_end == "optimum" else BF["risk_min"][basin]
+                q += rng.normal(0, 0.002)
                 run += [{"probe": "prophecy", "metric": "forecast", "start": s, "value": q, "ci_low": q, "ci_high": q},
                         {"probe": "prophecy", "metric": "self_consistency", "start": s, "value": q - float(f(q))}]
                 run += [{"probe": "curve/prophecy", "metric": "forecast", "start": s, "step": step, "value": q}
@@ -235,18 +273,37 @@ def planted_table(rl_low_end: str = "risk_min", seeds: int = 5) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def c9_verdicts(df: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """{claim kind: {start: verdict}} for C9's per-start claims."""
+    from instrumentality.prophecy import c9_claims
+
+    kinds = {"repeated retraining ends": "retrain", "RL on the log-score ends at the performative optimum": "optimum",
+             "RL on the log-score ends at its basin's": "basin"}
+    out: dict[str, dict[str, str]] = {}
+    for c in c9_claims(df):
+        for prefix, kind in kinds.items():
+            if c.metric.startswith(prefix):
+                out.setdefault(kind, {})[c.metric.rsplit("start ", 1)[-1]] = c.verdict
+    return out
+
+
 def test_c9_verdicts_on_a_planted_table():
     from instrumentality.prophecy import c9_claims
 
-    claims = {c.metric: c for c in c9_claims(planted_table())}
-    verdicts = [(c.metric.split(":")[0], c.metric.rsplit("start ", 1)[-1], c.verdict) for c in claims.values()]
-    retrain = [v for m, s, v in verdicts if m.startswith("repeated retraining ends")]
-    assert retrain == ["supported"] * 4
-    assert [v for m, s, v in verdicts if m.startswith("repeated retraining's loss")] == ["supported"]
-    optimum = {s: v for m, s, v in verdicts if m.startswith("RL on the log-score ends at the performative optimum")}
-    assert optimum == {"0.08": "not supported", "0.3": "not supported", "0.65": "supported", "0.97": "supported"}
-    basin = {s: v for m, s, v in verdicts if m.startswith("RL on the log-score ends at its basin's")}
-    assert basin == {"0.08": "supported", "0.3": "supported"}  # only where the optimum is not the basin's
+    verdicts = c9_verdicts(planted_table())
+    assert verdicts["retrain"] == {"0.08": "supported", "0.3": "supported", "0.65": "supported", "0.97": "supported"}
+    assert [c.verdict for c in c9_claims(planted_table()) if c.metric.startswith("repeated retraining's loss")] \
+        == ["supported"]
+    assert verdicts["optimum"] == {"0.08": "not supported", "0.3": "not supported", "0.65": "supported",
+                                   "0.97": "supported"}
+    assert verdicts["basin"] == {"0.08": "supported", "0.3": "supported"}  # only where the optimum is not the basin's
+
+
+@pytest.mark.parametrize("off, verdict", [(0.7, "supported"), (1.3, "not supported"), (-1.3, "not supported")])
+def test_c9_retraining_is_judged_by_its_margin(off, verdict):
+    """Retraining planted 0.7 or 1.3 margins (the brute-force ones: 0.046 and 0.034) from the stable point,
+    with noise far below the margin: inside is supported, outside on either side is not."""
+    assert set(c9_verdicts(planted_table(retrain_off=off))["retrain"].values()) == {verdict}
 
 
 def test_c9_when_rl_reaches_the_optimum_from_every_start():

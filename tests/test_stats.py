@@ -66,6 +66,24 @@ def test_paired_differences_cover_and_cancel_the_shared_seed_effect():
     assert np.median(widths) < 0.2 * np.median(arm_widths)
 
 
+def test_the_claims_paired_interval_is_the_one_whose_coverage_is_proven():
+    """report.paired (what C5, C6, C8 and C10 judge by) then claim_of gives paired_interval's numbers, on
+    seeds in a different order in the two arms; a seed run twice in one arm is refused."""
+    import pandas as pd
+
+    from instrumentality.report import claim_of, paired
+
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(1.0, 1.0, 5), rng.normal(0.0, 1.0, 5)
+    wa, wb = rng.uniform(0.1, 0.3, 5), rng.uniform(0.1, 0.3, 5)
+    ta = pd.DataFrame({"seed": range(5), "value": a, "ci_low": a - wa, "ci_high": a + wa})
+    tb = pd.DataFrame({"seed": range(5), "value": b, "ci_low": b - wb, "ci_high": b + wb}).iloc[::-1]
+    claim = claim_of("C", "a - b", "> 0", paired(ta, tb))
+    assert (claim.value, claim.low, claim.high) == pytest.approx(paired_interval(a, b, a - wa, a + wa, b - wb, b + wb))
+    with pytest.raises(ValueError, match=r"seed\(s\) \[2\] have more than one run"):
+        paired(pd.concat([ta, ta[ta.seed == 2]]), tb)
+
+
 def test_seed_interval_in_closed_form():
     v = np.array([1.0, 2.0, 4.0])
     m, lo, hi = seed_interval(v)  # no item error: the textbook t-interval

@@ -29,6 +29,7 @@ from instrumentality.report import (
     claim_of,
     combine,
     final_rows,
+    format_ci,
     paired,
     per_seed,
     quest_agent,
@@ -81,11 +82,6 @@ def optima(df: pd.DataFrame) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def _ci(v: tuple, fmt: str = ".3g") -> str:
-    return "-" if any(isinstance(x, float) and math.isnan(x) for x in v) else \
-        f"{v[0]:{fmt}} [{v[1]:{fmt}}, {v[2]:{fmt}}]"
-
-
 def report_section(df: pd.DataFrame) -> list[str]:
     table = disables_table(df)
     if table.empty:
@@ -106,8 +102,8 @@ def report_section(df: pd.DataFrame) -> list[str]:
     for r in table.to_dict("records"):
         share = "-" if math.isnan(r["share_of_optimum"][0]) else \
             f"{r['share_of_optimum'][0]:.0%} [{r['share_of_optimum'][1]:.0%}, {r['share_of_optimum'][2]:.0%}]"
-        lines.append(f"| {r['agent']} | {_ci(r['disables'])} | {_ci(r['norm'], '.0f')} | {share} | "
-                     f"{_ci(r['return'])} | {r['seeds']} |")
+        lines.append(f"| {r['agent']} | {format_ci(r['disables'], '.3g')} | {format_ci(r['norm'], '.0f')} | {share} | "
+                     f"{format_ci(r['return'], '.3g')} | {r['seeds']} |")
     return lines
 
 

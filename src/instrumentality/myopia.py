@@ -36,6 +36,7 @@ from instrumentality.report import (
     _save,
     claim_of,
     final_rows,
+    format_ci,
     free_running,
     lookahead_gain_per_seed,
     paired,
@@ -161,10 +162,6 @@ def gap_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _ci(v) -> str:
-    return "-" if v is None or math.isnan(v[0]) else f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
-
-
 def report_section(df: pd.DataFrame) -> list[str]:
     cells = cell_table(df)
     if cells.empty or (cells.cognition != "standard").sum() == 0:
@@ -178,9 +175,9 @@ def report_section(df: pd.DataFrame) -> list[str]:
              "|---|---|---|---|---|---|" + "---|" * len(LOOKAHEAD_K)]
     for r in cells.to_dict("records"):
         share = f"{r['steering'][0] / r['optimum']:.0%}" if r["optimum"] and not math.isnan(r["optimum"]) else "-"
-        lines.append(f"| {r['cognition']} | {r['objective']} | {r['seeds']} | {_ci(r['steering'])} | {share} | "
-                     f"{_ci(r['instrumental'])} | " + " | ".join(_ci(r[f'lookahead k={k}']) for k in LOOKAHEAD_K)
-                     + " |")
+        lookahead = " | ".join(format_ci(r[f"lookahead k={k}"]) for k in LOOKAHEAD_K)
+        lines.append(f"| {r['cognition']} | {r['objective']} | {r['seeds']} | {format_ci(r['steering'])} | {share} | "
+                     f"{format_ci(r['instrumental'])} | {lookahead} |")
     gaps = gap_table(df)
     lines += ["", "Myopia gap: excess NLL (nats/token) of each cognition's supervised model minus the standard "
               "one's, per position class, paired by seed at equal tokens; the entropy floor is the exact mean "
@@ -189,7 +186,7 @@ def report_section(df: pd.DataFrame) -> list[str]:
               "|---|---|" + "---|" * len(COGNITIONS[1:])]
     for r in gaps.to_dict("records"):
         lines.append(f"| {r['position']} | {r['entropy_floor']:.4g} | "
-                     + " | ".join(_ci(r[c]) if r[c][3] else "-" for c in COGNITIONS[1:]) + " |")
+                     + " | ".join(format_ci(r[c]) if r[c][3] else "-" for c in COGNITIONS[1:]) + " |")
     return lines
 
 

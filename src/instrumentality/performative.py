@@ -164,12 +164,10 @@ def risk_descent_limit(f: Response, q0: float, grid: int = 20001) -> float:
 
 
 def performative_optimum(f: Response, grid: int = 20001) -> tuple[float, float]:
-    """The forecast that minimises the performative risk, and its risk: the best local minimum."""
-    minima = risk_minima(f, grid)
-    if not minima:  # PR monotone on (0, 1): the optimum is at an end (a certain forecast)
-        ends = [EPS, 1 - EPS]
-        minima = [(q, float(performative_risk(f, q))) for q in ends]
-    return min(minima, key=lambda m: m[1])
+    """The forecast that minimises the performative risk, and its risk: the best local minimum, or an end of
+    (0, 1) (a certain forecast) where the risk falls towards it, e.g. a map with f(1) = 1."""
+    ends = [(q, float(performative_risk(f, q))) for q in (EPS, 1 - EPS)]
+    return min(risk_minima(f, grid) + ends, key=lambda m: m[1])
 
 
 def theory(f: Response) -> dict:

@@ -20,6 +20,10 @@ supported claim's interval lies nearer the predicted end than the other. The cla
     nearest stable point;
   where q* is not its basin's minimum, RL ends at that basin's minimum q_r (margin as for retraining): a
     local method descends the risk it starts on.
+The two regimes' basins are not bounded at the same place: retraining's by the unstable fixed point
+(0.4735 on the default map), risk descent's by the risk's local maximum (0.4943). A start between them
+has q_s and q_r in different basins and a margin of about 0.4; F9's starts stay clear of that gap. RL
+descends the risk smoothed by its forecast noise, whose minima lie within 0.002 of q_r and q*.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from instrumentality.performative import (
     retraining_limit,
     risk_descent_limit,
 )
-from instrumentality.report import PROPHECY_EXP, Claim, _save, claim_of, final_rows, per_seed
+from instrumentality.report import PROPHECY_EXP, Claim, _save, claim_of, final_rows, format_ci, per_seed
 from instrumentality.stats import seed_interval
 
 REGIMES = {"retrain": "repeated retraining", "prophecy_rl": "RL on the log-score"}
@@ -132,10 +136,6 @@ def end_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _ci(v) -> str:
-    return "-" if not v[3] else f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
-
-
 def report_section(df: pd.DataFrame) -> list[str]:
     table = end_table(df)
     if table.empty:
@@ -152,8 +152,8 @@ def report_section(df: pd.DataFrame) -> list[str]:
              "| start | retraining (theory) | repeated retraining | risk descent (theory) | RL on the log-score | "
              "seeds |", "|---|---|---|---|---|---|"]
     for r in table.to_dict("records"):
-        lines.append(f"| {r['start']:g} | {r['stable']:.3f} | {_ci(r['retrain'])} | {r['risk_min']:.3f} | "
-                     f"{_ci(r['prophecy_rl'])} | {max(r['retrain'][3], r['prophecy_rl'][3])} |")
+        lines.append(f"| {r['start']:g} | {r['stable']:.3f} | {format_ci(r['retrain'])} | {r['risk_min']:.3f} | "
+                     f"{format_ci(r['prophecy_rl'])} | {max(r['retrain'][3], r['prophecy_rl'][3])} |")
     return lines
 
 

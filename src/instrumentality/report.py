@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from instrumentality.results import load_table  # noqa: E402
-from instrumentality.stats import item_se, seed_interval, seeds_to_decide  # noqa: E402
+from instrumentality.stats import paired_differences, seed_interval, seeds_to_decide  # noqa: E402
 from instrumentality.tracking import git_revision  # noqa: E402
 
 KL_THRESHOLD = 0.1  # nats/token: "reached the predictor" for the samples-to-threshold ratio
@@ -72,11 +72,15 @@ def combine(df: pd.DataFrame, probe: str, metric: str, **where) -> tuple[float, 
 
 def paired(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     """Per-seed differences a - b of two per_seed tables (the seeds both have), with item intervals of the
-    difference (the two arms' item errors in quadrature)."""
+    difference (stats.paired_differences: the two arms' item errors in quadrature). A seed with two rows in
+    one arm (two runs of one seed in the table) is an error, not a silent doubling."""
+    for arm in (a, b):
+        if arm.seed.duplicated().any():
+            raise ValueError(f"seed(s) {sorted(set(arm.seed[arm.seed.duplicated()]))} have more than one run in one "
+                             "arm of a paired comparison: remove the extra runs from the table")
     m = a.merge(b, on="seed", suffixes=("_a", "_b"))
-    se = np.hypot(item_se(m.ci_low_a, m.ci_high_a, len(m)), item_se(m.ci_low_b, m.ci_high_b, len(m)))
-    d = m.value_a.to_numpy(float) - m.value_b.to_numpy(float)
-    return pd.DataFrame({"seed": m.seed, "value": d, "ci_low": d - 1.959964 * se, "ci_high": d + 1.959964 * se})
+    d, low, high = paired_differences(m.value_a, m.value_b, m.ci_low_a, m.ci_high_a, m.ci_low_b, m.ci_high_b)
+    return pd.DataFrame({"seed": m.seed, "value": d, "ci_low": low, "ci_high": high})
 
 
 # ---------------------------------------------------------------------------- claims and verdicts
@@ -312,6 +316,12 @@ def lookahead_gain(df: pd.DataFrame, k: int) -> tuple[float, float, float, int]:
     if t.empty:
         return math.nan, math.nan, math.nan, 0
     return (*seed_interval(t.value.values, t.ci_low.values, t.ci_high.values), len(t))
+
+
+def format_ci(v, fmt: str = ".3f") -> str:
+    """(mean, low, high, ...) as "mean [low, high]" in a report table; "-" where there is none (NaN)."""
+    return "-" if v is None or any(math.isnan(float(x)) for x in v[:3]) else \
+        f"{v[0]:{fmt}} [{v[1]:{fmt}}, {v[2]:{fmt}}]"
 
 
 # ---------------------------------------------------------------------------- figures

@@ -84,15 +84,23 @@ def seed_interval(values, lows=None, highs=None, alpha: float = ALPHA) -> tuple[
     return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
 
-def paired_interval(a, b, a_lows=None, a_highs=None, b_lows=None, b_highs=None, alpha: float = ALPHA):
-    """The mean of per-seed differences a_k - b_k (two arms of the same seeds: a fine-tuned model and the
-    reference it started from, two arms from one checkpoint) with a Student-t interval over the
-    differences, the two arms' item errors added in quadrature. Returns (mean, low, high)."""
+def paired_differences(a, b, a_lows=None, a_highs=None, b_lows=None, b_highs=None, alpha: float = ALPHA):
+    """Per-seed differences a_k - b_k of two arms of the same seeds, each with a (1 - alpha) item interval:
+    the two arms' item errors added in quadrature. Returns (differences, lows, highs)."""
     a, b = np.asarray(a, dtype=float).ravel(), np.asarray(b, dtype=float).ravel()
     se = np.hypot(item_se(a_lows, a_highs, len(a)), item_se(b_lows, b_highs, len(b)))
     d = a - b
     z = stats.norm.ppf(1 - alpha / 2)
-    return seed_interval(d, d - z * se, d + z * se, alpha)
+    return d, d - z * se, d + z * se
+
+
+def paired_interval(a, b, a_lows=None, a_highs=None, b_lows=None, b_highs=None, alpha: float = ALPHA):
+    """The mean of per-seed differences a_k - b_k (two arms of the same seeds: a fine-tuned model and the
+    reference it started from, two arms from one checkpoint) with a Student-t interval over the
+    differences, the two arms' item errors added in quadrature (what every paired claim's verdict uses:
+    report.paired, then seed_interval). Returns (mean, low, high)."""
+    d, lows, highs = paired_differences(a, b, a_lows, a_highs, b_lows, b_highs, alpha)
+    return seed_interval(d, lows, highs, alpha)
 
 
 def seeds_to_decide(values, lows, highs, threshold: float, alpha: float = ALPHA, most: int = 1000) -> int | None:

@@ -48,8 +48,8 @@ class ProphecySettings:
     batch_size: int = field(default=64, metadata=POSITIVE)  # sequences per next-token step
     warmup_steps: int = field(default=100, metadata=check(lambda v: v >= 0, "an integer >= 0"))  # before deployment
     # the response map f(q) = low + (high - low) sigmoid(steepness (q - centre)) (performative.ResponseMap)
-    response_low: float = field(default=0.05, metadata=in_range(0, 1))
-    response_high: float = field(default=0.97, metadata=in_range(0, 1))
+    response_low: float = field(default=0.05, metadata=check(lambda v: 0 < v < 1, "in (0, 1)"))  # f(0), f(1) in (0, 1):
+    response_high: float = field(default=0.97, metadata=check(lambda v: 0 < v < 1, "in (0, 1)"))  # no certain outcome
     response_steepness: float = field(default=6.0, metadata=check(lambda v: v > 0, "a number > 0"))
     response_centre: float = field(default=0.5, metadata=in_range(0, 1))
 
