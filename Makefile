@@ -15,7 +15,7 @@ ARGS ?=                    # extra overrides for every run, e.g. ARGS="hydra.lau
 LANES ?= $(if $(HAS_CUDA),4,2)
 export WANDB_SILENT ?= true
 
-.PHONY: help install test sweep check-full compare figures bench lint clean
+.PHONY: help install test test-fast sweep check-full compare figures bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ $(STAMP): pyproject.toml
 
 test: install  ## run the test suite (W&B disabled)
 	WANDB_MODE=disabled $(PY) -m pytest
+
+test-fast: install  ## the inner loop: every test but the end-to-end ones marked slow
+	WANDB_MODE=disabled $(PY) -m pytest -m "not slow"
 
 sweep: install  ## run every experiment (quick preset without CUDA, full with), evaluate, draw figures
 	$(PY) scripts/sweep.py --preset $(PRESET) --launcher $(LAUNCHER) --lanes $(LANES) $(ARGS)

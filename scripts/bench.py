@@ -16,11 +16,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from instrumentality.evaluators import evaluate_model
+from instrumentality.evaluation.probe_set import ProbeSet
+from instrumentality.evaluation.world_probes import evaluate_model
 from instrumentality.model import GPT, GPTConfig
-from instrumentality.probes import ProbeSet
 from instrumentality.regimes import Supervised, SupervisedSettings
-from instrumentality.trainer import Trainer, TrainerConfig, autocast_for, pick_device
+from instrumentality.training.trainer import Trainer, TrainerConfig, autocast_for, pick_device
 from instrumentality.world import World
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -76,11 +76,11 @@ def run_all(args) -> None:
 
 
 def collect(args) -> pd.DataFrame:
-    from instrumentality.build import build_regime, build_world
-    from instrumentality.evaluators import reference_optimum_steering
+    from instrumentality.evaluation.world_probes import reference_optimum_steering
     from instrumentality.model import GPT, GPTConfig
-    from instrumentality.optimum import optimal_steering
-    from instrumentality.trainer import load_checkpoint
+    from instrumentality.training.build import build_regime, build_world
+    from instrumentality.training.checkpoint import load_checkpoint
+    from instrumentality.world.optimum import optimal_steering
 
     rows, ref_cache = [], {}
     for name, _ in args.settings:

@@ -33,8 +33,9 @@ def one_seed(seed: int, root: str) -> dict:
     torch.set_num_threads(1)
     from hydra import compose, initialize_config_dir
 
-    from instrumentality.results import read_run_rows
-    from instrumentality.train import CONFIG_DIR, run
+    from instrumentality.configs import CONFIG_DIR
+    from instrumentality.evaluation.table import read_run_rows
+    from instrumentality.train import run
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["preset=quick", "logger=none", "trainer.progress=false",

@@ -20,6 +20,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from instrumentality.configs import compose as compose_config
+from instrumentality.configs import experiment_file, experiments
 from instrumentality.files import write_json
 from instrumentality.tracking import cpu_model
 
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # at the end). SB3 runs on the CPU: with `cpu_lanes` (the default on CUDA) its units run in lanes of their
 # own, beside the GPU's.
 SB3_UNIT = "F4_sb3"
-EXPERIMENTS = ["F1", "F2", "F8", "F4_simulator", "F3", "F8_critic", "F4", "F10", "F9", SB3_UNIT]
+EXPERIMENTS = [*experiments(), SB3_UNIT]  # configs/experiment/, in their sweep_order
 CPU_ONLY = {SB3_UNIT}
 RUN_DONE = re.compile(r"\[(\S+)\] (?:finished after|collapsed after|interrupted after|FAILED|configuration error"
                       r"|error:)")
@@ -40,14 +42,26 @@ RUN_DONE = re.compile(r"\[(\S+)\] (?:finished after|collapsed after|interrupted 
 
 def compose(preset: str, *overrides: str, hydra: bool = False):
     """The config a job of this preset gets (with `hydra`, also Hydra's own node)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    return compose_config(f"preset={preset}", *overrides, hydra=hydra)
 
-    import instrumentality.regimes  # noqa: F401 - registers regime/<name>_settings, which configs/regime/ start from
 
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=[f"preset={preset}", *overrides],
-                             return_hydra_config=hydra)
+def check_claim_families(experiments: list[str]) -> None:
+    """Every experiment of the sweep feeds the claim family that owns its runs (claims/__init__.py): runs no
+    family owns would be trained and then count for nothing."""
+    from instrumentality.claims import FAMILIES, owner
+
+    for exp in experiments:
+        if exp == SB3_UNIT:
+            continue
+        declared = experiment_file(exp).get("claim_family")
+        name = str(compose("debug", f"experiment={exp}").exp_name)
+        family = owner(name)
+        if family is None or family.name != declared:
+            raise SystemExit(f"configs/experiment/{exp}.yaml: its runs (exp_name {name}) feed claim family "
+                             f"{declared!r}, but " + (f"family {family.name!r} owns them" if family else
+                                                      "no claim family owns them")
+                             + f" (families: {', '.join(f'{f.name} {list(f.owns)}' for f in FAMILIES)}); "
+                             "declare it in the family's `owns` (claims/) or fix claim_family")
 
 
 @functools.cache
@@ -364,10 +378,10 @@ def log_report_to_wandb(out: Path, provenance: dict):
     """One W&B run per sweep, in the preset's project (group and job type `report`): the figures as images,
     the claims as a table, and results.csv, REPORT.md and the figures as one artifact."""
     from instrumentality.report import claims, load
-    from instrumentality.tracking import Tracker
+    from instrumentality.tracking import Tracker, wandb_project
 
     preset = provenance["preset"]
-    tracker = Tracker(mode="auto", project=f"instrumentality-{preset}", group="report", job_type="report",
+    tracker = Tracker(mode="auto", project=wandb_project(preset), group="report", job_type="report",
                       name=f"report-{preset}", tags=[f"rev:{provenance['git_revision']}", f"preset:{preset}", "report"],
                       config=provenance, dir=ROOT / "runs" / "wandb-report")
     tracker.log_artifact(f"results-{preset}", "results", [out / "results.csv", out / "REPORT.md",
@@ -408,7 +422,14 @@ def main() -> int:
     ap.add_argument("overrides", nargs="*",
                     help="extra Hydra overrides for every job; EXP:key=value applies to experiment EXP only")
     args = ap.parse_args()
-    # an unknown launcher, or slurm off a cluster: one line, before any run
+    # an unknown experiment or launcher, an experiment no claim family owns, slurm off a cluster: one line,
+    # before any run
+    chosen = args.experiments.split(",")
+    unknown = [e for e in chosen if e not in EXPERIMENTS]
+    if unknown:
+        raise SystemExit(f"--experiments: no experiment {', '.join(unknown)} (configs/experiment/: "
+                         f"{', '.join(EXPERIMENTS)})")
+    check_claim_families(chosen)
     jobs_at_once = args.jobs if launcher_kind(args.launcher) == "joblib" else 1
     os.environ.setdefault("WANDB_SILENT", "true")
     out = (ROOT / args.results / args.preset).resolve()
@@ -422,7 +443,7 @@ def main() -> int:
         args.cpu_lanes = 2 if torch.cuda.is_available() else 0
     failed_units: list[tuple[str, int]] = []
     try:
-        walls = run_units(args.experiments.split(","), args.preset, args.launcher, args.jobs, args.lanes, seeds,
+        walls = run_units(chosen, args.preset, args.launcher, args.jobs, args.lanes, seeds,
                           runs_root, args.overrides, args.cpu_lanes, last_sweep_seconds(out / "provenance.json"),
                           failed_units)
     except Stopped as e:

@@ -18,12 +18,11 @@ import sys
 from pathlib import Path
 
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from instrumentality import runs  # noqa: F401 - registers the folder_name resolver of the config's run folders
-from instrumentality.build import plain
+from instrumentality.configs import compose
 from instrumentality.files import read_json, write_json
+from instrumentality.training.build import plain
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "F4"  # the quest agent this one is the reference for: its quest and budget
@@ -31,8 +30,7 @@ EXPERIMENT = "F4"  # the quest agent this one is the reference for: its quest an
 
 def experiment_config(overrides: list[str]) -> DictConfig:
     """Experiment F4's config after `overrides`, with Hydra's node (its sweep folder is the agent's)."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("train", [f"experiment={EXPERIMENT}", *overrides], return_hydra_config=True)
+    return compose(f"experiment={EXPERIMENT}", *overrides, hydra=True)
 
 
 def quest_of(cfg: DictConfig) -> dict:
@@ -79,11 +77,12 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, DictConfig
 def sb3_tracker(cfg: DictConfig, out: Path, seed: int):
     """The SB3 run's W&B run, found as the training runs are (train.py wandb_labels): the preset's project,
     group F4/sb3_ppo, job type sb3_ppo, curves against env steps; its id kept in the run folder."""
-    from instrumentality.tracking import Tracker, git_revision, wandb_run_id
+    from instrumentality.tracking import Tracker, git_revision, wandb_group, wandb_project, wandb_run_id
 
     preset = str(cfg.preset_name)
     return Tracker(mode=cfg.logger.mode if cfg.get("logger") else "disabled",
-                   project=f"{cfg.logger.project}-{preset}", group=f"{EXPERIMENT}/sb3_ppo", job_type="sb3_ppo",
+                   project=wandb_project(preset, cfg.logger.project), group=wandb_group(EXPERIMENT, "sb3_ppo"),
+                   job_type="sb3_ppo",
                    name=f"{EXPERIMENT}/sb3_ppo-s{seed}", config={"quest": quest_of(cfg), "seed": seed},
                    tags=[f"rev:{git_revision()}", f"preset:{preset}", "sb3_ppo"], dir=out,
                    run_id=wandb_run_id(out), x_axis="perf/env_steps_seen")
@@ -99,7 +98,7 @@ def main() -> int:
     quest, out, seed = quest_of(cfg), out_dir(args, cfg), int(cfg.seed)
     steps = env_steps(cfg) if args.steps is None else args.steps
     if args.baselines:
-        from instrumentality.evaluate import evaluate_run
+        from instrumentality.evaluation.run_rows import evaluate_run
 
         for kind in ("random", "explorer", "planner"):
             write_agent(out.parent / kind, {"kind": kind, "quest": quest, "seed": 0})

@@ -38,9 +38,11 @@ def build(entity: str, preset: str):
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
+    from instrumentality.tracking import wandb_project
+
     sections = [ws.Section(name=name, is_open=True, panels=[wr.LinePlot(title=key, x=x, y=[key]) for key in keys])
                 for name, (x, keys) in SECTIONS.items()]
-    return ws.Workspace(entity=entity, project=f"instrumentality-{preset}", name=f"instrumentality {preset}",
+    return ws.Workspace(entity=entity, project=wandb_project(preset), name=f"instrumentality {preset}",
                         sections=sections, runset_settings=ws.RunsetSettings(groupby=[expr.Metric("Group")]))
 
 

@@ -13,6 +13,22 @@ import torch
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
+# Slow tests (`make test-fast` leaves them out): whole modules that drive the CLI, the sweep or W&B in
+# subprocesses, the tests that train a real quick-preset run, and these end-to-end or exhaustive ones
+SLOW_MODULES = {"test_sweep.py", "test_tracking.py", "test_faults.py"}
+SLOW_TESTS = {"test_the_f4_chain_runs_through_the_entry_point_and_its_checkpoints_are_plain_data",
+              "test_the_optuna_study_tunes_sb3_and_prints_its_best_trial_as_a_zoo_entry",
+              "test_batched_env_equals_gym_env_step_by_step",  # every variant, step by step
+              "test_optimum_equals_brute_force_expectimax_over_beliefs"}  # brute force over beliefs
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if (item.path.name in SLOW_MODULES or item.originalname in SLOW_TESTS
+                or "quick_supervised_run" in getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def world():
     from instrumentality.world import World
@@ -27,7 +43,8 @@ def quick_supervised_run(tmp_path_factory):
 
     from hydra import compose, initialize_config_dir
 
-    from instrumentality.train import CONFIG_DIR, run
+    from instrumentality.configs import CONFIG_DIR
+    from instrumentality.train import run
 
     out = tmp_path_factory.mktemp("quick_supervised")
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

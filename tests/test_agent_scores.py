@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from instrumentality.agent_scores import aggregate_table, improvement_table, normalised_scores
+from instrumentality.claims.agent_scores import aggregate_table, improvement_table, normalised_scores
 
 VARIANTS = ["standard", "free_info"]
 

@@ -8,7 +8,7 @@ import torch
 
 from instrumentality.model import GPT, GPTConfig
 from instrumentality.regimes import Supervised, SupervisedSettings
-from instrumentality.trainer import Trainer, TrainerConfig
+from instrumentality.training.trainer import Trainer, TrainerConfig
 from instrumentality.world import World, WorldConfig
 
 spec = importlib.util.spec_from_file_location("bench", Path(__file__).resolve().parents[1] / "scripts" / "bench.py")

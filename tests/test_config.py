@@ -8,8 +8,9 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from hydra.utils import instantiate
 
+from instrumentality.configs import CONFIG_DIR
 from instrumentality.errors import ConfigError
-from instrumentality.train import CONFIG_DIR, build
+from instrumentality.train import build
 
 
 def composed(*overrides, hydra=False):
@@ -76,7 +77,7 @@ def test_f10_is_f4s_quest_ppo_from_the_simulator_on_the_interruptible_quest_only
     assert (f10["exp_name"], f10["run_name"]) == ("F10", "quest-interruptible-s1")
     assert f10["regime"]["init_checkpoint"] == f4["regime"]["init_checkpoint"]
     assert f10["regime"]["init_checkpoint"].endswith(f"/{preset}/F4/simulator-s1/checkpoint.pt")
-    for key in ("exp_name", "run_name"):
+    for key in ("claim_family", "sweep_order", "exp_name", "run_name"):
         f4.pop(key), f10.pop(key)
     for cfg in (f4, f10):  # the regime's env is the run's quest
         assert cfg["regime"]["env"].pop("variant") == cfg["quest"].pop("variant")
@@ -161,7 +162,7 @@ def test_f9_sweeps_both_regimes_from_four_starts_and_warms_up_before_deploying(p
     """F9's two regimes share a world whose markers start below, between and above the response map's
     fixed points (performative theory: the default map's), train past their warm-up, and log one forecast
     per retraining round."""
-    from instrumentality.performative import ResponseMap, fixed_points
+    from instrumentality.world.performative import ResponseMap, fixed_points
 
     f9 = composed("experiment=F9", f"preset={preset}", hydra=True)
     assert f9.hydra.sweeper.params.regime.split(",") == ["retrain", "prophecy_rl"]

@@ -22,11 +22,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from instrumentality.configs import CONFIG_DIR
 from instrumentality.errors import ConfigError
 from instrumentality.evaluate import main as evaluate_main
-from instrumentality.results import ROWS, read_table, update_table
-from instrumentality.train import CONFIG_DIR, build, run
-from instrumentality.trainer import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from instrumentality.evaluation.table import ROWS, read_table, update_table
+from instrumentality.train import build, run
+from instrumentality.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -67,7 +68,7 @@ def test_resuming_with_another_config_is_refused_naming_the_keys(tmp_path):
 def test_a_regime_setting_added_since_a_run_was_trained_is_no_difference_at_its_default():
     """A run folder written before a setting existed was trained as the setting's default trains: resuming
     it at that default is allowed, at another value refused."""
-    from instrumentality.runs import config_differences
+    from instrumentality.training.run_identity import config_differences
 
     old = {"seed": 0, "regime": {"_target_": "instrumentality.regimes.Supervised", "name": "supervised",
                                  "batch_size": 64, "quest": None}}

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from instrumentality.interruption import c10_claims, disables_table, figure_f10, optima, report_section
+from instrumentality.claims.interruption import c10_claims, disables_table, figure_f10, optima, report_section
 
 PROBE = "quest/interruptible"
 RANDOM_RATE = 0.1  # disables per episode of the random agent: the normalisation's 100

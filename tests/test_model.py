@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from instrumentality.errors import ConfigError
 from instrumentality.model import GPT, GPTConfig
-from instrumentality.world import ConfigError
 
 
 def make(**kw):

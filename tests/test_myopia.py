@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from instrumentality.evaluators import POSITION_CLASSES, calibration_rows
+from instrumentality.claims.cognition import c8_claims, cell_table, gap_table, grid, myopia_gap, report_section
+from instrumentality.evaluation.world_probes import POSITION_CLASSES, calibration_rows
 from instrumentality.model import GPT, GPTConfig
-from instrumentality.myopia import c8_claims, cell_table, gap_table, grid, myopia_gap, report_section
 from instrumentality.report import claims, write_report
 from tests.test_report import as_results_table
 
@@ -185,9 +185,9 @@ def test_the_report_draws_f8_and_keeps_f8_runs_out_of_the_other_claims(tmp_path)
 
 
 def test_a_runs_rows_name_its_cognition_as_the_grid_reads_it():
+    from instrumentality.claims.cognition import COGNITION_LABELS
+    from instrumentality.evaluation.table import tidy_rows
     from instrumentality.model import cognition
-    from instrumentality.myopia import COGNITION_LABELS
-    from instrumentality.results import tidy_rows
 
     assert [cognition(False, 0), cognition(True, 0), cognition(False, 3), cognition(True, 1)] == [
         "standard", "myopic", "future-heads-3", "myopic+future-heads-1"]

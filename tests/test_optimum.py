@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from instrumentality.critics import KeywordCritic, TruthCritic
-from instrumentality.optimum import closed_form_truth_steering, optimal_steering, soft_optimum, theory_rows
+from instrumentality.regimes.critics import KeywordCritic, TruthCritic
 from instrumentality.world import World, WorldConfig
+from instrumentality.world.optimum import closed_form_truth_steering, optimal_steering, soft_optimum, theory_rows
 
 
 @pytest.mark.parametrize("beta", [0.5, 1.0, 2.0])
@@ -104,10 +104,11 @@ def test_reference_optimum_estimate_recovers_the_exact_optimum_and_a_planted_til
     every continuation of a branch has the same reward, so the estimate is exact; H = 8: within sampling
     error, whose logsumexp bias is downward and small). A reference tilted by +1 nat towards the easy branch
     moves the optimum by exactly that nat: the estimate follows the actual pi_ref, not p*."""
-    from instrumentality.critics import TruthCritic
-    from instrumentality.evaluators import reference_optimum_steering
-    from instrumentality.optimum import optimal_steering
-    from instrumentality.planted import TruthModel
+    from planted import TruthModel
+
+    from instrumentality.evaluation.world_probes import reference_optimum_steering
+    from instrumentality.regimes.critics import TruthCritic
+    from instrumentality.world.optimum import optimal_steering
 
     world = World()
     fork = next(f for f in world.forks if not f.symmetric and f.p == 0.5)
@@ -127,8 +128,9 @@ def test_reference_optimum_estimate_recovers_the_exact_optimum_and_a_planted_til
 def test_reference_optimum_at_one_token_is_the_exact_one_step_optimum():
     """H = 1: no continuation is sampled, and the branch token is graded in the fork's own state: at a
     p != 0.5 fork the truth critic's one-step optimum, (1/beta) logit p, comes out exactly."""
-    from instrumentality.evaluators import reference_optimum_steering
-    from instrumentality.planted import TruthModel
+    from planted import TruthModel
+
+    from instrumentality.evaluation.world_probes import reference_optimum_steering
 
     world = World()
     fork = next(f for f in world.forks if not f.symmetric and f.p != 0.5)

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from instrumentality.performative import (
+from instrumentality.world.performative import (
     ResponseMap,
     fixed_points,
     log_loss,

@@ -7,11 +7,17 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from planted import FutureCopyModel, RandomStateModel, TruthModel, UniformModel, uniform_kl
 
 from instrumentality.evaluate import main
-from instrumentality.evaluators import calibration_rows, evaluate_model, fork_rows, lookahead_rows, rollout_rows
-from instrumentality.planted import FutureCopyModel, RandomStateModel, TruthModel, UniformModel, uniform_kl
-from instrumentality.probes import ProbeConfig, ProbeSet, ProbeSetMismatch, probe_set_for
+from instrumentality.evaluation.probe_set import ProbeConfig, ProbeSet, ProbeSetMismatch, probe_set_for
+from instrumentality.evaluation.world_probes import (
+    calibration_rows,
+    evaluate_model,
+    fork_rows,
+    lookahead_rows,
+    rollout_rows,
+)
 from instrumentality.world import World, WorldConfig
 
 SMALL = ProbeConfig(n_calibration=64, n_per_fork_position=16, n_lookahead_train=96, n_lookahead_test=48)
@@ -52,10 +58,21 @@ def test_probe_set_refuses_another_world_or_altered_contents(world, probes, tmp_
         ProbeSet.load(folder, world)
 
 
-def test_probe_cache_reuses_the_stored_set(world, tmp_path):
+def test_probe_cache_reuses_the_stored_set(world, tmp_path, monkeypatch):
+    """The second call reads the stored set: generating is refused then, and the set read is the one
+    stored (the same hash, the same tensors)."""
+    from instrumentality.evaluation.probe_set import ProbeSet
+
     a = probe_set_for(world, SMALL, tmp_path)
+    assert len(list(tmp_path.iterdir())) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("generated again: the cache was not read")
+
+    monkeypatch.setattr(ProbeSet, "generate", classmethod(refuse))
     b = probe_set_for(world, SMALL, tmp_path)
     assert a.hash == b.hash and len(list(tmp_path.iterdir())) == 1
+    assert all(torch.equal(a.t[k], b.t[k]) for k in a.t)
 
 
 # ---------------------------------------------------------------------------- planted models
@@ -234,9 +251,9 @@ def test_the_rows_a_run_stores_at_the_end_of_training_are_what_evaluating_its_ch
     the evaluation CLI reuses them only while they were computed from the run's current checkpoint."""
     import shutil
 
-    from instrumentality.evaluate import evaluate_checkpoint, evaluate_run
-    from instrumentality.results import ROWS, read_run_rows
-    from instrumentality.trainer import load_checkpoint, save_checkpoint
+    from instrumentality.evaluation.run_rows import evaluate_checkpoint, evaluate_run
+    from instrumentality.evaluation.table import ROWS, read_run_rows
+    from instrumentality.training.checkpoint import load_checkpoint, save_checkpoint
 
     src, _ = quick_supervised_run
     out = tmp_path / "run"
@@ -269,7 +286,8 @@ def test_the_rows_a_run_stores_at_the_end_of_training_are_what_evaluating_its_ch
 def _two_debug_runs(tmp_path, seeds=(0, 1, 2)):
     from hydra import compose, initialize_config_dir
 
-    from instrumentality.train import CONFIG_DIR, run
+    from instrumentality.configs import CONFIG_DIR
+    from instrumentality.train import run
 
     sweep = tmp_path / "sweep"
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -312,7 +330,7 @@ def test_a_replaced_run_is_evaluated_again_and_the_others_are_reused(tmp_path):
     summary's sha256), not a file time: a run replaced by another is redone, an unchanged one is reused."""
     import json
 
-    from instrumentality.results import ROWS
+    from instrumentality.evaluation.table import ROWS
 
     runs = tmp_path / "runs" / "F4"
     _agent_runs(runs, ("explorer", "random"))
@@ -369,7 +387,7 @@ def test_ridge_probe_matches_scikit_learns_leave_one_out_ridge_classifier():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from instrumentality.evaluators import RIDGE_ALPHAS, ridge_probe
+    from instrumentality.evaluation.world_probes import RIDGE_ALPHAS, ridge_probe
 
     g = torch.Generator().manual_seed(0)
     for signal in (3.0, 0.0):
@@ -390,7 +408,7 @@ def test_ridge_probe_does_not_shrink_the_intercept():
     """Features that carry nothing and a 70% majority class: the chosen penalty is the largest (the weights
     vanish and the intercept alone predicts the majority class everywhere). Were the intercept penalised,
     the largest penalty would shrink it to a sixth and cost leave-one-out error, and a smaller one would win."""
-    from instrumentality.evaluators import RIDGE_ALPHAS, ridge_probe
+    from instrumentality.evaluation.world_probes import RIDGE_ALPHAS, ridge_probe
 
     g = torch.Generator().manual_seed(1)
     y = torch.where(torch.rand(2000, generator=g) < 0.7, 2, torch.randint(0, 2, (2000,), generator=g))

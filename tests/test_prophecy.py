@@ -12,11 +12,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from instrumentality.performative import ResponseMap, fixed_points, performative_risk, risk_descent_limit
+from instrumentality.errors import ConfigError
+from instrumentality.evaluation.prophecy_probes import forecast_rows
 from instrumentality.regimes import ProphecyRL, ProphecyRLSettings, Retraining, RetrainSettings
-from instrumentality.regimes.performative import forecast_logits, prophecy_rows
-from instrumentality.trainer import Trainer, TrainerConfig
-from instrumentality.world import ConfigError, World, WorldConfig
+from instrumentality.regimes.prophecy import forecast_logits
+from instrumentality.training.trainer import Trainer, TrainerConfig
+from instrumentality.world import World, WorldConfig
+from instrumentality.world.performative import ResponseMap, fixed_points, performative_risk, risk_descent_limit
 
 STARTS = [0.08, 0.3, 0.65, 0.97]  # F9's: below, between and above the default map's fixed points
 
@@ -184,7 +186,7 @@ def test_each_regime_ends_where_the_theory_says_from_every_start(tmp_path, regim
                         weight_decay=0.0)
     status = Trainer(model, regime, cfg, tmp_path).fit()
     assert status["status"] == "finished"
-    rows = pd.DataFrame(prophecy_rows(model, regime))
+    rows = pd.DataFrame(forecast_rows(model, regime))
     final = rows[rows.metric == "forecast"].set_index("start").value
     theory = pd.DataFrame(regime.theory_rows())
     for s in STARTS:
@@ -236,7 +238,7 @@ def test_brute_force_ends_are_the_documented_ones():
     """The values F9.yaml and docs/design.md quote, so the planted tables below sit where they claim."""
     assert BF["stable"] == pytest.approx([0.151, 0.888], abs=1e-3)
     assert BF["risk_min"] == pytest.approx([0.0586, 0.955], abs=1e-3) and BF["optimum"] == BF["risk_min"][1]
-    from instrumentality.prophecy import ends
+    from instrumentality.claims.prophecy import ends
 
     f = ResponseMap()
     for s, basin in zip(STARTS, (0, 0, 1, 1)):
@@ -275,7 +277,7 @@ def planted_table(rl_low_end: str = "risk_min", seeds: int = 5, retrain_off: flo
 
 def c9_verdicts(df: pd.DataFrame) -> dict[str, dict[str, str]]:
     """{claim kind: {start: verdict}} for C9's per-start claims."""
-    from instrumentality.prophecy import c9_claims
+    from instrumentality.claims.prophecy import c9_claims
 
     kinds = {"repeated retraining ends": "retrain", "RL on the log-score ends at the performative optimum": "optimum",
              "RL on the log-score ends at its basin's": "basin"}
@@ -288,7 +290,7 @@ def c9_verdicts(df: pd.DataFrame) -> dict[str, dict[str, str]]:
 
 
 def test_c9_verdicts_on_a_planted_table():
-    from instrumentality.prophecy import c9_claims
+    from instrumentality.claims.prophecy import c9_claims
 
     verdicts = c9_verdicts(planted_table())
     assert verdicts["retrain"] == {"0.08": "supported", "0.3": "supported", "0.65": "supported", "0.97": "supported"}
@@ -307,7 +309,7 @@ def test_c9_retraining_is_judged_by_its_margin(off, verdict):
 
 
 def test_c9_when_rl_reaches_the_optimum_from_every_start():
-    from instrumentality.prophecy import c9_claims
+    from instrumentality.claims.prophecy import c9_claims
 
     claims = c9_claims(planted_table(rl_low_end="optimum"))
     optimum = [c.verdict for c in claims if "performative optimum" in c.metric]
@@ -316,11 +318,11 @@ def test_c9_when_rl_reaches_the_optimum_from_every_start():
 
 
 def test_f9_runs_stay_out_of_the_other_claims_and_the_report_draws_f9(tmp_path):
-    from instrumentality.prophecy import end_table, figure_f9, report_section
-    from instrumentality.report import world_runs
+    from instrumentality.claims.prophecy import end_table, figure_f9, report_section
+    from instrumentality.claims.world import FAMILY as WORLD
 
     df = planted_table()
-    assert world_runs(df).empty
+    assert WORLD.runs(df).empty
     table = end_table(df)
     assert table.start.tolist() == STARTS and all(r[3] == 5 for r in table.retrain)
     lines = report_section(df)

@@ -22,8 +22,9 @@ from instrumentality.envs.tokens import (
 from instrumentality.errors import ConfigError
 from instrumentality.model import GPT, GPTConfig
 from instrumentality.regimes import Quest, QuestSettings, Supervised, SupervisedSettings
-from instrumentality.rl import gae
-from instrumentality.trainer import Trainer, TrainerConfig, save_checkpoint
+from instrumentality.regimes.rl import gae
+from instrumentality.training.checkpoint import save_checkpoint
+from instrumentality.training.trainer import Trainer, TrainerConfig
 from instrumentality.world import World, WorldConfig
 
 CFG = QuestConfig(size=5, n_monsters=1, time_limit=12, post_steps=3)
@@ -235,9 +236,10 @@ def test_the_f4_chain_runs_through_the_entry_point_and_its_checkpoints_are_plain
     probes' values are numpy scalars: they must reach the history as plain floats), and both have rows."""
     from hydra import compose, initialize_config_dir
 
-    from instrumentality.results import read_run_rows
-    from instrumentality.train import CONFIG_DIR, run
-    from instrumentality.trainer import load_checkpoint
+    from instrumentality.configs import CONFIG_DIR
+    from instrumentality.evaluation.table import read_run_rows
+    from instrumentality.train import run
+    from instrumentality.training.checkpoint import load_checkpoint
 
     runs = tmp_path / "runs"
     common = ["preset=debug", f"runs_root={runs}", f"eval.probe_cache={runs}/probes"]

@@ -9,11 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from instrumentality.errors import ConfigError
 from instrumentality.model import GPT, GPTConfig
 from instrumentality.regimes import CriticRegime, CriticSettings, Reinforce, ReinforceSettings, SupervisedSettings
-from instrumentality.rl import gae
-from instrumentality.trainer import Trainer, TrainerConfig, save_checkpoint
-from instrumentality.world import ConfigError, World, WorldConfig
+from instrumentality.regimes.rl import gae
+from instrumentality.training.checkpoint import save_checkpoint
+from instrumentality.training.trainer import Trainer, TrainerConfig
+from instrumentality.world import World, WorldConfig
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,7 @@ def test_critic_regime_trains_and_keeps_the_reference_frozen(tmp_path, rollout, 
 
 
 def test_leave_one_out_baseline_and_discounted_returns():
-    from instrumentality.rl import discount_matrix, discounted_returns, leave_one_out_baseline
+    from instrumentality.regimes.rl import discount_matrix, discounted_returns, leave_one_out_baseline
 
     r = torch.tensor([[1.0, 2.0, 4.0]])
     # G_0 = 1 + 0.5*2 + 0.25*4 = 3, G_1 = 2 + 0.5*4 = 4, G_2 = 4
@@ -144,7 +146,7 @@ def test_ppo_first_epoch_gradient_is_the_advantage_weighted_policy_gradient(tmp_
     logp = F.log_softmax(model(batch.contexts)["logits"][:, L - 1:], -1)
     logp = logp.gather(-1, batch.actions[..., None]).squeeze(-1)
     # the advantages the update used, rebuilt from the rollout by the toolkit's GAE and normalisation
-    from instrumentality.rl import normalise
+    from instrumentality.regimes.rl import normalise
 
     with torch.no_grad():
         out = model(batch.contexts)
@@ -177,7 +179,7 @@ def test_ppo_trains_and_resumes_exactly(tmp_path):
 
 def test_learned_critic_learns_to_tell_world_text_from_noise():
     """Trained on world continuations vs uniform-random tokens, D scores world tokens above random ones."""
-    from instrumentality.critics import LearnedCritic
+    from instrumentality.regimes.critics import LearnedCritic
 
     world = World(WorldConfig(seq_len=24))
     critic = LearnedCritic(world, lr=3e-3)
@@ -204,7 +206,7 @@ def test_learned_critic_learns_to_tell_world_text_from_noise():
 def test_training_fork_prompts_put_the_marker_where_the_fork_probes_do():
     """One convention (World.fork_contexts): P prose tokens, the marker at index P, for the critic's training
     prompts and for the probe set's fork prompts alike."""
-    from instrumentality.probes import ProbeConfig, ProbeSet
+    from instrumentality.evaluation.probe_set import ProbeConfig, ProbeSet
 
     world = World()
     regime = CriticRegime(world, CriticSettings(ref="truth", init="scratch", n_prompts=16, fork_fraction=1.0))
@@ -225,7 +227,7 @@ def test_training_fork_prompts_put_the_marker_where_the_fork_probes_do():
 def composed(*overrides):
     from hydra import compose, initialize_config_dir
 
-    from instrumentality.train import CONFIG_DIR
+    from instrumentality.configs import CONFIG_DIR
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=["preset=debug", *overrides])
@@ -238,8 +240,8 @@ def test_regime_configs_start_from_the_settings_defaults_and_repeat_none(name):
     from hydra.utils import get_object
     from omegaconf import OmegaConf
 
+    from instrumentality.configs import CONFIG_DIR
     from instrumentality.regimes.base import defaults
-    from instrumentality.train import CONFIG_DIR
 
     cfg = composed(f"regime={name}").regime
     settings = get_object(cfg._target_).Settings
@@ -255,7 +257,7 @@ def test_regime_configs_start_from_the_settings_defaults_and_repeat_none(name):
 @pytest.mark.parametrize("key,value", [("beta", -1), ("k_samples", 1), ("gamma", 2), ("horizon", "abc"),
                                        ("rollout", "dreamy")])
 def test_an_invalid_setting_names_the_key_in_the_dataclass_and_in_a_composed_config(key, value):
-    from instrumentality.build import build_regime
+    from instrumentality.training.build import build_regime
 
     with pytest.raises(ConfigError, match=f"^regime.{key} must be"):
         CriticSettings(ref="truth", init="scratch", **{key: value})
@@ -267,7 +269,7 @@ def test_an_invalid_setting_names_the_key_in_the_dataclass_and_in_a_composed_con
 def test_an_unknown_setting_names_the_key():
     from hydra.errors import ConfigCompositionException
 
-    from instrumentality.build import build_regime
+    from instrumentality.training.build import build_regime
 
     with pytest.raises(ConfigCompositionException, match="regime.betta"):  # a key the config lacks needs `+`
         composed("regime=critic", "regime.betta=2")
@@ -278,7 +280,7 @@ def test_an_unknown_setting_names_the_key():
 def test_the_whole_config_of_an_older_critic_checkpoint_builds():
     """An older checkpoint keeps every key of its regime config, with the class named `regimes.Critic` and
     prompt lengths L with the marker last (P = L - 1) in place of fork_positions."""
-    from instrumentality.build import build_regime
+    from instrumentality.training.build import build_regime
 
     old = {"_target_": "instrumentality.regimes.Critic", "name": "critic", "critic": "truth", "critic_kwargs": {},
            "horizon": 8, "gamma": 1.0, "beta": 1.0, "k_samples": 4, "n_prompts": 32, "rollout": "free",

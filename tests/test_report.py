@@ -5,7 +5,9 @@ import math
 import pandas as pd
 import pytest
 
-from instrumentality.report import claims, efficiency_ratio, load, samples_to_threshold, verdict, write_report
+from instrumentality.claims.algebra import verdict
+from instrumentality.claims.world import efficiency_ratio, samples_to_threshold
+from instrumentality.report import claims, load, write_report
 
 
 @pytest.mark.parametrize("prediction,ci,expected", [
@@ -100,7 +102,10 @@ def fixture_table() -> pd.DataFrame:
 
 def as_results_table(df: pd.DataFrame, status: str = "finished") -> pd.DataFrame:
     """Planted rows as the evaluation writes them: every run with a status row (`status` where the rows
-    name none), and each row with its run's source and row count."""
+    name none), each row with its run's source and row count, and its experiment (exp_name: the run id's
+    folder, as in a sweep's table) where the rows name none."""
+    folder = df.run_id.astype(str).str.split("/").str[0]
+    df = df.assign(exp_name=df["exp_name"].fillna(folder) if "exp_name" in df else folder)
     have = set(df[df.probe == "run"].run_id)
     extra = [{**df[df.run_id == r].iloc[0].to_dict(), "probe": "run", "metric": status, "value": 1.0,
               "ci_low": math.nan, "ci_high": math.nan} for r in df.run_id.unique() if r not in have]

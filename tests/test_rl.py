@@ -21,14 +21,7 @@ from instrumentality.regimes import (
     SupervisedSettings,
     Update,
 )
-from instrumentality.rl import (
-    clipped_policy_loss,
-    entropy,
-    masked_mean,
-    normalise,
-    ppo_diagnostics,
-    value_loss,
-)
+from instrumentality.regimes.rl import clipped_policy_loss, entropy, masked_mean, normalise, ppo_diagnostics, value_loss
 from instrumentality.world import World, WorldConfig
 
 
@@ -190,7 +183,7 @@ def test_probe_families_and_theory_rows(every_regime):
 def test_an_older_critic_config_builds_the_same_regime():
     """Configs kept in older checkpoints name the class `regimes.Critic` and give prompt lengths with the
     marker last (L = P + 1): evaluation rebuilds them as today's regime with fork positions P."""
-    from instrumentality.build import build_regime
+    from instrumentality.training.build import build_regime
 
     old = {"_target_": "instrumentality.regimes.Critic", "name": "critic", "ref": "truth", "init": "scratch",
            "prompt_lengths": [9, 25, 41]}

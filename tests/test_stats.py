@@ -71,7 +71,7 @@ def test_the_claims_paired_interval_is_the_one_whose_coverage_is_proven():
     seeds in a different order in the two arms; a seed run twice in one arm is refused."""
     import pandas as pd
 
-    from instrumentality.report import claim_of, paired
+    from instrumentality.claims.algebra import claim_of, paired
 
     rng = np.random.default_rng(5)
     a, b = rng.normal(1.0, 1.0, 5), rng.normal(0.0, 1.0, 5)

@@ -193,11 +193,11 @@ def test_the_sb3_unit_scores_the_baselines_so_the_evaluation_only_collects_them(
     import numpy as np
     import yaml
 
-    from instrumentality import evaluate
     from instrumentality.envs.agents import PROBE_SEED
     from instrumentality.envs.cluequest import QuestConfig
     from instrumentality.envs.planner import solve
-    from instrumentality.quest_eval import QUEST_EPISODES
+    from instrumentality.evaluation import run_rows as evaluate
+    from instrumentality.evaluation.quest_probes import QUEST_EPISODES
 
     env = {**os.environ, "WANDB_MODE": "disabled"}
     out = tmp_path / "debug" / "F4" / "sb3_ppo-s0"

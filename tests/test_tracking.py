@@ -118,7 +118,7 @@ def test_the_workspace_draws_only_keys_that_runs_log(tmp_path):
 def test_a_scripted_agents_probes_are_logged_like_a_training_run(tmp_path, monkeypatch):
     """Evaluating a random, explorer or planner agent's folder logs its quest probes to W&B: the project of
     its preset, group F4/<kind>, job type <kind>."""
-    from instrumentality.evaluate import evaluate_run
+    from instrumentality.evaluation.run_rows import evaluate_run
     from instrumentality.files import write_json
 
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -3,10 +3,12 @@
 import pytest
 import torch
 
+from instrumentality.errors import ConfigError
 from instrumentality.model import GPT, GPTConfig
 from instrumentality.regimes import Supervised, SupervisedSettings
-from instrumentality.trainer import CheckpointError, Trainer, TrainerConfig, load_checkpoint
-from instrumentality.world import ConfigError, World, WorldConfig
+from instrumentality.training.checkpoint import CheckpointError, load_checkpoint
+from instrumentality.training.trainer import Evaluation, Trainer, TrainerConfig
+from instrumentality.world import World, WorldConfig
 
 
 def make_trainer(out_dir, world, **cfg):
@@ -15,7 +17,8 @@ def make_trainer(out_dir, world, **cfg):
     cfg = TrainerConfig(**{"max_steps": 12, "log_every": 2, "ckpt_every": 5, "warmup_steps": 3,
                            "progress": False, "seed": 3, **cfg})
     return Trainer(model, Supervised(world, SupervisedSettings(batch_size=8)), cfg, out_dir,
-                   evaluate=lambda m, s: {"probe/sum": float(sum(p.detach().sum() for p in m.parameters()))})
+                   evaluate=lambda m, s, final: Evaluation(
+                       {"probe/sum": float(sum(p.detach().sum() for p in m.parameters()))}))
 
 
 @pytest.fixture(scope="module")

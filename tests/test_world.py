@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from instrumentality.world import ConfigError, World, WorldConfig
+from instrumentality.errors import ConfigError
+from instrumentality.world import World, WorldConfig
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -23,6 +23,19 @@ from urllib.parse import urlparse
 
 from instrumentality.files import write_atomic
 
+PROJECT = "instrumentality"  # configs/logger/wandb.yaml's logger.project
+
+
+def wandb_project(preset: str | None, base: str = PROJECT) -> str:
+    """Where a preset's runs go in W&B: one project per preset (`instrumentality-quick`), so that a quick
+    sweep's runs never mix with a full sweep's; the base alone without a preset."""
+    return f"{base}-{preset}" if preset else base
+
+
+def wandb_group(experiment: str, arm: str) -> str:
+    """A run's W&B group: its experiment and arm (the run name without its seed), e.g. F2/critic-truth-g1.0-H8."""
+    return f"{experiment}/{re.sub(r'-s[0-9]+$', '', str(arm))}"
+
 
 def git_revision(default: str = "unknown") -> str:
     try:

@@ -7,7 +7,6 @@ Builds world, model, regime, tracker and trainer from the config, trains, evalua
 from __future__ import annotations
 
 import logging
-import re
 import signal
 import sys
 import time
@@ -20,31 +19,24 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from instrumentality.build import build as build_objects
-from instrumentality.build import make, plain
+from instrumentality.configs import CONFIG_DIR
 from instrumentality.errors import ConfigError, DataFileError
+from instrumentality.evaluation.probe_set import ProbeConfig
+from instrumentality.evaluation.table import ROWS, write_run_rows
 from instrumentality.files import Locked, file_lock, read_json, remove_stale_temporaries, write_json
 from instrumentality.model import cognition as model_cognition
-from instrumentality.probes import ProbeConfig
 from instrumentality.regimes import WORLD_PROBES, Regime
-from instrumentality.results import ROWS, write_run_rows
-from instrumentality.runs import FolderConflict, check_run_names, check_same_run
-from instrumentality.tracking import Tracker, git_revision, wandb_run_id
-from instrumentality.trainer import (
-    CHECKPOINT_NAME,
-    CheckpointError,
-    Trainer,
-    load_checkpoint,
-    seed_everything,
-    stop_on_signals,
-    stop_requested,
-)
+from instrumentality.tracking import Tracker, git_revision, wandb_group, wandb_project, wandb_run_id
+from instrumentality.training.build import build as build_objects
+from instrumentality.training.build import make, plain
+from instrumentality.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from instrumentality.training.run_identity import FolderConflict, check_run_names, check_same_run
+from instrumentality.training.trainer import Trainer, run_is_done, seed_everything, stop_on_signals, stop_requested
 from instrumentality.world import World
 
 log = logging.getLogger(__name__)
 
 HEADLINE = ("probe/calibration/kl", "probe/calibration/excess_nll", "probe/forks/asym/all/steering_index")
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
 def build(cfg: DictConfig):
@@ -68,7 +60,8 @@ def check_context_fits(cfg: DictConfig, world: World, regime: Regime):
     needs = {"a world sequence (world.seq_len - 1)": world.cfg.seq_len - 1}
     if WORLD_PROBES in regime.probe_families():
         probes = ProbeConfig(**cfg.eval.get("probes", {}))
-        needs["a fork probe and its rollout (eval.probes)"] = max(probes.fork_positions) + 1 + probes.rollout_len
+        needs["a fork probe and its rollout (eval.probes)"] = world.fork_rollout_len(probes.fork_positions,
+                                                                                  probes.rollout_len)
     what, need = max(needs.items(), key=lambda kv: kv[1])
     if cfg.model.block_size < need and not cfg.get("quest"):
         raise ConfigError(f"model.block_size must be >= {need}, the length of {what}; got {cfg.model.block_size}")
@@ -101,7 +94,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
 
 def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
-    from instrumentality.evaluate import TrainingEvaluator, trained_run_rows
+    from instrumentality.evaluation.run_rows import TrainingEvaluator, trained_run_rows
 
     remove_stale_temporaries(out_dir, CHECKPOINT_NAME)  # we hold the lock: no live writer owns them
     world, model, regime = build(cfg)
@@ -112,8 +105,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     if checkpoint.exists():
         ck = load_checkpoint(checkpoint)
         check_same_run(ck.get("run_config", {}), config, out_dir)
-        done = ck["status"]["status"] == "collapsed" or (ck["status"]["status"] == "finished"
-                                                          and ck["step"] >= trainer_cfg.max_steps)
+        done = run_is_done(ck["status"], ck["step"], trainer_cfg.max_steps)
         summary = previous_summary(out_dir)
         if done and summary is not None and summary.get("steps") == ck["step"]:
             return summary  # a sweep run again: nothing to train, nothing to log
@@ -124,8 +116,8 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     t0 = time.perf_counter()
     try:
         status = trainer.fit()
-        if trainer.status["status"] == "finished" and evaluate.final_rows is not None:  # the results table's rows
-            write_run_rows(out_dir, trained_run_rows(out_dir, evaluate.final_rows, config, trainer.history,
+        if trainer.status["status"] == "finished" and trainer.final_rows is not None:  # the results table's rows
+            write_run_rows(out_dir, trained_run_rows(out_dir, trainer.final_rows, config, trainer.history,
                                                      trainer.status))
             tracker.log_artifact(f"{cfg.exp_name}-{cfg.run_name}", "run", [checkpoint, out_dir / ROWS],
                                  "the run's checkpoint and its rows of the results table")
@@ -150,8 +142,7 @@ def wandb_labels(cfg: DictConfig) -> dict:
     tags = [f"rev:{git_revision()}", f"preset:{preset}", regime.name]
     tags += [f"{key}:{regime[key]}" for key in ("critic", "gamma", "horizon", "rollout", "init") if key in regime]
     cognition = model_cognition(bool(model.get("myopic")), int(model.get("n_future_heads") or 0))
-    return {"project": f"{cfg.logger.project}-{preset}" if preset else cfg.logger.project,
-            "group": f"{cfg.exp_name}/{re.sub(r'-s[0-9]+$', '', str(cfg.run_name))}",
+    return {"project": wandb_project(preset, cfg.logger.project), "group": wandb_group(cfg.exp_name, cfg.run_name),
             "job_type": regime.name, "tags": [*tags, f"cognition:{cognition}"],
             "x_axis": "perf/env_steps_seen" if regime.name == "quest" else "perf/tokens_seen"}
 

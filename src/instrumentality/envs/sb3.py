@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from instrumentality.configs import CONFIG_DIR
+
 
 class SB3Agent:
     """A trained SB3 policy as a quest agent. Its actions are sampled from the policy (a generator seeded
@@ -97,7 +99,7 @@ def load_ppo(path: str | Path, quest: dict, env=None):
     return PPO.load(path, env=env, device="cpu", custom_objects={k: stand_ins[k] for k in pickled})
 
 
-HYPERPARAMETERS = Path(__file__).resolve().parents[3] / "configs" / "sb3" / "cluequest.yaml"
+HYPERPARAMETERS = Path(CONFIG_DIR) / "sb3" / "cluequest.yaml"
 ENV_ID = "ClueQuest-v0"
 NOT_PPO = ("policy", "n_envs", "eval_freq", "eval_episodes")  # the zoo's keys that are not PPO arguments
 

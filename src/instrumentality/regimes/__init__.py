@@ -5,21 +5,24 @@ base.py). One module per regime, with its settings dataclass beside it; read eac
     reinforce.py    REINFORCE with the likelihood reward (an unbiased supervised gradient) or the indicator
     critic.py       H-token generations graded by a critic, later rewards credited to earlier tokens
     quest.py        PPO on ClueQuest through the token interface
-    performative.py repeated retraining and RL on the log-score at the prophecy forks (F9): retrain, prophecy_rl
-The RL pieces they share (returns, baselines, GAE, the clipped loss, diagnostics) are in rl.py.
+    prophecy.py     repeated retraining and RL on the log-score at the prophecy forks (F9): retrain, prophecy_rl
+The RL pieces they share (returns, baselines, GAE, the clipped loss, diagnostics) are in rl.py; the critics
+(reward functions, one signature for all) in critics.py.
 """
 
 from hydra.core.config_store import ConfigStore
 
-from instrumentality.regimes.base import QUEST_PROBES, WORLD_PROBES, Regime, RegimeBase, Update, defaults
-from instrumentality.regimes.critic import CriticRegime, CriticSettings, GradedRollouts
-from instrumentality.regimes.performative import (
-    PROPHECY_PROBES,
-    ProphecyRL,
-    ProphecyRLSettings,
-    Retraining,
-    RetrainSettings,
+from instrumentality.regimes.base import (
+           PROPHECY_PROBES,
+           QUEST_PROBES,
+           WORLD_PROBES,
+           Regime,
+           RegimeBase,
+           Update,
+           defaults,
 )
+from instrumentality.regimes.critic import CriticRegime, CriticSettings, GradedRollouts
+from instrumentality.regimes.prophecy import ProphecyRL, ProphecyRLSettings, Retraining, RetrainSettings
 from instrumentality.regimes.quest import Quest, QuestSettings
 from instrumentality.regimes.reinforce import Reinforce, ReinforceSettings
 from instrumentality.regimes.supervised import Supervised, SupervisedSettings

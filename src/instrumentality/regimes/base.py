@@ -24,12 +24,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from instrumentality.errors import check_dataclass_types
-from instrumentality.world import ConfigError, World
+from instrumentality.errors import ConfigError, check_dataclass_types
+from instrumentality.world import World
 
-# The probe families a regime's model is scored on: the world probes (calibration, forks, rollouts,
-# look-ahead) for a model of world text, the quest probes for a model that plays ClueQuest.
-WORLD_PROBES, QUEST_PROBES = "world", "quest"
+# The probe families a regime's model is scored on (evaluation/__init__.py maps each to its evaluator): the
+# world probes (calibration, forks, rollouts, look-ahead) for a model of world text, the quest probes for a
+# model that plays ClueQuest, the prophecy probes (its forecast at each marker) for an F9 forecaster.
+WORLD_PROBES, QUEST_PROBES, PROPHECY_PROBES = "world", "quest", "prophecy"
 
 
 @dataclass

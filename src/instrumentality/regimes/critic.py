@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from instrumentality.critics import CRITICS, make_critic
+from instrumentality.errors import ConfigError
 from instrumentality.model import device_of
 from instrumentality.regimes.base import (
     POSITIVE,
@@ -29,7 +29,8 @@ from instrumentality.regimes.base import (
     in_range,
     one_of,
 )
-from instrumentality.rl import (
+from instrumentality.regimes.critics import CRITICS, make_critic
+from instrumentality.regimes.rl import (
     add_value_head,
     clipped_policy_loss,
     discount_matrix,
@@ -41,7 +42,7 @@ from instrumentality.rl import (
     ppo_diagnostics,
     value_loss,
 )
-from instrumentality.world import ConfigError, World
+from instrumentality.world import World
 
 
 @dataclass
@@ -169,9 +170,7 @@ class CriticRegime(EntropyCollapse, RegimeBase):
 
     def __init__(self, world: World, settings: CriticSettings):
         s = settings
-        if max(s.fork_positions) + 1 + s.horizon > world.cfg.seq_len:
-            raise ConfigError(f"regime.fork_positions (max {max(s.fork_positions)}) + the marker + regime.horizon "
-                              f"({s.horizon}) exceeds world.seq_len={world.cfg.seq_len}")
+        world.check_fork_rollout_fits(s.fork_positions, s.horizon, "regime.fork_positions and regime.horizon")
         self.world, self.settings = world, settings
         self.critic = make_critic(s.critic, world, **s.critic_kwargs)  # the grader c(ctx, a)
         self.rollouts = GradedRollouts(world, self.critic, s.horizon, s.k_samples, s.n_prompts, s.rollout,
@@ -182,8 +181,8 @@ class CriticRegime(EntropyCollapse, RegimeBase):
             self.first_token_of_marker[f.marker] = f.first_token
 
     def setup(self, model, device):
-        from instrumentality.planted import TruthModel
-        from instrumentality.trainer import load_checkpoint
+        from instrumentality.training.checkpoint import load_checkpoint
+        from instrumentality.world.truth import TruthModel
 
         s = self.settings
         ck = load_checkpoint(s.ref_checkpoint, map_location=device) if s.ref_checkpoint else None
@@ -213,7 +212,7 @@ class CriticRegime(EntropyCollapse, RegimeBase):
     def theory_rows(self) -> list[dict]:
         """For a critic that is a function of state and token: the exact optimum's steering, as rows with
         metric `<metric>_theory` beside the learned ones, and the exact curve over H (for the figures)."""
-        from instrumentality.optimum import THEORY_CURVE_MAX_H, theory_rows
+        from instrumentality.world.optimum import THEORY_CURVE_MAX_H, theory_rows
 
         if not hasattr(self.critic, "table"):
             return []

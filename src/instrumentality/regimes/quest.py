@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from instrumentality.envs.tokens import OBS_PER_STEP, STEP_LEN, quest_tokens
+from instrumentality.errors import ConfigError
 from instrumentality.regimes.base import (
     POSITIVE,
     QUEST_PROBES,
@@ -20,7 +21,7 @@ from instrumentality.regimes.base import (
     in_range,
     one_of,
 )
-from instrumentality.rl import (
+from instrumentality.regimes.rl import (
     add_value_head,
     clipped_policy_loss,
     entropy,
@@ -29,7 +30,7 @@ from instrumentality.rl import (
     ppo_diagnostics,
     value_loss,
 )
-from instrumentality.world import ConfigError, World
+from instrumentality.world import World
 
 
 @dataclass
@@ -86,7 +87,7 @@ class Quest(EntropyCollapse, RegimeBase):
         self.world, self.settings, self.tokens = world, settings, tokens
 
     def setup(self, model, device):
-        from instrumentality.trainer import load_checkpoint
+        from instrumentality.training.checkpoint import load_checkpoint
 
         if self.settings.init == "simulator":
             ck = load_checkpoint(self.settings.init_checkpoint, map_location=device)

@@ -18,7 +18,7 @@ from instrumentality.regimes.base import (
     cpu_generator,
     one_of,
 )
-from instrumentality.rl import entropy
+from instrumentality.regimes.rl import entropy
 from instrumentality.world import World
 
 BASELINE_MOMENTUM = 0.99  # baseline=mean: the running mean's weight on its old value at each update

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from instrumentality.errors import ConfigError
 from instrumentality.model import device_of
 from instrumentality.regimes.base import (
     POSITIVE,
@@ -19,7 +20,7 @@ from instrumentality.regimes.base import (
     cpu_generator,
     in_range,
 )
-from instrumentality.world import ConfigError, World
+from instrumentality.world import World
 
 
 @dataclass

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from instrumentality.results import run_id_of, status_rows, tidy_rows
+from instrumentality.evaluation.table import run_id_of, status_rows, tidy_rows
 from instrumentality.stats import mean_ci
 from instrumentality.world import World
 
@@ -75,11 +75,11 @@ def log_agent(run_dir: Path, summary: dict, rows: list[dict]) -> None:
     run folder is runs/<preset>/<experiment>/<agent>), group <experiment>/<agent kind>, job type the kind.
     SB3's folder keeps the id of its training run, which this continues. W&B's mode: WANDB_MODE, else
     online when logged in, else offline."""
-    from instrumentality.evaluators import interval_bounds, scalar_metrics
-    from instrumentality.tracking import Tracker, wandb_run_id
+    from instrumentality.evaluation.world_probes import interval_bounds, scalar_metrics
+    from instrumentality.tracking import Tracker, wandb_group, wandb_project, wandb_run_id
 
     kind, preset, experiment = summary["agent"]["kind"], run_dir.parent.parent.name, run_dir.parent.name
-    tracker = Tracker(mode="auto", project=f"instrumentality-{preset}", group=f"{experiment}/{kind}", job_type=kind,
+    tracker = Tracker(mode="auto", project=wandb_project(preset), group=wandb_group(experiment, kind), job_type=kind,
                       name=f"{experiment}/{run_dir.name}", config=summary["agent"], dir=run_dir,
                       run_id=wandb_run_id(run_dir), tags=[f"preset:{preset}", kind])
     probes = [r for r in rows if str(r["probe"]).startswith("quest/")]

@@ -1,7 +1,5 @@
-"""Planted models with known answers, built from the world's exact conditionals.
-
-They prove the evaluators (tests) and give reference rows (the truth as a model). Each follows the
-GPT calling convention: forward(idx, cache=None, return_hidden=False) -> {"logits", "hidden"?}.
+"""Planted models with known answers for the tests (the truth itself is instrumentality.world.truth).
+Each follows the GPT calling convention: forward(idx, cache=None, return_hidden=False) -> {"logits", "hidden"?}.
 """
 
 from __future__ import annotations
@@ -13,28 +11,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from instrumentality.world import World
+from instrumentality.world.truth import TruthModel
 
-
-class TruthModel(nn.Module):
-    """pi = p*, optionally with every asymmetric fork tilted: logit pi(easy) - logit p*(easy) = tilt.
-    Its hidden state is the one-hot world state. Contexts outside the world's support get uniform."""
-
-    def __init__(self, world: World, tilt: float = 0.0, tilt_symmetric: float = 0.0):
-        super().__init__()
-        self.world = world
-        bias = torch.zeros(world.n_states, world.vocab_size, dtype=torch.float64)
-        for f in world.forks:
-            bias[f.state, f.first_token] = tilt_symmetric if f.symmetric else tilt
-        logits = world.emission.clamp_min(1e-30).log() + bias
-        self.register_buffer("state_logits", torch.cat([logits, torch.zeros(1, world.vocab_size, dtype=torch.float64)]))
-
-    def forward(self, idx, cache=None, return_hidden=False):
-        s = self.world.states_of(idx)
-        s = torch.where(s < 0, self.world.n_states, s)  # the extra last row: uniform
-        out = {"logits": self.state_logits[s].float()}
-        if return_hidden:
-            out["hidden"] = [F.one_hot(s, self.world.n_states + 1).float()]
-        return out
+__all__ = ["TruthModel", "UniformModel", "FutureCopyModel", "RandomStateModel", "uniform_kl"]
 
 
 class UniformModel(nn.Module):

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from instrumentality.evaluation.probe_set import ProbeSet
 from instrumentality.model import device_of
-from instrumentality.probes import ProbeSet
 from instrumentality.stats import diff_ci, mean_ci, stat_ci
 from instrumentality.world import World
 
@@ -95,7 +95,7 @@ def position_class_rows(world: World, states: torch.Tensor, excess: torch.Tensor
     """Excess NLL per position class (the kind of state that emits the token: prose, fork marker, easy or
     hard phrase), with the exact entropy floor H(p*(.|s_t)) of those positions beside it. Each is a
     ratio over all positions of the class (sum over positions / count), its CI a bootstrap over sequences.
-    The myopia gap (report.py) is the difference of excess_nll between two cognitions at equal tokens."""
+    The myopia gap (claims/cognition.py) is the difference of excess_nll between two cognitions at equal tokens."""
     kind = torch.tensor([POSITION_CLASSES.index(k) for k in world.state_kind])[states]  # [N, T]
     entropy = world.state_entropy[states]
     rows = []

@@ -7,7 +7,7 @@ q - f(q), the forecasts logged every round (`curve/prophecy`) and the theory (`p
 response map's parameters, from which everything below is recomputed).
 
 C9's verdict rule. Per start, one value per seed: the final forecast minus the end point the theory
-predicts, judged like every claim (report.py) against a margin m: "abs < m". The theory tells two end
+predicts, judged like every claim (claims/algebra.py) against a margin m: "abs < m". The theory tells two end
 points apart at each start, the stable fixed point q_s of its basin (where retraining ends) and the risk
 minimum q_r of its basin (where descent on the performative risk ends); m is half their distance, so a
 supported claim's interval lies nearer the predicted end than the other. The claims:
@@ -33,16 +33,17 @@ import math
 import numpy as np
 import pandas as pd
 
-from instrumentality.performative import (
+from instrumentality.claims.algebra import Claim, ClaimFamily, claim_of, final_rows, format_ci, per_seed, save_figure
+from instrumentality.stats import seed_interval
+from instrumentality.world.performative import (
     ResponseMap,
     fixed_points,
     performative_optimum,
     retraining_limit,
     risk_descent_limit,
 )
-from instrumentality.report import PROPHECY_EXP, Claim, _save, claim_of, final_rows, format_ci, per_seed
-from instrumentality.stats import seed_interval
 
+PROPHECY_EXP = "F9"  # the prophecy forks: another world
 REGIMES = {"retrain": "repeated retraining", "prophecy_rl": "RL on the log-score"}
 COLORS = {"retrain": "C0", "prophecy_rl": "C3"}
 
@@ -166,7 +167,7 @@ def figure_f9(df: pd.DataFrame, folder) -> list:
         return []
     import matplotlib.pyplot as plt
 
-    from instrumentality.performative import performative_risk
+    from instrumentality.world.performative import performative_risk
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     q = np.linspace(0.001, 0.999, 999)
@@ -207,4 +208,8 @@ def figure_f9(df: pd.DataFrame, folder) -> list:
             title="forecasts over training (dotted: retraining's and risk descent's exact ends)", ylim=(0, 1))
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, folder, "F9_prophecy")
+    return save_figure(fig, folder, "F9_prophecy")
+
+
+FAMILY = ClaimFamily(name="prophecy", owns=(PROPHECY_EXP,), claims=c9_claims, figures={"F9": figure_f9},
+                     section=report_section)

@@ -22,7 +22,9 @@ import warnings
 import numpy as np
 import pandas as pd
 
-ANCHORS = ("random", "planner (optimum)")  # score 0 and score 1
+from instrumentality.claims.algebra import PLANNER
+
+ANCHORS = ("random", PLANNER)  # score 0 and score 1
 VARIANTS = ("standard", "free_info", "unscored", "post_episode")
 AGGREGATES = ("IQM", "mean", "median", "optimality gap")
 

@@ -17,7 +17,7 @@ Segments (docs/design.md section 2):
   prophecy  (only with `prophecies`, experiment F9) every sequence opens with one of k prophecy markers
             P_i, drawn uniformly, then the outcome <A> with probability prophecies[i], else <B>; prose
             follows from the start state. The probability is the world's response to a deployed forecast
-            (performative.py): the F9 regimes rebuild the world with new ones (`with_prophecies`).
+            (world/performative.py): the F9 regimes rebuild the world with new ones (`with_prophecies`).
 
 New segment kinds (quest transcripts, ClueQuest issue) plug in by adding states to `_Builder`.
 
@@ -278,6 +278,18 @@ class World:
             x = self.sample(batch or 2 * n, length, generator=generator)
             pool = torch.cat([pool, x[torch.isin(self.states_of(x)[:, -1], prose)]])
         return pool[:n]
+
+    @staticmethod
+    def fork_rollout_len(fork_positions, rollout_len: int) -> int:
+        """The length of a fork prompt (prose prefix up to the last of `fork_positions`, then the marker) and
+        the `rollout_len` tokens generated after it: the longest sequence a fork prompt and its rollout make."""
+        return max(fork_positions) + 1 + rollout_len
+
+    def check_fork_rollout_fits(self, fork_positions, rollout_len: int, what: str) -> None:
+        """Raise ConfigError, naming `what`, if a fork prompt and its rollout do not fit in a world sequence."""
+        if self.fork_rollout_len(fork_positions, rollout_len) > self.cfg.seq_len:
+            raise ConfigError(f"{what}: fork prompt ({max(fork_positions)} + the marker) plus {rollout_len} "
+                              f"generated tokens exceeds world.seq_len={self.cfg.seq_len}")
 
     def fork_contexts(self, forks: torch.Tensor, prefix_len: int, generator: torch.Generator | None = None,
                       batch: int | None = None) -> torch.Tensor:

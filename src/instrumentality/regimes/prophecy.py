@@ -1,8 +1,8 @@
 """Regimes on the prophecy forks of experiment F9 (claim C9): a forecast that changes what happens.
 
 The world opens each sequence with a prophecy marker P_i and then the outcome <A> with probability
-world.prophecies[i] (world.py). Deploying a model sets that probability through the response map f
-(performative.py): the outcome happens with probability f(q_i), where q_i = pi(<A> | <bos> P_i) /
+world.prophecies[i] (world/pdfa.py). Deploying a model sets that probability through the response map f
+(world/performative.py): the outcome happens with probability f(q_i), where q_i = pi(<A> | <bos> P_i) /
 (pi(<A>) + pi(<B>)) is the model's forecast at marker i. Before deployment the world's probabilities are
 world.prophecies themselves, the *starts*: both regimes first train `warmup_steps` next-token steps on
 that world, so each marker's forecast starts near its start (one marker per start, all in one model).
@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from instrumentality.errors import ConfigError
 from instrumentality.model import device_of
-from instrumentality.performative import ResponseMap, retraining_limit, risk_descent_limit, theory
 from instrumentality.regimes.base import (
     POSITIVE,
+    PROPHECY_PROBES,
     RegimeBase,
     Update,
     check,
@@ -37,10 +38,16 @@ from instrumentality.regimes.base import (
     in_range,
 )
 from instrumentality.regimes.supervised import Supervised, SupervisedSettings
-from instrumentality.world import ConfigError, World
+from instrumentality.world import World
+from instrumentality.world.performative import ResponseMap, retraining_limit, risk_descent_limit, theory
 
-PROPHECY_PROBES = "prophecy"  # the probe family of these regimes' models: their forecasts (prophecy_rows)
 FORECAST_KEY = "train/forecast/start={:g}"  # the logged forecast at each marker, by its start
+
+
+def forecast_start(key: str) -> float | None:
+    """The start of a logged forecast key (FORECAST_KEY), None for any other key."""
+    prefix = FORECAST_KEY.split("{")[0]
+    return float(key[len(prefix):]) if key.startswith(prefix) else None
 
 
 @dataclass
@@ -116,7 +123,7 @@ class ProphecyBase(RegimeBase):
             yield update
 
     def theory_rows(self) -> list[dict]:
-        """The exact theory (performative.py): per start, where repeated retraining ends and where descent on
+        """The exact theory (world/performative.py): per start, where repeated retraining ends and where descent on
         the performative risk ends; the optimum; the fixed points; and the response map's parameters."""
         th, nan = theory(self.response), math.nan
         row = lambda metric, value, **extra: {"probe": "prophecy/theory", "metric": metric,  # noqa: E731
@@ -190,16 +197,3 @@ class ProphecyRL(ProphecyBase):
         loss = -(advantage * log_pi).mean()
         metrics = {"reward": r.mean(), "outcome_rate": y.double().mean(), **self.forecast_metrics(z)}
         yield Update(loss, metrics, tokens=k * n)
-
-
-def prophecy_rows(model, regime: ProphecyBase) -> list[dict]:
-    """The final forecast at each marker and its self-consistency q - f(q) (0 at a performatively stable
-    point: the data its deployment makes agree with it), by start."""
-    with torch.no_grad():
-        q = torch.sigmoid(forecast_logits(model, regime.contexts)).double().cpu().numpy()
-    rows = []
-    for start, qi in zip(regime.starts, q):
-        for metric, value in (("forecast", qi), ("self_consistency", qi - regime.response(qi))):
-            rows.append({"probe": "prophecy", "metric": metric, "start": start, "value": float(value),
-                         "ci_low": float(value), "ci_high": float(value)})
-    return rows

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from instrumentality.errors import DataFileError, check_dataclass_types
+from instrumentality.errors import ConfigError, DataFileError, check_dataclass_types
 from instrumentality.files import read_json, write_atomic, write_json
-from instrumentality.world import ConfigError, World
+from instrumentality.world import World
 
 PROBE_VERSION = 1
 
@@ -63,10 +63,8 @@ class ProbeSet:
     @classmethod
     def generate(cls, world: World, cfg: ProbeConfig | None = None) -> ProbeSet:
         cfg = cfg or ProbeConfig()
-        longest = max(cfg.fork_positions) + 1 + cfg.rollout_len
-        if longest > world.cfg.seq_len:
-            raise ConfigError(f"probes: fork prompt ({max(cfg.fork_positions)} + 1) plus rollout_len "
-                              f"({cfg.rollout_len}) exceeds world.seq_len={world.cfg.seq_len}")
+        world.check_fork_rollout_fits(cfg.fork_positions, cfg.rollout_len, "probes (eval.probes.fork_positions and "
+                                      "rollout_len)")
         g = torch.Generator().manual_seed(cfg.seed * 1_000_033 + world.cfg.seed)
         t = {"calibration": world.sample(cfg.n_calibration, generator=g)}
 

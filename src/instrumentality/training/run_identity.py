@@ -12,7 +12,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from instrumentality.errors import ConfigError, check_name
-from instrumentality.results import flatten
+from instrumentality.evaluation.table import flatten
 
 # What a run is: these config groups and keys. The rest (names, logging, evaluation, the preset's budgets
 # that flow into trainer.max_steps) does not change what is trained.
@@ -28,11 +28,11 @@ def regime_at_defaults(regime: dict) -> dict:
     added since the run was trained) at its default: the run was trained as that default trains."""
     from hydra.utils import get_object
 
-    from instrumentality.build import RENAMED_TARGETS
     from instrumentality.regimes.base import defaults
+    from instrumentality.training.build import target
 
     try:
-        cls = get_object(RENAMED_TARGETS.get(regime["_target_"], regime["_target_"]))
+        cls = get_object(target(regime["_target_"]))
     except Exception:  # an unknown class: compared as it is
         return regime
     settings = getattr(cls, "Settings", None)

@@ -8,7 +8,7 @@ rows are `quest/interruptible` `disables` (per episode, with its item interval),
 random agent = 100 on the same episodes) and `return`; the planner's run adds the exact optima with the
 option to disable (`return_bound`) and without it (`return_bound_no_disable`), both without monsters.
 
-C10's verdict rule, like every claim's (report.py): per seed, quest-PPO's disables per episode minus those
+C10's verdict rule, like every claim's (claims/algebra.py): per seed, quest-PPO's disables per episode minus those
 of the simulator it started from (paired by seed: the same simulator checkpoint), "> 0"; once for the agent
 trained where it can be switched off (F10), once zero-shot for the agent trained on `standard` (F4). The
 table beside it gives each agent's rate against the optimum's own: the planner's disables per episode,
@@ -22,21 +22,21 @@ import math
 import numpy as np
 import pandas as pd
 
-from instrumentality.report import (
-    QUEST_AGENTS,
+from instrumentality.claims.algebra import (
+    PLANNER,
     Claim,
-    _save,
+    ClaimFamily,
     claim_of,
     combine,
     final_rows,
     format_ci,
     paired,
     per_seed,
-    quest_agent,
+    save_figure,
 )
+from instrumentality.claims.quest import INTERRUPTION_EXP, QUEST_AGENTS, QUEST_EXP, quest_agent
 
 PROBE = "quest/interruptible"
-PLANNER = "planner (optimum)"
 TRAINED = "quest-PPO (trained on interruptible)"  # F10
 ZERO_SHOT = "quest-PPO (from simulator)"  # F4, trained on `standard`
 
@@ -141,4 +141,8 @@ def figure_f10(df: pd.DataFrame, folder) -> list:
     ax2.axhline(0, color="grey", lw=0.5)
     ax2.set_title("return on `interruptible` (optima without monsters)")
     fig.tight_layout()
-    return _save(fig, folder, "F10_interruption")
+    return save_figure(fig, folder, "F10_interruption")
+
+
+FAMILY = ClaimFamily(name="interruption", owns=(INTERRUPTION_EXP,), reads=(QUEST_EXP,), claims=c10_claims,
+                     figures={"F10": figure_f10}, section=report_section)

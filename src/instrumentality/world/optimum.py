@@ -17,7 +17,8 @@ import math
 
 import torch
 
-from instrumentality.world import ConfigError, World
+from instrumentality.errors import ConfigError
+from instrumentality.world.pdfa import World
 
 THEORY_CURVE_MAX_H = 12  # the exact optimum's curve over H is drawn up to this horizon
 

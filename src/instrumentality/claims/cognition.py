@@ -18,7 +18,7 @@ a cognition adds to both forks does not count): the objective moves steering mor
 under the same critic: > 0 for every c), and cognition does not move it (|c minus standard| under the
 critic within +-0.5 nats, the "no steering" bound of C4 and C5: an equivalence test, since "larger than"
 alone does not show "none"); while cognition moves look-ahead (k = 2, supervised, paired by seed: myopic
-minus standard < 0, future heads minus standard > 0). Each is decided like every claim (report.py's
+minus standard < 0, future heads minus standard > 0). Each is decided like every claim (claims/algebra.py's
 rule). The differences' item errors are added in quadrature, so the standard critic cell, which enters
 two terms of the first, is counted as if independent: its item error is small beside the seed spread.
 """
@@ -30,18 +30,19 @@ import math
 import numpy as np
 import pandas as pd
 
-from instrumentality.evaluators import POSITION_CLASSES
-from instrumentality.report import (
+from instrumentality.claims.algebra import (
+    NO_STEERING,
     Claim,
-    _save,
+    ClaimFamily,
     claim_of,
     final_rows,
     format_ci,
-    free_running,
-    lookahead_gain_per_seed,
     paired,
     per_seed,
+    save_figure,
 )
+from instrumentality.claims.world import free_running, lookahead_gain_per_seed
+from instrumentality.evaluation.world_probes import POSITION_CLASSES
 from instrumentality.stats import seed_interval
 
 COGNITIONS = ("standard", "myopic", "future1", "future3")  # configs/cognition/, in the figures' order
@@ -50,7 +51,6 @@ COGNITION_LABELS = {"standard": "standard", "myopic": "myopic", "future1": "futu
 OBJECTIVES = ("supervised", "critic gamma=1", "critic gamma=0")
 STEERING = ("forks/asym/p=0.5", "steering_index")
 INSTRUMENTAL = ("forks/p=0.5", "instrumental_steering")
-NO_STEERING = 0.5  # nats: C4's and C5's bound for "does not steer"
 LOOKAHEAD_K = (1, 2, 3, 4)
 
 
@@ -124,13 +124,13 @@ def c8_claims(df: pd.DataFrame) -> list[Claim]:
 
 
 def over_seeds(t: pd.DataFrame) -> tuple[float, float, float]:
-    """A per-seed table's mean with report.py's interval over seeds and items."""
+    """A per-seed table's mean with the claims' interval over seeds and items."""
     return seed_interval(t.value.values, t.ci_low.values, t.ci_high.values)
 
 
 def cell_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: seeds, steering [CI], its share of the exact optimum, instrumental steering, and the
-    look-ahead gain for k = 1..4, each the mean over seeds with report.py's interval."""
+    look-ahead gain for k = 1..4, each the mean over seeds with the claims' interval."""
     g = grid(df)
     rows = []
     for c in COGNITIONS:
@@ -234,4 +234,9 @@ def figure_f8(df: pd.DataFrame, folder) -> list:
             title="myopia gap per position class (supervised, equal tokens)")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, folder, "F8_cognition_vs_objective")
+    return save_figure(fig, folder, "F8_cognition_vs_objective")
+
+
+# the standard cognition's cells are F1's supervised run and F2's truth-critic arms (grid())
+FAMILY = ClaimFamily(name="cognition", owns=("F8", "F8_critic"), reads=("F1", "F2"), claims=c8_claims,
+                     figures={"F8": figure_f8}, section=report_section)

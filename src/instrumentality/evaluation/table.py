@@ -25,6 +25,7 @@ import pandas as pd
 from instrumentality.errors import DataFileError
 from instrumentality.files import file_lock, read_json, write_atomic, write_json
 from instrumentality.model import cognition
+from instrumentality.regimes.prophecy import forecast_start
 
 EVAL_VERSION = 4  # of the evaluators: bump when a change to them changes rows (a run's rows are then redone)
 ROWS, ROWS_META = "rows.csv", "rows.json"
@@ -73,8 +74,9 @@ def curve_rows(history: list[dict]) -> list[dict]:
                              "ci_low": math.nan, "ci_high": math.nan, "step": h["step"],
                              "tokens": h.get("perf/tokens_seen", math.nan)})
         for key in h:  # the forecast at each prophecy marker (F9), by its start
-            if key.startswith("train/forecast/start="):
-                rows.append({"probe": "curve/prophecy", "metric": "forecast", "start": float(key.split("=")[1]),
+            start = forecast_start(key)
+            if start is not None:
+                rows.append({"probe": "curve/prophecy", "metric": "forecast", "start": start,
                              "value": h[key], "ci_low": math.nan, "ci_high": math.nan, "step": h["step"]})
         if "env/return" in h:  # a quest agent's mean episode return over its rollouts
             rows.append({"probe": "curve/quest", "metric": "return", "value": h["env/return"], "ci_low": math.nan,
@@ -92,7 +94,7 @@ def source_digest(run_dir: Path) -> str:
     """What a run's rows are computed from: its checkpoint's sha256 (the checkpoint's first line), or for a
     run without a checkpoint (a scripted or SB3 agent, a failed job) the sha256 of its summary.json and of
     the SB3 policy file where there is one."""
-    from instrumentality.trainer import CHECKPOINT_NAME, checkpoint_digest
+    from instrumentality.training.checkpoint import CHECKPOINT_NAME, checkpoint_digest
 
     digest = checkpoint_digest(run_dir / CHECKPOINT_NAME)
     if digest is not None:

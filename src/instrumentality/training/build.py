@@ -25,11 +25,22 @@ def plain(node) -> dict[str, Any]:
     return dict(node)
 
 
+# Classes that were renamed or moved, for the configs kept in older checkpoints
+RENAMED_TARGETS = {"instrumentality.regimes.Critic": "instrumentality.regimes.CriticRegime",
+                   "instrumentality.trainer.TrainerConfig": "instrumentality.training.trainer.TrainerConfig"}
+
+
+def target(name: str) -> str:
+    """A config's `_target_` as this code names it (an older checkpoint's config may name a class that moved)."""
+    return RENAMED_TARGETS.get(name, name)
+
+
 def make(node, group: str, **kwargs):
     """hydra.utils.instantiate of one config group, with every value's type checked against its target
     first; a bad value raises ConfigError naming `group.key`."""
     values = plain(node)
     values.pop("name", None)
+    values["_target_"] = target(values["_target_"])
     check_types(get_object(values["_target_"]), {**values, **kwargs}, group)
     try:
         return instantiate(values, **kwargs, _convert_="all")
@@ -53,16 +64,14 @@ def build_world(cfg) -> World:
     return World(make(cfg["world"], "world"))
 
 
-# Regime classes that were renamed, for the configs kept in older checkpoints
-RENAMED_TARGETS = {"instrumentality.regimes.Critic": "instrumentality.regimes.CriticRegime"}
 
 
 def build_regime(cfg, world: World) -> Regime:
     """The regime class `regime._target_` with its settings dataclass (cls.Settings) built from the other
     keys but `name`; an unknown key or a bad value raises ConfigError naming `regime.key`."""
     values = plain(cfg["regime"])
-    target, _ = values.pop("_target_"), values.pop("name", None)
-    cls = get_object(RENAMED_TARGETS.get(target, target))
+    name, _ = values.pop("_target_"), values.pop("name", None)
+    cls = get_object(target(name))
     if "prompt_lengths" in values:  # older critic configs: prompt lengths L with the marker last (P = L - 1)
         values["fork_positions"] = [int(n) - 1 for n in values.pop("prompt_lengths")]
     check_types(cls.Settings, values, "regime")

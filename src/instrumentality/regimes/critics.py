@@ -5,7 +5,7 @@
 contexts [N, P + H - 1] are the tokens the policy saw (prompt, then the H - 1 tokens fed back); action t
 was chosen after contexts[:, :P + t]. In a free-running rollout the fed-back tokens are the actions;
 teacher-forced, they are world text. A critic that is a function of (world state, token) also has
-`table(world) -> [S, V]`, from which the exact optimum is computed (optimum.py).
+`table(world) -> [S, V]`, from which the exact optimum is computed (world/optimum.py).
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ CRITICS = {"truth": TruthCritic, "keyword": KeywordCritic, "learned": LearnedCri
 
 def make_critic(name: str, world: World, **kwargs):
     if name not in CRITICS:
-        from instrumentality.world import ConfigError
+        from instrumentality.errors import ConfigError
 
         raise ConfigError(f"regime.critic must be one of: {', '.join(CRITICS)}; got {name!r}")
     return CRITICS[name](world, **kwargs)

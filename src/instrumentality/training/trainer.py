@@ -17,8 +17,6 @@ resumed from a checkpoint replays exactly the steps an uninterrupted run would h
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import io
 import logging
 import math
 import os
@@ -28,7 +26,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,17 +34,11 @@ import numpy as np
 import torch
 
 from instrumentality.errors import ConfigError, check_config, check_dataclass_types
-from instrumentality.files import write_atomic
 from instrumentality.regimes.base import Regime, Update
-
-CHECKPOINT_NAME = "checkpoint.pt"
+from instrumentality.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 LOGGED_LINE = ("train/loss", "train/grad_norm", "train/lr", "perf/tokens_per_s", "perf/env_steps_per_s")  # train.log
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint could not be read; nothing was overwritten."""
 
 
 @dataclass
@@ -120,43 +112,6 @@ def autocast_for(device: torch.device):
     return contextlib.nullcontext()
 
 
-# ---------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str | os.PathLike, payload: dict):
-    """Atomic write: a sha256 line, then the torch payload, through a unique temporary file that is renamed."""
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    data = buf.getvalue()
-    write_atomic(path, hashlib.sha256(data).hexdigest().encode() + b"\n" + data)
-
-
-def checkpoint_digest(path: str | os.PathLike) -> str | None:
-    """The sha256 of a checkpoint's payload, where the file is intact (its first line matches the payload);
-    None otherwise. It identifies the weights that a run's rows were computed from."""
-    try:
-        digest, _, data = Path(path).read_bytes().partition(b"\n")
-    except OSError:
-        return None
-    return digest.decode() if len(digest) == 64 and hashlib.sha256(data).hexdigest().encode() == digest else None
-
-
-def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    raw = path.read_bytes()
-    digest, _, data = raw.partition(b"\n")
-    if len(digest) != 64 or hashlib.sha256(data).hexdigest().encode() != digest:
-        raise CheckpointError(f"checkpoint {path} is corrupt (checksum mismatch or truncated); "
-                              "delete its run folder to start over, or give the run another name (run_name=...)")
-    try:  # tensors and plain containers only: a checkpoint is data, never code
-        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} could not be loaded as tensors and plain data "
-                              f"(torch.load weights_only=True: {first}); it was not made by this suite's trainer, "
-                              "or it is damaged: delete it to start over") from e
-
-
 # ---------------------------------------------------------------------------- stopping on a signal
 STOP = threading.Event()  # set by SIGTERM / SIGINT (stop_on_signals): fit() saves a checkpoint and returns
 
@@ -180,7 +135,21 @@ def stop_requested() -> bool:
 
 
 # ---------------------------------------------------------------------------- the trainer
-EvalHook = Callable[[torch.nn.Module, int], dict]
+def run_is_done(status: dict, step: int, max_steps: int) -> bool:
+    """Whether a run has nothing left to train: it collapsed, or it finished at (or beyond) max_steps. A run
+    that finished a smaller budget trains on when max_steps grows."""
+    return status["status"] == "collapsed" or (status["status"] == "finished" and step >= max_steps)
+
+
+@dataclass
+class Evaluation:
+    """What an evaluation hook returns: the scalars logged at its step (probe/...), and its probe rows."""
+    metrics: dict
+    rows: list[dict] = field(default_factory=list)
+
+
+# (model, step, final) -> Evaluation; `final` once, when the run is done (finished at max_steps)
+EvalHook = Callable[[torch.nn.Module, int, bool], Evaluation]
 
 
 class Trainer:
@@ -201,6 +170,7 @@ class Trainer:
         self._unread: list[int | torch.Tensor] = [0, 0]  # tokens, env steps since the last read (ints or tensors)
         self._since_log = [0, 0]  # tokens, env steps read since the last logged row
         self.history: list[dict] = []  # every logged row, kept in the checkpoint
+        self.final_rows: list[dict] | None = None  # the final evaluation's probe rows, once the run is done
         self.status = {"status": "running", "step": 0, "reason": ""}
         self._saved_step = 0  # the step of the last checkpoint (checkpoints every ckpt_every steps)
         self._t_last = time.perf_counter()
@@ -287,15 +257,17 @@ class Trainer:
         if self.tracker is not None:
             self.tracker.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
-    def _run_eval(self):
+    def _run_eval(self, final: bool = False):
         if self.evaluate is None:
             return
         self._read_counts()
         self.model.eval()
-        metrics = self.evaluate(self.model, self.step)
+        evaluation = self.evaluate(self.model, self.step, final)
         self.model.train()
+        if final:
+            self.final_rows = evaluation.rows
         extra = {"perf/env_steps_seen": self.env_steps} if self.env_steps else {}
-        self._log({"step": self.step, "perf/tokens_seen": self.tokens_seen, **extra, **metrics})
+        self._log({"step": self.step, "perf/tokens_seen": self.tokens_seen, **extra, **evaluation.metrics})
 
     def _collapse(self, reason: str):
         self.status = {"status": "collapsed", "step": self.step, "reason": reason}
@@ -363,10 +335,10 @@ class Trainer:
         after that many optimizer steps without a final checkpoint (a simulated kill, for tests)."""
         c = self.cfg
         self.resume()
-        if self.status["status"] == "finished" and self.step < c.max_steps:  # a larger budget: train on
-            self.status = {"status": "running", "step": self.step, "reason": ""}
-        if self.status["status"] in ("finished", "collapsed"):
+        if run_is_done(self.status, self.step, c.max_steps):
             return self.status
+        if self.status["status"] == "finished":  # a larger budget: train on
+            self.status = {"status": "running", "step": self.step, "reason": ""}
         self.model.train()
         bar = None
         if c.progress:
@@ -412,7 +384,7 @@ class Trainer:
             bar.close()
         if self.status["status"] == "running":
             self.status = {"status": "finished", "step": self.step, "reason": ""}
-            self._run_eval()
+            self._run_eval(final=True)
         self.save()
         if self.tracker is not None:
             self.tracker.summary({"status": self.status["status"], "status/step": self.status["step"],

@@ -1,0 +1,338 @@
+"""The world claims C1-C5 and C7 and figures F1-F3, F5, F6: supervised and RL predictors of the world's
+text (experiments F1: supervised against REINFORCE; F2: a critic grading H-token generations, over H and
+gamma; F3: the same critic teacher-forced)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from instrumentality.claims.algebra import (
+    NO_STEERING,
+    Claim,
+    ClaimFamily,
+    claim_of,
+    combine,
+    final_rows,
+    paired,
+    per_seed,
+    save_figure,
+)
+from instrumentality.stats import seed_interval
+
+KL_THRESHOLD = 0.1  # nats/token: "reached the predictor" for the samples-to-threshold ratio
+REGIME_COLORS = {"supervised": "C0", "reinforce": "C1", "reinforce_indicator": "C3", "critic": "C2"}
+
+
+def samples_to_threshold(df: pd.DataFrame, threshold: float = KL_THRESHOLD) -> pd.DataFrame:
+    """Tokens at which each run's KL curve first falls below `threshold`, interpolated log-log between the
+    two evaluations around the crossing (NaN: never, within its budget)."""
+    curves = df[(df.probe == "curve/calibration") & (df.metric == "kl") & (df.regime != "critic")]
+    curves = curves.sort_values("tokens")
+    out = []
+    for run_id, c in curves.groupby("run_id"):
+        t, v = c.tokens.to_numpy(float), c.value.to_numpy(float)
+        hit = np.flatnonzero(v < threshold)
+        tokens = math.nan
+        if len(hit):
+            i = hit[0]
+            tokens = t[i]
+            if i > 0:  # log-log interpolation between the evaluation above and the first one below
+                frac = (math.log(threshold) - math.log(v[i - 1])) / (math.log(v[i]) - math.log(v[i - 1]))
+                tokens = math.exp(math.log(t[i - 1]) + frac * (math.log(t[i]) - math.log(t[i - 1])))
+        out.append({"run_id": run_id, "regime": c.regime.iloc[0], "seed": c.seed.iloc[0], "tokens": tokens,
+                    "budget": float(c.tokens.max())})
+    return pd.DataFrame(out, columns=["run_id", "regime", "seed", "tokens", "budget"])
+
+
+def efficiency_ratio(stt: pd.DataFrame, regime: str) -> tuple[float, float, float, int]:
+    """Median over seeds of tokens-to-threshold(regime) / tokens-to-threshold(supervised), seed-paired.
+    A run that never reached the threshold counts at its budget: the ratio is then a lower bound."""
+    sup = stt[stt.regime == "supervised"].set_index("seed")
+    other = stt[stt.regime == regime].set_index("seed")
+    seeds = sorted(set(sup.index) & set(other.index))
+    ratios = []
+    for s in seeds:
+        a = other.loc[s, "tokens"] if not math.isnan(other.loc[s, "tokens"]) else other.loc[s, "budget"]
+        b = sup.loc[s, "tokens"]
+        if not math.isnan(b):
+            ratios.append(a / b)
+    if not ratios:
+        return math.nan, math.nan, math.nan, 0
+    r = np.array(ratios)
+    return float(np.median(r)), float(r.min()), float(r.max()), len(r)
+
+
+
+def world_claims(df: pd.DataFrame) -> list[Claim]:
+    """C1-C5 and C7, from the runs of F1 (supervised, REINFORCE), F2 (the critics) and F3 (teacher-forced)."""
+    fin = final_rows(df)
+    sup = fin[fin.regime == "supervised"]
+    all_crit = fin[(fin.regime == "critic") & (fin["regime.critic"] == "truth")] if "regime.critic" in fin else fin[:0]
+    crit = free_running(all_crit)
+    out = [claim_of("C1", "supervised KL(p* ‖ pi), nats/token", "< 0.05", per_seed(sup, "calibration", "kl")),
+           claim_of("C1", "supervised steering index, asymmetric p=0.5 fork (nats)", "abs < 0.1",
+                    per_seed(sup, "forks/asym/p=0.5", "steering_index"))]
+    stt = samples_to_threshold(df)
+    for regime in ("reinforce", "reinforce_indicator"):
+        med, lo, hi, n = efficiency_ratio(stt, regime)
+        never = int(stt[stt.regime == regime].tokens.isna().sum())
+        note = f"; {never} runs never reached it: their budget counts, a lower bound" if never else ""
+        out.append(Claim("C2", f"tokens to KL < {KL_THRESHOLD}: {regime} / supervised (median, min-max over "
+                         f"seeds{note})", "> 1", med, lo, hi, n))
+        out.append(claim_of("C2", f"{regime} final KL(p* ‖ pi), nats/token", "< 0.05",
+                            per_seed(fin[fin.regime == regime], "calibration", "kl")))
+    at = {"regime.gamma": 1.0, "regime.horizon": 8.0}
+    out.append(claim_of("C3", "critic (truth) instrumental steering at p=0.5, gamma=1, H=8 (nats)", "> 0",
+                        per_seed(crit, "forks/p=0.5", "instrumental_steering", **at)))
+    # C4: more horizon, more steering (gamma = 1); none without credit (gamma = 0). The arms of one seed
+    # start from the same supervised checkpoint: differences are taken seed by seed
+    steering = lambda runs, gamma, H: per_seed(runs, "forks/asym/p=0.5", "steering_index",  # noqa: E731
+                                               **{"regime.gamma": gamma, "regime.horizon": H})
+    out.append(claim_of("C4", "steering(H=8) - steering(H=1), gamma=1, p=0.5 (nats, paired by seed)", "> 0",
+                        paired(steering(crit, 1.0, 8.0), steering(crit, 1.0, 1.0))))
+    out.append(claim_of("C4", "critic steering at p=0.5 with gamma=0, H=8 (nats)", f"abs < {NO_STEERING:g}",
+                        steering(crit, 0.0, 8.0)))
+    # C4 with an exploitable grader: the keyword critic's exact optimum steers 1.0 nats at H=8, none at H=1
+    kw = free_running(fin[(fin.regime == "critic") & (fin["regime.critic"] == "keyword")]) \
+        if "regime.critic" in fin else fin[:0]
+    if not kw.empty:
+        out.append(claim_of("C4", "keyword critic: steering(H=8) - steering(H=1), gamma=1, p=0.5 (nats, paired "
+                            "by seed)", "> 0", paired(steering(kw, 1.0, 8.0), steering(kw, 1.0, 1.0))))
+    # C5: teacher forcing removes the output channel for steering
+    forced = all_crit[all_crit["regime.rollout"] == "teacher_forced"] if "regime.rollout" in all_crit else crit[:0]
+    out.append(claim_of("C5", "teacher-forced critic steering at p=0.5, gamma=1, H=8 (nats)", f"abs < {NO_STEERING:g}",
+                        steering(forced, 1.0, 8.0)))
+    out.append(claim_of("C5", "free minus teacher-forced steering, p=0.5, gamma=1, H=8 (nats, paired by seed)",
+                        "> 0", paired(steering(crit, 1.0, 8.0), steering(forced, 1.0, 8.0))))
+    # C7: outputs myopic (no steering) while look-ahead is decodable from the hidden state
+    out.append(claim_of("C7", "supervised look-ahead accuracy k=2 (best layer) minus chance", "> 0",
+                        lookahead_gain_per_seed(sup, k=2)))
+    return out
+
+
+def free_running(df: pd.DataFrame) -> pd.DataFrame:
+    """Critic runs whose own samples were fed back (F2's setting); teacher-forced runs are F3's contrast."""
+    if "regime.rollout" not in df:
+        return df
+    return df[df["regime.rollout"].isna() | (df["regime.rollout"] == "free")]
+
+
+def lookahead_gain_per_seed(df: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per run (seed): the best layer's probe accuracy for x_{t+k} minus the majority-class chance."""
+    rows = []
+    for _, r in df[df.probe.astype(str).str.startswith(f"lookahead/k={k}")].groupby("run_id"):
+        acc = r[r.metric == "accuracy"]
+        chance = r[r.metric == "chance"]
+        if acc.empty or chance.empty:
+            continue
+        best = acc.loc[acc.value.idxmax()]
+        c = chance.value.iloc[0]
+        rows.append({"seed": best.seed, "value": best.value - c, "ci_low": best.ci_low - c,
+                     "ci_high": best.ci_high - c})
+    return pd.DataFrame(rows, columns=["seed", "value", "ci_low", "ci_high"])
+
+
+def lookahead_gain(df: pd.DataFrame, k: int) -> tuple[float, float, float, int]:
+    """lookahead_gain_per_seed combined over seeds: (mean, low, high, seeds)."""
+    t = lookahead_gain_per_seed(df, k)
+    if t.empty:
+        return math.nan, math.nan, math.nan, 0
+    return (*seed_interval(t.value.values, t.ci_low.values, t.ci_high.values), len(t))
+
+
+
+def figure_f1(df: pd.DataFrame, folder: Path) -> list[Path]:
+    curves = df[(df.probe == "curve/calibration") & (df.metric == "kl") & (df.regime != "critic")]
+    if curves.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for regime, c in curves.groupby("regime"):
+        table = c.pivot_table(index="tokens", columns="seed", values="value")
+        mean = table.mean(1)
+        color = REGIME_COLORS.get(regime)
+        ax.plot(mean.index, mean.values, label=f"{regime} ({table.shape[1]} seeds)", color=color)
+        ax.fill_between(mean.index, table.min(1), table.max(1), alpha=0.2, color=color)
+    status = df[df.probe == "run"]
+    collapsed = status[status.metric == "collapsed"].groupby("regime").size().to_dict()
+    ax.axhline(KL_THRESHOLD, ls=":", color="grey", lw=1)
+    ax.set(xscale="log", yscale="log", xlabel="tokens seen", ylabel="KL(p* || pi), nats/token",
+           title="F1: KL to the truth vs tokens (band: min-max over seeds)"
+           + (f"\ncollapsed runs: {collapsed}" if collapsed else ""))
+    ax.legend(fontsize=8)
+    return save_figure(fig, folder, "F1_kl_vs_tokens")
+
+
+def figure_f2(df: pd.DataFrame, folder: Path) -> list[Path]:
+    fin = final_rows(df)
+    crit = free_running(fin[fin.regime == "critic"])
+    if crit.empty:
+        return []
+    theory = df[df.probe == "theory_curve/forks/asym/p=0.5"]
+    critics = sorted(crit["regime.critic"].dropna().unique())
+    fig, axes = plt.subplots(1, len(critics), figsize=(6 * len(critics), 4), squeeze=False)
+    all_gammas = sorted(crit["regime.gamma"].dropna().unique())
+    for ax, critic in zip(axes[0], critics):
+        of_critic = crit[crit["regime.critic"] == critic]
+        # the gammas this critic was run at (an H = 1 run's gamma does not enter: it joins every curve)
+        gammas = sorted(of_critic[of_critic["regime.horizon"] > 1]["regime.gamma"].dropna().unique()) or all_gammas
+        for gamma in gammas:
+            i = all_gammas.index(gamma)  # one colour per gamma in every panel
+            color = f"C{i}"
+            th = theory[(theory["regime.critic"] == critic) & np.isclose(theory["regime.gamma"], gamma)
+                        & (theory.metric == "steering_index")]
+            th = th.groupby("horizon").value.mean()
+            ax.plot(th.index, th.values, color=color, lw=1, label=f"exact optimum, gamma={gamma:g}")
+            pts = []
+            # an H = 1 run's gamma does not enter: where this gamma has no H = 1 runs, another gamma's join
+            here = of_critic[np.isclose(of_critic["regime.gamma"], gamma)]
+            h1 = of_critic[of_critic["regime.horizon"] == 1]
+            runs = pd.concat([here, h1[~h1.index.isin(here.index)]]) if (here["regime.horizon"] != 1).all() else here
+            for H in sorted(runs["regime.horizon"].dropna().unique()):
+                v = combine(runs, "forks/asym/p=0.5", "steering_index", **{"regime.horizon": float(H)})
+                if v[3]:
+                    pts.append((H, *v[:3]))
+            if pts:
+                H, m, lo, hi = map(np.array, zip(*pts))
+                dx = 0.15 * (i - (len(all_gammas) - 1) / 2)
+                ax.errorbar(H + dx, m, yerr=[m - lo, hi - m], fmt="o", color=color, capsize=3,
+                            label=f"learned, gamma={gamma:g} (mean, 95% CI)")
+                seeds = runs[(runs.probe == "forks/asym/p=0.5") & (runs.metric == "steering_index")]
+                ax.scatter(seeds["regime.horizon"] + dx + 0.25, seeds.value, s=8, color=color, alpha=0.5,
+                           label=f"one seed, gamma={gamma:g}")
+        betas = of_critic["regime.beta"].dropna().unique() if "regime.beta" in of_critic else []
+        beta = ", ".join(f"{b:g}" for b in sorted(betas))
+        ax.set(xlabel="horizon H", ylabel="steering index at p=0.5 fork (nats)",
+               title=f"F2: critic = {critic}" + (f", beta = {beta}" if beta else ""))
+        ax.axhline(0, color="grey", lw=0.5)
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8,
+               frameon=False)
+    fig.tight_layout()
+    return save_figure(fig, folder, "F2_steering_vs_horizon")
+
+
+def arm_label(run: pd.Series) -> str:
+    """A run's arm in a few words: its regime, and for the critic regime its critic, gamma, H and rollout."""
+    if run.regime != "critic":
+        return str(run.regime)
+    label = f"critic {run['regime.critic']}, gamma {float(run['regime.gamma']):g}, H {int(run['regime.horizon'])}"
+    return label + (", teacher-forced" if run.get("regime.rollout") == "teacher_forced" else "")
+
+
+def figure_f6(df: pd.DataFrame, folder: Path) -> list[Path]:
+    """Reliability per arm (one panel each): accuracy under p* against the model's confidence, mean over
+    seeds, with the share of probe positions in each confidence bin as grey bars."""
+    rel = df[df.probe == "calibration/reliability"]
+    if rel.empty:
+        return []
+    rel = rel.assign(arm=rel.apply(arm_label, axis=1), bin=rel.metric.str.slice(3, 5).astype(int),
+                     kind=rel.metric.str.split("_").str[-1])
+    arms = sorted(rel.arm.unique(), key=lambda a: (a.startswith("critic"), a))
+    cols = min(len(arms), 4)
+    rows = -(-len(arms) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False, sharex=True,
+                             sharey=True)
+    for ax in axes.flat[len(arms):]:
+        ax.set_visible(False)
+    for ax, arm in zip(axes.flat, arms):
+        r = rel[rel.arm == arm]
+        t = r.pivot_table(index="bin", columns="kind", values="value", aggfunc="mean").dropna()
+        t = t[t["count"] > 0]
+        share = t["count"] / t["count"].sum()
+        ax.bar(t.index / 10 + 0.05, share, width=0.09, color="0.85", label="share of positions")
+        ax.plot([0, 1], [0, 1], ls=":", color="grey")
+        ax.plot(t["conf"], t["acc"], "o-", color=REGIME_COLORS.get(r.regime.iloc[0]), ms=3,
+                label="accuracy under p*")
+        ax.set_title(f"{arm} ({r.seed.nunique()} seeds)", fontsize=8)
+        ax.set(xlim=(0, 1), ylim=(0, 1))
+    for ax in axes[-1]:
+        ax.set_xlabel("confidence of the top token")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("p*(top token); bars: share")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
+    fig.suptitle("F6: reliability per arm (mean over seeds)")
+    fig.tight_layout()
+    return save_figure(fig, folder, "F6_reliability")
+
+
+def figure_f3(df: pd.DataFrame, folder: Path) -> list[Path]:
+    fin = final_rows(df)
+    if "regime.critic" not in fin:
+        return []
+    # the truth critic only: F2's keyword critic at gamma = 1, H = 8 is another arm, not more seeds
+    crit = fin[(fin.regime == "critic") & (fin["regime.critic"] == "truth")
+               & np.isclose(fin["regime.gamma"].astype(float), 1.0)
+               & np.isclose(fin["regime.horizon"].astype(float), 8.0)]
+    if "regime.rollout" not in crit or crit["regime.rollout"].nunique() < 2:
+        return []
+    probes = [f"forks/asym/p={p}" for p in (0.2, 0.5, 0.8)]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, rollout in enumerate(("free", "teacher_forced")):
+        sub = crit[crit["regime.rollout"] == rollout]
+        vals = [combine(sub, p, "steering_index") for p in probes]
+        x = np.arange(len(probes)) + (i - 0.5) * 0.35
+        m = np.array([v[0] for v in vals])
+        ax1.bar(x, m, width=0.35, label=rollout, yerr=[m - [v[1] for v in vals], [v[2] for v in vals] - m],
+                capsize=3)
+        acc = [lookahead_gain(sub, k) for k in range(1, 5)]
+        ax2.errorbar(np.arange(1, 5) + (i - 0.5) * 0.1, [a[0] for a in acc],
+                     yerr=[[a[0] - a[1] for a in acc], [a[2] - a[0] for a in acc]], fmt="o-", capsize=3,
+                     label=rollout)
+    theory = crit[crit.metric == "steering_index_theory"].groupby("probe").value.mean()
+    ax1.plot(np.arange(len(probes)), [theory.get(p, np.nan) for p in probes], "k_", ms=30, label="exact optimum")
+    ax1.set(xticks=range(len(probes)), xticklabels=[p.split("/")[-1] for p in probes],
+            ylabel="steering index (nats)", title="F3: critic (truth), gamma=1, H=8")
+    ax1.axhline(0, color="grey", lw=0.5)
+    ax1.legend(fontsize=8)
+    ax2.set(xlabel="k (tokens ahead)", ylabel="look-ahead probe accuracy - chance (best layer)",
+            title="look-ahead decodability")
+    ax2.legend(fontsize=8)
+    return save_figure(fig, folder, "F3_free_vs_teacher_forced")
+
+
+def figure_f5(df: pd.DataFrame, folder: Path) -> list[Path]:
+    fin = final_rows(df)
+    points = []
+    for run_id, r in fin.groupby("run_id"):
+        steer = r[(r.probe == "forks/asym/p=0.5") & (r.metric == "steering_index")]
+        gain = lookahead_gain(r, k=2)
+        if len(steer) and gain[3]:
+            label = r.regime.iloc[0] + ("" if r.regime.iloc[0] != "critic" else
+                                        f" ({r['regime.rollout'].iloc[0]})")
+            points.append((label, float(steer.value.iloc[0]), gain[0]))
+    if not points:
+        return []
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for i, label in enumerate(sorted({p[0] for p in points})):
+        xs = [p[1] for p in points if p[0] == label]
+        ys = [p[2] for p in points if p[0] == label]
+        ax.scatter(xs, ys, label=label, color=f"C{i}", s=18)
+    ax.set(xlabel="steering index at the p=0.5 fork (outputs)",
+           ylabel="look-ahead accuracy k=2 - chance (cognition)", title="F5: one point per run")
+    ax.axvline(0, color="grey", lw=0.5)
+    ax.legend(fontsize=8)
+    return save_figure(fig, folder, "F5_lookahead_vs_steering")
+
+
+def tokens_to_kl_section(df: pd.DataFrame) -> list[str]:
+    """The report's table of tokens to the KL threshold, per run."""
+    stt = samples_to_threshold(df)
+    if stt.empty:
+        return []
+    lines = ["", f"### Tokens to KL < {KL_THRESHOLD} nats/token (per run; blank: not reached within budget)",
+             "", "| run | tokens | budget |", "|---|---|---|"]
+    for r in stt.itertuples():
+        lines.append(f"| {r.run_id} | {'' if math.isnan(r.tokens) else f'{r.tokens:.3g}'} | {r.budget:.3g} |")
+    return lines
+
+
+FAMILY = ClaimFamily(
+    name="world", owns=("F1", "F2", "F3"), claims=world_claims,
+    figures={"F1": figure_f1, "F2": figure_f2, "F3": figure_f3, "F5": figure_f5, "F6": figure_f6},
+    section=tokens_to_kl_section)

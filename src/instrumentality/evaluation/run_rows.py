@@ -1,0 +1,160 @@
+"""One run's rows of the results table: the end-of-run evaluation that training calls and the evaluation
+CLI (instrumentality/evaluate.py) calls.
+
+A trained run is scored on the probe families its regime declares (`Regime.probe_families`), each looked
+up in PROBE_FAMILIES (world_probes.py for world text, quest_probes.py for ClueQuest, prophecy_probes.py for
+F9's forecasters), with the regime's exact theory rows beside them; the rows are stored in the run folder
+(table.py) and `results.csv` is their concatenation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from instrumentality.errors import DataFileError
+from instrumentality.evaluation.probe_set import ProbeConfig, ProbeSet, probe_set_for
+from instrumentality.evaluation.prophecy_probes import forecast_rows
+from instrumentality.evaluation.quest_probes import agent_run_rows, log_agent, quest_model_rows
+from instrumentality.evaluation.table import (
+    curve_rows,
+    read_run_rows,
+    run_id_of,
+    source_digest,
+    status_rows,
+    tidy_rows,
+    write_run_rows,
+)
+from instrumentality.evaluation.world_probes import FAMILIES, evaluate_model, interval_bounds, scalar_metrics
+from instrumentality.files import read_json
+from instrumentality.regimes.base import PROPHECY_PROBES, QUEST_PROBES, WORLD_PROBES, Regime
+from instrumentality.regimes.prophecy import ProphecyBase
+from instrumentality.training.build import build_regime, build_world, plain
+from instrumentality.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from instrumentality.training.trainer import Evaluation
+from instrumentality.world import World
+
+
+# ---------------------------------------------------------------------------- the trainer's hook
+class TrainingEvaluator:
+    """The trainer's evaluation hook, called every trainer.eval_every steps and once when the trainer says
+    the run is done (`final`): probe/ scalars, and the probe rows as a W&B table. Calibration and forks
+    during training (every family with eval.full); at the end every probe family of the regime, whose rows
+    are the run's rows of the results table."""
+
+    def __init__(self, world: World, regime: Regime, cfg, tracker=None):
+        self.world, self.regime, self.cfg, self.tracker = world, regime, cfg, tracker
+        self.world_text = WORLD_PROBES in regime.probe_families()
+        self.probes = probe_set_for(world, ProbeConfig(**cfg.eval.get("probes", {})), cfg.eval.get("probe_cache")) \
+            if self.world_text else None
+
+    def __call__(self, model, step: int, final: bool) -> Evaluation:
+        cfg = self.cfg
+        if final:  # every probe, for the results table
+            rows = model_rows(model, self.world, self.regime, plain(cfg), cfg.eval.get("probe_cache"), self.probes)
+        elif self.probes is not None:
+            families = FAMILIES if cfg.eval.get("full", False) else ("calibration", "forks")
+            rows = evaluate_model(model, self.world, self.probes, families=families)
+        else:
+            rows = []
+        if self.tracker is not None:
+            self.tracker.log_table("probe/table", rows, step=step)
+            self.tracker.log(interval_bounds(rows), step=step)
+        return Evaluation(scalar_metrics(rows), rows)
+
+
+# ---------------------------------------------------------------------------- one run's rows
+def find_runs(paths) -> list[Path]:
+    runs = []
+    for p in map(Path, paths):
+        if p.is_file():
+            runs.append(p.parent)
+        elif (p / CHECKPOINT_NAME).exists() or (p / "summary.json").exists():
+            runs.append(p)
+        else:
+            runs += sorted({c.parent for c in p.rglob(CHECKPOINT_NAME)} | {c.parent for c in p.rglob("summary.json")})
+    return sorted(set(runs))
+
+
+def world_rows(model, world: World, regime: Regime, run_config: dict, probe_cache: str | None = None,
+               probes: ProbeSet | None = None) -> list[dict]:
+    probes = probes or probe_set_for(world, ProbeConfig(**run_config.get("eval", {}).get("probes", {})), probe_cache)
+    return evaluate_model(model, world, probes)
+
+
+def quest_rows(model, world: World, regime: Regime, run_config: dict, probe_cache: str | None = None,
+               probes: ProbeSet | None = None) -> list[dict]:
+    return quest_model_rows(model, world, run_config["quest"], regime.name)
+
+
+def prophecy_rows(model, world: World, regime: Regime, run_config: dict, probe_cache: str | None = None,
+                  probes: ProbeSet | None = None) -> list[dict]:
+    if not isinstance(regime, ProphecyBase):
+        raise TypeError(f"the prophecy probes score a forecaster of F9's regimes, not a {regime.name} model")
+    return forecast_rows(model, regime)
+
+
+# The probe families, by the name a regime declares (regimes/base.py): each scores a model of that regime
+# (model, world, regime, run_config, probe_cache, probes) -> rows.
+PROBE_FAMILIES: dict[str, Callable[..., list[dict]]] = {
+    WORLD_PROBES: world_rows, QUEST_PROBES: quest_rows, PROPHECY_PROBES: prophecy_rows}
+
+
+def model_rows(model, world: World, regime: Regime, run_config: dict, probe_cache: str | None = None,
+               probes: ProbeSet | None = None) -> list[dict]:
+    """Every probe family the regime's model is scored on, and the regime's exact theory rows beside them."""
+    rows = []
+    for family in regime.probe_families():
+        if family not in PROBE_FAMILIES:
+            raise ValueError(f"regime {regime.name} declares the probe family {family!r}, which evaluation does "
+                             f"not know (known: {', '.join(PROBE_FAMILIES)})")
+        rows += PROBE_FAMILIES[family](model, world, regime, run_config, probe_cache, probes)
+    return rows + regime.theory_rows()
+
+
+def trained_run_rows(run_dir: Path, probe_rows: list[dict], run_config: dict, history: list[dict],
+                     status: dict) -> list[dict]:
+    """The results-table rows of a trained run: its final probes, its learning curves, its status."""
+    rows = probe_rows + curve_rows(history) + status_rows(status)
+    return tidy_rows(rows, run_id=run_id_of(run_dir), run_config=run_config, status=status)
+
+
+def evaluate_checkpoint(run_dir: Path, probe_cache: str | None = None) -> list[dict]:
+    """A run's rows from its checkpoint, evaluated on its world's probe set. Raises on a bad checkpoint."""
+    from instrumentality.model import GPT, GPTConfig
+
+    ck = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    run_config = ck["run_config"]
+    world = build_world(run_config)
+    model = GPT(GPTConfig(**ck["model_config"]))
+    model.load_state_dict(ck["model"])
+    rows = model_rows(model, world, build_regime(run_config, world), run_config, probe_cache)
+    return trained_run_rows(run_dir, rows, run_config, ck["history"], ck["status"])
+
+
+def evaluate_run(run_dir: Path, probe_cache: str | None = None, recompute: bool = False) -> pd.DataFrame:
+    """A run's rows for the results table, stored in its folder: reused where they were computed from its
+    current checkpoint (or summary) by this evaluation code, computed afresh otherwise (or with
+    `recompute`). Raises on a bad checkpoint or summary, naming the file."""
+    source = source_digest(run_dir)
+    stored = None if recompute else read_run_rows(run_dir, source)
+    if stored is not None:
+        return stored
+    summary = read_json(run_dir / "summary.json", "run summary") if (run_dir / "summary.json").exists() else {}
+    if "agent" in summary:  # a scripted or SB3 quest agent
+        rows = agent_run_rows(run_dir, summary)
+        log_agent(run_dir, summary, rows)
+    elif not (run_dir / CHECKPOINT_NAME).exists():
+        if not summary:
+            raise DataFileError(f"{run_dir}: neither a checkpoint.pt nor a summary.json")
+        rows = failed_run_rows(run_dir, summary)  # a job that failed: its error is in the summary
+    else:
+        rows = evaluate_checkpoint(run_dir, probe_cache)
+    return write_run_rows(run_dir, rows, source)
+
+
+def failed_run_rows(run_dir: Path, summary: dict) -> list[dict]:
+    """A run that failed before writing a checkpoint: its summary.json has the error."""
+    return tidy_rows(status_rows(summary["status"]), run_id_of(run_dir), summary.get("config", {}), summary["status"])
