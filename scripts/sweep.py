@@ -45,7 +45,7 @@ def compose(preset: str, *overrides: str, hydra: bool = False):
     return compose_config(f"preset={preset}", *overrides, hydra=hydra)
 
 
-def check_claim_families(experiments: list[str]) -> None:
+def check_claim_families(preset: str, experiments: list[str]) -> None:
     """Every experiment of the sweep feeds the claim family that owns its runs (claims/__init__.py): runs no
     family owns would be trained and then count for nothing."""
     from instrumentality.claims import FAMILIES, owner
@@ -54,7 +54,7 @@ def check_claim_families(experiments: list[str]) -> None:
         if exp == SB3_UNIT:
             continue
         declared = experiment_file(exp).get("claim_family")
-        name = str(compose("debug", f"experiment={exp}").exp_name)
+        name = experiment_folder(preset, exp)
         family = owner(name)
         if family is None or family.name != declared:
             raise SystemExit(f"configs/experiment/{exp}.yaml: its runs (exp_name {name}) feed claim family "
@@ -429,7 +429,7 @@ def main() -> int:
     if unknown:
         raise SystemExit(f"--experiments: no experiment {', '.join(unknown)} (configs/experiment/: "
                          f"{', '.join(EXPERIMENTS)})")
-    check_claim_families(chosen)
+    check_claim_families(args.preset, chosen)
     jobs_at_once = args.jobs if launcher_kind(args.launcher) == "joblib" else 1
     os.environ.setdefault("WANDB_SILENT", "true")
     out = (ROOT / args.results / args.preset).resolve()

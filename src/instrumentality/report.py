@@ -35,7 +35,7 @@ def load(path: str | Path) -> pd.DataFrame:
     unfinished = sorted(set(df.run_id.astype(str)) - ended)
     df = df[df.run_id.astype(str).isin(ended)].copy()
     exp = df["exp_name"].astype(str) if "exp_name" in df else pd.Series("", df.index)
-    owned = exp.map(lambda e: registry.owner(e) is not None)
+    owned = exp.isin([e for e in exp.unique() if registry.owner(e) is not None])  # once per experiment
     unowned = sorted(set(df.run_id[~owned].astype(str)))
     df = df[owned].copy()
     df.attrs["unfinished"], df.attrs["unowned"] = unfinished, unowned
