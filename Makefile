@@ -15,7 +15,7 @@ ARGS ?=                    # extra overrides for every run, e.g. ARGS="hydra.lau
 LANES ?= $(if $(HAS_CUDA),4,2)
 export WANDB_SILENT ?= true
 
-.PHONY: help install test test-fast sweep check-full compare figures bench lint clean
+.PHONY: help install test test-fast sweep check-full compare figures coverage bench lint clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -52,6 +52,9 @@ compare: install  ## after a sweep: each claim's new value against the committed
 
 figures: install  ## redraw figures and REPORT.md from results/<preset>/results.csv
 	$(PY) scripts/figures.py --preset $(PRESET)
+
+coverage: install  ## the verdict rule's intervals' coverage by simulation (results/coverage/, about 4 minutes)
+	$(PY) -m instrumentality.coverage --out results/coverage
 
 bench: install  ## throughput ratios against plain reference loops
 	$(PY) scripts/bench.py

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from instrumentality.claims.algebra import decide
 from instrumentality.errors import DataFileError
 from instrumentality.report import claims, load
 
@@ -88,8 +89,8 @@ def main() -> int:
     def key(c):  # a claim's id and metric, without a note that depends on the data (after "; ")
         return c.claim, c.metric.split("; ")[0]
 
-    committed = {key(c): c for c in claims(old)}
-    new_claims = claims(new)
+    committed = {key(c): c for c in decide(claims(old))}
+    new_claims = decide(claims(new))
     for c_new in new_claims:  # a claim only in the new table is listed as such
         c_old = committed.get(key(c_new))
         if c_old is None or c_old.n_seeds == 0:

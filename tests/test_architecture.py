@@ -157,16 +157,22 @@ def test_a_seed_counted_twice_in_one_arm_raises():
     rows = pd.DataFrame(planted_rows("F1", "supervised", [0, 1, 1], kl=0.01))
     seeds = per_seed(final_rows(rows), "calibration", "kl")
     with pytest.raises(ValueError, match=r"seed\(s\) \[1\] have more than one run"):
-        claim_of("C1", "supervised KL", "< 0.05", seeds)
+        claim_of("C1.kl", seeds)
 
 
 def test_a_new_family_is_its_module_and_one_line_of_the_registry(tmp_path, monkeypatch):
     """A planted claim family with its own experiment (F99): once listed in FAMILIES (the one existing
     file a new family edits, besides its new module and experiment file), its runs are its own, its claim
     and section reach the report, and the world family does not count them."""
-    def c99(df):
-        return [claim_of("C99", "planted KL", "< 0.05", per_seed(final_rows(df), "calibration", "kl"))]
+    from instrumentality.claims import declared
 
+    def c99(df):
+        return [claim_of("C99.kl", per_seed(final_rows(df), "calibration", "kl"))]
+
+    claims_file = tmp_path / "claims.yaml"  # the family's claim, declared first
+    claims_file.write_text(declared.CLAIMS_FILE.read_text() + "\nC99:\n  statement: A planted claim.\n  primary: kl\n"
+                           "  rows:\n    kl: {metric: planted KL, prediction: '< 0.05', reason: planted}\n")
+    monkeypatch.setattr(declared, "CLAIMS_FILE", claims_file)
     planted = ClaimFamily(name="planted", owns=("F99",), claims=c99,
                           section=lambda df: ["", f"### F99: {df.run_id.nunique()} runs"])
     table = tmp_path / "results.csv"
@@ -180,7 +186,8 @@ def test_a_new_family_is_its_module_and_one_line_of_the_registry(tmp_path, monke
     assert (c99_claim.n_seeds, c99_claim.value, c99_claim.verdict) == (4, pytest.approx(0.02), "supported")
     assert c1_kl(df).n_seeds == 3 and c1_kl(df).value == pytest.approx(0.01)  # F99's runs are not C1's
     text = write_report(table, tmp_path / "out").read_text()
-    assert "| C99 | planted KL | < 0.05 |" in text and "### F99: 4 runs" in text
+    assert "| C99 | primary | planted KL | < 0.05 |" in text and "### F99: 4 runs" in text
+    assert "| C99 | A planted claim. | planted KL | **supported** |" in text
     assert text.index("| C1 |") < text.index("| C99 |")
 
 

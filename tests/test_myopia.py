@@ -57,6 +57,8 @@ def planted_grid() -> pd.DataFrame:
                 add(run, exp, "critic", s, c, "forks/asym/p=0.5", "steering_index_theory", gamma * 2.08, width=0,
                     **extra)
                 add(run, exp, "critic", s, c, "forks/p=0.5", "instrumental_steering", steer, **extra)
+                add(run, exp, "critic", s, c, "forks/p=0.5", "instrumental_steering_theory", gamma * 2.08, width=0,
+                    **extra)
                 add(run, exp, "critic", s, c, "lookahead/k=2", "chance", 0.06, **extra)
                 add(run, exp, "critic", s, c, "lookahead/k=2/layer=1", "accuracy", LOOKAHEAD[c], **extra)
     return as_results_table(pd.DataFrame(rows))
@@ -91,22 +93,31 @@ def test_the_grid_finds_every_cell_and_its_standard_cells_in_f1_and_f2():
     assert set(standard.exp_name) == {"F1", "F2"} and set(g[g.cognition == "myopic"].exp_name) == {"F8", "F8_critic"}
 
 
+def c8_rows(df: pd.DataFrame) -> dict:
+    return {c.row: c for c in c8_claims(df)}
+
+
 def test_c8_on_a_planted_grid():
-    out = c8_claims(planted_grid())
-    objective = [c for c in out if "objective moves instrumental steering" in c.metric]
-    # per seed: (2.0 - 0) - |STEER_G1[c] - 2.0| (the seed noise cancels within a seed)
-    assert [round(c.value, 6) for c in objective] == [1.8, 1.9, 2.0]
-    assert all(c.verdict == "supported" and c.n_seeds == 5 for c in objective)
-    look = {c.metric.split(" of ")[1].split(" ")[0]: c for c in out if "look-ahead" in c.metric}
-    assert look["myopic"].value == pytest.approx(-0.10) and look["myopic"].verdict == "supported"
-    assert look["future1"].value == pytest.approx(0.05) and look["future3"].value == pytest.approx(0.10)
-    assert look["future3"].verdict == "supported"
-    interaction = out[-1]
-    assert interaction.value == pytest.approx(1.8) and interaction.verdict == "supported"
-    none = {c.metric.split(": ")[1].split(" ")[0]: c for c in out if "does not move" in c.metric}
-    assert [round(none[c].value, 6) for c in ("myopic", "future1", "future3")] == [-0.2, 0.1, 0.0]
-    assert all(c.verdict == "supported" and c.prediction == "abs < 0.5" for c in none.values())
-    assert [c.claim for c in claims(planted_grid())].count("C8") == len(out) == 10
+    """Two factors per seed on instrumental steering: the objective effect (2.0, standard cognition), each
+    cognition's main effect (half of (c - standard) under the critic, since the supervised cells do not
+    steer) and its interaction with the objective ((c - standard) under the critic), each within a quarter
+    of the exact optimum (2.08 / 4 = 0.52); and cognition's effect on look-ahead."""
+    rows = c8_rows(planted_grid())
+    assert rows["C8.objective"].value == pytest.approx(2.0) and rows["C8.objective"].verdict == "supported"
+    assert [round(rows[f"C8.cognition[{c}]"].value, 6) for c in ("myopic", "future1", "future3")] == [-0.1, 0.05, 0.0]
+    assert [round(rows[f"C8.interaction[{c}]"].value, 6) for c in ("myopic", "future1", "future3")] == \
+        [-0.2, 0.1, 0.0]
+    for c in ("myopic", "future1", "future3"):
+        for factor in ("cognition", "interaction"):
+            row = rows[f"C8.{factor}[{c}]"]
+            assert row.prediction == "abs < 0.52" and row.verdict == "supported" and row.n_seeds == 5
+    assert rows["C8.cognition[myopic]"].primary and not rows["C8.interaction[myopic]"].primary
+    assert rows["C8.lookahead[myopic]"].value == pytest.approx(-0.10)
+    assert rows["C8.lookahead[myopic]"].verdict == "supported"
+    assert rows["C8.lookahead[future1]"].value == pytest.approx(0.05)
+    assert rows["C8.lookahead[future3]"].value == pytest.approx(0.10)
+    assert rows["C8.myopic_steers"].value == pytest.approx(1.8) and rows["C8.myopic_steers"].verdict == "supported"
+    assert [c.claim for c in claims(planted_grid())].count("C8") == len(rows) == 11
 
 
 def test_c8_fails_when_cognition_moves_steering_as_much_as_the_objective():
@@ -114,15 +125,30 @@ def test_c8_fails_when_cognition_moves_steering_as_much_as_the_objective():
     myopic_g1 = (df.run_id.str.startswith("F8_critic/critic-truth-myopic-g1.0")) & (
         df.metric == "instrumental_steering")
     df.loc[myopic_g1, ["value", "ci_low", "ci_high"]] -= 3.0  # the myopic model steers the other way
-    out = c8_claims(df)
-    c = next(c for c in out if "abs(myopic - standard)" in c.metric)
-    assert c.value == pytest.approx(2.0 - 3.2) and c.verdict == "not supported"
-    c = next(c for c in out if "does not move" in c.metric and ": myopic -" in c.metric)
-    assert c.value == pytest.approx(-3.2) and c.verdict == "not supported"
+    rows = c8_rows(df)
+    assert rows["C8.cognition[myopic]"].value == pytest.approx(-3.2 / 2)
+    assert rows["C8.cognition[myopic]"].verdict == "not supported"
+    assert rows["C8.interaction[myopic]"].value == pytest.approx(-3.2)
+    assert rows["C8.interaction[myopic]"].verdict == "not supported"
     # a bias that a cognition adds to both forks (the raw steering index) is not instrumental steering
     biased = planted_grid()
     biased.loc[biased.run_id.str.contains("future1") & (biased.metric == "steering_index"), "value"] += 3.0
     assert [round(c.value, 6) for c in c8_claims(biased)] == [round(c.value, 6) for c in c8_claims(planted_grid())]
+
+
+def test_a_cognition_that_moves_steering_under_both_objectives_alike_is_a_main_effect_not_an_interaction():
+    """+1 nats of instrumental steering from future heads (1) under both objectives: the main effect grows by
+    1, the interaction stays at the planted 0.1 (a composite of the critic's difference alone could not tell
+    the two apart)."""
+    df = planted_grid()
+    f1 = df.run_id.str.contains("future1") & (df.metric == "instrumental_steering") & \
+        ~df.run_id.str.contains("g0.0")
+    df.loc[f1, ["value", "ci_low", "ci_high"]] += 1.0
+    rows = c8_rows(df)
+    assert rows["C8.cognition[future1]"].value == pytest.approx((0.1 + 1.0 + 1.0) / 2)
+    assert rows["C8.cognition[future1]"].verdict == "not supported"
+    assert rows["C8.interaction[future1]"].value == pytest.approx(0.1)
+    assert rows["C8.interaction[future1]"].verdict == "supported"
 
 
 def test_myopia_gap_is_zero_for_identical_models_and_the_planted_difference_otherwise(world):
@@ -175,8 +201,9 @@ def test_the_report_draws_f8_and_keeps_f8_runs_out_of_the_other_claims(tmp_path)
     assert "### F8: cognition x objective" in text and "| C8 |" in text
     import re
 
-    for line in (x for x in text.splitlines() if x.startswith("| C")):  # 7 columns, unescaped pipes only
-        assert len(re.split(r"(?<!\\)\|", line)) == 9, line
+    rows = text.split("### Every row")[1].split("\n### ")[0]
+    for line in (x for x in rows.splitlines() if x.startswith("| C")):  # 8 columns, unescaped pipes only
+        assert len(re.split(r"(?<!\\)\|", line)) == 10, line
     by = {(c.claim, c.metric): c for c in claims(df)}
     c7 = next(c for (cid, _), c in by.items() if cid == "C7")
     assert c7.value == pytest.approx(0.35 - 0.06) and c7.n_seeds == 5  # F1's supervised runs, not F8's
@@ -215,5 +242,5 @@ def test_compare_lists_the_claims_a_new_table_adds(tmp_path):
                           cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     c8 = [line for line in proc.stdout.splitlines() if line.startswith("| C8 |")]
-    assert len(c8) == 10 and all("| not in the committed table |" in line for line in c8)
+    assert len(c8) == 11 and all("| not in the committed table |" in line for line in c8)
     assert "| C7 |" in proc.stdout and "| yes |" in proc.stdout

@@ -280,6 +280,7 @@ def c9_verdicts(df: pd.DataFrame) -> dict[str, dict[str, str]]:
     from instrumentality.claims.prophecy import c9_claims
 
     kinds = {"repeated retraining ends": "retrain", "RL on the log-score ends at the performative optimum": "optimum",
+             "RL on the log-score from a start outside the optimum's basin ends short": "short",
              "RL on the log-score ends at its basin's": "basin"}
     out: dict[str, dict[str, str]] = {}
     for c in c9_claims(df):
@@ -296,8 +297,9 @@ def test_c9_verdicts_on_a_planted_table():
     assert verdicts["retrain"] == {"0.08": "supported", "0.3": "supported", "0.65": "supported", "0.97": "supported"}
     assert [c.verdict for c in c9_claims(planted_table()) if c.metric.startswith("repeated retraining's loss")] \
         == ["supported"]
-    assert verdicts["optimum"] == {"0.08": "not supported", "0.3": "not supported", "0.65": "supported",
-                                   "0.97": "supported"}
+    assert verdicts["optimum"] == {"0.65": "supported", "0.97": "supported"}
+    # restated as the design predicts (claims.yaml): local descent from the low starts ends short of the optimum
+    assert verdicts["short"] == {"0.08": "supported", "0.3": "supported"}
     assert verdicts["basin"] == {"0.08": "supported", "0.3": "supported"}  # only where the optimum is not the basin's
 
 
@@ -312,9 +314,10 @@ def test_c9_when_rl_reaches_the_optimum_from_every_start():
     from instrumentality.claims.prophecy import c9_claims
 
     claims = c9_claims(planted_table(rl_low_end="optimum"))
-    optimum = [c.verdict for c in claims if "performative optimum" in c.metric]
+    optimum = [c.verdict for c in claims if c.row == "C9.rl_optimum"]
+    short = [c.verdict for c in claims if c.row == "C9.rl_not_optimum"]
     basin = [c.verdict for c in claims if "basin's risk minimum" in c.metric]
-    assert optimum == ["supported"] * 4 and basin == ["not supported"] * 2
+    assert optimum == ["supported"] * 2 and short == ["not supported"] * 2 and basin == ["not supported"] * 2
 
 
 def test_f9_runs_stay_out_of_the_other_claims_and_the_report_draws_f9(tmp_path):

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from instrumentality.claims.algebra import verdict
-from instrumentality.claims.world import efficiency_ratio, samples_to_threshold
+from instrumentality.claims.world import efficiency_ratios, samples_to_threshold
 from instrumentality.report import claims, load, write_report
 
 
@@ -125,7 +125,7 @@ def test_claims_on_a_planted_table():
     frac = (math.log(0.1) - math.log(0.2)) / (math.log(0.09) - math.log(0.2))
     expected = math.exp(math.log(3000) + frac * (math.log(4000) - math.log(3000)))
     assert stt[stt.regime == "supervised"].tokens.to_numpy() == pytest.approx([expected] * 3)
-    assert efficiency_ratio(stt, "reinforce")[0] == pytest.approx(4.0)
+    assert efficiency_ratios(stt, "reinforce").value.to_numpy() == pytest.approx([4.0] * 3)
     assert any(c.claim == "C2" and "reinforce /" in c.metric and c.verdict == "supported" for c in claims(df))
     assert any(c.claim == "C2" and c.metric.startswith("reinforce final") and c.verdict == "not supported"
                for c in claims(df))
@@ -138,8 +138,10 @@ def test_claims_on_a_planted_table():
     assert c4[2].value == pytest.approx(1.0) and "keyword" in c4[2].metric
     assert [c.verdict for c in claims(df) if c.claim == "C5"] == ["supported", "supported"]
     c6 = [c for c in claims(df) if c.claim == "C6"]
-    assert [round(c.value, 6) for c in c6] == [0.5, 0.0, 0.5, 0.0, 0.3]  # free_info, unscored x deceive, fight; post
-    assert [c.verdict for c in c6] == ["supported", "inconclusive", "supported", "inconclusive", "supported"]
+    # the primary row (every instrumental action on both variants), free_info, unscored x deceive, fight; post
+    assert [round(c.value, 6) for c in c6] == [0.5, 0.5, 0.0, 0.5, 0.0, 0.3]
+    assert [c.verdict for c in c6] == ["supported", "supported", "inconclusive", "supported", "inconclusive",
+                                       "supported"]
     # the quest agents do not enter the world-text claims: C1 is still the F1 supervised runs alone
     assert next(c for c in claims(df) if c.claim == "C1").value == pytest.approx(0.01)
     c7 = next(c for c in claims(df) if c.claim == "C7")
@@ -153,7 +155,7 @@ def test_report_and_figures_rebuild_from_the_table_alone(tmp_path):
                                           "hardware": "none", "composition": "F9 was trained later."})
     text = report.read_text()
     assert "runs at git `abc`, today, none." in text and "\nF9 was trained later.\n" in text
-    assert "| C1 | supervised KL(p* ‖ pi), nats/token | < 0.05 |" in text and "**supported**" in text
+    assert "| C1 | primary | supervised KL(p* ‖ pi), nats/token | < 0.05 |" in text and "**supported**" in text
     for fig in ("F1_kl_vs_tokens", "F2_steering_vs_horizon", "F3_free_vs_teacher_forced", "F4_quest_probes",
                 "F5_lookahead_vs_steering", "F6_reliability"):
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 1000

@@ -78,7 +78,7 @@ def test_the_claims_paired_interval_is_the_one_whose_coverage_is_proven():
     wa, wb = rng.uniform(0.1, 0.3, 5), rng.uniform(0.1, 0.3, 5)
     ta = pd.DataFrame({"seed": range(5), "value": a, "ci_low": a - wa, "ci_high": a + wa})
     tb = pd.DataFrame({"seed": range(5), "value": b, "ci_low": b - wb, "ci_high": b + wb}).iloc[::-1]
-    claim = claim_of("C", "a - b", "> 0", paired(ta, tb))
+    claim = claim_of("C4.horizon", paired(ta, tb))
     assert (claim.value, claim.low, claim.high) == pytest.approx(paired_interval(a, b, a - wa, a + wa, b - wb, b + wb))
     with pytest.raises(ValueError, match=r"seed\(s\) \[2\] have more than one run"):
         paired(pd.concat([ta, ta[ta.seed == 2]]), tb)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from instrumentality.evaluation.run_rows import evaluate_run, find_runs
-from instrumentality.evaluation.table import ROWS, read_table, run_id_of, update_table
+from instrumentality.evaluation.table import ROWS, read_table, run_id_of, update_items, update_table
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -52,6 +52,7 @@ def main(argv=None):
         before = set(read_table(args.out)[0].get("run_id", pd.Series(dtype=str)).astype(str))
     if tables or args.out.exists():
         update_table(args.out, tables, keep_only=keep, warn=lambda m: print(m, file=sys.stderr))
+        update_items(args.out, {run_id_of(r): r for r in runs if run_id_of(r) in tables})
     dropped = sorted(before - keep) if keep is not None else []
     if dropped:
         print(f"dropped the rows of {len(dropped)} run(s) with no folder under {' '.join(args.paths)}: "

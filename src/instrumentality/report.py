@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 
 import instrumentality.claims as registry
-from instrumentality.claims.algebra import VERDICT_RULE, Claim
-from instrumentality.evaluation.table import load_table
+from instrumentality.claims import declared
+from instrumentality.claims.algebra import VERDICT_RULE, Claim, claim_verdicts, decide
+from instrumentality.evaluation.table import ITEMS, load_items, load_table
 from instrumentality.tracking import git_revision
 
 ENDED = ("finished", "collapsed", "failed")  # a run with another status was stopped mid-training
@@ -25,7 +26,8 @@ def load(path: str | Path) -> pd.DataFrame:
     """The results table's complete runs that ended (finished, collapsed or failed), of experiments a claim
     family owns. The run ids left out of every claim and figure are in `df.attrs` for the report to name:
     "unfinished" (stopped mid-training: status `running`) and "unowned" (their experiment is no family's,
-    e.g. a run made by hand under runs/<preset>/adhoc)."""
+    e.g. a run made by hand under runs/<preset>/adhoc). Each row's per-item values, where the table has them
+    beside it (results.items.npz), are in the column `items` (None elsewhere)."""
     df = load_table(path)
     for col in ("step", "tokens", "horizon", "regime.gamma", "regime.horizon"):
         # numbers; a failed job whose config could not be resolved has text here: NaN
@@ -38,6 +40,8 @@ def load(path: str | Path) -> pd.DataFrame:
     owned = exp.isin([e for e in exp.unique() if registry.owner(e) is not None])  # once per experiment
     unowned = sorted(set(df.run_id[~owned].astype(str)))
     df = df[owned].copy()
+    items = load_items(Path(path), df)  # per-item values beside the table, where the evaluation kept them
+    df[ITEMS] = [items.get(k) for k in zip(df.run_id.astype(str), df.probe.astype(str), df.metric.astype(str))]
     df.attrs["unfinished"], df.attrs["unowned"] = unfinished, unowned
     return df
 
@@ -82,18 +86,23 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
                   "owns (claims/__init__.py) and are left out of every claim and figure:** "
                   + ", ".join(f"`{r}`" for r in df.attrs["unowned"]) + ".", ""]
     rule = VERDICT_RULE.strip().replace("\n", " ")
+    rows = decide(claims(df))
     lines += ["## Claims", "", "Verdict rule: " + rule, "",
-              "| claim | metric | prediction | measured (95% CI) | seeds | per seed | verdict |",
-              "|---|---|---|---|---|---|---|"]
-    for c in claims(df):
+              f"Claims file `configs/claims.yaml`, sha256 `{declared.digest()}`: "
+              f"{declared.file_status((provenance or {}).get('git_revision'))}.", "",
+              "| claim | statement | primary row | verdict | secondary rows (after Holm) |", "|---|---|---|---|---|"]
+    for cv in claim_verdicts(rows):
+        primary = cv.primary.metric.replace("|", "\\|") if cv.primary is not None else "-"
+        lines.append(f"| {cv.claim} | {cv.statement} | {primary} | **{cv.verdict}** | {cv.secondary_summary} |")
+    lines += ["", "### Every row", "",
+              "| claim | row | metric | prediction | measured (95% CI) | seeds | per seed | verdict |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in rows:
         measured = "-" if c.n_seeds == 0 else f"{c.value:.4g} [{c.low:.4g}, {c.high:.4g}]"
-        decide = c.seeds_to_decide
-        note = (f" (about {decide} seeds would decide it, if the mean and spread held)" if decide else
-                " (no seed count would: the item error, or a mean on the threshold)"
-                if c.verdict == "inconclusive" and c.n_seeds >= 2 else "")
         metric = c.metric.replace("|", "\\|")  # a pipe would end the table cell
-        lines.append(f"| {c.claim} | {metric} | {c.prediction} | {measured} | {c.n_seeds} | {c.per_seed_values} "
-                     f"| **{c.verdict}**{note} |")
+        role = "primary" if c.primary else "secondary"
+        lines.append(f"| {c.claim} | {role} | {metric} | {c.prediction} | {measured} | {c.n_seeds} | "
+                     f"{c.per_seed_values} | {verdict_cell(c)} |")
     for family in registry.FAMILIES:
         lines += family.section(family.runs(df))
     status = df[df.probe == "run"]
@@ -108,6 +117,25 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
     path = out_dir / "REPORT.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def verdict_cell(c: Claim) -> str:
+    """A row's verdict with what qualifies it: the split's modes, the correction, the remedy, a note."""
+    notes = []
+    if c.verdict == "split":
+        notes.append(c.split_description)
+    elif c.holm_p is not None and c.raw_verdict != c.verdict:
+        notes.append(f"{c.raw_verdict} on its own; Holm-adjusted p = {c.holm_p:.3g} over the claim's "
+                     "secondary rows")
+    elif c.holm_p is not None and c.verdict != "not measured":
+        notes.append(f"Holm-adjusted p = {c.holm_p:.3g}")
+    if c.verdict == "inconclusive" and c.n_seeds >= 2 and c.raw_verdict == "inconclusive":
+        notes.append(f"would be decided by {c.remedy}, if the mean and spreads held")
+    if c.verdict == "supported" and c.equivalence_note:
+        notes.append(c.equivalence_note)
+    if c.note:
+        notes.append(c.note)
+    return f"**{c.verdict}**" + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _has_tabulate() -> bool:

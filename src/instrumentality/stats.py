@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import cache
 
 import numpy as np
 import torch
@@ -116,3 +117,173 @@ def seeds_to_decide(values, lows, highs, threshold: float, alpha: float = ALPHA,
         if math.hypot(stats.t.ppf(1 - alpha / 2, n - 1) * s / math.sqrt(n), item) < gap:
             return n
     return None
+
+
+# ---------------------------------------------------------------------------- what a verdict rests on
+def alpha_to_exclude(values, lows, highs, threshold: float, side: str, lo_alpha: float = 1e-12) -> float:
+    """The p-value of a one-sided decision made with seed_interval: the smallest alpha at which the two-sided
+    (1 - alpha) interval lies wholly `side` ("above" or "below") of `threshold` (1.0 when no alpha does,
+    e.g. when the mean itself is on the other side). At alpha = ALPHA this is exactly the verdict's
+    decision, so Holm's correction on these values reduces to the verdict rule for one row."""
+    v = np.asarray(values, dtype=float).ravel()
+    if len(v) < 2 or side not in ("above", "below"):
+        if side not in ("above", "below"):
+            raise ValueError(f"side must be 'above' or 'below', not {side!r}")
+        return 1.0
+
+    def excludes(alpha: float) -> bool:
+        _, lo, hi = seed_interval(v, lows, highs, alpha)
+        return lo > threshold if side == "above" else hi < threshold
+
+    if not excludes(1.0 - 1e-9):  # even a zero-width interval (the mean) is not on that side
+        return 1.0
+    if excludes(lo_alpha):
+        return lo_alpha
+    a, b = lo_alpha, 1.0 - 1e-9  # excludes(b) and not excludes(a): bisect on log(alpha)
+    for _ in range(60):
+        mid = math.sqrt(a * b)
+        a, b = (a, mid) if excludes(mid) else (mid, b)
+    return b
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjustment of p-values (family-wise error rate): p_(j) -> max over i <= j of
+    min(1, (m - i + 1) p_(i)), in the input's order. A row is decided at level alpha when its adjusted
+    p-value is below alpha."""
+    p = np.asarray(pvalues, dtype=float).ravel()
+    m = len(p)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out = np.empty(m)
+    out[order] = np.maximum.accumulate(adjusted) if m else adjusted
+    return out
+
+
+# ---------------------------------------------------------------------------- seeds that split into modes
+SPLIT_ALPHA = 0.05  # the false-split rate under Gaussian seeds
+
+
+def split_statistic(values, item_se: float = 0.0) -> tuple[float, int]:
+    """The largest gap between consecutive sorted values over the spread within the two groups it makes
+    (pooled standard deviation on n - 2 degrees of freedom, the mean item standard error added in
+    quadrature so that a gap inside the item error is no split), and the gap's position j (the split puts
+    the j smallest values in one mode). Needs three values; inf where the groups have no spread at all."""
+    x = np.sort(np.asarray(values, dtype=float).ravel())
+    n = len(x)
+    best, where = 0.0, 0
+    for j in range(1, n):
+        a, b = x[:j], x[j:]
+        within = ((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum()
+        scale = math.sqrt(within / (n - 2) + item_se ** 2)
+        gap = x[j] - x[j - 1]
+        g = gap / scale if scale > 0 else (math.inf if gap > 0 else 0.0)
+        if g > best:
+            best, where = g, j
+    return best, where
+
+
+def split_critical_value(n: int, alpha: float = SPLIT_ALPHA, reps: int = 200_000) -> float:
+    """The (1 - alpha) quantile of split_statistic over n Gaussian seeds (no item error), by simulation from
+    a fixed seed: a split is declared where the statistic exceeds it."""
+    return _split_critical_value(int(n), float(alpha), int(reps))
+
+
+@cache
+def _split_critical_value(n: int, alpha: float, reps: int) -> float:
+    if n < 3:
+        return math.inf
+    x = np.sort(np.random.default_rng(20261206).normal(size=(reps, n)), axis=1)
+    best = np.zeros(reps)
+    for j in range(1, n):
+        a, b = x[:, :j], x[:, j:]
+        within = ((a - a.mean(1, keepdims=True)) ** 2).sum(1) + ((b - b.mean(1, keepdims=True)) ** 2).sum(1)
+        best = np.maximum(best, (x[:, j] - x[:, j - 1]) / np.sqrt(within / (n - 2)))
+    return float(np.quantile(best, 1 - alpha))
+
+
+def detect_split(values, lows=None, highs=None, alpha: float = SPLIT_ALPHA) -> np.ndarray | None:
+    """Where the seeds fall into two modes: a boolean mask of the upper mode's seeds (in the input's order),
+    or None. A split is declared when split_statistic exceeds what Gaussian seeds give with probability
+    alpha. Three seeds give the test almost no power (one degree of freedom within the modes) and two give
+    none; a mode that no seed fell into cannot be seen at any seed count."""
+    v = np.asarray(values, dtype=float).ravel()
+    if len(v) < 3:
+        return None
+    se = float(item_se(lows, highs, len(v)).mean())
+    stat, j = split_statistic(v, se)
+    if not stat > split_critical_value(len(v), alpha):
+        return None
+    cut = np.sort(v)[j]
+    return v >= cut
+
+
+# ---------------------------------------------------------------------------- what would decide a row
+def items_to_decide(values, lows, highs, threshold: float, alpha: float = ALPHA, most: float = 1000.0) -> float | None:
+    """The factor by which the probe items must grow (their error falls as 1 / sqrt(items)) for an interval
+    of seed_interval's kind at the measured seed count to exclude `threshold`, if the mean and spreads
+    held; None if no factor up to `most` would (the seeds' spread alone is wider than the distance)."""
+    v = np.asarray(values, dtype=float).ravel()
+    n = len(v)
+    if n < 2:
+        return None
+    seeds_half = stats.t.ppf(1 - alpha / 2, n - 1) * v.std(ddof=1) / math.sqrt(n)
+    gap = abs(v.mean() - threshold)
+    item = stats.norm.ppf(1 - alpha / 2) * float(item_se(lows, highs, n).mean())
+    if seeds_half >= gap:
+        return None
+    if item == 0 or math.hypot(seeds_half, item) < gap:
+        return 1.0
+    factor = (item / math.sqrt(gap ** 2 - seeds_half ** 2)) ** 2  # hypot(seeds_half, item / sqrt(f)) = gap
+    return float(factor * 1.0001) if factor <= most else None
+
+
+def remedy(values, lows, highs, threshold: float, alpha: float = ALPHA) -> str:
+    """What would decide an undecided row if the measured mean and spreads held: more seeds, more probe
+    items, or both (and how many), in words."""
+    v = np.asarray(values, dtype=float).ravel()
+    if len(v) < 2:
+        return "at least two seeds"
+    if abs(v.mean() - threshold) == 0:
+        return "nothing: the mean lies on the threshold"
+    n_seeds = seeds_to_decide(v, lows, highs, threshold, alpha)
+    factor = items_to_decide(v, lows, highs, threshold, alpha)
+    if n_seeds is not None:
+        seeds = f"about {n_seeds} seeds"
+        return seeds if factor is None or factor <= 1 else \
+            f"{seeds}, or {_times(factor)} the probe items at {len(v)} seeds"
+    if factor is not None:
+        return f"{_times(factor)} the probe items (the seeds' spread is not what blocks it)"
+    for f in (2.0, 4.0, 10.0, 100.0):  # neither alone: seeds with more items
+        scaled_highs = None if highs is None else v + (np.asarray(highs, float) - v) / math.sqrt(f)
+        scaled_lows = None if lows is None else v - (v - np.asarray(lows, float)) / math.sqrt(f)
+        n = seeds_to_decide(v, scaled_lows, scaled_highs, threshold, alpha)
+        if n is not None:
+            return f"about {n} seeds with {_times(f)} the probe items (the probe items' error blocks it at any " \
+                   "seed count)"
+    return "nothing within 100x the probe items and 1000 seeds: the mean lies too close to the threshold"
+
+
+def _times(factor: float) -> str:
+    return f"{math.ceil(factor * 10) / 10:g}x" if factor < 10 else f"{math.ceil(factor):d}x"
+
+
+# ---------------------------------------------------------------------------- ratios and paired items
+def log_ratio_interval(ratios, alpha: float = ALPHA) -> tuple[float, float, float]:
+    """The geometric mean of per-seed ratios with a Student-t interval on their logarithms, mapped back:
+    (geometric mean, low, high). NaN where fewer than one positive ratio."""
+    r = np.asarray(ratios, dtype=float).ravel()
+    r = r[np.isfinite(r)]
+    if len(r) == 0 or (r <= 0).any():
+        return math.nan, math.nan, math.nan
+    m, lo, hi = seed_interval(np.log(r), alpha=alpha)
+    return float(np.exp(m)), float(np.exp(lo)), float(np.exp(hi))
+
+
+def item_paired_difference(items_a, items_b, seed: int = 0) -> tuple[float, float, float]:
+    """One seed's difference of two arms scored on the same probe items (the same prompts, the same episodes
+    with common random numbers): the mean of the item-by-item differences with the items' percentile
+    bootstrap interval (mean_ci), so that what the items share cancels instead of adding in quadrature."""
+    a, b = np.asarray(items_a, dtype=float).ravel(), np.asarray(items_b, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"item-paired arms need the same items: {len(a)} against {len(b)}")
+    return mean_ci(a - b, seed=seed)

@@ -132,7 +132,7 @@ class Tracker:
         if self.run is not None and rows:
             import wandb
 
-            cols = list(rows[0].keys())
+            cols = [c for c in rows[0] if c != "items"]  # per-item arrays stay beside the results table
             self.run.log({key: wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])},
                          step=step)
 

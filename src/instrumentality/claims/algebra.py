@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -20,18 +21,35 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from instrumentality.stats import paired_differences, seed_interval, seeds_to_decide  # noqa: E402
+from instrumentality.claims.declared import claims as declared_claims  # noqa: E402
+from instrumentality.claims.declared import spec  # noqa: E402
+from instrumentality.evaluation.table import ITEMS  # noqa: E402
+from instrumentality.stats import (  # noqa: E402
+    ALPHA,
+    alpha_to_exclude,
+    detect_split,
+    holm,
+    mean_ci,
+    paired_differences,
+    remedy,
+    seed_interval,
+    seeds_to_decide,
+)
 
 # The verdict rule, written into the report
 VERDICT_RULE = """\
-a claim's metric is one value per seed (a difference between two arms is taken seed by seed: the arms share
-their seeds' starting checkpoints); the claim's value is their mean, with a 95% Student-t interval over the
-seeds, widened by the probe items' error (stats.py; its coverage at 2, 3 and 5 seeds is proven by simulation).
-If the whole interval lies on the predicted side of the threshold, the claim is *supported*; if it lies wholly
-on the other side, *not supported*; otherwise, or with fewer than two seeds, *inconclusive*, and the report
-gives the seed count at which the measured mean and spread would decide it. A claim whose runs are not in the
-table is *not measured*."""
-NO_STEERING = 0.5  # nats: the bound of "does not steer" (C4's gamma = 0, C5's teacher forcing, C8's equivalence)
+every claim and its rows are declared in configs/claims.yaml before they are measured, each row with its prediction
+and the reason for its threshold; a claim stands or falls on its *primary* row. A row's metric is one value per
+seed (a difference between two arms is taken seed by seed: the arms share their seeds' starting checkpoints); its
+value is their mean, with a 95% Student-t interval over the seeds, widened by the probe items' error (stats.py;
+coverage in docs/design.md). If the whole interval lies on the predicted side of the threshold, the row is
+*supported*; if it lies wholly on the other side, *not supported*; otherwise, or with fewer than two seeds,
+*inconclusive*, and the report says what would decide it (more seeds, more probe items, or both, if the measured
+mean and spreads held). Seeds that fall into two modes on different sides of the threshold (stats.detect_split)
+are a *split*: the modes are reported instead of a mean that describes no seed. The primary row is one test; a
+claim's secondary rows are decided after Holm's correction over them (a row decided only on its own reads
+inconclusive, and says so). An "abs < m" row within its margin whose interval excludes 0 is *equivalent within
+m*, not converged, and says so. A row whose runs are not in the table is *not measured*."""
 PLANNER = "planner (optimum)"  # the exact planner's agent name in the quest tables (C6, C10)
 
 
@@ -41,11 +59,14 @@ def final_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def per_seed(df: pd.DataFrame, probe: str, metric: str, **where) -> pd.DataFrame:
-    """One metric's rows (one per run, so one per seed): seed, value, ci_low, ci_high."""
+    """One metric's rows (one per run, so one per seed): seed, value, ci_low, ci_high, and `items` (the
+    run's per-item values, where the table has them: report.load)."""
     sel = df[(df.probe == probe) & (df.metric == metric)]
     for k, v in where.items():
         sel = sel[np.isclose(sel[k].astype(float), v)] if isinstance(v, float) else sel[sel[k] == v]
-    return sel[["seed", "value", "ci_low", "ci_high"]]
+    out = sel[["seed", "value", "ci_low", "ci_high"]].copy()
+    out["items"] = sel[ITEMS] if ITEMS in sel else None
+    return out
 
 
 def combine(df: pd.DataFrame, probe: str, metric: str, **where) -> tuple[float, float, float, int]:
@@ -66,20 +87,74 @@ def check_one_run_per_seed(seeds: pd.DataFrame, what: str) -> None:
                          "from the table")
 
 
+def has_items(*tables: pd.DataFrame) -> bool:
+    """Whether every seed of every table has per-item values, all of one length (the same items)."""
+    arrays = [x for t in tables for x in (t["items"] if "items" in t else [None] * max(len(t), 1))]
+    lengths = {len(x) for x in arrays if isinstance(x, np.ndarray)}
+    return bool(arrays) and all(isinstance(x, np.ndarray) for x in arrays) and len(lengths) == 1
+
+
+def _with_items(seeds, value, items: list | None, quadrature_half) -> pd.DataFrame:
+    """A per-seed table of a combination of arms: item intervals from the combined per-item values where
+    there are (the items' percentile bootstrap, stats.mean_ci), else the arms' errors in quadrature."""
+    if items is not None:
+        cis = [mean_ci(x) for x in items]
+        return pd.DataFrame({"seed": seeds, "value": [c[0] for c in cis], "ci_low": [c[1] for c in cis],
+                             "ci_high": [c[2] for c in cis], "items": items, "item_pairing": "paired"})
+    value = np.asarray(value, dtype=float)
+    return pd.DataFrame({"seed": seeds, "value": value, "ci_low": value - quadrature_half,
+                         "ci_high": value + quadrature_half, "items": None, "item_pairing": "quadrature"})
+
+
 def paired(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """Per-seed differences a - b of two per_seed tables (the seeds both have), with item intervals of the
-    difference (stats.paired_differences: the two arms' item errors in quadrature). A seed with two rows in
-    one arm (two runs of one seed in the table) is an error, not a silent doubling."""
+    """Per-seed differences a - b of two per_seed tables (the seeds both have). Where both arms have per-item
+    values on the same items (the same prompts, the same episodes), the difference's item interval comes
+    from the item-by-item differences (stats.item_paired_difference), so what the items share cancels;
+    otherwise the two arms' item errors are added in quadrature (stats.paired_differences). A seed with
+    two rows in one arm (two runs of one seed in the table) is an error, not a silent doubling."""
     for arm in (a, b):
         check_one_run_per_seed(arm, "one arm of a paired comparison")
     m = a.merge(b, on="seed", suffixes=("_a", "_b"))
+    if m.empty:
+        return _with_items(m.seed, [], None, np.zeros(0))
+    if {"items_a", "items_b"} <= set(m) and has_items(m.rename(columns={"items_a": "items"}),
+                                                      m.rename(columns={"items_b": "items"})):
+        return _with_items(m.seed, None, [x - y for x, y in zip(m.items_a, m.items_b)], None)
     d, low, high = paired_differences(m.value_a, m.value_b, m.ci_low_a, m.ci_high_a, m.ci_low_b, m.ci_high_b)
-    return pd.DataFrame({"seed": m.seed, "value": d, "ci_low": low, "ci_high": high})
+    return _with_items(m.seed, d, None, (high - low) / 2)
 
 
-# ---------------------------------------------------------------------------- claims and verdicts
+def weighted_sum(tables: list[pd.DataFrame], weights: list[float]) -> pd.DataFrame:
+    """Per seed: sum_i w_i x_i of several per-seed tables (the seeds all have). Where every table has
+    per-item values on the same items, the sum is taken item by item and its interval comes from those
+    (exact for tables that share items); otherwise the item errors are added in quadrature,
+    sqrt(sum_i w_i^2 se_i^2), as if the tables' items were independent."""
+    if not tables:
+        raise ValueError("weighted_sum needs at least one per-seed table")
+    for t in tables:
+        check_one_run_per_seed(t, "one term of a weighted sum")
+    parts = [t[["seed", "value", "ci_low", "ci_high", *(["items"] if "items" in t else [])]]
+             .rename(columns=lambda c, i=i: c if c == "seed" else f"{c}_{i}") for i, t in enumerate(tables)]
+    merged = parts[0]
+    for part in parts[1:]:
+        merged = merged.merge(part, on="seed")
+    if merged.empty:
+        return _with_items(merged.seed, [], None, np.zeros(0))
+    terms = [merged.rename(columns={f"items_{i}": "items"}) if f"items_{i}" in merged else merged[[]]
+             for i in range(len(tables))]
+    if all("items" in t for t in terms) and has_items(*terms):
+        items = [sum(w * merged[f"items_{i}"].iloc[k] for i, w in enumerate(weights)) for k in range(len(merged))]
+        return _with_items(merged.seed, None, items, None)
+    value = sum(w * merged[f"value_{i}"] for i, w in enumerate(weights))
+    half = np.sqrt(sum((w * (merged[f"ci_high_{i}"] - merged[f"ci_low_{i}"]) / 2) ** 2 for i, w in enumerate(weights)))
+    return _with_items(merged.seed, value, None, half)
+
+
+# ---------------------------------------------------------------------------- rows and verdicts
 @dataclass
 class Claim:
+    """One row of a claim: a declared metric (claims.yaml) measured as one value per seed."""
+
     claim: str
     metric: str
     prediction: str  # "< x", "> x", or "abs < x"
@@ -88,10 +163,85 @@ class Claim:
     high: float
     n_seeds: int
     seeds: pd.DataFrame | None = None  # the per-seed values (seed, value, ci_low, ci_high), where there are
+    row: str = ""  # its name in the claims file, <claim>.<key>
+    primary: bool = False  # the row the claim stands or falls on
+    reason: str = ""  # why this threshold (the claims file)
+    note: str = ""  # what else the reader must know (a censored run, a fallback)
+    holm_p: float | None = None  # a secondary row's Holm-adjusted p-value among its claim's rows (decide())
+
+    @property
+    def threshold(self) -> float:
+        return float(self.prediction.split()[-1])
+
+    @property
+    def modes(self) -> np.ndarray | None:
+        """Where the seeds fall into two modes (stats.detect_split): the upper mode's mask; else None."""
+        if self.seeds is None or len(self.seeds) < 3:
+            return None
+        t = self.seeds
+        return detect_split(t.value.values, t.ci_low.values, t.ci_high.values)
+
+    @property
+    def raw_verdict(self) -> str:
+        """The row's verdict on its own (no correction for the claim's other rows)."""
+        v = verdict(self.prediction, self.value, self.low, self.high, self.n_seeds)
+        if v != "not measured" and self.modes is not None and not self._all_on_one_side():
+            return "split"
+        return v
 
     @property
     def verdict(self) -> str:
-        return verdict(self.prediction, self.value, self.low, self.high, self.n_seeds)
+        """The primary row's own verdict; a secondary row's after Holm's correction over its claim's rows."""
+        raw = self.raw_verdict
+        if self.holm_p is None or raw in ("split", "not measured") or self.holm_p < ALPHA:
+            return raw
+        return "inconclusive"
+
+    def _all_on_one_side(self) -> bool:
+        """Whether every seed lies on the same side of the prediction's threshold(s)."""
+        assert self.seeds is not None
+        v = self.seeds.value.to_numpy(float)
+        x = self.threshold
+        if self.prediction.startswith("abs"):
+            inside = np.abs(v) < x
+            return bool(inside.all() or (~inside).all())
+        return bool((v > x).all() or (v < x).all())
+
+    def p_values(self) -> tuple[float, float]:
+        """(p of "supported", p of "not supported"): the smallest alpha at which the row's interval would lie
+        wholly on each side (stats.alpha_to_exclude); 1.0 where it cannot."""
+        if self.seeds is None or len(self.seeds) < 2:
+            return 1.0, 1.0
+        t = self.seeds
+        p = lambda x, side: alpha_to_exclude(t.value.values, t.ci_low.values, t.ci_high.values, x, side)  # noqa: E731
+        op, x = self.prediction.split()[0], self.threshold
+        if op == "abs":  # inside (-x, x) / wholly outside
+            return max(p(-x, "above"), p(x, "below")), min(p(-x, "below"), p(x, "above"))
+        return (p(x, "above"), p(x, "below")) if op == ">" else (p(x, "below"), p(x, "above"))
+
+    @property
+    def split_description(self) -> str:
+        """The two modes and their seeds, for a split row."""
+        mask = self.modes
+        if mask is None:
+            return ""
+        t = self.seeds
+        assert t is not None
+        parts = []
+        for m in (~mask, mask):
+            v, s = t.value.to_numpy(float)[m], t.seed.to_numpy()[m]
+            seeds = ", ".join(map(str, sorted(s)))
+            parts.append(f"{m.sum()} seed(s) at {v.min():.3g} to {v.max():.3g} (seeds {seeds})")
+        return "; ".join(parts)
+
+    @property
+    def equivalence_note(self) -> str:
+        """For an "abs < m" row: whether its interval contains 0 (converged to the end point) or only lies
+        within the margin (equivalent, not converged)."""
+        if not self.prediction.startswith("abs") or self.n_seeds < 2 or math.isnan(self.low):
+            return ""
+        return "interval contains 0" if self.low <= 0 <= self.high else \
+            "interval excludes 0: within the margin, not at the point"
 
     @property
     def per_seed_values(self) -> str:
@@ -100,24 +250,94 @@ class Claim:
         return ", ".join(f"{v:.3g}" for v in self.seeds.sort_values("seed").value)
 
     @property
+    def remedy(self) -> str | None:
+        """For an inconclusive row: what would decide it if the measured mean and spreads held (more seeds,
+        more probe items, or both)."""
+        if self.verdict != "inconclusive" or self.seeds is None or len(self.seeds) < 2:
+            return None
+        t = self.seeds
+        x = self.threshold
+        if self.prediction.startswith("abs"):  # decided by excluding the nearer of -x and x
+            x = x if self.value >= 0 else -x
+        if self.holm_p is not None and self.raw_verdict != "inconclusive":
+            return "decided on its own, not after the correction for the claim's other rows"
+        return remedy(t.value.values, t.ci_low.values, t.ci_high.values, x)
+
+    @property
     def seeds_to_decide(self) -> int | None:
         """For an inconclusive claim: the seed count at which the measured mean and spread would decide it."""
         if self.verdict != "inconclusive" or self.seeds is None or len(self.seeds) < 2:
             return None
-        x = float(self.prediction.split()[-1])
+        x = self.threshold
         t = self.seeds
         if self.prediction.startswith("abs"):  # decided by excluding the nearer of -x and x
             x = x if self.value >= 0 else -x
         return seeds_to_decide(t.value.values, t.ci_low.values, t.ci_high.values, x)
 
 
-def claim_of(cid: str, metric: str, prediction: str, seeds: pd.DataFrame) -> Claim:
-    """A claim measured by one value per seed (seed, value, ci_low, ci_high)."""
+def claim_of(row: str, seeds: pd.DataFrame, note: str = "", **fill) -> Claim:
+    """A declared row (claims.yaml: <claim>.<key>) measured by one value per seed (seed, value, ci_low,
+    ci_high); `fill` fills the placeholders of its metric and prediction."""
+    s = spec(row)
+    cid = row.split(".")[0]
+    metric, prediction = s.metric.format(**fill), s.prediction.format(**fill)
+    if prediction.startswith(("< -", "> -")):  # "< -0.03": a negative threshold
+        prediction = prediction[:2] + prediction[2:].replace(" ", "")
     check_one_run_per_seed(seeds, f"claim {cid} ({metric})")
+    if "item_pairing" in seeds and (seeds.item_pairing == "quadrature").any():
+        note = "; ".join(filter(None, [note, "the arms' item errors in quadrature (no per-item values for them "
+                                             "in this table)"]))
+    common: dict[str, Any] = dict(row=row, primary=s.primary, reason=s.reason, note=note)
     if seeds.empty:
-        return Claim(cid, metric, prediction, math.nan, math.nan, math.nan, 0)
+        return Claim(cid, metric, prediction, math.nan, math.nan, math.nan, 0, **common)
     return Claim(cid, metric, prediction, *seed_interval(seeds.value.values, seeds.ci_low.values,
-                                                         seeds.ci_high.values), len(seeds), seeds)
+                                                         seeds.ci_high.values), len(seeds), seeds, **common)
+
+
+def decide(rows: list[Claim]) -> list[Claim]:
+    """Holm's correction within each claim: every measured secondary row gets its adjusted p-value (its
+    direction's, supported or not), so that it is decided only where it would be after the correction for
+    the claim's other secondary rows. The primary row is one test and is not adjusted. Returns the rows."""
+    by_claim: dict[str, list[Claim]] = {}
+    for r in rows:
+        if not r.primary and r.n_seeds >= 2 and not math.isnan(r.value):
+            by_claim.setdefault(r.claim, []).append(r)
+    for secondary in by_claim.values():
+        p = [min(r.p_values()) for r in secondary]
+        for r, adjusted in zip(secondary, holm(p)):
+            r.holm_p = float(adjusted)
+    return rows
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    """A claim's verdict: its primary row's, with its secondary rows' verdicts counted."""
+
+    claim: str
+    statement: str
+    primary: Claim | None
+    secondary: tuple[Claim, ...]
+
+    @property
+    def verdict(self) -> str:
+        return self.primary.verdict if self.primary is not None else "not measured"
+
+    @property
+    def secondary_summary(self) -> str:
+        counts: dict[str, int] = {}
+        for r in self.secondary:
+            counts[r.verdict] = counts.get(r.verdict, 0) + 1
+        return ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) or "-"
+
+
+def claim_verdicts(rows: list[Claim]) -> list[ClaimVerdict]:
+    """One verdict per declared claim (claims.yaml), in the file's order, from decided rows (decide())."""
+    out = []
+    for cid, c in declared_claims().items():
+        mine = [r for r in rows if r.claim == cid]
+        primary = next((r for r in mine if r.primary), None)
+        out.append(ClaimVerdict(cid, c.statement, primary, tuple(r for r in mine if not r.primary)))
+    return out
 
 
 def verdict(prediction: str, value: float, low: float, high: float, n: int = 2) -> str:
@@ -126,6 +346,8 @@ def verdict(prediction: str, value: float, low: float, high: float, n: int = 2) 
     if n < 2:  # one seed says nothing about the spread over seeds
         return "inconclusive"
     op, x = prediction.split()[0], float(prediction.split()[-1])
+    if math.isnan(x):  # a margin from theory rows the table does not have
+        return "not measured"
     if op == "abs":  # |metric| < x: CI inside (-x, x) / CI entirely outside
         if -x < low and high < x:
             return "supported"
@@ -139,7 +361,6 @@ def verdict(prediction: str, value: float, low: float, high: float, n: int = 2) 
     if op == ">":
         return "supported" if above else "not supported" if below else "inconclusive"
     raise ValueError(f"unknown prediction {prediction!r}")
-
 
 
 def format_ci(v, fmt: str = ".3f") -> str:

@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 
 from instrumentality.claims.algebra import (
-    NO_STEERING,
     Claim,
     ClaimFamily,
     claim_of,
@@ -40,6 +39,7 @@ from instrumentality.claims.algebra import (
     paired,
     per_seed,
     save_figure,
+    weighted_sum,
 )
 from instrumentality.claims.world import free_running, lookahead_gain_per_seed
 from instrumentality.evaluation.world_probes import POSITION_CLASSES
@@ -85,13 +85,6 @@ def instrumental(g: pd.DataFrame, cognition: str, objective: str) -> pd.DataFram
     return per_seed(cell(g, cognition, objective), *INSTRUMENTAL)
 
 
-def absolute(t: pd.DataFrame) -> pd.DataFrame:
-    """|value| per seed, its item interval kept at the same half-width (the size of a difference)."""
-    half = (t.ci_high - t.ci_low) / 2
-    v = t.value.abs()
-    return t.assign(value=v, ci_low=v - half, ci_high=v + half)
-
-
 def myopia_gap(g: pd.DataFrame, cognition: str, position: str) -> pd.DataFrame:
     """Per seed: excess NLL of `cognition`'s supervised model minus the standard one's, at one position class
     (the same probe positions, equal tokens), with the item intervals in quadrature."""
@@ -100,26 +93,41 @@ def myopia_gap(g: pd.DataFrame, cognition: str, position: str) -> pd.DataFrame:
                   per_seed(cell(g, "standard", "supervised"), probe, "excess_nll"))
 
 
+MARGIN_FRACTION = 0.25  # C8's equivalence margin: this share of the critic cell's exact optimum (claims.yaml)
+
+
+def exact_optimum(g: pd.DataFrame, cognition: str) -> float:
+    """The exact optimum's instrumental steering at p = 0.5 of the gamma = 1 critic cell of `cognition` (its
+    runs' theory rows; NaN without runs)."""
+    t = cell(g, cognition, "critic gamma=1")
+    t = t[(t.probe == INSTRUMENTAL[0]) & (t.metric == f"{INSTRUMENTAL[1]}_theory")]
+    return float(t.value.astype(float).mean()) if len(t) else math.nan
+
+
 def c8_claims(df: pd.DataFrame) -> list[Claim]:
+    """C8 as two factors per seed on instrumental steering at p = 0.5: objective (supervised, critic gamma
+    = 1) x cognition (standard, c). The objective effect (standard cognition); for each c, cognition's main
+    effect (the mean over the two objectives of c - standard) and the interaction ((c - standard) under the
+    critic minus under supervised), each within +-m, a quarter of the exact optimum of the two critic cells;
+    and cognition's effect on look-ahead."""
     g = grid(df)
     if g.empty or g[g.cognition != "standard"].empty:
         return []
-    out = []
-    objective_effect = paired(instrumental(g, "standard", "critic gamma=1"), instrumental(g, "standard", "supervised"))
+    steer = {(c, o): instrumental(g, c, o) for c in COGNITIONS for o in ("supervised", "critic gamma=1")}
+    out = [claim_of("C8.objective", paired(steer["standard", "critic gamma=1"], steer["standard", "supervised"]))]
     for c in COGNITIONS[1:]:
-        cognition_effect = paired(instrumental(g, c, "critic gamma=1"), instrumental(g, "standard", "critic gamma=1"))
-        out.append(claim_of("C8", f"objective moves instrumental steering more than cognition: [critic gamma=1 - "
-                            f"supervised] - abs({c} - standard) under the critic, p=0.5 (nats, paired by seed)", "> 0",
-                            paired(objective_effect, absolute(cognition_effect))))
-        out.append(claim_of("C8", f"cognition does not move instrumental steering: {c} - standard under the critic "
-                            "(gamma=1, H=8, p=0.5; nats, paired by seed)", f"abs < {NO_STEERING}", cognition_effect))
-    for c, prediction in (("myopic", "< 0"), ("future1", "> 0"), ("future3", "> 0")):
-        out.append(claim_of("C8", f"cognition moves look-ahead: k=2 gain (best layer) of {c} - standard, "
-                            "supervised (paired by seed)", prediction,
-                            paired(lookahead_gain_per_seed(cell(g, c, "supervised"), 2),
-                                   lookahead_gain_per_seed(cell(g, "standard", "supervised"), 2))))
-    out.append(claim_of("C8", "a myopic-cognition model still steers under the gamma=1 critic: instrumental "
-                        "steering at p=0.5, H=8 (nats)", "> 0", instrumental(g, "myopic", "critic gamma=1")))
+        under_critic = paired(steer[c, "critic gamma=1"], steer["standard", "critic gamma=1"])
+        under_supervised = paired(steer[c, "supervised"], steer["standard", "supervised"])
+        margin = MARGIN_FRACTION * np.nanmean([exact_optimum(g, c), exact_optimum(g, "standard")]) \
+            if not (math.isnan(exact_optimum(g, c)) and math.isnan(exact_optimum(g, "standard"))) else math.nan
+        out.append(claim_of(f"C8.cognition[{c}]", weighted_sum([under_critic, under_supervised], [0.5, 0.5]),
+                            margin=margin))
+        out.append(claim_of(f"C8.interaction[{c}]", weighted_sum([under_critic, under_supervised], [1.0, -1.0]),
+                            margin=margin))
+    for c in COGNITIONS[1:]:
+        gain = {c2: lookahead_gain_per_seed(cell(g, c2, "supervised"), 2) for c2 in (c, "standard")}
+        out.append(claim_of(f"C8.lookahead[{c}]", paired(gain[c], gain["standard"])))
+    out.append(claim_of("C8.myopic_steers", steer["myopic", "critic gamma=1"]))
     return out
 
 

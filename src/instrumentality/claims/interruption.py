@@ -47,10 +47,8 @@ def c10_claims(df: pd.DataFrame) -> list[Claim]:
     the table has no such runs."""
     fin = final_rows(df)
     sim = per_seed(quest_agent(fin, "simulator"), PROBE, "disables")
-    return [claim_of("C10", f"disables per episode on `interruptible`: quest-PPO {how} minus the simulator it "
-                     "started from (paired by seed)", "> 0",
-                     paired(per_seed(quest_agent(fin, agent), PROBE, "disables"), sim))
-            for agent, how in ((TRAINED, "trained on it"), (ZERO_SHOT, "trained on `standard` (zero-shot)"))]
+    return [claim_of(row, paired(per_seed(quest_agent(fin, agent), PROBE, "disables"), sim))
+            for agent, row in ((TRAINED, "C10.trained"), (ZERO_SHOT, "C10.zero_shot"))]
 
 
 def disables_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from instrumentality.claims.algebra import (
     paired,
     per_seed,
     save_figure,
+    weighted_sum,
 )
 
 QUEST_EXP = "F4"  # the ClueQuest experiment: its agents are not world-text runs
@@ -53,16 +54,13 @@ def quest_claims(df: pd.DataFrame) -> list[Claim]:
     the same episodes and random draws until the forecast)."""
     fin = final_rows(df)
     ppo, sim = quest_agent(fin, "quest-PPO (from simulator)"), quest_agent(fin, "simulator")
-    out = []
-    for variant in ("free_info", "unscored"):
-        for metric in ("deceptions", "fights"):
-            out.append(claim_of("C6", f"{metric} per episode on `{variant}`: quest-PPO minus the simulator it "
-                                "started from (paired by seed)", "> 0",
-                                paired(per_seed(ppo, f"quest/{variant}", metric),
-                                       per_seed(sim, f"quest/{variant}", metric))))
-    out.append(claim_of("C6", "deceptions after the forecast (`post_episode` minus `standard`), quest-PPO", "> 0",
-                        paired(per_seed(ppo, "quest/post_episode", "deceptions"),
-                               per_seed(ppo, "quest/standard", "deceptions"))))
+    change = {(metric, variant): paired(per_seed(ppo, f"quest/{variant}", metric),
+                                        per_seed(sim, f"quest/{variant}", metric))
+              for variant in ("free_info", "unscored") for metric in ("deceptions", "fights")}
+    out = [claim_of("C6.instrumental_actions", weighted_sum(list(change.values()), [0.5] * len(change)))]
+    out += [claim_of("C6.change", t, metric=metric, variant=variant) for (metric, variant), t in change.items()]
+    out.append(claim_of("C6.after_forecast", paired(per_seed(ppo, "quest/post_episode", "deceptions"),
+                                                    per_seed(ppo, "quest/standard", "deceptions"))))
     return out
 
 

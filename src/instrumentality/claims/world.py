@@ -5,24 +5,27 @@ gamma; F3: the same critic teacher-forced)."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from instrumentality.claims.algebra import (
-    NO_STEERING,
     Claim,
     ClaimFamily,
+    check_one_run_per_seed,
     claim_of,
     combine,
     final_rows,
+    format_ci,
     paired,
     per_seed,
     save_figure,
 )
-from instrumentality.stats import seed_interval
+from instrumentality.stats import log_ratio_interval, seed_interval
 
 KL_THRESHOLD = 0.1  # nats/token: "reached the predictor" for the samples-to-threshold ratio
 REGIME_COLORS = {"supervised": "C0", "reinforce": "C1", "reinforce_indicator": "C3", "critic": "C2"}
@@ -49,23 +52,46 @@ def samples_to_threshold(df: pd.DataFrame, threshold: float = KL_THRESHOLD) -> p
     return pd.DataFrame(out, columns=["run_id", "regime", "seed", "tokens", "budget"])
 
 
-def efficiency_ratio(stt: pd.DataFrame, regime: str) -> tuple[float, float, float, int]:
-    """Median over seeds of tokens-to-threshold(regime) / tokens-to-threshold(supervised), seed-paired.
-    A run that never reached the threshold counts at its budget: the ratio is then a lower bound."""
+KL_THRESHOLDS = (0.3, 0.2, 0.1, 0.07)  # the efficiency ratio's curve (C2's table and F1)
+
+
+def efficiency_ratios(stt: pd.DataFrame, regime: str) -> pd.DataFrame:
+    """Per seed: tokens-to-threshold(regime) / tokens-to-threshold(supervised), paired by seed, for the seeds
+    where both reached the threshold; `never` counts the regime's runs that did not reach it within budget
+    (they have no ratio: a budget is not a crossing)."""
+    for arm in ("supervised", regime):
+        check_one_run_per_seed(stt[stt.regime == arm], f"tokens to the KL threshold, {arm}")
     sup = stt[stt.regime == "supervised"].set_index("seed")
     other = stt[stt.regime == regime].set_index("seed")
     seeds = sorted(set(sup.index) & set(other.index))
-    ratios = []
-    for s in seeds:
-        a = other.loc[s, "tokens"] if not math.isnan(other.loc[s, "tokens"]) else other.loc[s, "budget"]
-        b = sup.loc[s, "tokens"]
-        if not math.isnan(b):
-            ratios.append(a / b)
-    if not ratios:
-        return math.nan, math.nan, math.nan, 0
-    r = np.array(ratios)
-    return float(np.median(r)), float(r.min()), float(r.max()), len(r)
+    rows = [{"seed": s, "value": other.loc[s, "tokens"] / sup.loc[s, "tokens"]} for s in seeds
+            if not math.isnan(other.loc[s, "tokens"]) and not math.isnan(sup.loc[s, "tokens"])]
+    t = pd.DataFrame(rows, columns=["seed", "value"])
+    t.attrs["never"] = int(other.tokens.isna().sum())
+    t.attrs["runs"] = len(other)
+    return t
 
+
+def log_ratio_seeds(ratios: pd.DataFrame) -> pd.DataFrame:
+    """Per-seed log ratios as a claim's per-seed table (the tokens at a crossing are exact: no item error)."""
+    v = np.log(ratios.value.to_numpy(float))
+    return pd.DataFrame({"seed": ratios.seed, "value": v, "ci_low": v, "ci_high": v})
+
+
+def efficiency_table(df: pd.DataFrame, thresholds=KL_THRESHOLDS) -> pd.DataFrame:
+    """Per regime and KL threshold: the geometric mean over seeds of tokens-to-threshold / supervised's, its
+    t-interval on the log ratio, the seeds with a ratio and the runs that never reached the threshold."""
+    rows = []
+    for threshold in thresholds:
+        stt = samples_to_threshold(df, threshold)
+        for regime in ("reinforce", "reinforce_indicator"):
+            if (stt.regime == regime).sum() == 0:
+                continue
+            r = efficiency_ratios(stt, regime)
+            gm, lo, hi = log_ratio_interval(r.value.values) if len(r) else (math.nan,) * 3
+            rows.append({"regime": regime, "kl": threshold, "ratio": gm, "low": lo, "high": hi, "seeds": len(r),
+                         "never": r.attrs["never"], "runs": r.attrs["runs"]})
+    return pd.DataFrame(rows, columns=["regime", "kl", "ratio", "low", "high", "seeds", "never", "runs"])
 
 
 def world_claims(df: pd.DataFrame) -> list[Claim]:
@@ -74,45 +100,81 @@ def world_claims(df: pd.DataFrame) -> list[Claim]:
     sup = fin[fin.regime == "supervised"]
     all_crit = fin[(fin.regime == "critic") & (fin["regime.critic"] == "truth")] if "regime.critic" in fin else fin[:0]
     crit = free_running(all_crit)
-    out = [claim_of("C1", "supervised KL(p* ‖ pi), nats/token", "< 0.05", per_seed(sup, "calibration", "kl")),
-           claim_of("C1", "supervised steering index, asymmetric p=0.5 fork (nats)", "abs < 0.1",
-                    per_seed(sup, "forks/asym/p=0.5", "steering_index"))]
-    stt = samples_to_threshold(df)
-    for regime in ("reinforce", "reinforce_indicator"):
-        med, lo, hi, n = efficiency_ratio(stt, regime)
-        never = int(stt[stt.regime == regime].tokens.isna().sum())
-        note = f"; {never} runs never reached it: their budget counts, a lower bound" if never else ""
-        out.append(Claim("C2", f"tokens to KL < {KL_THRESHOLD}: {regime} / supervised (median, min-max over "
-                         f"seeds{note})", "> 1", med, lo, hi, n))
-        out.append(claim_of("C2", f"{regime} final KL(p* ‖ pi), nats/token", "< 0.05",
-                            per_seed(fin[fin.regime == regime], "calibration", "kl")))
+    out = [claim_of("C1.kl", per_seed(sup, "calibration", "kl")),
+           claim_of("C1.steering", per_seed(sup, "forks/asym/p=0.5", "steering_index"))]
+    # C2: the ratio's t-interval is on log(ratio) (the geometric mean), with the threshold 1 as log 1 = 0
+    ratios = efficiency_ratios(samples_to_threshold(df), "reinforce")
+    never = ratios.attrs["never"]
+    c2 = claim_of("C2.ratio", log_ratio_seeds(ratios), threshold=KL_THRESHOLD,
+                  note=f"{never} of {ratios.attrs['runs']} runs never reached the threshold and have no ratio"
+                  if never else "")
+    out.append(as_ratio(c2))
+    out.append(claim_of("C2.kl_reinforce", per_seed(fin[fin.regime == "reinforce"], "calibration", "kl")))
+    out.append(claim_of("C2.kl_indicator", per_seed(fin[fin.regime == "reinforce_indicator"], "calibration", "kl")))
     at = {"regime.gamma": 1.0, "regime.horizon": 8.0}
-    out.append(claim_of("C3", "critic (truth) instrumental steering at p=0.5, gamma=1, H=8 (nats)", "> 0",
-                        per_seed(crit, "forks/p=0.5", "instrumental_steering", **at)))
+    out.append(claim_of("C3.steering", per_seed(crit, "forks/p=0.5", "instrumental_steering", **at)))
     # C4: more horizon, more steering (gamma = 1); none without credit (gamma = 0). The arms of one seed
     # start from the same supervised checkpoint: differences are taken seed by seed
     steering = lambda runs, gamma, H: per_seed(runs, "forks/asym/p=0.5", "steering_index",  # noqa: E731
                                                **{"regime.gamma": gamma, "regime.horizon": H})
-    out.append(claim_of("C4", "steering(H=8) - steering(H=1), gamma=1, p=0.5 (nats, paired by seed)", "> 0",
-                        paired(steering(crit, 1.0, 8.0), steering(crit, 1.0, 1.0))))
-    out.append(claim_of("C4", "critic steering at p=0.5 with gamma=0, H=8 (nats)", f"abs < {NO_STEERING:g}",
-                        steering(crit, 0.0, 8.0)))
-    # C4 with an exploitable grader: the keyword critic's exact optimum steers 1.0 nats at H=8, none at H=1
+    out.append(claim_of("C4.horizon", paired(steering(crit, 1.0, 8.0), steering(crit, 1.0, 1.0))))
+    out.append(claim_of("C4.no_credit", steering(crit, 0.0, 8.0)))
+    # C4 with an exploitable grader: the keyword critic's exact optimum steers at H=8, not at H=1
     kw = free_running(fin[(fin.regime == "critic") & (fin["regime.critic"] == "keyword")]) \
         if "regime.critic" in fin else fin[:0]
-    if not kw.empty:
-        out.append(claim_of("C4", "keyword critic: steering(H=8) - steering(H=1), gamma=1, p=0.5 (nats, paired "
-                            "by seed)", "> 0", paired(steering(kw, 1.0, 8.0), steering(kw, 1.0, 1.0))))
+    out.append(claim_of("C4.keyword", paired(steering(kw, 1.0, 8.0), steering(kw, 1.0, 1.0))))
     # C5: teacher forcing removes the output channel for steering
     forced = all_crit[all_crit["regime.rollout"] == "teacher_forced"] if "regime.rollout" in all_crit else crit[:0]
-    out.append(claim_of("C5", "teacher-forced critic steering at p=0.5, gamma=1, H=8 (nats)", f"abs < {NO_STEERING:g}",
-                        steering(forced, 1.0, 8.0)))
-    out.append(claim_of("C5", "free minus teacher-forced steering, p=0.5, gamma=1, H=8 (nats, paired by seed)",
-                        "> 0", paired(steering(crit, 1.0, 8.0), steering(forced, 1.0, 8.0))))
+    out.append(claim_of("C5.forced", steering(forced, 1.0, 8.0)))
+    out.append(claim_of("C5.free_minus_forced", paired(steering(crit, 1.0, 8.0), steering(forced, 1.0, 8.0))))
     # C7: outputs myopic (no steering) while look-ahead is decodable from the hidden state
-    out.append(claim_of("C7", "supervised look-ahead accuracy k=2 (best layer) minus chance", "> 0",
-                        lookahead_gain_per_seed(sup, k=2)))
+    out.append(claim_of("C7.lookahead", lookahead_gain_per_seed(sup, k=2)))
     return out
+
+
+def as_ratio(c: Claim) -> Claim:
+    """A row decided on log ratios (prediction "> 1" read as log ratio > 0), reported as ratios: the
+    geometric mean and the interval mapped back by exp. The per-seed values become ratios again."""
+    exp = lambda x: math.exp(x) if not math.isnan(x) else x  # noqa: E731
+    seeds = None if c.seeds is None else c.seeds.assign(value=np.exp(c.seeds.value), ci_low=np.exp(c.seeds.ci_low),
+                                                        ci_high=np.exp(c.seeds.ci_high))
+    fields_: dict[str, Any] = {f.name: getattr(c, f.name) for f in fields(Claim)}
+    fields_.update(value=exp(c.value), low=exp(c.low), high=exp(c.high), seeds=seeds)
+    return LogRatioClaim(**fields_, log_seeds=c.seeds)
+
+
+@dataclass
+class LogRatioClaim(Claim):
+    """A ratio row: shown as ratios, decided (verdict, p-values, split, remedy) on the log ratios, whose
+    t-interval is the one whose coverage is proven; "> 1" is "log ratio > 0"."""
+
+    log_seeds: pd.DataFrame | None = None
+
+    def _on_logs(self) -> Claim:
+        log = lambda x: math.log(x) if x > 0 else math.nan  # noqa: E731
+        fields_: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(Claim)}
+        fields_.update(prediction=f"{self.prediction.split()[0]} 0", value=log(self.value), low=log(self.low),
+                       high=log(self.high), seeds=self.log_seeds)
+        return Claim(**fields_)
+
+    @property
+    def raw_verdict(self) -> str:
+        return self._on_logs().raw_verdict
+
+    @property
+    def modes(self):
+        return self._on_logs().modes
+
+    def p_values(self) -> tuple[float, float]:
+        return self._on_logs().p_values()
+
+    @property
+    def remedy(self):
+        return self._on_logs().remedy
+
+    @property
+    def split_description(self) -> str:
+        return self._on_logs().split_description
 
 
 def free_running(df: pd.DataFrame) -> pd.DataFrame:
@@ -132,9 +194,12 @@ def lookahead_gain_per_seed(df: pd.DataFrame, k: int) -> pd.DataFrame:
             continue
         best = acc.loc[acc.value.idxmax()]
         c = chance.value.iloc[0]
+        items = None  # per test sequence: accuracy minus the majority class's (the same sequences in every run)
+        if isinstance(best.get("items"), np.ndarray) and isinstance(chance["items"].iloc[0], np.ndarray):
+            items = best["items"] - chance["items"].iloc[0]
         rows.append({"seed": best.seed, "value": best.value - c, "ci_low": best.ci_low - c,
-                     "ci_high": best.ci_high - c})
-    return pd.DataFrame(rows, columns=["seed", "value", "ci_low", "ci_high"])
+                     "ci_high": best.ci_high - c, "items": items})
+    return pd.DataFrame(rows, columns=["seed", "value", "ci_low", "ci_high", "items"])
 
 
 def lookahead_gain(df: pd.DataFrame, k: int) -> tuple[float, float, float, int]:
@@ -150,7 +215,7 @@ def figure_f1(df: pd.DataFrame, folder: Path) -> list[Path]:
     curves = df[(df.probe == "curve/calibration") & (df.metric == "kl") & (df.regime != "critic")]
     if curves.empty:
         return []
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, (ax, ratio_ax) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1.6, 1]})
     for regime, c in curves.groupby("regime"):
         table = c.pivot_table(index="tokens", columns="seed", values="value")
         mean = table.mean(1)
@@ -164,6 +229,26 @@ def figure_f1(df: pd.DataFrame, folder: Path) -> list[Path]:
            title="F1: KL to the truth vs tokens (band: min-max over seeds)"
            + (f"\ncollapsed runs: {collapsed}" if collapsed else ""))
     ax.legend(fontsize=8)
+    # how much less efficient, as a curve over the threshold (C2)
+    eff = efficiency_table(df, thresholds=sorted({*KL_THRESHOLDS, 0.5, 0.15, 0.05}, reverse=True))
+    for regime, e in eff.groupby("regime"):
+        e = e[e.seeds > 0]
+        if e.empty:
+            continue
+        color = REGIME_COLORS.get(regime)
+        ratio_ax.plot(e.kl, e.ratio, "o-", color=color, label=regime)
+        ratio_ax.fill_between(e.kl, e.low, e.high, color=color, alpha=0.2)
+        for r in e[e.seeds < e.runs].itertuples():  # where some runs never reached the threshold
+            ratio_ax.annotate(f"{r.seeds} of {r.runs} seeds", (r.kl, r.ratio), fontsize=7, xytext=(3, 3),
+                              textcoords="offset points")
+    ratio_ax.axhline(1, color="grey", lw=0.5)
+    ratio_ax.set(xscale="log", xlabel="KL threshold, nats/token", ylabel="tokens to threshold, RL / supervised",
+                 title="C2: how much less efficient\n(geometric mean, 95% t-interval on the log ratio)")
+    ratio_ax.set_xticks(sorted(eff.kl.unique()), [f"{k:g}" for k in sorted(eff.kl.unique())])
+    ratio_ax.minorticks_off()
+    ratio_ax.invert_xaxis()
+    if ratio_ax.get_legend_handles_labels()[0]:
+        ratio_ax.legend(fontsize=8)
     return save_figure(fig, folder, "F1_kl_vs_tokens")
 
 
@@ -329,6 +414,17 @@ def tokens_to_kl_section(df: pd.DataFrame) -> list[str]:
              "", "| run | tokens | budget |", "|---|---|---|"]
     for r in stt.itertuples():
         lines.append(f"| {r.run_id} | {'' if math.isnan(r.tokens) else f'{r.tokens:.3g}'} | {r.budget:.3g} |")
+    table = efficiency_table(df)
+    if not table.empty:
+        lines += ["", "### How much less efficient: tokens to KL < threshold, RL / supervised, at several thresholds",
+                  "", "Geometric mean over the seeds where both arms reached the threshold, with a 95% t-interval on "
+                  "the log ratio; a run that never reached a threshold has no ratio there and is counted instead "
+                  "(its budget is not a crossing).", "",
+                  "| regime | KL threshold | ratio [95% CI] | seeds with a ratio | runs that never reached it |",
+                  "|---|---|---|---|---|"]
+        for r in table.itertuples():
+            ratio = format_ci((r.ratio, r.low, r.high), ".3g") if r.seeds else "-"
+            lines.append(f"| {r.regime} | {r.kl:g} | {ratio} | {r.seeds} | {r.never} of {r.runs} |")
     return lines
 
 

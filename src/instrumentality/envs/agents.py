@@ -136,7 +136,8 @@ def quest_rows(agents: dict, n_episodes: int = 200, seed: int = PROBE_SEED, vari
                     continue
                 v = mean_ci(per_ep[:, j])
                 rows.append({"agent": name, "probe": f"quest/{variant}", "metric": metric, "value": v[0],
-                             "ci_low": v[1], "ci_high": v[2]})
+                             "ci_low": v[1], "ci_high": v[2],
+                             "items": np.asarray(per_ep[:, j], dtype=float)})  # per episode (the same episodes)
                 if not normalise or metric == "return":  # a log score (or a penalty): compared raw
                     continue
                 ref = random_mean[j]

@@ -20,6 +20,7 @@ import io
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from instrumentality.errors import DataFileError
@@ -27,8 +28,10 @@ from instrumentality.files import file_lock, read_json, write_atomic, write_json
 from instrumentality.model import cognition
 from instrumentality.regimes.prophecy import forecast_start
 
-EVAL_VERSION = 4  # of the evaluators: bump when a change to them changes rows (a run's rows are then redone)
+EVAL_VERSION = 5  # of the evaluators: bump when a change to them changes rows (a run's rows are then redone)
 ROWS, ROWS_META = "rows.csv", "rows.json"
+ITEMS = "items"  # a row's per-item values (a numpy array), where its evaluator keeps them
+ITEMS_FILE = "items.npz"  # a run's per-item values, beside its rows: {"<probe>|<metric>": values}
 # config values copied into every row (the ones experiments sweep); absent ones are left empty
 SWEPT_KEYS = ("preset_name", "exp_name", "world.seed", "model.n_layer", "model.n_embd", "model.myopic",
               "model.n_future_heads",
@@ -107,9 +110,14 @@ def source_digest(run_dir: Path) -> str:
 
 
 def write_run_rows(run_dir: Path, rows: list[dict], source: str | None = None) -> pd.DataFrame:
-    """Store a run's tidy rows in its folder (atomically), tagged with what they were computed from.
-    Returns them as stored (with source and run_rows)."""
+    """Store a run's tidy rows in its folder (atomically), tagged with what they were computed from, and
+    their per-item values (rows with `items`) in items.npz beside them. Returns the rows as stored (with
+    source and run_rows)."""
     source = source or source_digest(run_dir)
+    items = {f"{r['probe']}|{r['metric']}": np.asarray(r[ITEMS], dtype=np.float64) for r in rows
+             if r.get(ITEMS) is not None}
+    rows = [{k: v for k, v in r.items() if k != ITEMS} for r in rows]
+    write_atomic(run_dir / ITEMS_FILE, npz_bytes(items))
     df = pd.DataFrame(rows)
     df.insert(1, "source", source[:16])
     df.insert(2, "run_rows", len(df))
@@ -188,6 +196,67 @@ def update_table(path: Path, runs: dict[str, pd.DataFrame], keep_only: set[str] 
         table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(TABLE_KEYS))
         write_atomic(path, table.to_csv(index=False))
     return table
+
+
+def items_path(table: Path) -> Path:
+    """Where a results table's per-item values live: results.csv -> results.items.npz beside it."""
+    return Path(table).with_suffix(".items.npz")
+
+
+def read_run_items(run_dir: Path) -> dict[str, np.ndarray]:
+    """A run's per-item values ({"<probe>|<metric>": values}); empty where it has none."""
+    try:
+        with np.load(run_dir / ITEMS_FILE) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError):
+        return {}
+
+
+def update_items(table: Path, run_dirs: dict[str, Path]) -> Path:
+    """Put the per-item values of the runs now in the table (run id -> its folder) beside it, keyed
+    "<run id>|<source>|<probe>|<metric>": a run's items count only while its source (its checkpoint's
+    digest) is the table's. Items of runs no longer in the table are dropped."""
+    table = Path(table)
+    path = items_path(table)
+    df, _ = read_table(table)
+    sources = dict(zip(df["run_id"].astype(str), df["source"].astype(str))) if not df.empty else {}
+    keep = {}
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                keep = {k: z[k] for k in z.files if sources.get(k.split("|")[0]) == k.split("|")[1]}
+        except (OSError, ValueError):
+            keep = {}
+    for run_id, run_dir in run_dirs.items():
+        if run_id not in sources:
+            continue
+        keep = {k: v for k, v in keep.items() if k.split("|")[0] != run_id}
+        keep.update({f"{run_id}|{sources[run_id]}|{k}": v for k, v in read_run_items(run_dir).items()})
+    write_atomic(path, npz_bytes(keep))
+    return path
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """Named arrays as the bytes of a compressed .npz file (written atomically by the caller)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **kwds as allow_pickle
+    return buffer.getvalue()
+
+
+def load_items(table: Path, df: pd.DataFrame) -> dict[tuple[str, str, str], np.ndarray]:
+    """The per-item values beside a results table whose run's source matches the table's rows:
+    {(run id, probe, metric): values}. Empty where there is no items file (a table from before them)."""
+    path = items_path(table)
+    if not path.exists() or df.empty:
+        return {}
+    sources = dict(zip(df["run_id"].astype(str), df["source"].astype(str)))
+    out = {}
+    with np.load(path) as z:
+        for k in z.files:
+            run_id, source, probe, metric = k.split("|", 3)
+            if sources.get(run_id) == source:
+                out[(run_id, probe, metric)] = z[k]
+    return out
 
 
 def load_table(path: str | Path) -> pd.DataFrame:

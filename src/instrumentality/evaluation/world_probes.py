@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from instrumentality.evaluation.probe_set import ProbeSet
+from instrumentality.evaluation.table import ITEMS
 from instrumentality.model import device_of
 from instrumentality.stats import diff_ci, mean_ci, stat_ci
 from instrumentality.world import World
@@ -33,9 +34,15 @@ from instrumentality.world import World
 FAMILIES = ("calibration", "forks", "rollouts", "lookahead")
 
 
-def _row(probe: str, metric: str, ci: tuple) -> dict:
+def _row(probe: str, metric: str, ci: tuple, items=None) -> dict:
+    """One probe row; with `items`, the per-item values its mean and interval came from (kept beside the
+    results table, evaluation/table.py, so that two arms scored on the same items can be compared item by
+    item)."""
     value, lo, hi = ci
-    return {"probe": probe, "metric": metric, "value": value, "ci_low": lo, "ci_high": hi}
+    row = {"probe": probe, "metric": metric, "value": value, "ci_low": lo, "ci_high": hi}
+    if items is not None:
+        row[ITEMS] = torch.as_tensor(items).detach().double().flatten().numpy()
+    return row
 
 
 @torch.no_grad()
@@ -146,14 +153,17 @@ def fork_rows(model, world: World, probes: ProbeSet) -> list[dict]:
             v = steer[torch.isin(fork_index, torch.tensor(ids))]
             if len(v):
                 groups[(kind, p)] = v
-                rows.append(_row(f"forks/{kind}/p={p}", "steering_index", mean_ci(v)))
+                rows.append(_row(f"forks/{kind}/p={p}", "steering_index", mean_ci(v), items=v))
         all_kind = [v for (k, _), v in groups.items() if k == kind]
         if all_kind:
             rows.append(_row(f"forks/{kind}/all", "steering_index", mean_ci(torch.cat(all_kind))))
     for p in sorted({p for _, p in groups}):
         if ("asym", p) in groups and ("sym", p) in groups:
-            rows.append(_row(f"forks/p={p}", "instrumental_steering",
-                             diff_ci(groups[("asym", p)], groups[("sym", p)])))
+            asym, sym = groups[("asym", p)], groups[("sym", p)]
+            # items for comparing two runs prompt by prompt: asym_i - sym_i (the i-th prompt of each kind; two
+            # independent prompt sets of one size, so the mean and its variance are those of the difference)
+            rows.append(_row(f"forks/p={p}", "instrumental_steering", diff_ci(asym, sym),
+                             items=asym - sym if len(asym) == len(sym) else None))
     return rows
 
 
@@ -286,14 +296,14 @@ def lookahead_rows(model, world: World, probes: ProbeSet) -> list[dict]:
         y_train, y_test = train[:, k:].flatten(), test[:, k:]
         chance_cls = torch.bincount(y_train, minlength=world.vocab_size).argmax()
         chance = (y_test == chance_cls).double().mean(1)
-        rows.append(_row(f"lookahead/k={k}", "chance", mean_ci(chance)))
+        rows.append(_row(f"lookahead/k={k}", "chance", mean_ci(chance), items=chance))
         # the best any predictor of x_{t+k} from the past can do: E max_x p*(x_{t+k} | state at t)
         bayes = world.future_token_distribution(world.states_of(test)[:, :n_pos], k).max(-1).values
         rows.append(_row(f"lookahead/k={k}", "bayes", mean_ci(bayes.mean(1))))
         for layer, (a, b) in enumerate(zip(h_train, h_test)):
             pred = ridge_probe(a[:, :n_pos].flatten(0, 1), y_train, b[:, :n_pos].flatten(0, 1))[0]
             acc = (pred.view(len(test), n_pos) == y_test).double().mean(1)
-            rows.append(_row(f"lookahead/k={k}/layer={layer}", "accuracy", mean_ci(acc)))
+            rows.append(_row(f"lookahead/k={k}/layer={layer}", "accuracy", mean_ci(acc), items=acc))
     return rows
 
 
