@@ -106,6 +106,9 @@ def test_the_remedy_names_seeds_where_seeds_block_and_items_where_items_block():
     assert remedy(same, lows, highs, 0.0).startswith("3.9x the probe items")  # 1.96^2 = 3.84, rounded up
     both = np.array([-0.05, 0.25, 0.1, 0.0, 0.2])  # mean 0.1: seeds (t half-width 0.15) and items (0.2) both block
     assert "seeds with" in remedy(both, both - Z * 0.1, both + Z * 0.1, 0.0)
+    tie = np.array([0.0, 0.0, 0.0, 0.005, 0.0])  # C6's deceptions after the forecast: mean 0.001, item se 0.035
+    assert remedy(tie, tie - Z * 0.035, tie + Z * 0.035, 0.0).startswith("no count would decide it")
+    assert remedy(np.array([-1.0, 1.0]), None, None, 0.0) == "no count would decide it: the mean lies on the threshold"
 
 
 # ---------------------------------------------------------------------------- ratios, items

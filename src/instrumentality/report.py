@@ -129,8 +129,9 @@ def verdict_cell(c: Claim) -> str:
                      "secondary rows")
     elif c.holm_p is not None and c.verdict != "not measured":
         notes.append(f"Holm-adjusted p = {c.holm_p:.3g}")
-    if c.verdict == "inconclusive" and c.n_seeds >= 2 and c.raw_verdict == "inconclusive":
-        notes.append(f"would be decided by {c.remedy}, if the mean and spreads held")
+    if c.verdict == "inconclusive" and c.n_seeds >= 2 and c.raw_verdict == "inconclusive" and c.remedy:
+        notes.append(c.remedy if c.remedy.startswith("no count") else
+                     f"would be decided by {c.remedy}, if the measured mean and spreads held")
     if c.verdict == "supported" and c.equivalence_note:
         notes.append(c.equivalence_note)
     if c.note:

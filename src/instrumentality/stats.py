@@ -239,12 +239,12 @@ def items_to_decide(values, lows, highs, threshold: float, alpha: float = ALPHA,
 
 def remedy(values, lows, highs, threshold: float, alpha: float = ALPHA) -> str:
     """What would decide an undecided row if the measured mean and spreads held: more seeds, more probe
-    items, or both (and how many), in words."""
+    items, or both (and how many), in words; "no count would decide it ..." where none would."""
     v = np.asarray(values, dtype=float).ravel()
     if len(v) < 2:
         return "at least two seeds"
     if abs(v.mean() - threshold) == 0:
-        return "nothing: the mean lies on the threshold"
+        return "no count would decide it: the mean lies on the threshold"
     n_seeds = seeds_to_decide(v, lows, highs, threshold, alpha)
     factor = items_to_decide(v, lows, highs, threshold, alpha)
     if n_seeds is not None:
@@ -260,7 +260,8 @@ def remedy(values, lows, highs, threshold: float, alpha: float = ALPHA) -> str:
         if n is not None:
             return f"about {n} seeds with {_times(f)} the probe items (the probe items' error blocks it at any " \
                    "seed count)"
-    return "nothing within 100x the probe items and 1000 seeds: the mean lies too close to the threshold"
+    return "no count would decide it (up to 1000 seeds with 100x the probe items): the mean lies too close to " \
+           "the threshold"
 
 
 def _times(factor: float) -> str:
