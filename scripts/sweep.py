@@ -437,6 +437,11 @@ def main() -> int:
     runs_root = (ROOT / args.runs_root).resolve()
     seeds = args.seeds or n_seeds(args.preset)
     t_all = time.perf_counter()
+    # the code the runs are trained from: the revision when the sweep starts, and whether the working tree
+    # then differed from it (the report says so; a revision read at the end could postdate the training)
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip())
     if args.cpu_lanes is None:
         import torch
 
@@ -456,9 +461,8 @@ def main() -> int:
                                  "--out", str(out / "results.csv"), "--probe-cache", str(runs_root / "probes"),
                                  "--prune"], cwd=ROOT, check=False)
     walls["evaluate"] = time.perf_counter() - t0
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     hw = hardware()
-    provenance = {"preset": args.preset, "git_revision": rev.strip() or "unknown",
+    provenance = {"preset": args.preset, "git_revision": rev.strip() or "unknown", "git_dirty": dirty,
                   "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                   "hardware": f"{hw['device'] if hw['device'] != 'cpu' else hw['cpu']}, {hw['cores']} cores, "
                               f"torch {hw['torch']}, numpy {hw['numpy']}", **hw,

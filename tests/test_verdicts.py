@@ -204,6 +204,7 @@ def test_the_report_says_whether_the_claims_file_changed_after_the_runs(tmp_path
     git("commit", "-qam", "move a threshold")
     assert "**after the runs**" in declared.file_status(runs_at, f)
     assert "before the runs" in declared.file_status(git("rev-parse", "--short", "HEAD"), f)
+    assert "not on record" in declared.file_status(git("rev-parse", "--short", "HEAD"), f, runs_dirty=True)
     assert declared_at != runs_at
     assert declared.digest(f) == __import__("hashlib").sha256(b"v2\n").hexdigest()[:16]
 

@@ -71,7 +71,8 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
              f"({df.run_id.nunique()} runs, {len(df)} rows). Do not edit by hand.", ""]
     if provenance:
         now = git_revision()
-        lines += [f"Preset `{provenance.get('preset')}`, runs at git `{provenance.get('git_revision')}`, "
+        dirty = " (with uncommitted changes)" if provenance.get("git_dirty") else ""
+        lines += [f"Preset `{provenance.get('preset')}`, runs at git `{provenance.get('git_revision')}`{dirty}, "
                   f"{provenance.get('date')}, {provenance.get('hardware')}."
                   + (f" Report and figures drawn at git `{now}`." if now != provenance.get("git_revision") else ""),
                   ""]
@@ -87,9 +88,10 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
                   + ", ".join(f"`{r}`" for r in df.attrs["unowned"]) + ".", ""]
     rule = VERDICT_RULE.strip().replace("\n", " ")
     rows = decide(claims(df))
+    runs_at = provenance or {}
+    claims_file = declared.file_status(runs_at.get("git_revision"), runs_dirty=bool(runs_at.get("git_dirty")))
     lines += ["## Claims", "", "Verdict rule: " + rule, "",
-              f"Claims file `configs/claims.yaml`, sha256 `{declared.digest()}`: "
-              f"{declared.file_status((provenance or {}).get('git_revision'))}.", "",
+              f"Claims file `configs/claims.yaml`, sha256 `{declared.digest()}`: {claims_file}.", "",
               "| claim | statement | primary row | verdict | secondary rows (after Holm) |", "|---|---|---|---|---|"]
     for cv in claim_verdicts(rows):
         primary = cv.primary.metric.replace("|", "\\|") if cv.primary is not None else "-"

@@ -12,15 +12,17 @@ seeds); the others are F8's and F8_critic's runs. Per cell and seed:
              (prose, fork marker, easy / hard phrase), paired by seed, at equal tokens; beside it the
              exact entropy floor of those positions (evaluators.position_class_rows)
 
-C8's verdict rule, on instrumental steering (asymmetric minus symmetric fork at p = 0.5, so that a bias
-a cognition adds to both forks does not count): the objective moves steering more than cognition does
-(per seed, the gamma = 1 critic minus supervised, standard cognition, minus |cognition c minus standard|
-under the same critic: > 0 for every c), and cognition does not move it (|c minus standard| under the
-critic within +-0.5 nats, the "no steering" bound of C4 and C5: an equivalence test, since "larger than"
-alone does not show "none"); while cognition moves look-ahead (k = 2, supervised, paired by seed: myopic
-minus standard < 0, future heads minus standard > 0). Each is decided like every claim (claims/algebra.py's
-rule). The differences' item errors are added in quadrature, so the standard critic cell, which enters
-two terms of the first, is counted as if independent: its item error is small beside the seed spread.
+C8's rows (declared in configs/claims.yaml), on instrumental steering (asymmetric minus symmetric fork at
+p = 0.5, so that a bias a cognition adds to both forks does not count), as two factors per seed: objective
+(supervised, the gamma = 1 critic) x cognition (standard, c). The objective effect (critic minus
+supervised, standard cognition) > 0; for each c, cognition's main effect (the mean over the two objectives
+of c minus standard; myopic training's is the claim's primary row) and the cognition x objective
+interaction ((c - standard) under the critic minus under supervised) within +-m, m a quarter of the
+critic cells' exact optimum (an equivalence test: "larger than" alone does not show "none"); cognition's
+effect on look-ahead (k = 2, supervised, paired by seed: myopic minus standard < 0, future heads minus
+standard > 0); and the myopic model under the critic still steers (> 0). Each is decided like every row
+(claims/algebra.py). Differences are taken item by item where the table keeps the per-item values (the
+same fork prompts and look-ahead sequences in every run), else with the items' errors in quadrature.
 """
 
 from __future__ import annotations

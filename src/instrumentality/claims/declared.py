@@ -88,10 +88,17 @@ def digest(path: Path | None = None) -> str:
     return hashlib.sha256(Path(path or CLAIMS_FILE).read_bytes()).hexdigest()[:16]
 
 
-def file_status(runs_revision: str | None, path: Path | None = None) -> str:
+def file_status(runs_revision: str | None, path: Path | None = None, runs_dirty: bool = False) -> str:
     """Whether the claims file changed after the runs of a table: compares its last commit with the runs'
-    git revision (a sentence for the report)."""
+    git revision (a sentence for the report). Runs made from a working tree with uncommitted changes
+    (`runs_dirty`) may have met another version of the file than any commit holds, and the sentence says so."""
     path = Path(path or CLAIMS_FILE)
+    status = _file_status(runs_revision, path)
+    return status + ("; the runs were made from uncommitted changes, so the file they met is not on record"
+                     if runs_dirty else "")
+
+
+def _file_status(runs_revision: str | None, path: Path) -> str:
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(path).parent)
 
