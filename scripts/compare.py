@@ -27,7 +27,7 @@ from instrumentality.errors import DataFileError
 from instrumentality.report import claims, load
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = ["run_id", "probe", "metric", "step", "horizon", "tokens", "env_steps"]
+KEYS = ["run_id", "probe", "metric", "step", "horizon", "tokens", "env_steps", "start", "stable"]
 
 
 def as_table(raw: bytes, name: str, folder: Path) -> Path:
@@ -44,13 +44,17 @@ def as_table(raw: bytes, name: str, folder: Path) -> Path:
 
 
 def row_agreement(old: pd.DataFrame, new: pd.DataFrame) -> dict:
+    """How many rows of two tables match (by their keys and, among rows whose keys are all equal, such as an
+    F9 run's fixed points, by their order), and how many of those are equal or close. Each row matches at
+    most one row of the other table."""
     keys = [k for k in KEYS if k in old and k in new]
     a = old[keys + ["value"]].copy()
     b = new[keys + ["value"]].copy()
     for t in (a, b):
         for k in keys:
             t[k] = t[k].astype(str)
-    m = a.merge(b, on=keys, suffixes=("_old", "_new"))
+        t["nth"] = t.groupby(keys, sort=False).cumcount()  # the n-th row with these keys
+    m = a.merge(b, on=keys + ["nth"], suffixes=("_old", "_new"))
     x, y = m.value_old.to_numpy(float), m.value_new.to_numpy(float)
     both_nan = np.isnan(x) & np.isnan(y)
     exact = (x == y) | both_nan

@@ -317,3 +317,23 @@ def test_the_evaluators_keep_the_items_each_mean_came_from(world):
     for r in rows:
         if not r["metric"].endswith("_norm"):
             assert len(r["items"]) == 20 and r["items"].mean() == pytest.approx(r["value"])
+
+
+def test_compare_matches_each_row_at_most_once():
+    """scripts/compare.py's row count on a table against itself: every row matched once and equal, also
+    where an F9 run has several rows with the same keys (its fixed points) and where rows differ by `start`."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("compare", Path(__file__).resolve().parents[1] / "scripts/compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    rows = [{"run_id": "F9/retrain-s0", "probe": "prophecy/theory", "metric": "fixed_point", "stable": s, "value": v}
+            for s, v in ((True, 0.15), (False, 0.47), (True, 0.89))]
+    rows += [{"run_id": "F9/retrain-s0", "probe": "prophecy", "metric": "forecast", "start": s, "value": s + 0.1}
+             for s in (0.08, 0.3, 0.65, 0.97)]
+    table = pd.DataFrame(rows)
+    r = compare.row_agreement(table, table)
+    assert r == {"old": 7, "new": 7, "matched": 7, "exact": 7, "close": 7}
+    moved = table.assign(value=table.value + np.where(table.metric == "forecast", 0.5, 0.0))
+    assert compare.row_agreement(table, moved)["exact"] == 3  # the fixed points; each forecast moved
