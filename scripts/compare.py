@@ -24,18 +24,22 @@ import pandas as pd
 
 from instrumentality.claims.algebra import decide
 from instrumentality.errors import DataFileError
+from instrumentality.evaluation.table import items_path
 from instrumentality.report import claims, load
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ["run_id", "probe", "metric", "step", "horizon", "tokens", "env_steps", "start", "stable"]
 
 
-def as_table(raw: bytes, name: str, folder: Path) -> Path:
-    """The bytes of a results table as a file the report can load; a table from before rows carried their
-    source and run_rows gets them (source `legacy`), so that old committed tables can be compared."""
+def as_table(raw: bytes, name: str, folder: Path, items: bytes | None = None) -> Path:
+    """The bytes of a results table (and of the per-item values beside it, where there are) as files the
+    report can load; a table from before rows carried their source and run_rows gets them (source
+    `legacy`), so that old committed tables can be compared."""
     path = folder / name
     path.write_bytes(raw)
-    df = pd.read_csv(path, low_memory=False)
+    if items is not None:
+        items_path(path).write_bytes(items)
+    df = pd.read_csv(path, low_memory=False, float_precision="round_trip")
     if "source" not in df or "run_rows" not in df:
         df.insert(1, "source", "legacy")
         df.insert(2, "run_rows", df.run_id.map(df.run_id.value_counts()))
@@ -73,16 +77,30 @@ def main() -> int:
         try:
             if len(args.tables) == 2:
                 old_raw, new_raw = (p.read_bytes() for p in args.tables)
+                old_items, new_items = (items_path(p).read_bytes() if items_path(p).exists() else None
+                                        for p in args.tables)
                 labels = tuple(map(str, args.tables))
             elif not args.tables:
                 rel = f"results/{args.preset}/results.csv"
+
+                def committed(path: str) -> bytes | None:
+                    shown = subprocess.run(["git", "show", f"{args.committed}:{path}"], cwd=ROOT, capture_output=True)
+                    return shown.stdout if shown.returncode == 0 else None
+
                 old_raw = subprocess.run(["git", "show", f"{args.committed}:{rel}"], cwd=ROOT, capture_output=True,
                                          check=True).stdout
+                old_items = committed(str(items_path(Path(rel))))
                 new_raw = (ROOT / rel).read_bytes()
+                new_items = items_path(ROOT / rel).read_bytes() if items_path(ROOT / rel).exists() else None
                 labels = (f"{rel} at {args.committed}", f"{rel} in the working tree")
             else:
                 ap.error("give two tables, or none")
-            old, new = load(as_table(old_raw, "old.csv", tmp)), load(as_table(new_raw, "new.csv", tmp))
+            if old_raw == new_raw:
+                print(f"error: {labels[0]} and {labels[1]} are the same table: there is nothing to compare (run "
+                      "`make sweep` first, or name two tables)", file=sys.stderr)
+                return 2
+            old = load(as_table(old_raw, "old.csv", tmp, old_items))
+            new = load(as_table(new_raw, "new.csv", tmp, new_items))
         except (OSError, subprocess.CalledProcessError, DataFileError, ValueError) as e:
             print(f"error: {getattr(e, 'stderr', b'') and e.stderr.decode().strip() or e}", file=sys.stderr)
             return 2

@@ -337,3 +337,27 @@ def test_compare_matches_each_row_at_most_once():
     assert r == {"old": 7, "new": 7, "matched": 7, "exact": 7, "close": 7}
     moved = table.assign(value=table.value + np.where(table.metric == "forecast", 0.5, 0.0))
     assert compare.row_agreement(table, moved)["exact"] == 3  # the fixed points; each forecast moved
+
+
+def test_a_table_reads_back_every_float_exactly(tmp_path):
+    """Values written by the evaluation (to_csv) read back bit for bit: pandas' default parser would change
+    the last digits of some of them."""
+    from instrumentality.evaluation.table import read_table
+
+    values = np.random.default_rng(11).normal(size=500) / 7.0
+    table = pd.DataFrame({"run_id": "F1/supervised-s0", "source": "s", "run_rows": 500, "probe": "p",
+                          "metric": [f"m{i}" for i in range(500)], "value": values})
+    table.to_csv(tmp_path / "results.csv", index=False)
+    assert (read_table(tmp_path / "results.csv")[0].value.to_numpy() == values).all()
+
+
+def test_compare_refuses_a_table_against_itself(tmp_path):
+    import sys
+    from pathlib import Path
+
+    table = tmp_path / "results.csv"
+    pd.DataFrame({"run_id": ["F1/supervised-s0"], "source": ["s"], "run_rows": [1], "probe": ["run"],
+                  "metric": ["finished"], "value": [1.0]}).to_csv(table, index=False)
+    proc = subprocess.run([sys.executable, "scripts/compare.py", str(table), str(table)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert proc.returncode == 2 and "are the same table: there is nothing to compare" in proc.stderr

@@ -136,7 +136,7 @@ def read_run_rows(run_dir: Path, source: str | None = None) -> pd.DataFrame | No
         meta = read_json(run_dir / ROWS_META, "rows record")
         if meta.get("eval_version") != EVAL_VERSION or meta.get("source") != (source or source_digest(run_dir)):
             return None
-        df = pd.read_csv(run_dir / ROWS)
+        df = pd.read_csv(run_dir / ROWS, float_precision="round_trip")
     except (DataFileError, ValueError, OSError):
         return None
     return df if len(df) == meta.get("rows") and _complete(df).all() else None
@@ -163,7 +163,8 @@ def read_table(path: Path) -> tuple[pd.DataFrame, list[str]]:
         problems.append(f"{path} ends in the middle of a row")
         raw = raw[:raw.rfind(b"\n") + 1]
     try:
-        df = pd.read_csv(io.BytesIO(raw), low_memory=False)
+        # round_trip: pandas' default parser can change a float's last digits; the table is read exactly
+        df = pd.read_csv(io.BytesIO(raw), low_memory=False, float_precision="round_trip")
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
         return pd.DataFrame(), [f"{path} cannot be read as CSV ({str(e).splitlines()[0]})"]
     missing = [c for c in TABLE_KEYS if c not in df.columns]
