@@ -51,8 +51,8 @@ def main(argv=None):
     if args.prune and args.out.exists():
         before = set(read_table(args.out)[0].get("run_id", pd.Series(dtype=str)).astype(str))
     if tables or args.out.exists():
-        update_table(args.out, tables, keep_only=keep, warn=lambda m: print(m, file=sys.stderr))
-        update_items(args.out, {run_id_of(r): r for r in runs if run_id_of(r) in tables})
+        table = update_table(args.out, tables, keep_only=keep, warn=lambda m: print(m, file=sys.stderr))
+        update_items(args.out, {run_id_of(r): r for r in runs if run_id_of(r) in tables}, table)
     dropped = sorted(before - keep) if keep is not None else []
     if dropped:
         print(f"dropped the rows of {len(dropped)} run(s) with no folder under {' '.join(args.paths)}: "

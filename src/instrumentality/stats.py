@@ -125,10 +125,10 @@ def alpha_to_exclude(values, lows, highs, threshold: float, side: str, lo_alpha:
     (1 - alpha) interval lies wholly `side` ("above" or "below") of `threshold` (1.0 when no alpha does,
     e.g. when the mean itself is on the other side). At alpha = ALPHA this is exactly the verdict's
     decision, so Holm's correction on these values reduces to the verdict rule for one row."""
+    if side not in ("above", "below"):
+        raise ValueError(f"side must be 'above' or 'below', not {side!r}")
     v = np.asarray(values, dtype=float).ravel()
-    if len(v) < 2 or side not in ("above", "below"):
-        if side not in ("above", "below"):
-            raise ValueError(f"side must be 'above' or 'below', not {side!r}")
+    if len(v) < 2:
         return 1.0
 
     def excludes(alpha: float) -> bool:
@@ -163,23 +163,27 @@ def holm(pvalues) -> np.ndarray:
 SPLIT_ALPHA = 0.05  # the false-split rate under Gaussian seeds
 
 
+def _max_gap(x: np.ndarray, item_se: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of sorted values [reps, n] -> the split statistic of each row and the position of its gap."""
+    n = x.shape[1]
+    stats_ = np.empty((x.shape[0], n - 1))
+    for j in range(1, n):
+        a, b = x[:, :j], x[:, j:]
+        within = ((a - a.mean(1, keepdims=True)) ** 2).sum(1) + ((b - b.mean(1, keepdims=True)) ** 2).sum(1)
+        scale = np.sqrt(within / (n - 2) + item_se ** 2)
+        gap = x[:, j] - x[:, j - 1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            stats_[:, j - 1] = np.where(scale > 0, gap / scale, np.where(gap > 0, np.inf, 0.0))
+    return stats_.max(1), stats_.argmax(1) + 1
+
+
 def split_statistic(values, item_se: float = 0.0) -> tuple[float, int]:
     """The largest gap between consecutive sorted values over the spread within the two groups it makes
     (pooled standard deviation on n - 2 degrees of freedom, the mean item standard error added in
     quadrature so that a gap inside the item error is no split), and the gap's position j (the split puts
     the j smallest values in one mode). Needs three values; inf where the groups have no spread at all."""
-    x = np.sort(np.asarray(values, dtype=float).ravel())
-    n = len(x)
-    best, where = 0.0, 0
-    for j in range(1, n):
-        a, b = x[:j], x[j:]
-        within = ((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum()
-        scale = math.sqrt(within / (n - 2) + item_se ** 2)
-        gap = x[j] - x[j - 1]
-        g = gap / scale if scale > 0 else (math.inf if gap > 0 else 0.0)
-        if g > best:
-            best, where = g, j
-    return best, where
+    best, where = _max_gap(np.sort(np.asarray(values, dtype=float).ravel())[None], item_se)
+    return float(best[0]), int(where[0])
 
 
 def split_critical_value(n: int, alpha: float = SPLIT_ALPHA, reps: int = 200_000) -> float:
@@ -192,12 +196,7 @@ def split_critical_value(n: int, alpha: float = SPLIT_ALPHA, reps: int = 200_000
 def _split_critical_value(n: int, alpha: float, reps: int) -> float:
     if n < 3:
         return math.inf
-    x = np.sort(np.random.default_rng(20261206).normal(size=(reps, n)), axis=1)
-    best = np.zeros(reps)
-    for j in range(1, n):
-        a, b = x[:, :j], x[:, j:]
-        within = ((a - a.mean(1, keepdims=True)) ** 2).sum(1) + ((b - b.mean(1, keepdims=True)) ** 2).sum(1)
-        best = np.maximum(best, (x[:, j] - x[:, j - 1]) / np.sqrt(within / (n - 2)))
+    best, _ = _max_gap(np.sort(np.random.default_rng(20261206).normal(size=(reps, n)), axis=1))
     return float(np.quantile(best, 1 - alpha))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,6 @@ from instrumentality.stats import (  # noqa: E402
     paired_differences,
     remedy,
     seed_interval,
-    seeds_to_decide,
 )
 
 # The verdict rule, written into the report
@@ -87,11 +87,11 @@ def check_one_run_per_seed(seeds: pd.DataFrame, what: str) -> None:
                          "from the table")
 
 
-def has_items(*tables: pd.DataFrame) -> bool:
-    """Whether every seed of every table has per-item values, all of one length (the same items)."""
-    arrays = [x for t in tables for x in (t["items"] if "items" in t else [None] * max(len(t), 1))]
-    lengths = {len(x) for x in arrays if isinstance(x, np.ndarray)}
-    return bool(arrays) and all(isinstance(x, np.ndarray) for x in arrays) and len(lengths) == 1
+def same_items(*columns: pd.Series) -> bool:
+    """Whether every seed of every arm (an `items` column each) has per-item values, all of one length (the
+    same items)."""
+    arrays = [x for c in columns for x in c]
+    return bool(arrays) and all(isinstance(x, np.ndarray) for x in arrays) and len({len(x) for x in arrays}) == 1
 
 
 def _with_items(seeds, value, items: list | None, quadrature_half) -> pd.DataFrame:
@@ -117,8 +117,7 @@ def paired(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     m = a.merge(b, on="seed", suffixes=("_a", "_b"))
     if m.empty:
         return _with_items(m.seed, [], None, np.zeros(0))
-    if {"items_a", "items_b"} <= set(m) and has_items(m.rename(columns={"items_a": "items"}),
-                                                      m.rename(columns={"items_b": "items"})):
+    if {"items_a", "items_b"} <= set(m) and same_items(m.items_a, m.items_b):
         return _with_items(m.seed, None, [x - y for x, y in zip(m.items_a, m.items_b)], None)
     d, low, high = paired_differences(m.value_a, m.value_b, m.ci_low_a, m.ci_high_a, m.ci_low_b, m.ci_high_b)
     return _with_items(m.seed, d, None, (high - low) / 2)
@@ -140,10 +139,9 @@ def weighted_sum(tables: list[pd.DataFrame], weights: list[float]) -> pd.DataFra
         merged = merged.merge(part, on="seed")
     if merged.empty:
         return _with_items(merged.seed, [], None, np.zeros(0))
-    terms = [merged.rename(columns={f"items_{i}": "items"}) if f"items_{i}" in merged else merged[[]]
-             for i in range(len(tables))]
-    if all("items" in t for t in terms) and has_items(*terms):
-        items = [sum(w * merged[f"items_{i}"].iloc[k] for i, w in enumerate(weights)) for k in range(len(merged))]
+    item_columns = [f"items_{i}" for i in range(len(tables))]
+    if all(c in merged for c in item_columns) and same_items(*(merged[c] for c in item_columns)):
+        items = [sum(w * merged[c].iloc[k] for c, w in zip(item_columns, weights)) for k in range(len(merged))]
         return _with_items(merged.seed, None, items, None)
     value = sum(w * merged[f"value_{i}"] for i, w in enumerate(weights))
     half = np.sqrt(sum((w * (merged[f"ci_high_{i}"] - merged[f"ci_low_{i}"]) / 2) ** 2 for i, w in enumerate(weights)))
@@ -173,7 +171,7 @@ class Claim:
     def threshold(self) -> float:
         return float(self.prediction.split()[-1])
 
-    @property
+    @cached_property
     def modes(self) -> np.ndarray | None:
         """Where the seeds fall into two modes (stats.detect_split): the upper mode's mask; else None."""
         if self.seeds is None or len(self.seeds) < 3:
@@ -263,17 +261,6 @@ class Claim:
             return "decided on its own, not after the correction for the claim's other rows"
         return remedy(t.value.values, t.ci_low.values, t.ci_high.values, x)
 
-    @property
-    def seeds_to_decide(self) -> int | None:
-        """For an inconclusive claim: the seed count at which the measured mean and spread would decide it."""
-        if self.verdict != "inconclusive" or self.seeds is None or len(self.seeds) < 2:
-            return None
-        x = self.threshold
-        t = self.seeds
-        if self.prediction.startswith("abs"):  # decided by excluding the nearer of -x and x
-            x = x if self.value >= 0 else -x
-        return seeds_to_decide(t.value.values, t.ci_low.values, t.ci_high.values, x)
-
 
 def claim_of(row: str, seeds: pd.DataFrame, note: str = "", **fill) -> Claim:
     """A declared row (claims.yaml: <claim>.<key>) measured by one value per seed (seed, value, ci_low,
@@ -281,8 +268,6 @@ def claim_of(row: str, seeds: pd.DataFrame, note: str = "", **fill) -> Claim:
     s = spec(row)
     cid = row.split(".")[0]
     metric, prediction = s.metric.format(**fill), s.prediction.format(**fill)
-    if prediction.startswith(("< -", "> -")):  # "< -0.03": a negative threshold
-        prediction = prediction[:2] + prediction[2:].replace(" ", "")
     check_one_run_per_seed(seeds, f"claim {cid} ({metric})")
     if "item_pairing" in seeds and (seeds.item_pairing == "quadrature").any():
         note = "; ".join(filter(None, [note, "the arms' item errors in quadrature (no per-item values for them "

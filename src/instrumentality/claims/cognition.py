@@ -120,8 +120,8 @@ def c8_claims(df: pd.DataFrame) -> list[Claim]:
     for c in COGNITIONS[1:]:
         under_critic = paired(steer[c, "critic gamma=1"], steer["standard", "critic gamma=1"])
         under_supervised = paired(steer[c, "supervised"], steer["standard", "supervised"])
-        margin = MARGIN_FRACTION * np.nanmean([exact_optimum(g, c), exact_optimum(g, "standard")]) \
-            if not (math.isnan(exact_optimum(g, c)) and math.isnan(exact_optimum(g, "standard"))) else math.nan
+        optima = [x for x in (exact_optimum(g, c), exact_optimum(g, "standard")) if not math.isnan(x)]
+        margin = MARGIN_FRACTION * float(np.mean(optima)) if optima else math.nan
         out.append(claim_of(f"C8.cognition[{c}]", weighted_sum([under_critic, under_supervised], [0.5, 0.5]),
                             margin=margin))
         out.append(claim_of(f"C8.interaction[{c}]", weighted_sum([under_critic, under_supervised], [1.0, -1.0]),

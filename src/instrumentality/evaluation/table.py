@@ -213,26 +213,26 @@ def read_run_items(run_dir: Path) -> dict[str, np.ndarray]:
         return {}
 
 
-def update_items(table: Path, run_dirs: dict[str, Path]) -> Path:
+def update_items(table: Path, run_dirs: dict[str, Path], df: pd.DataFrame | None = None) -> Path:
     """Put the per-item values of the runs now in the table (run id -> its folder) beside it, keyed
     "<run id>|<source>|<probe>|<metric>": a run's items count only while its source (its checkpoint's
-    digest) is the table's. Items of runs no longer in the table are dropped."""
+    digest) is the table's. Items of runs no longer in the table are dropped. `df`: the table as just
+    written (update_table's result), else it is read."""
     table = Path(table)
     path = items_path(table)
-    df, _ = read_table(table)
+    df = read_table(table)[0] if df is None else df
     sources = dict(zip(df["run_id"].astype(str), df["source"].astype(str))) if not df.empty else {}
     keep = {}
     if path.exists():
         try:
-            with np.load(path) as z:
-                keep = {k: z[k] for k in z.files if sources.get(k.split("|")[0]) == k.split("|")[1]}
+            with np.load(path) as z:  # kept: runs not evaluated now whose source is still the table's
+                keep = {k: z[k] for k in z.files if k.split("|")[0] not in run_dirs
+                        and sources.get(k.split("|")[0]) == k.split("|")[1]}
         except (OSError, ValueError):
             keep = {}
     for run_id, run_dir in run_dirs.items():
-        if run_id not in sources:
-            continue
-        keep = {k: v for k, v in keep.items() if k.split("|")[0] != run_id}
-        keep.update({f"{run_id}|{sources[run_id]}|{k}": v for k, v in read_run_items(run_dir).items()})
+        if run_id in sources:
+            keep.update({f"{run_id}|{sources[run_id]}|{k}": v for k, v in read_run_items(run_dir).items()})
     write_atomic(path, npz_bytes(keep))
     return path
 
