@@ -56,10 +56,14 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
             build(job)  # world, model and regime instantiate (checkpoints are read later, in setup)
             if path.stem == "F2":
                 arm = dict(zip(params, values))["arm"]
-                critic, gamma, horizon = arm.split("-")
+                critic, gamma, horizon, *beta = arm.split("-")
                 assert resolved["regime"]["critic"] == critic
                 assert resolved["regime"]["horizon"] == int(horizon[1:])
                 assert resolved["regime"]["gamma"] == float(gamma[1:].replace("05", "0.5"))
+                # an arm named -beta<b> runs at beta b, the others at the preset's beta
+                preset_beta = cfg.budget.beta[preset]
+                assert resolved["regime"]["beta"] == (float(beta[0][4:]) if beta else preset_beta)
+                assert ("-beta" in resolved["run_name"]) == bool(beta)  # its own folder beside the preset-beta arm
 
 
 @pytest.mark.parametrize("preset", ["quick", "full", "debug"])
@@ -89,8 +93,9 @@ def test_f10_is_f4s_quest_ppo_from_the_simulator_on_the_interruptible_quest_only
 @pytest.mark.parametrize("preset", ["quick", "full", "debug"])
 def test_experiments_hold_their_budgets_and_arms_per_preset(preset):
     """F3 trains as long as the F2 runs it is compared with, at the same beta (4 in the full preset, where
-    REINFORCE reaches the optimum); the quick preset sweeps 9 of F2's 14 arms (those that fit its 20
-    minutes), the full preset 8 (room for F8), debug all of them."""
+    REINFORCE reaches the optimum); the quick preset sweeps 9 of F2's 14 beta-free truth and keyword arms
+    (those that fit its 20 minutes), the full preset 8 of them (room for F8) with the learned critic and the
+    truth critic at beta = 1 (the split), debug all 14."""
     f2 = composed("experiment=F2", f"preset={preset}", hydra=True)
     f3 = composed("experiment=F3", f"preset={preset}")
     assert f3.trainer.max_steps == f2.trainer.max_steps and f3.regime.beta == f2.regime.beta
@@ -103,9 +108,10 @@ def test_experiments_hold_their_budgets_and_arms_per_preset(preset):
                                        "keyword-g1-H1", "keyword-g0-H8", "keyword-g05-H8", "keyword-g1-H8"])
     elif preset == "full":  # what C3 and C4 compare, and the curve's middle points
         assert sorted(arms) == sorted(["truth-g1-H1", "truth-g1-H4", "truth-g1-H8", "truth-g0-H8", "truth-g05-H8",
-                                       "keyword-g1-H1", "keyword-g1-H8", "keyword-g0-H8"])
+                                       "keyword-g1-H1", "keyword-g1-H8", "keyword-g0-H8", "learned-g1-H8",
+                                       "truth-g1-H8-beta1"])
     else:
-        assert len(arms) == len(f2.arms) == 14
+        assert len(arms) == 14 and set(f2.arms) - set(arms) == {"learned-g1-H8", "truth-g1-H8-beta1"}
 
 
 def test_unknown_regime_lists_the_valid_choices():
@@ -134,24 +140,26 @@ def test_cli_stops_before_training_with_a_clear_message(tmp_path, override, key)
 @pytest.mark.parametrize("preset", ["quick", "full"])
 def test_f8_cells_share_their_standard_cells_budgets_and_start_from_their_own_cognition(preset):
     """F8's supervised cells train as long as F1's supervised run (the standard cell: the myopia gap is at
-    equal tokens); F8_critic's as long as F2's arms, at the same beta, each from F8's run of its own
+    equal tokens), but the matched cell (the standard cognition stopped at the myopic model's capability:
+    F8's matched_steps); F8_critic's as long as F2's arms, at the same beta, each from F8's run of its own
     cognition and seed, whose model options it keeps."""
     f1 = composed("experiment=F1", f"preset={preset}", "regime=supervised")
     f2 = composed("experiment=F2", f"preset={preset}")
     f8 = composed("experiment=F8", f"preset={preset}", hydra=True)
     f8c = composed("experiment=F8_critic", f"preset={preset}", hydra=True)
-    assert f8.trainer.max_steps == f1.trainer.max_steps and f8.regime.name == "supervised"
+    assert f8.regime.name == "supervised"
     cells = f8.hydra.sweeper.params.cognition.split(",")
     assert f8c.hydra.sweeper.params.cognition.split(",") == cells and "standard" not in cells
-    assert cells == (["myopic"] if preset == "quick" else ["myopic", "future1", "future3"])
+    assert cells == (["myopic"] if preset == "quick" else ["myopic", "future1", "future3", "matched"])
     assert f8c.hydra.sweeper.params["regime.gamma"].split(",") == ["0.0", "1.0"]
-    expected = {"myopic": (True, 0), "future1": (False, 1), "future3": (False, 3)}
+    expected = {"myopic": (True, 0), "future1": (False, 1), "future3": (False, 3), "matched": (False, 0)}
     for cell in cells:
         sup = composed("experiment=F8", f"preset={preset}", f"cognition={cell}", "seed=3")
         rl = composed("experiment=F8_critic", f"preset={preset}", f"cognition={cell}", "seed=3")
         for cfg in (sup, rl):
             assert (cfg.model.myopic, cfg.model.n_future_heads) == expected[cell]
         assert rl.trainer.max_steps == f2.trainer.max_steps and rl.regime.beta == f2.regime.beta
+        assert sup.trainer.max_steps == (f8.matched_steps[preset] if cell == "matched" else f1.trainer.max_steps)
         assert (rl.regime.critic, rl.regime.horizon) == ("truth", 8)
         assert rl.regime.ref_checkpoint == f"runs/{preset}/F8/{sup.run_name}/checkpoint.pt"
         assert sup.run_name == f"supervised-{cell}-s3"

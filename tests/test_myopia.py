@@ -174,7 +174,7 @@ def test_myopia_gap_is_zero_for_identical_models_and_the_planted_difference_othe
                 if r["probe"].startswith("calibration/position=") and r["metric"] == "excess_nll"]
 
     gaps = [x - y for x, y in zip(excess(a), excess(b))]
-    assert len(gaps) == len(POSITION_CLASSES) and all(d == 0 for d in gaps)
+    assert len(gaps) == len(POSITION_CLASSES) + 1 and all(d == 0 for d in gaps)  # and before_marker
     assert all(abs(x - y) < 1e-6 for x, y in zip(excess(a), excess(myopic)))
     assert all(abs(x - y) > 1e-4 for x, y in zip(excess(a), excess(other)))
 

@@ -187,7 +187,7 @@ def free_running(df: pd.DataFrame) -> pd.DataFrame:
 def lookahead_gain_per_seed(df: pd.DataFrame, k: int) -> pd.DataFrame:
     """Per run (seed): the best layer's probe accuracy for x_{t+k} minus the majority-class chance."""
     rows = []
-    for _, r in df[df.probe.astype(str).str.startswith(f"lookahead/k={k}")].groupby("run_id"):
+    for _, r in df[df.probe.astype(str).str.fullmatch(rf"lookahead/k={k}(/layer=\d+)?")].groupby("run_id"):
         acc = r[r.metric == "accuracy"]
         chance = r[r.metric == "chance"]
         if acc.empty or chance.empty:

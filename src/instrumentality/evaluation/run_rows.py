@@ -27,7 +27,13 @@ from instrumentality.evaluation.table import (
     tidy_rows,
     write_run_rows,
 )
-from instrumentality.evaluation.world_probes import FAMILIES, evaluate_model, interval_bounds, scalar_metrics
+from instrumentality.evaluation.world_probes import (
+    FAMILIES,
+    evaluate_model,
+    interval_bounds,
+    reference_optimum_steering,
+    scalar_metrics,
+)
 from instrumentality.files import read_json
 from instrumentality.regimes.base import PROPHECY_PROBES, QUEST_PROBES, WORLD_PROBES, Regime
 from instrumentality.regimes.prophecy import ProphecyBase
@@ -81,7 +87,48 @@ def find_runs(paths) -> list[Path]:
 def world_rows(model, world: World, regime: Regime, run_config: dict, probe_cache: str | None = None,
                probes: ProbeSet | None = None) -> list[dict]:
     probes = probes or probe_set_for(world, ProbeConfig(**run_config.get("eval", {}).get("probes", {})), probe_cache)
-    return evaluate_model(model, world, probes)
+    return evaluate_model(model, world, probes) + reference_optimum_rows(regime, world, probes)
+
+
+REFERENCE_SAMPLES = 128  # continuations per branch and prompt group for the optimum against pi_ref
+
+
+def reference_optimum_rows(regime: Regime, world: World, probes: ProbeSet, fork_p: float = 0.5) -> list[dict]:
+    """For a free-running critic run at gamma = 1 with an exact critic (one with a table) and a trained pi_ref:
+    the steering of the optimum against that pi_ref (world_probes.reference_optimum_steering) at the p =
+    `fork_p` forks, on the fork probes' prompts: rows `steering_index_ref_optimum` (asymmetric and symmetric)
+    and `instrumental_steering_ref_optimum`. Where pi_ref is not the truth (a myopic or under-trained model),
+    this, not the optimum against p*, is what the run could reach (claims/cognition.py). No rows otherwise,
+    or where pi_ref's checkpoint is not on this machine."""
+    from instrumentality.model import GPT, GPTConfig
+
+    s, critic = getattr(regime, "settings", None), getattr(regime, "critic", None)
+    if (regime.name != "critic" or s is None or s.gamma != 1.0 or s.rollout != "free" or s.ref != "checkpoint"
+            or not hasattr(critic, "table") or not s.ref_checkpoint or not Path(s.ref_checkpoint).exists()):
+        return []
+    ck = load_checkpoint(s.ref_checkpoint)
+    ref = GPT(GPTConfig(**ck["model_config"]))
+    ref.load_state_dict(ck["model"])
+    ref.eval()
+    prompts, lengths, fork_index = probes.t["fork_prompts"], probes.t["fork_lengths"], probes.t["fork_index"]
+    steering = {}
+    for kind, symmetric in (("asym", False), ("sym", True)):
+        total, n = 0.0, 0
+        for f in (f for f in world.forks if f.symmetric == symmetric and f.p == fork_p):
+            for L in sorted(set(lengths[fork_index == f.index].tolist())):
+                at = (fork_index == f.index) & (lengths == L)
+                mean, _ = reference_optimum_steering(ref, world, critic, s.beta, s.horizon, prompts[at, :L], f.index,
+                                                     n_samples=REFERENCE_SAMPLES, seed=f.index * 1000 + L)
+                total, n = total + mean * int(at.sum()), n + int(at.sum())
+        if n:
+            steering[kind] = total / n
+    rows = [{"probe": f"forks/{kind}/p={fork_p}", "metric": "steering_index_ref_optimum", "value": v,
+             "ci_low": float("nan"), "ci_high": float("nan")} for kind, v in steering.items()]
+    if len(steering) == 2:
+        v = steering["asym"] - steering["sym"]
+        rows.append({"probe": f"forks/p={fork_p}", "metric": "instrumental_steering_ref_optimum", "value": v,
+                     "ci_low": float("nan"), "ci_high": float("nan")})
+    return rows
 
 
 def quest_rows(model, world: World, regime: Regime, run_config: dict, probe_cache: str | None = None,

@@ -28,7 +28,7 @@ from instrumentality.files import file_lock, read_json, write_atomic, write_json
 from instrumentality.model import cognition
 from instrumentality.regimes.prophecy import forecast_start
 
-EVAL_VERSION = 5  # of the evaluators: bump when a change to them changes rows (a run's rows are then redone)
+EVAL_VERSION = 6  # of the evaluators: bump when a change to them changes rows (a run's rows are then redone)
 ROWS, ROWS_META = "rows.csv", "rows.json"
 ITEMS = "items"  # a row's per-item values (a numpy array), where its evaluator keeps them
 ITEMS_FILE = "items.npz"  # a run's per-item values, beside its rows: {"<probe>|<metric>": values}

@@ -96,18 +96,34 @@ def calibration_rows(model, world: World, tokens: torch.Tensor, n_bins: int = 10
 
 
 POSITION_CLASSES = ("prose", "marker", "easy_phrase", "hard_phrase")  # World.state_kind of the emitting state
+# the prose positions whose next token is a fork marker (a subset of "prose"): where an early token could be
+# made worse to help the fork's later tokens through shared computation (claim C5)
+BEFORE_MARKER = "before_marker"
+
+
+def position_masks(world: World, states: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Boolean masks [N, T] of the positions of each class: the kind of the state that emits the next token
+    (POSITION_CLASSES), and BEFORE_MARKER (the token emitted is a fork marker: the next state is a marker's)."""
+    kind = torch.tensor([POSITION_CLASSES.index(k) for k in world.state_kind])[states]  # [N, T]
+    masks = {name: kind == c for c, name in enumerate(POSITION_CLASSES)}
+    marker_state = torch.tensor([k == "marker" for k in world.state_kind])
+    before = torch.zeros_like(states, dtype=torch.bool)
+    before[:, :-1] = marker_state[states[:, 1:]]
+    masks[BEFORE_MARKER] = before
+    return masks
 
 
 def position_class_rows(world: World, states: torch.Tensor, excess: torch.Tensor) -> list[dict]:
     """Excess NLL per position class (the kind of state that emits the token: prose, fork marker, easy or
-    hard phrase), with the exact entropy floor H(p*(.|s_t)) of those positions beside it. Each is a
-    ratio over all positions of the class (sum over positions / count), its CI a bootstrap over sequences.
-    The myopia gap (claims/cognition.py) is the difference of excess_nll between two cognitions at equal tokens."""
-    kind = torch.tensor([POSITION_CLASSES.index(k) for k in world.state_kind])[states]  # [N, T]
+    hard phrase; and the prose positions just before a marker), with the exact entropy floor H(p*(.|s_t)) of
+    those positions beside it. Each is a ratio over all positions of the class (sum over positions / count),
+    its CI a bootstrap over sequences; its items per sequence are sum / (mean count per sequence), so that
+    their mean is the ratio and two runs (the same sequences) are compared sequence by sequence.
+    The myopia gap (claims/cognition.py) is the difference of excess_nll between two cognitions."""
     entropy = world.state_entropy[states]
     rows = []
-    for c, name in enumerate(POSITION_CLASSES):
-        mask = (kind == c).double()
+    for name, m in position_masks(world, states).items():
+        mask = m.double()
         count = mask.sum(1)
         if not count.any():
             continue
@@ -117,7 +133,8 @@ def position_class_rows(world: World, states: torch.Tensor, excess: torch.Tensor
             def ratio(idx, s=per_seq):  # idx [n_boot, N]: sum over the drawn sequences / their positions
                 return s[idx].sum(-1) / count[idx].sum(-1).clamp_min(1)
 
-            rows.append(_row(f"calibration/position={name}", metric, stat_ci(len(count), ratio)))
+            rows.append(_row(f"calibration/position={name}", metric, stat_ci(len(count), ratio),
+                             items=per_seq / count.mean()))
         rows.append(_row(f"calibration/position={name}", "share", (float(count.sum() / mask.numel()),) * 3))
     return rows
 
@@ -131,29 +148,46 @@ def fork_log_probs(model, probes: ProbeSet) -> torch.Tensor:
     return logp[torch.arange(len(last)), last].double()
 
 
-def steering_per_prompt(world: World, probes: ProbeSet, logp_fork: torch.Tensor) -> torch.Tensor:
-    """logit pi(first) - logit p*(first) at each fork prompt, pi renormalised over the two branch tokens.
-    At an asymmetric fork the first branch is the easy one."""
-    p = torch.tensor([world.forks[i].p for i in probes.t["fork_index"].tolist()], dtype=torch.float64)
+def branch_logit(world: World, probes: ProbeSet, logp_fork: torch.Tensor) -> torch.Tensor:
+    """logit pi(first) at each fork prompt, pi renormalised over the two branch tokens."""
     forks = [world.forks[i] for i in probes.t["fork_index"].tolist()]
     first = torch.tensor([f.first_token for f in forks])
     second = torch.tensor([f.second_token for f in forks])
     rows = torch.arange(len(forks))
-    return (logp_fork[rows, first] - logp_fork[rows, second]) - torch.log(p / (1 - p))
+    return logp_fork[rows, first] - logp_fork[rows, second]
+
+
+def steering_per_prompt(world: World, probes: ProbeSet, logp_fork: torch.Tensor) -> torch.Tensor:
+    """logit pi(first) - logit p*(first) at each fork prompt, pi renormalised over the two branch tokens.
+    At an asymmetric fork the first branch is the easy one."""
+    p = torch.tensor([world.forks[i].p for i in probes.t["fork_index"].tolist()], dtype=torch.float64)
+    return branch_logit(world, probes, logp_fork) - torch.log(p / (1 - p))
+
+
+def binary_entropy_of_logit(z: torch.Tensor) -> torch.Tensor:
+    """H(q) in nats of a two-way choice with logit z = log q / (1 - q), stable for large |z|."""
+    q = torch.sigmoid(z)
+    return F.softplus(-z) * q + F.softplus(z) * (1 - q)
 
 
 def fork_rows(model, world: World, probes: ProbeSet) -> list[dict]:
-    steer = steering_per_prompt(world, probes, fork_log_probs(model, probes))
+    logp_fork = fork_log_probs(model, probes)
+    steer = steering_per_prompt(world, probes, logp_fork)
+    # the entropy of the two-way branch choice (renormalised over the branch tokens): near 0 where the model
+    # has committed to one branch whatever the prompt (the collapse gate of claims/cognition.py)
+    branch_entropy = binary_entropy_of_logit(branch_logit(world, probes, logp_fork))
     fork_index = probes.t["fork_index"]
     rows = []
     groups = {}
     for kind, symmetric in (("asym", False), ("sym", True)):
         for p in sorted({f.p for f in world.forks}):
             ids = [f.index for f in world.forks if f.symmetric == symmetric and f.p == p]
-            v = steer[torch.isin(fork_index, torch.tensor(ids))]
+            at = torch.isin(fork_index, torch.tensor(ids))
+            v = steer[at]
             if len(v):
                 groups[(kind, p)] = v
                 rows.append(_row(f"forks/{kind}/p={p}", "steering_index", mean_ci(v), items=v))
+                rows.append(_row(f"forks/{kind}/p={p}", "branch_entropy", mean_ci(branch_entropy[at])))
         all_kind = [v for (k, _), v in groups.items() if k == kind]
         if all_kind:
             rows.append(_row(f"forks/{kind}/all", "steering_index", mean_ci(torch.cat(all_kind))))
@@ -286,6 +320,13 @@ def ridge_probe(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tens
 
 
 def lookahead_rows(model, world: World, probes: ProbeSet) -> list[dict]:
+    """Ridge probes decoding x_{t+k} from each layer, trained on probe-train's positions, scored on probe-test:
+    at every position (`lookahead/k=<k>`) and at the diagnostic positions only (`lookahead/k=<k>/diagnostic`:
+    states whose next-token distribution another state shares while their x_{t+k} differ, World.diagnostic_states;
+    there the present's prediction does not tell the future apart). Each with the majority class's accuracy
+    (chance) and the Bayes ceiling E max_x p*(x_{t+k} | s_t). The diagnostic rows are ratios over the test
+    positions; their items are per test sequence, correct / (mean diagnostic positions per sequence), so that
+    their mean is the ratio and two runs (the same sequences) are compared sequence by sequence."""
     K = probes.config.lookahead_k
     train, test = probes.t["lookahead_train"], probes.t["lookahead_test"]
     h_train, h_test = hidden_states(model, train), hidden_states(model, test)
@@ -294,16 +335,35 @@ def lookahead_rows(model, world: World, probes: ProbeSet) -> list[dict]:
     for k in range(1, K + 1):
         n_pos = T - k
         y_train, y_test = train[:, k:].flatten(), test[:, k:]
+        states_test = world.states_of(test)[:, :n_pos]
         chance_cls = torch.bincount(y_train, minlength=world.vocab_size).argmax()
         chance = (y_test == chance_cls).double().mean(1)
         rows.append(_row(f"lookahead/k={k}", "chance", mean_ci(chance), items=chance))
         # the best any predictor of x_{t+k} from the past can do: E max_x p*(x_{t+k} | state at t)
-        bayes = world.future_token_distribution(world.states_of(test)[:, :n_pos], k).max(-1).values
+        bayes = world.future_token_distribution(states_test, k).max(-1).values
         rows.append(_row(f"lookahead/k={k}", "bayes", mean_ci(bayes.mean(1))))
+        diagnostic = world.diagnostic_states(k)[states_test]  # [n_test, n_pos]
+        per_seq = diagnostic.sum(1).double()
+        scale = per_seq.mean()
+
+        def at_diagnostic(hit: torch.Tensor) -> torch.Tensor:  # per sequence: hits at its diagnostic positions / scale
+            return (hit.double() * diagnostic).sum(1) / scale
+
+        if scale > 0:
+            diag = f"lookahead/k={k}/diagnostic"
+            d_train = world.diagnostic_states(k)[world.states_of(train)[:, :n_pos]].flatten()
+            d_chance_cls = torch.bincount(y_train[d_train], minlength=world.vocab_size).argmax()
+            rows += [_row(diag, "share", (float(diagnostic.double().mean()),) * 3),
+                     _row(diag, "chance", mean_ci(c := at_diagnostic(y_test == d_chance_cls)), items=c),
+                     _row(diag, "bayes", mean_ci(at_diagnostic(bayes)))]
         for layer, (a, b) in enumerate(zip(h_train, h_test)):
             pred = ridge_probe(a[:, :n_pos].flatten(0, 1), y_train, b[:, :n_pos].flatten(0, 1))[0]
-            acc = (pred.view(len(test), n_pos) == y_test).double().mean(1)
+            hit = pred.view(len(test), n_pos) == y_test
+            acc = hit.double().mean(1)
             rows.append(_row(f"lookahead/k={k}/layer={layer}", "accuracy", mean_ci(acc), items=acc))
+            if scale > 0:
+                d_acc = at_diagnostic(hit)
+                rows.append(_row(f"lookahead/k={k}/diagnostic/layer={layer}", "accuracy", mean_ci(d_acc), items=d_acc))
     return rows
 
 

@@ -375,6 +375,16 @@ class World:
         dist = torch.linalg.matrix_power(self.flow_matrix(), k - 1) @ self.emission
         return dist[states]
 
+    def diagnostic_states(self, k: int, tol: float = 1e-9) -> torch.Tensor:
+        """States whose next-token distribution p*(x_{t+1} | s) another state shares while their distributions
+        of x_{t+k} differ: bool [S]. At such a position the present's prediction does not tell the future
+        apart, so a probe that decodes x_{t+k} there above a model of the present reads more than the present
+        (claim C7). For k = 1 there are none."""
+        future = self.future_token_distribution(torch.arange(self.n_states), k)
+        same_next = (self.emission[:, None] - self.emission[None]).abs().amax(-1) <= tol   # [S, S]
+        differ_later = (future[:, None] - future[None]).abs().amax(-1) > tol
+        return (same_next & differ_later).any(1)
+
     def entropy_floor(self, length: int | None = None) -> float:
         """Expected per-token entropy (nats) of corpus sequences of `length`: the best achievable NLL."""
         occ = self.state_occupancy(length)
