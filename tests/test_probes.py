@@ -415,3 +415,106 @@ def test_ridge_probe_does_not_shrink_the_intercept():
     pred, alpha = ridge_probe(torch.randn(2000, 8, generator=g), y, torch.randn(300, 8, generator=g))
     assert alpha == RIDGE_ALPHAS[-1]
     assert (pred == 2).all()
+
+
+# ---------------------------------------------------------------------------- diagnostic positions, gates
+def future_by_paths(world: World, s: int, k: int) -> torch.Tensor:
+    """p*(x_{t+k} | state s) by walking the transition table token by token (not the flow matrix)."""
+    if k == 1:
+        return world.emission[s]
+    out = torch.zeros(world.vocab_size, dtype=torch.float64)
+    for x in (world.emission[s] > 0).nonzero().flatten().tolist():
+        out += world.emission[s, x] * future_by_paths(world, int(world.transition[s, x]), k - 1)
+    return out
+
+
+def test_diagnostic_states_share_the_next_token_and_not_the_future_by_path_enumeration(world):
+    for k in (1, 2, 3):
+        future = torch.stack([future_by_paths(world, s, k) for s in range(world.n_states)])
+        expected = []
+        for s in range(world.n_states):
+            twins = [t for t in range(world.n_states) if t != s and torch.equal(world.emission[t], world.emission[s])]
+            expected.append(any(not torch.allclose(future[t], future[s], atol=1e-12) for t in twins))
+        assert world.diagnostic_states(k).tolist() == expected, k
+    assert not world.diagnostic_states(1).any()  # the next token alone cannot differ where it is shared
+    # the hard phrases: every position emits uniformly over the hard words, and only the last is followed by prose
+    assert world.diagnostic_states(2)[[s for s, kind in enumerate(world.state_kind) if kind == "hard_phrase"]].any()
+
+
+def test_look_ahead_at_diagnostic_positions_is_a_ratio_over_those_positions(world, probes):
+    """The truth model (hidden state: the world state) decodes at diagnostic positions up to the Bayes ceiling
+    there and not beyond; the future-copying model reads the future itself. The share of positions is the
+    count of diagnostic states along the test sequences, and the items average to the row's value."""
+    truth = lookahead_rows(TruthModel(world), world, probes)
+    rows = by_key(truth)
+    oracle = by_key(lookahead_rows(FutureCopyModel(world.vocab_size, n=4), world, probes))
+    test = probes.t["lookahead_test"]
+    assert not any(r["probe"].startswith("lookahead/k=1/diagnostic") for r in truth)
+    for k in (2, 3, 4):
+        diag = f"lookahead/k={k}/diagnostic"
+        states = world.states_of(test)[:, :test.shape[1] - k]
+        counted = sum(bool(world.diagnostic_states(k)[s]) for s in states.flatten().tolist())
+        assert rows[(diag, "share")]["value"] == pytest.approx(counted / states.numel())
+        acc = rows[(f"{diag}/layer=0", "accuracy")]
+        assert float(np.mean(acc["items"])) == pytest.approx(acc["value"])
+        assert acc["value"] <= rows[(diag, "bayes")]["value"] + 0.03
+        assert oracle[(f"{diag}/layer=0", "accuracy")]["value"] > 0.99
+
+
+def test_branch_entropy_at_the_forks_is_the_binary_entropy_of_the_branch_choice(world, probes):
+    from instrumentality.evaluation.world_probes import binary_entropy_of_logit
+
+    for tilt in (0.0, 2.0):
+        rows = by_key(fork_rows(TruthModel(world, tilt=tilt), world, probes))
+        for p in world.cfg.fork_probs:
+            q = 1 / (1 + math.exp(-(math.log(p / (1 - p)) + tilt)))
+            closed = -(q * math.log(q) + (1 - q) * math.log(1 - q))
+            assert rows[(f"forks/asym/p={p}", "branch_entropy")]["value"] == pytest.approx(closed, abs=1e-5)
+    z = torch.tensor([-80.0, 0.0, 80.0], dtype=torch.float64)
+    assert binary_entropy_of_logit(z).tolist() == pytest.approx([0.0, math.log(2), 0.0], abs=1e-12)
+
+
+def test_the_positions_before_a_marker_are_those_whose_next_token_is_a_marker(world, probes):
+    from instrumentality.evaluation.world_probes import position_masks
+
+    tokens = probes.t["calibration"]
+    masks = position_masks(world, world.states_of(tokens[:, :-1]), tokens[:, 1:])
+    # position t predicts x_{t+1}; before a marker: the state after x_{t+1} is a fork's marker state
+    after = world.states_of(tokens)[:, 1:]
+    by_hand = torch.tensor([[world.state_kind[s] == "marker" for s in row] for row in after.tolist()])
+    assert torch.equal(masks["before_marker"], by_hand) and by_hand.any()
+    assert not (masks["before_marker"] & ~masks["prose"]).any()  # a marker follows prose only
+
+
+def test_the_optimum_against_a_runs_own_pi_ref_at_one_token_is_that_models_own_steering(world, probes, tmp_path):
+    """At H = 1 the optimum against pi_ref is exact (no continuation is sampled): log q*(A)/q*(B) = logit
+    pi_ref(A) + (c(A) - c(B)) / beta, and the truth critic grades both branches of a p = 0.5 fork alike, so
+    its steering is pi_ref's own steering index there (fork_rows, computed apart). Only free-running critic
+    runs at gamma = 1 with a table critic get these rows."""
+    import dataclasses
+
+    from instrumentality.evaluation.run_rows import reference_optimum_rows
+    from instrumentality.model import GPT, GPTConfig
+    from instrumentality.regimes.critic import CriticRegime, CriticSettings
+    from instrumentality.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=world.vocab_size, block_size=world.cfg.seq_len, n_layer=1, n_head=2, n_embd=16)
+    ref = GPT(cfg).eval()
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"model": ref.state_dict(), "model_config": dataclasses.asdict(cfg)})
+
+    def regime(**kw):
+        s = CriticSettings(**{"critic": "truth", "gamma": 1.0, "horizon": 1, "beta": 2.0,
+                              "ref_checkpoint": str(path), **kw})
+        return CriticRegime(world, s)
+
+    rows = by_key(reference_optimum_rows(regime(), world, probes))
+    own = by_key(fork_rows(ref, world, probes))
+    for kind in ("asym", "sym"):
+        assert rows[(f"forks/{kind}/p=0.5", "steering_index_ref_optimum")]["value"] == pytest.approx(
+            own[(f"forks/{kind}/p=0.5", "steering_index")]["value"], abs=1e-5)
+    assert rows[("forks/p=0.5", "instrumental_steering_ref_optimum")]["value"] == pytest.approx(
+        own[("forks/p=0.5", "instrumental_steering")]["value"], abs=1e-5)
+    for other in ({"gamma": 0.5}, {"rollout": "teacher_forced"}, {"critic": "learned"}):
+        assert reference_optimum_rows(regime(**other), world, probes) == [], other

@@ -41,6 +41,7 @@ def fixture_table() -> pd.DataFrame:
             run = f"F1/{regime}-s{s}"
             add(run, regime, s, "calibration", "kl", 0.01 if regime == "supervised" else 0.08)
             add(run, regime, s, "forks/asym/p=0.5", "steering_index", 0.0)
+            add(run, regime, s, "forks/p=0.5", "instrumental_steering", 0.0)
             for t, kl in enumerate([2.0, 0.5, 0.2, 0.09, 0.05, 0.03, 0.02, 0.015]):
                 add(run, regime, s, "curve/calibration", "kl", kl, tokens=(t + 1) * 1000 * speed)
             for b, (conf, acc) in enumerate([(0.15, 0.14), (0.55, 0.56), (0.95, 0.95)]):
@@ -50,6 +51,8 @@ def fixture_table() -> pd.DataFrame:
             add(run, regime, s, "lookahead/k=2", "chance", 0.06)
             for layer, acc in enumerate((0.30, 0.35)):
                 add(run, regime, s, f"lookahead/k=2/layer={layer}", "accuracy", acc)
+            for layer, acc in enumerate((0.25, 0.33)):  # at the diagnostic positions: 0.08 over the embedding
+                add(run, regime, s, f"lookahead/k=2/diagnostic/layer={layer}", "accuracy", acc)
         run = f"F3/critic-truth-teacher_forced-g1.0-H8-s{s}"
         extra = {"regime.critic": "truth", "regime.gamma": 1.0, "regime.horizon": 8, "regime.rollout": "teacher_forced"}
         for p in (0.2, 0.5, 0.8):
@@ -66,6 +69,8 @@ def fixture_table() -> pd.DataFrame:
                 add(run, "critic", s, "lookahead/k=2", "chance", 0.06, **extra)
                 add(run, "critic", s, "lookahead/k=2/layer=0", "accuracy", 0.3, **extra)
                 add(run, "critic", s, "forks/p=0.5", "instrumental_steering", steer, **extra)
+                add(run, "critic", s, "forks/p=0.5", "instrumental_steering_theory", gamma * min(H - 1, 4) * 2.08,
+                    width=0, **extra)
                 for h in range(1, 9):
                     add(run, "critic", s, "theory_curve/forks/asym/p=0.5", "steering_index",
                         gamma * min(h - 1, 4) * 2.08, width=0, horizon=h, **extra)
@@ -120,6 +125,9 @@ def test_claims_on_a_planted_table():
     verdicts = {(c.claim, c.metric.split(",")[0]): c.verdict for c in claims(df)}
     assert verdicts[("C1", "supervised KL(p* ‖ pi)")] == "supported"
     assert verdicts[("C1", "supervised steering index")] == "supported"
+    c1 = next(c for c in claims(df) if c.row == "C1.instrumental")
+    # within a quarter of the exact optimum of the truth critic at gamma = 1, H = 8 (8.32 here)
+    assert c1.primary and c1.prediction == "abs < 2.08" and c1.verdict == "supported"
     stt = samples_to_threshold(df)
     # KL crosses 0.1 between 0.2 (3000 tokens) and 0.09 (4000 tokens): log-log interpolation
     frac = (math.log(0.1) - math.log(0.2)) / (math.log(0.09) - math.log(0.2))
@@ -132,20 +140,21 @@ def test_claims_on_a_planted_table():
     c3 = next(c for c in claims(df) if c.claim == "C3")
     assert c3.verdict == "supported" and c3.value == pytest.approx(8.0)  # the truth critic's runs only
     c4 = [c for c in claims(df) if c.claim == "C4"]
-    assert [c.verdict for c in c4] == ["supported", "supported", "supported"]
+    assert [c.verdict for c in c4] == ["supported", "supported", "supported", "not measured"]  # no beta = 1 arm
     assert c4[0].value == pytest.approx(8.0) and c4[0].n_seeds == 3  # free-running runs only, not F3's
     assert c4[1].value == pytest.approx(0.0)  # gamma=0: the truth critic's runs only, not the keyword's
     assert c4[2].value == pytest.approx(1.0) and "keyword" in c4[2].metric
-    assert [c.verdict for c in claims(df) if c.claim == "C5"] == ["supported", "supported"]
+    assert [c.verdict for c in claims(df) if c.claim == "C5"] == []  # C5 reads F8's myopic runs (test_myopia)
     c6 = [c for c in claims(df) if c.claim == "C6"]
     # the primary row (every instrumental action on both variants), free_info, unscored x deceive, fight; post
     assert [round(c.value, 6) for c in c6] == [0.5, 0.5, 0.0, 0.5, 0.0, 0.3]
     assert [c.verdict for c in c6] == ["supported", "supported", "inconclusive", "supported", "inconclusive",
                                        "supported"]
     # the quest agents do not enter the world-text claims: C1 is still the F1 supervised runs alone
-    assert next(c for c in claims(df) if c.claim == "C1").value == pytest.approx(0.01)
-    c7 = next(c for c in claims(df) if c.claim == "C7")
-    assert c7.value == pytest.approx(0.35 - 0.06) and c7.verdict == "supported"
+    assert next(c for c in claims(df) if c.row == "C1.kl").value == pytest.approx(0.01)
+    c7 = next(c for c in claims(df) if c.row == "C7.lookahead_diagnostic")
+    assert c7.value == pytest.approx(0.33 - 0.25) and c7.verdict == "supported" and c7.primary
+    assert next(c for c in claims(df) if c.row == "C7.lookahead").value == pytest.approx(0.35 - 0.06)
 
 
 def test_report_and_figures_rebuild_from_the_table_alone(tmp_path):
@@ -155,7 +164,10 @@ def test_report_and_figures_rebuild_from_the_table_alone(tmp_path):
                                           "hardware": "none", "composition": "F9 was trained later."})
     text = report.read_text()
     assert "runs at git `abc`, today, none." in text and "\nF9 was trained later.\n" in text
-    assert "| C1 | primary | supervised KL(p* ‖ pi), nats/token | < 0.05 |" in text and "**supported**" in text
+    assert "| C1 | secondary | supervised KL(p* ‖ pi), nats/token | < 0.05 |" in text and "**supported**" in text
+    # F3's teacher-forced runs: a check of the instrument, not a claim
+    assert "| teacher-forced truth critic, steering at p=0.5, gamma=1, H=8 (nats) | 0.020 [" in text
+    assert "| free-running minus teacher-forced, same arm (nats, paired by seed) | 7.980 [" in text
     for fig in ("F1_kl_vs_tokens", "F2_steering_vs_horizon", "F3_free_vs_teacher_forced", "F4_quest_probes",
                 "F5_lookahead_vs_steering", "F6_reliability"):
         assert (tmp_path / "figures" / f"{fig}.png").stat().st_size > 1000
@@ -182,7 +194,7 @@ def test_runs_that_did_not_end_are_left_out_of_claims_and_named_in_the_report(tm
     pd.concat([df, stopped], ignore_index=True).to_csv(csv, index=False)
     text = write_report(csv, tmp_path).read_text()
     assert "1 run(s) in the table did not end" in text and "`F1/supervised-s3`" in text
-    c1 = next(c for c in claims(load(csv)) if c.claim == "C1")
+    c1 = next(c for c in claims(load(csv)) if c.row == "C1.kl")
     assert c1.n_seeds == 3 and c1.value == pytest.approx(0.01) and c1.verdict == "supported"
 
 
@@ -212,3 +224,34 @@ def test_compare_says_which_claims_moved_outside_the_committed_interval(tmp_path
     n = sum(line.startswith("| C") for line in lines)
     assert f"{n - 1} of {n} claims' new values lie within the committed interval." in proc.stdout
     assert f"{len(old) - kl.sum()} equal bit for bit" in proc.stdout
+
+
+def test_the_beta_one_arm_and_the_learned_critic_are_their_own_rows_not_more_seeds(tmp_path):
+    """F2's truth critic at beta = 1 beside the preset's beta = 4: its seeds land on either side of the fork
+    (planted: two commit to the hard branch, three to the easy one), which C4.beta1 reports as a split, and
+    it does not enter C3 or C4's other rows; the learned critic is C3.learned's."""
+    df = fixture_table()
+    critic = df.regime == "critic"
+    df.loc[critic, "regime.beta"] = 4.0
+    base = df[df.run_id.str.startswith("F2/critic-truth-g1.0-H8-s")]
+    extra = []
+    for s, steer in enumerate((-12.0, -14.0, 5.0, 6.0, 7.0, 8.0)):
+        run = base[base.seed == s % 3].assign(run_id=f"F2/critic-truth-g1.0-H8-beta1-s{s}", seed=s,
+                                              **{"regime.beta": 1.0})
+        run.loc[run.metric.isin(["steering_index", "instrumental_steering"]), ["value", "ci_low", "ci_high"]] = steer
+        run = pd.concat([run, run[run.metric == "steering_index"].assign(metric="steering_index_theory", value=8.32)])
+        extra.append(run)
+    learned = base.assign(run_id=base.run_id.str.replace("truth", "learned"), **{"regime.critic": "learned"})
+    learned.loc[learned.metric == "instrumental_steering", "value"] = 0.7
+    table = as_results_table(pd.concat([df, *extra, learned], ignore_index=True).drop(columns=["source", "run_rows"]))
+    rows = {c.row: c for c in claims(table)}
+    assert rows["C3.steering"].value == pytest.approx(8.0) and rows["C3.steering"].n_seeds == 3
+    assert rows["C3.learned"].value == pytest.approx(0.7) and rows["C3.learned"].verdict == "supported"
+    assert rows["C4.horizon"].value == pytest.approx(8.0) and rows["C4.horizon"].n_seeds == 3
+    beta1 = rows["C4.beta1"]
+    assert beta1.prediction == "abs < 2.08" and beta1.n_seeds == 6 and beta1.verdict == "split"
+    csv = tmp_path / "results.csv"
+    table.to_csv(csv, index=False)
+    text = write_report(csv, tmp_path).read_text()
+    assert "| 1 | 8.32 | -12.00, -14.00, 5.00, 6.00, 7.00, 8.00 | 4 | 2 | 0 |" in text  # easy, hard, neither
+    assert (tmp_path / "figures" / "F2_split_beta.png").stat().st_size > 1000

@@ -59,7 +59,7 @@ def test_secondary_rows_are_decided_after_holm_and_the_primary_on_its_own():
     decided at 5%; after Holm over three rows only the strongest is (0.03 x 2 > 0.05)."""
     weak = seeds([0.05, 0.35, 0.2, 0.5, 0.1])  # one-sample t p about 0.03
     strong = seeds([2.0, 2.1, 1.9, 2.05, 1.95])
-    primary = claim_of("C8.cognition[myopic]", seeds([0.01, -0.01, 0.0, 0.02, -0.02]), margin=0.5)
+    primary = claim_of("C8.matched[myopic]", seeds([0.01, -0.01, 0.0, 0.02, -0.02]), margin=0.5)
     rows = [primary, claim_of("C8.objective", weak), claim_of("C8.lookahead[future1]", weak),
             claim_of("C8.lookahead[future3]", strong)]
     assert [r.verdict for r in rows] == ["supported"] * 4  # before decide(): each on its own

@@ -43,17 +43,27 @@ from instrumentality.claims.algebra import (
     save_figure,
     weighted_sum,
 )
-from instrumentality.claims.world import free_running, lookahead_gain_per_seed
-from instrumentality.evaluation.world_probes import POSITION_CLASSES
+from instrumentality.claims.world import (
+    MARGIN_FRACTION,
+    at_beta,
+    diagnostic_lookahead_gain,
+    free_running,
+    preset_beta,
+)
+from instrumentality.evaluation.world_probes import BEFORE_MARKER, POSITION_CLASSES
 from instrumentality.stats import seed_interval
 
-COGNITIONS = ("standard", "myopic", "future1", "future3")  # configs/cognition/, in the figures' order
+COGNITIONS = ("standard", "myopic", "future1", "future3", "matched")  # configs/cognition/, in the figures' order
 COGNITION_LABELS = {"standard": "standard", "myopic": "myopic", "future1": "future-heads-1",
                     "future3": "future-heads-3"}  # the results table's `cognition` column (model.cognition)
+# F8's runs of the standard cognition are the matched cell (cognition/matched.yaml: stopped at the myopic
+# model's KL); the standard cells are F1's and F2's runs
+MATCHED = "matched"
+POSITIONS = (*POSITION_CLASSES, BEFORE_MARKER)  # the myopia gap's position classes
 OBJECTIVES = ("supervised", "critic gamma=1", "critic gamma=0")
 STEERING = ("forks/asym/p=0.5", "steering_index")
 INSTRUMENTAL = ("forks/p=0.5", "instrumental_steering")
-LOOKAHEAD_K = (1, 2, 3, 4)
+LOOKAHEAD_K = (1, 2, 3, 4)  # k = 1 has no diagnostic positions (World.diagnostic_states)
 
 
 def grid(df: pd.DataFrame) -> pd.DataFrame:
@@ -62,15 +72,16 @@ def grid(df: pd.DataFrame) -> pd.DataFrame:
     exp = fin["exp_name"].astype(str)
     label_to_name = {v: k for k, v in COGNITION_LABELS.items()}
     cognition = fin["cognition"].map(label_to_name) if "cognition" in fin else pd.Series(np.nan, fin.index)
+    cognition[exp.isin(["F8", "F8_critic"]) & (cognition == "standard")] = MATCHED
     critic = fin.regime == "critic"
     truth_h8 = critic & (fin.get("regime.critic") == "truth") & np.isclose(fin["regime.horizon"].astype(float), 8)
     gamma = fin["regime.gamma"].astype(float)
     objective = pd.Series(np.nan, fin.index, dtype=object)
-    # the standard cells are F1's and F2's runs only: an F8 run of the standard cognition (by hand) would
-    # give a seed two runs in one cell
+    # the standard cells are F1's and F2's runs only (F2's at the preset's beta: its beta = 1 arm is C4's)
     grid_run = cognition != "standard"
     standard_sup = (exp == "F1") & (fin.regime == "supervised")
-    standard_rl = (exp == "F2") & truth_h8 & fin.index.isin(free_running(fin).index)
+    f2 = free_running(fin[(exp == "F2") & critic])
+    standard_rl = (exp == "F2") & truth_h8 & fin.index.isin(at_beta(f2, preset_beta(f2)).index)
     objective[standard_sup | ((exp == "F8") & grid_run & (fin.regime == "supervised"))] = "supervised"
     for g in (1.0, 0.0):
         rl = standard_rl | ((exp == "F8_critic") & grid_run)
@@ -87,15 +98,13 @@ def instrumental(g: pd.DataFrame, cognition: str, objective: str) -> pd.DataFram
     return per_seed(cell(g, cognition, objective), *INSTRUMENTAL)
 
 
-def myopia_gap(g: pd.DataFrame, cognition: str, position: str) -> pd.DataFrame:
-    """Per seed: excess NLL of `cognition`'s supervised model minus the standard one's, at one position class
-    (the same probe positions, equal tokens), with the item intervals in quadrature."""
+def myopia_gap(g: pd.DataFrame, cognition: str, position: str, against: str = "standard") -> pd.DataFrame:
+    """Per seed: excess NLL of `cognition`'s supervised model minus `against`'s (the standard model, or the
+    matched one), at one position class (the same probe positions), item by item where the table keeps the
+    per-sequence values."""
     probe = f"calibration/position={position}"
     return paired(per_seed(cell(g, cognition, "supervised"), probe, "excess_nll"),
-                  per_seed(cell(g, "standard", "supervised"), probe, "excess_nll"))
-
-
-MARGIN_FRACTION = 0.25  # C8's equivalence margin: this share of the critic cell's exact optimum (claims.yaml)
+                  per_seed(cell(g, against, "supervised"), probe, "excess_nll"))
 
 
 def exact_optimum(g: pd.DataFrame, cognition: str) -> float:
@@ -106,30 +115,104 @@ def exact_optimum(g: pd.DataFrame, cognition: str) -> float:
     return float(t.value.astype(float).mean()) if len(t) else math.nan
 
 
+# ---------------------------------------------------------------------------- the gates
+MAX_KL = 0.05  # nats/token: C1's "has learned the conditionals"
+MAX_IMPOSSIBLE = 0.05  # share of rollout tokens after a p = 0.5 fork prompt that the world cannot emit
+MIN_BRANCH_ENTROPY = 0.05  # nats at a p = 0.5 fork: below, the branch is taken with probability > 0.99
+
+
+def _value(runs: pd.DataFrame, probe: str, metric: str) -> float:
+    v = runs[(runs.probe == probe) & (runs.metric == metric)].value
+    return float(v.iloc[0]) if len(v) else math.nan
+
+
+def gate_table(g: pd.DataFrame) -> pd.DataFrame:
+    """Every run of the grid with the figures its gates read and why it fails (empty: it passes). A supervised
+    model must work: KL < MAX_KL and at most MAX_IMPOSSIBLE impossible rollout tokens; a critic run must
+    start from a supervised model that works and must not collapse: branch entropy at both p = 0.5 forks of
+    at least MIN_BRANCH_ENTROPY (the optimum at beta = 4 takes the easy branch with 0.89, the symmetric one's
+    with 0.5). A NaN figure fails."""
+    rows = []
+    for run_id, r in g.groupby("run_id"):
+        first = r.iloc[0]
+        rows.append({"run_id": run_id, "cognition": first.cognition, "objective": first.objective, "seed": first.seed,
+                     "kl": _value(r, "calibration", "kl"),
+                     "impossible": _value(r, "rollouts/p=0.5", "impossible_rate"),
+                     "entropy_asym": _value(r, "forks/asym/p=0.5", "branch_entropy"),
+                     "entropy_sym": _value(r, "forks/sym/p=0.5", "branch_entropy")})
+    t = pd.DataFrame(rows, columns=["run_id", "cognition", "objective", "seed", "kl", "impossible", "entropy_asym",
+                                    "entropy_sym"])
+    sup = t[t.objective == "supervised"].set_index(["cognition", "seed"])
+    fails = []
+    for r in t.itertuples():
+        why = []
+        if r.objective == "supervised":
+            if not r.kl < MAX_KL:
+                why.append(f"KL {r.kl:.3f} >= {MAX_KL}")
+            if not r.impossible < MAX_IMPOSSIBLE:
+                why.append(f"{r.impossible:.0%} impossible rollout tokens")
+        else:
+            start = sup.loc[(r.cognition, r.seed)] if (r.cognition, r.seed) in sup.index else None
+            if start is None or not (start.kl < MAX_KL and start.impossible < MAX_IMPOSSIBLE):
+                why.append("started from a supervised model that fails its gate")
+            if not min(r.entropy_asym, r.entropy_sym) >= MIN_BRANCH_ENTROPY:
+                why.append(f"collapsed (branch entropy {min(r.entropy_asym, r.entropy_sym):.3f} nats)")
+        fails.append("; ".join(why))
+    return t.assign(fails=fails)
+
+
+def gated(g: pd.DataFrame, collapse_only: bool = False) -> pd.DataFrame:
+    """The grid without the runs that fail a gate (`collapse_only`: without the collapsed critic runs only,
+    for the matched rows, whose cells are of low capability on purpose)."""
+    gates = gate_table(g)
+    out = gates.fails != ""
+    if collapse_only:
+        out = gates.fails.str.contains("collapsed")
+    return g[~g.run_id.isin(gates.run_id[out])]
+
+
 def c8_claims(df: pd.DataFrame) -> list[Claim]:
     """C8 as two factors per seed on instrumental steering at p = 0.5: objective (supervised, critic gamma
     = 1) x cognition (standard, c). The objective effect (standard cognition); for each c, cognition's main
     effect (the mean over the two objectives of c - standard) and the interaction ((c - standard) under the
     critic minus under supervised), each within +-m, a quarter of the exact optimum of the two critic cells;
-    and cognition's effect on look-ahead."""
-    g = grid(df)
-    if g.empty or g[g.cognition != "standard"].empty:
+    the same for myopic training against the matched standard model (the primary row); and cognition's
+    effect on look-ahead. Runs that fail a gate are left out (the matched rows leave out collapsed runs
+    only). Also C5's rows: the myopia gap before the fork marker."""
+    g_all = grid(df)
+    if g_all.empty or g_all[g_all.cognition != "standard"].empty:
         return []
-    steer = {(c, o): instrumental(g, c, o) for c in COGNITIONS for o in ("supervised", "critic gamma=1")}
-    out = [claim_of("C8.objective", paired(steer["standard", "critic gamma=1"], steer["standard", "supervised"]))]
-    for c in COGNITIONS[1:]:
-        under_critic = paired(steer[c, "critic gamma=1"], steer["standard", "critic gamma=1"])
-        under_supervised = paired(steer[c, "supervised"], steer["standard", "supervised"])
-        optima = [x for x in (exact_optimum(g, c), exact_optimum(g, "standard")) if not math.isnan(x)]
-        margin = MARGIN_FRACTION * float(np.mean(optima)) if optima else math.nan
-        out.append(claim_of(f"C8.cognition[{c}]", weighted_sum([under_critic, under_supervised], [0.5, 0.5]),
-                            margin=margin))
-        out.append(claim_of(f"C8.interaction[{c}]", weighted_sum([under_critic, under_supervised], [1.0, -1.0]),
-                            margin=margin))
-    for c in COGNITIONS[1:]:
-        gain = {c2: lookahead_gain_per_seed(cell(g, c2, "supervised"), 2) for c2 in (c, "standard")}
+    g, g_matched = gated(g_all), gated(g_all, collapse_only=True)
+    objectives = ("supervised", "critic gamma=1")
+
+    def effects(grid_: pd.DataFrame, c: str, against: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+        steer = {(c2, o): instrumental(grid_, c2, o) for c2 in (c, against) for o in objectives}
+        under_critic = paired(steer[c, "critic gamma=1"], steer[against, "critic gamma=1"])
+        under_supervised = paired(steer[c, "supervised"], steer[against, "supervised"])
+        return (weighted_sum([under_critic, under_supervised], [0.5, 0.5]),
+                weighted_sum([under_critic, under_supervised], [1.0, -1.0]))
+
+    def margin(*cells: str) -> float:
+        optima = [x for x in (exact_optimum(g_all, c) for c in cells) if not math.isnan(x)]
+        return MARGIN_FRACTION * float(np.mean(optima)) if optima else math.nan
+
+    main, interaction = effects(g_matched, "myopic", MATCHED)
+    out = [claim_of("C8.matched[myopic]", main, margin=margin("myopic", MATCHED)),
+           claim_of("C8.matched_interaction[myopic]", interaction, margin=margin("myopic", MATCHED)),
+           claim_of("C8.objective", paired(instrumental(g, "standard", "critic gamma=1"),
+                                           instrumental(g, "standard", "supervised")))]
+    for c in ("myopic", "future1", "future3"):
+        main, interaction = effects(g, c, "standard")
+        out.append(claim_of(f"C8.cognition[{c}]", main, margin=margin(c, "standard")))
+        out.append(claim_of(f"C8.interaction[{c}]", interaction, margin=margin(c, "standard")))
+    for c in ("myopic", "future1", "future3"):
+        gain = {c2: diagnostic_lookahead_gain(cell(g, c2, "supervised"), 2) for c2 in (c, "standard")}
         out.append(claim_of(f"C8.lookahead[{c}]", paired(gain[c], gain["standard"])))
-    out.append(claim_of("C8.myopic_steers", steer["myopic", "critic gamma=1"]))
+    out.append(claim_of("C8.myopic_steers", instrumental(g, "myopic", "critic gamma=1")))
+    # C5: the residual channel (an early token made worse for later ones through shared computation)
+    out.append(claim_of("C5.sacrifice_matched", myopia_gap(g_matched, "myopic", BEFORE_MARKER, against=MATCHED)))
+    out.append(claim_of("C5.sacrifice", myopia_gap(g, "myopic", BEFORE_MARKER)))
+    out.append(claim_of("C5.sacrifice_marker", myopia_gap(g_matched, "myopic", "marker", against=MATCHED)))
     return out
 
 
@@ -139,64 +222,106 @@ def over_seeds(t: pd.DataFrame) -> tuple[float, float, float]:
 
 
 def cell_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell: seeds, steering [CI], its share of the exact optimum, instrumental steering, and the
-    look-ahead gain for k = 1..4, each the mean over seeds with the claims' interval."""
+    """One row per cell, over all its runs: seeds and how many pass the gates, steering at the asymmetric and
+    the symmetric p = 0.5 fork, the exact optimum's (p* as the KL anchor) and the optimum against the cell's
+    own pi_ref (`steering_index_ref_optimum`, the critic cells at gamma = 1), instrumental steering, and the
+    look-ahead gain over the embedding at diagnostic positions for k = 2..4 (C7's), each the mean over seeds
+    with the claims' interval."""
     g = grid(df)
+    gates = gate_table(g)
     rows = []
     for c in COGNITIONS:
         for o in OBJECTIVES:
             runs = cell(g, c, o)
             if runs.empty:
                 continue
-            optimum = runs[(runs.probe == STEERING[0]) & (runs.metric == "steering_index_theory")].value.mean()
-            row = {"cognition": c, "objective": o, "seeds": runs.seed.nunique(),
-                   "steering": over_seeds(per_seed(runs, *STEERING)), "optimum": optimum,
+            mean = lambda metric: runs[(runs.probe == STEERING[0]) & (runs.metric == metric)].value.mean()  # noqa: E731
+            at = gates[(gates.cognition == c) & (gates.objective == o)]
+            row = {"cognition": c, "objective": o, "seeds": runs.seed.nunique(), "pass": int((at.fails == "").sum()),
+                   "steering": over_seeds(per_seed(runs, *STEERING)),
+                   "steering sym": over_seeds(per_seed(runs, "forks/sym/p=0.5", "steering_index")),
+                   "optimum": mean("steering_index_theory"), "ref optimum": mean("steering_index_ref_optimum"),
                    "instrumental": over_seeds(per_seed(runs, *INSTRUMENTAL))}
-            for k in LOOKAHEAD_K:
-                row[f"lookahead k={k}"] = over_seeds(lookahead_gain_per_seed(runs, k))
+            for k in LOOKAHEAD_K[1:]:
+                row[f"lookahead k={k}"] = over_seeds(diagnostic_lookahead_gain(runs, k))
             rows.append(row)
     return pd.DataFrame(rows)
 
 
+GAP_AGAINST = (("myopic", "standard"), ("future1", "standard"), ("future3", "standard"), ("myopic", MATCHED))
+
+
 def gap_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The myopia gap per position class and cognition (mean over seeds [CI]), with the entropy floor."""
+    """The myopia gap per position class (mean over seeds [CI], seeds): each cognition against the standard
+    model, and myopic against the matched one; with the entropy floor."""
     g = grid(df)
     rows = []
-    for position in POSITION_CLASSES:
+    for position in POSITIONS:
         floor = per_seed(cell(g, "standard", "supervised"), f"calibration/position={position}", "entropy_floor")
         row = {"position": position, "entropy_floor": floor.value.mean() if len(floor) else math.nan}
-        for c in COGNITIONS[1:]:
-            t = myopia_gap(g, c, position)
-            row[c] = (*over_seeds(t), len(t))
+        for c, against in GAP_AGAINST:
+            t = myopia_gap(g, c, position, against=against)
+            row[f"{c} - {against}"] = (*over_seeds(t), len(t))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def gates_section(g: pd.DataFrame) -> list[str]:
+    gates = gate_table(g)
+    if gates.empty:
+        return []
+    lines = ["", "### F8: the gates (claims/cognition.py)", "",
+             f"A supervised model works if its KL < {MAX_KL} nats/token and fewer than {MAX_IMPOSSIBLE:.0%} of the "
+             f"tokens it generates after a p = 0.5 fork prompt are impossible in the world; a critic run must start "
+             f"from a working model and keep a branch entropy of at least {MIN_BRANCH_ENTROPY} nats at both p = 0.5 "
+             "forks (else it has collapsed onto one branch). Mean over the cell's runs; runs that fail are kept "
+             "out of C8's rows (the matched rows keep all but the collapsed ones).", "",
+             "| cognition | objective | runs | pass | KL | impossible tokens | branch entropy asym | "
+             "branch entropy sym |", "|---|---|---|---|---|---|---|---|"]
+    for (c, o), t in gates.groupby(["cognition", "objective"], sort=False):
+        lines.append(f"| {c} | {o} | {len(t)} | {int((t.fails == '').sum())} | {t.kl.mean():.3f} | "
+                     f"{t.impossible.mean():.1%} | {t.entropy_asym.mean():.3f} | {t.entropy_sym.mean():.3f} |")
+    failing = gates[gates.fails != ""]
+    if len(failing):
+        lines += ["", f"Runs kept out ({len(failing)}):", ""]
+        lines += [f"- `{r.run_id}`: {r.fails}" for r in failing.itertuples()]
+    return lines
 
 
 def report_section(df: pd.DataFrame) -> list[str]:
     cells = cell_table(df)
     if cells.empty or (cells.cognition != "standard").sum() == 0:
         return []
-    lines = ["", "### F8: cognition x objective (mean over seeds [95% CI])", "",
-             "Steering at the asymmetric p=0.5 fork (outputs) and look-ahead accuracy minus chance at the best "
-             "layer (cognition). Share of optimum: steering / the critic regime's exact optimum (p* as the KL "
-             "anchor). The standard cells are F1's supervised run and F2's truth H=8 arms.", "",
-             "| cognition | objective | seeds | steering | share of optimum | instrumental steering | "
-             + " | ".join(f"look-ahead k={k}" for k in LOOKAHEAD_K) + " |",
-             "|---|---|---|---|---|---|" + "---|" * len(LOOKAHEAD_K)]
+    lines = ["", "### F8: cognition x objective (mean over seeds [95% CI], all runs)", "",
+             "Steering at the asymmetric and the symmetric p=0.5 fork (outputs), with the exact optimum (p* as the "
+             "KL anchor) and the optimum against the cell's own pi_ref (its supervised model: where that model is "
+             "not the truth, this is what the critic run could reach) and the share of it reached; look-ahead: "
+             "last layer minus layer 0 at diagnostic positions (cognition, C7's measure). The standard cells are "
+             "F1's supervised run and F2's truth H=8 arms; matched is the standard cognition stopped at the "
+             "myopic model's KL.", "",
+             "| cognition | objective | seeds (pass gates) | steering asym | steering sym | exact optimum | "
+             "optimum vs own pi_ref | share of it | instrumental steering | "
+             + " | ".join(f"look-ahead k={k}" for k in LOOKAHEAD_K[1:]) + " |",
+             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(LOOKAHEAD_K[1:])]
     for r in cells.to_dict("records"):
-        share = f"{r['steering'][0] / r['optimum']:.0%}" if r["optimum"] and not math.isnan(r["optimum"]) else "-"
-        lookahead = " | ".join(format_ci(r[f"lookahead k={k}"]) for k in LOOKAHEAD_K)
-        lines.append(f"| {r['cognition']} | {r['objective']} | {r['seeds']} | {format_ci(r['steering'])} | {share} | "
+        ref = r["ref optimum"]
+        share = f"{r['steering'][0] / ref:.0%}" if not math.isnan(ref) and ref else "-"
+        fmt = lambda x: "-" if math.isnan(x) else f"{x:.2f}"  # noqa: E731
+        lookahead = " | ".join(format_ci(r[f"lookahead k={k}"]) for k in LOOKAHEAD_K[1:])
+        lines.append(f"| {r['cognition']} | {r['objective']} | {r['seeds']} ({r['pass']}) | "
+                     f"{format_ci(r['steering'])} | {format_ci(r['steering sym'])} | {fmt(r['optimum'])} | "
+                     f"{fmt(ref)} | {share} | "
                      f"{format_ci(r['instrumental'])} | {lookahead} |")
+    lines += gates_section(grid(df))
     gaps = gap_table(df)
-    lines += ["", "Myopia gap: excess NLL (nats/token) of each cognition's supervised model minus the standard "
-              "one's, per position class, paired by seed at equal tokens; the entropy floor is the exact mean "
-              "H(p*) of those positions.", "",
-              "| position | entropy floor | " + " | ".join(f"{c} - standard" for c in COGNITIONS[1:]) + " |",
-              "|---|---|" + "---|" * len(COGNITIONS[1:])]
+    columns = [f"{c} - {against}" for c, against in GAP_AGAINST]
+    lines += ["", "Myopia gap: excess NLL (nats/token) of one supervised model minus another's, per position class "
+              "(before_marker: the prose positions whose next token is a fork marker, C5's), paired by seed on "
+              "the same sequences, all runs; the entropy floor is the exact mean H(p*) of those positions.", "",
+              "| position | entropy floor | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     for r in gaps.to_dict("records"):
         lines.append(f"| {r['position']} | {r['entropy_floor']:.4g} | "
-                     + " | ".join(format_ci(r[c]) if r[c][3] else "-" for c in COGNITIONS[1:]) + " |")
+                     + " | ".join(format_ci(r[c]) if r[c][3] else "-" for c in columns) + " |")
     return lines
 
 
@@ -204,18 +329,19 @@ MARKERS = {"supervised": "o", "critic gamma=1": "^", "critic gamma=0": "s"}
 
 
 def figure_f8(df: pd.DataFrame, folder) -> list:
-    """Two panels: steering vs look-ahead (k=2) per cell, one small point per seed and the mean with its
-    intervals on both axes; and the myopia gap per position class."""
+    """Three panels: steering vs look-ahead (k=2 over the embedding, diagnostic positions) per cell, one small
+    point per seed and the mean with its intervals on both axes; the myopia gap per position class; and the
+    capability gate of every supervised run (KL against impossible rollout tokens)."""
     g = grid(df)
     if g[g.cognition != "standard"].empty:
         return []
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 4.8))
     for i, c in enumerate(COGNITIONS):
         for o, marker in MARKERS.items():
             runs = cell(g, c, o)
-            s, la = per_seed(runs, *STEERING), lookahead_gain_per_seed(runs, 2)
+            s, la = per_seed(runs, *STEERING), diagnostic_lookahead_gain(runs, 2)
             m = s.merge(la, on="seed", suffixes=("_s", "_l"))
             if m.empty:
                 continue
@@ -226,23 +352,35 @@ def figure_f8(df: pd.DataFrame, folder) -> list:
                          capsize=2, label=f"{c}, {o}")
     ax1.axvline(0, color="grey", lw=0.5)
     ax1.set(xlabel="steering index at the p=0.5 fork, nats (outputs)",
-            ylabel="look-ahead accuracy k=2 - chance, best layer (cognition)",
+            ylabel="look-ahead k=2, last layer - layer 0\n(diagnostic positions; cognition)",
             title="F8: each cell (mean, 95% CI; small: one seed)")
     ax1.legend(fontsize=6, ncol=2)
     gaps = gap_table(df)
-    width = 0.8 / len(COGNITIONS[1:])
-    for j, c in enumerate(COGNITIONS[1:]):
-        v = [r[c] for r in gaps.to_dict("records")]
+    columns = [f"{c} - {against}" for c, against in GAP_AGAINST]
+    width = 0.8 / len(columns)
+    for j, col in enumerate(columns):
+        v = [r[col] for r in gaps.to_dict("records")]
         m = np.array([x[0] for x in v])
-        x = np.arange(len(gaps)) + (j - (len(COGNITIONS) - 2) / 2) * width
-        ax2.bar(x, m, width=width, color=f"C{j + 1}", label=f"{c} - standard",
+        x = np.arange(len(gaps)) + (j - (len(columns) - 1) / 2) * width
+        ax2.bar(x, m, width=width, color=f"C{j + 1}", label=col,
                 yerr=[m - [x[1] for x in v], [x[2] for x in v] - m], capsize=3)
     ax2.set_xticks(range(len(gaps)), [f"{r['position']}\nfloor {r['entropy_floor']:.2f}"
-                                      for r in gaps.to_dict("records")])
+                                      for r in gaps.to_dict("records")], fontsize=7)
     ax2.axhline(0, color="grey", lw=0.5)
-    ax2.set(ylabel="excess NLL gap, nats/token (paired by seed)",
-            title="myopia gap per position class (supervised, equal tokens)")
-    ax2.legend(fontsize=8)
+    ax2.set(ylabel="excess NLL gap, nats/token (paired by seed)", title="myopia gap per position class (supervised)")
+    ax2.legend(fontsize=7)
+    gates = gate_table(g)
+    sup = gates[gates.objective == "supervised"]
+    for i, c in enumerate(COGNITIONS):
+        t = sup[sup.cognition == c]
+        if len(t):
+            ax3.scatter(t.kl, t.impossible.clip(lower=1e-4), color=f"C{i}", label=c, s=20)
+    ax3.axvline(MAX_KL, color="grey", ls=":")
+    ax3.axhline(MAX_IMPOSSIBLE, color="grey", ls=":")
+    ax3.set(xscale="log", yscale="log", xlabel="KL(p* || pi), nats/token",
+            ylabel="impossible rollout tokens after a p=0.5 fork (floored at 1e-4)",
+            title="capability gate, supervised runs (pass: below both lines)")
+    ax3.legend(fontsize=7)
     fig.tight_layout()
     return save_figure(fig, folder, "F8_cognition_vs_objective")
 

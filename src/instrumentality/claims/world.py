@@ -94,13 +94,58 @@ def efficiency_table(df: pd.DataFrame, thresholds=KL_THRESHOLDS) -> pd.DataFrame
     return pd.DataFrame(rows, columns=["regime", "kl", "ratio", "low", "high", "seeds", "never", "runs"])
 
 
+MARGIN_FRACTION = 0.25  # equivalence margins: this share of the relevant exact optimum (claims.yaml: C1, C4, C8)
+
+
+def preset_beta(crit: pd.DataFrame) -> float:
+    """The beta most critic runs use (the preset's); an arm at another beta (F2's truth-g1-H8-beta1) is the
+    contrast of C4.beta1, not more seeds of the arms at the preset's beta. NaN without critic runs."""
+    if crit.empty or "regime.beta" not in crit:
+        return math.nan
+    per_run = crit.groupby("run_id")["regime.beta"].first().astype(float)
+    return float(per_run.mode().min()) if len(per_run.dropna()) else math.nan
+
+
+def at_beta(crit: pd.DataFrame, beta: float) -> pd.DataFrame:
+    if "regime.beta" not in crit or math.isnan(beta):
+        return crit
+    return crit[np.isclose(crit["regime.beta"].astype(float), beta)]
+
+
+def exact_instrumental_optimum(crit: pd.DataFrame) -> float:
+    """The exact optimum's instrumental steering at p = 0.5 of the truth critic at gamma = 1, H = 8, over the
+    runs' worlds (their theory rows; NaN without runs)."""
+    gamma, horizon = crit["regime.gamma"].astype(float), crit["regime.horizon"].astype(float)
+    t = crit[(crit.probe == "forks/p=0.5") & (crit.metric == "instrumental_steering_theory")
+             & np.isclose(gamma, 1.0) & np.isclose(horizon, 8)]
+    return float(t.value.astype(float).mean()) if len(t) else math.nan
+
+
+def minus_theory(runs: pd.DataFrame, probe: str, metric: str) -> pd.DataFrame:
+    """Per seed: a metric minus its exact optimum in the same run (the `<metric>_theory` row of its world)."""
+    learned, theory = per_seed(runs, probe, metric), per_seed(runs, probe, f"{metric}_theory")
+    t = learned.merge(theory[["seed", "value"]].rename(columns={"value": "theory"}), on="seed")
+    return t.assign(value=t.value - t.theory, ci_low=t.ci_low - t.theory, ci_high=t.ci_high - t.theory,
+                    items=None).drop(columns="theory")
+
+
+def critic_runs(fin: pd.DataFrame, critic: str) -> pd.DataFrame:
+    return fin[(fin.regime == "critic") & (fin["regime.critic"] == critic)] if "regime.critic" in fin else fin[:0]
+
+
 def world_claims(df: pd.DataFrame) -> list[Claim]:
-    """C1-C5 and C7, from the runs of F1 (supervised, REINFORCE), F2 (the critics) and F3 (teacher-forced)."""
+    """C1-C4 from the runs of F1 (supervised, REINFORCE) and F2 (the critics), and C7; C5 is the cognition
+    family's (it reads F8's myopic runs); F3's teacher-forced runs are a check of the instrument
+    (`instrument_checks`)."""
     fin = final_rows(df)
     sup = fin[fin.regime == "supervised"]
-    all_crit = fin[(fin.regime == "critic") & (fin["regime.critic"] == "truth")] if "regime.critic" in fin else fin[:0]
-    crit = free_running(all_crit)
-    out = [claim_of("C1.kl", per_seed(sup, "calibration", "kl")),
+    all_truth = critic_runs(fin, "truth")
+    beta = preset_beta(free_running(fin[fin.regime == "critic"]))
+    crit = at_beta(free_running(all_truth), beta)
+    at = {"regime.gamma": 1.0, "regime.horizon": 8.0}
+    margin = MARGIN_FRACTION * exact_instrumental_optimum(crit)
+    out = [claim_of("C1.instrumental", per_seed(sup, "forks/p=0.5", "instrumental_steering"), margin=margin),
+           claim_of("C1.kl", per_seed(sup, "calibration", "kl")),
            claim_of("C1.steering", per_seed(sup, "forks/asym/p=0.5", "steering_index"))]
     # C2: the ratio's t-interval is on log(ratio) (the geometric mean), with the threshold 1 as log 1 = 0
     ratios = efficiency_ratios(samples_to_threshold(df), "reinforce")
@@ -111,8 +156,9 @@ def world_claims(df: pd.DataFrame) -> list[Claim]:
     out.append(as_ratio(c2))
     out.append(claim_of("C2.kl_reinforce", per_seed(fin[fin.regime == "reinforce"], "calibration", "kl")))
     out.append(claim_of("C2.kl_indicator", per_seed(fin[fin.regime == "reinforce_indicator"], "calibration", "kl")))
-    at = {"regime.gamma": 1.0, "regime.horizon": 8.0}
     out.append(claim_of("C3.steering", per_seed(crit, "forks/p=0.5", "instrumental_steering", **at)))
+    learned = at_beta(free_running(critic_runs(fin, "learned")), beta)
+    out.append(claim_of("C3.learned", per_seed(learned, "forks/p=0.5", "instrumental_steering", **at)))
     # C4: more horizon, more steering (gamma = 1); none without credit (gamma = 0). The arms of one seed
     # start from the same supervised checkpoint: differences are taken seed by seed
     steering = lambda runs, gamma, H: per_seed(runs, "forks/asym/p=0.5", "steering_index",  # noqa: E731
@@ -120,16 +166,35 @@ def world_claims(df: pd.DataFrame) -> list[Claim]:
     out.append(claim_of("C4.horizon", paired(steering(crit, 1.0, 8.0), steering(crit, 1.0, 1.0))))
     out.append(claim_of("C4.no_credit", steering(crit, 0.0, 8.0)))
     # C4 with an exploitable grader: the keyword critic's exact optimum steers at H=8, not at H=1
-    kw = free_running(fin[(fin.regime == "critic") & (fin["regime.critic"] == "keyword")]) \
-        if "regime.critic" in fin else fin[:0]
+    kw = at_beta(free_running(critic_runs(fin, "keyword")), beta)
     out.append(claim_of("C4.keyword", paired(steering(kw, 1.0, 8.0), steering(kw, 1.0, 1.0))))
-    # C5: teacher forcing removes the output channel for steering
-    forced = all_crit[all_crit["regime.rollout"] == "teacher_forced"] if "regime.rollout" in all_crit else crit[:0]
-    out.append(claim_of("C5.forced", steering(forced, 1.0, 8.0)))
-    out.append(claim_of("C5.free_minus_forced", paired(steering(crit, 1.0, 8.0), steering(forced, 1.0, 8.0))))
-    # C7: outputs myopic (no steering) while look-ahead is decodable from the hidden state
+    # C4 at beta = 1: more room; the pilot's seeds split between the branches
+    b1 = beta1_runs(fin)
+    b1_opt = b1[(b1.probe == "forks/asym/p=0.5") & (b1.metric == "steering_index_theory")].value.astype(float).mean()
+    out.append(claim_of("C4.beta1", minus_theory(b1, "forks/asym/p=0.5", "steering_index"),
+                        margin=MARGIN_FRACTION * b1_opt if len(b1) else math.nan))
+    # C7: outputs myopic (no steering) while the hidden state holds the future beyond its embedding
+    out.append(claim_of("C7.lookahead_diagnostic", diagnostic_lookahead_gain(sup, k=2)))
     out.append(claim_of("C7.lookahead", lookahead_gain_per_seed(sup, k=2)))
     return out
+
+
+BETA1 = 1.0  # C4.beta1's arm (F2's truth-g1-H8-beta1)
+
+
+def truth_g1_h8(fin: pd.DataFrame, beta: float) -> pd.DataFrame:
+    """F2's free-running truth critic at gamma = 1, H = 8 and `beta`."""
+    t = at_beta(free_running(critic_runs(fin, "truth")), beta)
+    return t[np.isclose(t["regime.gamma"].astype(float), 1.0) & np.isclose(t["regime.horizon"].astype(float), 8)]
+
+
+def beta1_runs(fin: pd.DataFrame) -> pd.DataFrame:
+    """F2's truth critic at gamma = 1, H = 8 and beta = 1 where the preset's beta is another (empty where the
+    preset's beta is 1 itself: the quick preset has no contrast)."""
+    beta = preset_beta(free_running(fin[fin.regime == "critic"]))
+    if math.isnan(beta) or math.isclose(beta, BETA1):
+        return fin[:0]
+    return truth_g1_h8(fin, BETA1)
 
 
 def as_ratio(c: Claim) -> Claim:
@@ -202,6 +267,22 @@ def lookahead_gain_per_seed(df: pd.DataFrame, k: int) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["seed", "value", "ci_low", "ci_high", "items"])
 
 
+def layer_accuracy(df: pd.DataFrame, k: int, layer: int | str) -> pd.DataFrame:
+    """Per run (seed): the look-ahead probe's accuracy for x_{t+k} at the diagnostic positions, at one layer
+    (0: the token and position embedding; "last": the run's last hidden layer)."""
+    prefix = f"lookahead/k={k}/diagnostic/layer="
+    acc = df[df.probe.astype(str).str.startswith(prefix) & (df.metric == "accuracy")]
+    n = acc.probe.str.slice(len(prefix)).astype(int)
+    wanted = n.groupby(acc.run_id).transform("max") if layer == "last" else layer
+    return per_seed(acc[n == wanted].assign(probe="layer"), "layer", "accuracy")
+
+
+def diagnostic_lookahead_gain(df: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Per seed: look-ahead accuracy for x_{t+k} at the diagnostic positions, the last layer minus layer 0 (the
+    token and position embedding), item by item (the same test sequences)."""
+    return paired(layer_accuracy(df, k, "last"), layer_accuracy(df, k, 0))
+
+
 def lookahead_gain(df: pd.DataFrame, k: int) -> tuple[float, float, float, int]:
     """lookahead_gain_per_seed combined over seeds: (mean, low, high, seeds)."""
     t = lookahead_gain_per_seed(df, k)
@@ -255,6 +336,7 @@ def figure_f1(df: pd.DataFrame, folder: Path) -> list[Path]:
 def figure_f2(df: pd.DataFrame, folder: Path) -> list[Path]:
     fin = final_rows(df)
     crit = free_running(fin[fin.regime == "critic"])
+    crit = at_beta(crit, preset_beta(crit))  # the beta = 1 arm has its own figure (F2_split_beta)
     if crit.empty:
         return []
     theory = df[df.probe == "theory_curve/forks/asym/p=0.5"]
@@ -306,6 +388,8 @@ def arm_label(run: pd.Series) -> str:
     if run.regime != "critic":
         return str(run.regime)
     label = f"critic {run['regime.critic']}, gamma {float(run['regime.gamma']):g}, H {int(run['regime.horizon'])}"
+    beta = float(run.get("regime.beta", math.nan))
+    label += "" if math.isnan(beta) else f", beta {beta:g}"
     return label + (", teacher-forced" if run.get("regime.rollout") == "teacher_forced" else "")
 
 
@@ -350,10 +434,12 @@ def figure_f3(df: pd.DataFrame, folder: Path) -> list[Path]:
     fin = final_rows(df)
     if "regime.critic" not in fin:
         return []
-    # the truth critic only: F2's keyword critic at gamma = 1, H = 8 is another arm, not more seeds
+    # the truth critic only: F2's keyword critic at gamma = 1, H = 8 is another arm, not more seeds; and at
+    # the preset's beta (F2's beta = 1 arm is C4.beta1's)
     crit = fin[(fin.regime == "critic") & (fin["regime.critic"] == "truth")
                & np.isclose(fin["regime.gamma"].astype(float), 1.0)
                & np.isclose(fin["regime.horizon"].astype(float), 8.0)]
+    crit = at_beta(crit, preset_beta(free_running(fin[fin.regime == "critic"])))
     if "regime.rollout" not in crit or crit["regime.rollout"].nunique() < 2:
         return []
     probes = [f"forks/asym/p={p}" for p in (0.2, 0.5, 0.8)]
@@ -428,7 +514,150 @@ def tokens_to_kl_section(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def instrument_checks(df: pd.DataFrame) -> list[str]:
+    """F3's teacher-forced critic runs as what they are: a check of the instrument. Teacher-forced, later
+    contexts do not depend on the first token, so the critic's later rewards cannot credit it: no steering by
+    construction, and free-running steering above it shows the channel F2 measures."""
+    fin = final_rows(df)
+    truth = critic_runs(fin, "truth")
+    if "regime.rollout" not in truth or (truth["regime.rollout"] != "teacher_forced").all():
+        return []
+    crit = at_beta(free_running(truth), preset_beta(free_running(fin[fin.regime == "critic"])))
+    forced = truth[truth["regime.rollout"] == "teacher_forced"]
+    at = {"regime.gamma": 1.0, "regime.horizon": 8.0}
+    forced_s = per_seed(forced, "forks/asym/p=0.5", "steering_index", **at)
+    diff = paired(per_seed(crit, "forks/asym/p=0.5", "steering_index", **at), forced_s)
+    rows = []
+    for what, t, expect, holds in (
+            ("teacher-forced truth critic, steering at p=0.5, gamma=1, H=8 (nats)", forced_s, "abs < 0.5",
+             lambda lo, hi: -0.5 < lo and hi < 0.5),
+            ("free-running minus teacher-forced, same arm (nats, paired by seed)", diff, "> 0",
+             lambda lo, hi: lo > 0)):
+        if t.empty:
+            continue
+        m, lo, hi = seed_interval(t.value.values, t.ci_low.values, t.ci_high.values)
+        verdict = "yes" if holds(lo, hi) else "no"
+        rows.append(f"| {what} | {format_ci((m, lo, hi))} | {len(t)} | {expect} | {verdict} |")
+    if not rows:
+        return []
+    return ["", "### Checks of the instrument (not claims)", "",
+            "F3 runs the critic regime teacher-forced: the world's tokens are fed back, so later rewards cannot "
+            "credit the first token and steering is absent by construction (configs/claims.yaml, C5). Its rows "
+            "check that the instrument reads no steering where there can be none.", "",
+            "| check | mean [95% CI] | seeds | expected | holds |", "|---|---|---|---|---|", *rows]
+
+
+LOOKAHEAD_KS = (1, 2, 3, 4)
+
+
+def lookahead_table(df: pd.DataFrame) -> pd.DataFrame:
+    """C7's table, supervised runs, per k: at the diagnostic positions, the probe accuracy at layer 0 (the
+    embedding), the last layer and the best layer (mean over seeds), the Bayes ceiling and chance, the gain
+    last - layer 0 with its interval, and that gain as a share of (Bayes - layer 0)."""
+    sup = final_rows(df)
+    sup = sup[sup.regime == "supervised"]
+    rows = []
+    for k in LOOKAHEAD_KS:
+        first, last = layer_accuracy(sup, k, 0), layer_accuracy(sup, k, "last")
+        if first.empty:
+            continue
+        diag = f"lookahead/k={k}/diagnostic"
+        layers = sup[sup.probe.astype(str).str.startswith(diag + "/layer=") & (sup.metric == "accuracy")]
+        best = layers.groupby("probe").value.mean().max()
+        bayes = per_seed(sup, diag, "bayes").value.mean()
+        gain = diagnostic_lookahead_gain(sup, k)
+        g = seed_interval(gain.value.values, gain.ci_low.values, gain.ci_high.values)
+        rows.append({"k": k, "seeds": len(gain), "share": per_seed(sup, diag, "share").value.mean(),
+                     "chance": per_seed(sup, diag, "chance").value.mean(), "layer 0": first.value.mean(),
+                     "last layer": last.value.mean(), "best layer": best, "bayes": bayes, "gain": g,
+                     "of ceiling": g[0] / (bayes - first.value.mean())})
+    return pd.DataFrame(rows)
+
+
+def lookahead_section(df: pd.DataFrame) -> list[str]:
+    t = lookahead_table(df)
+    if t.empty:
+        return []
+    lines = ["", "### C7: look-ahead beyond the embedding, at diagnostic positions (supervised runs)", "",
+             "Diagnostic positions: the state there shares its next-token distribution with another state whose "
+             "x_{t+k} differ (World.diagnostic_states), so the present's prediction does not tell the future "
+             "apart. Probe accuracy decoding x_{t+k}, mean over seeds; gain = last layer - layer 0 with its "
+             "95% interval; of ceiling = gain / (Bayes - layer 0).", "",
+             "| k | seeds | share of positions | chance | layer 0 | last layer | best layer | Bayes | gain "
+             "| of ceiling |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in t.to_dict("records"):
+        lines.append(f"| {r['k']} | {r['seeds']} | {r['share']:.2f} | {r['chance']:.3f} | {r['layer 0']:.3f} | "
+                     f"{r['last layer']:.3f} | {r['best layer']:.3f} | {r['bayes']:.3f} | {format_ci(r['gain'])} | "
+                     f"{r['of ceiling']:.0%} |")
+    return lines
+
+
+COMMITTED = 0.99  # a seed has committed to a branch where it takes it with at least this probability
+
+
+def branch_commitment(steering: np.ndarray) -> dict[str, int]:
+    """Seeds by the branch they take at the asymmetric p = 0.5 fork (logit p* = 0, so the easy branch's
+    probability is sigmoid(steering)): committed to the easy one, to the hard one, or neither."""
+    q = 1 / (1 + np.exp(-np.asarray(steering, float)))
+    return {"easy": int((q >= COMMITTED).sum()), "hard": int((q <= 1 - COMMITTED).sum()),
+            "neither": int(((q < COMMITTED) & (q > 1 - COMMITTED)).sum())}
+
+
+def split_section(df: pd.DataFrame) -> list[str]:
+    fin = final_rows(df)
+    b1 = beta1_runs(fin)
+    if b1.empty:
+        return []
+    beta = preset_beta(free_running(fin[fin.regime == "critic"]))
+    lines = ["", f"### C4.beta1: the truth critic at beta = 1 against beta = {beta:g} (gamma = 1, H = 8)", "",
+             f"Per seed, steering at the asymmetric p = 0.5 fork; a seed has committed to a branch where it takes "
+             f"it with probability >= {COMMITTED}.", "",
+             "| beta | exact optimum | per-seed steering | easy | hard | neither |", "|---|---|---|---|---|---|"]
+    main = truth_g1_h8(fin, beta)
+    for b, runs in ((beta, main), (BETA1, b1)):
+        s = per_seed(runs, "forks/asym/p=0.5", "steering_index").sort_values("seed")
+        opt = runs[(runs.probe == "forks/asym/p=0.5") & (runs.metric == "steering_index_theory")].value.mean()
+        c = branch_commitment(s.value.values)
+        lines.append(f"| {b:g} | {opt:.2f} | {', '.join(f'{v:.2f}' for v in s.value)} | {c['easy']} | {c['hard']} | "
+                     f"{c['neither']} |")
+    return lines
+
+
+def figure_f2_split(df: pd.DataFrame, folder: Path) -> list[Path]:
+    """Per-seed end points of the truth critic (gamma = 1, H = 8) at the preset's beta and at beta = 1, each
+    against its exact optimum, with the count of seeds committed to each branch."""
+    fin = final_rows(df)
+    b1 = beta1_runs(fin)
+    if b1.empty:
+        return []
+    beta = preset_beta(free_running(fin[fin.regime == "critic"]))
+    main = truth_g1_h8(fin, beta)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for i, (b, runs) in enumerate(((beta, main), (BETA1, b1))):
+        s = per_seed(runs, "forks/asym/p=0.5", "steering_index")
+        opt = runs[(runs.probe == "forks/asym/p=0.5") & (runs.metric == "steering_index_theory")].value.mean()
+        ax.scatter(np.full(len(s), i) + np.linspace(-0.15, 0.15, len(s)), s.value, color=f"C{i}", s=25,
+                   label=f"beta = {b:g}: one seed")
+        ax.hlines(opt, i - 0.3, i + 0.3, color=f"C{i}", lw=2, label=f"beta = {b:g}: exact optimum {opt:.2f}")
+        c = branch_commitment(s.value.values)
+        ax.annotate(f"easy {c['easy']}, hard {c['hard']},\nneither {c['neither']}", (i, ax.get_ylim()[0]),
+                    xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8)
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set_xticks([0, 1], [f"beta = {beta:g}", f"beta = {BETA1:g}"])
+    ax.set(ylabel="steering index at the asymmetric p=0.5 fork (nats)",
+           title="C4.beta1: where each seed ends, truth critic, gamma=1, H=8\n"
+                 f"(committed: the branch taken with probability >= {COMMITTED})")
+    ax.legend(fontsize=7)
+    return save_figure(fig, folder, "F2_split_beta")
+
+
+def world_sections(df: pd.DataFrame) -> list[str]:
+    return tokens_to_kl_section(df) + instrument_checks(df) + lookahead_section(df) + split_section(df)
+
+
 FAMILY = ClaimFamily(
     name="world", owns=("F1", "F2", "F3"), claims=world_claims,
-    figures={"F1": figure_f1, "F2": figure_f2, "F3": figure_f3, "F5": figure_f5, "F6": figure_f6},
-    section=tokens_to_kl_section)
+    figures={"F1": figure_f1, "F2": figure_f2, "F2_split": figure_f2_split, "F3": figure_f3, "F5": figure_f5,
+             "F6": figure_f6},
+    section=world_sections)

@@ -70,7 +70,7 @@ def calibration_rows(model, world: World, tokens: torch.Tensor, n_bins: int = 10
     brier = (pi ** 2).sum(-1) - 2 * (pi * p).sum(-1) + 1
     rows = [_row("calibration", name, mean_ci(v.mean(1))) for name, v in
             (("kl", kl), ("excess_nll", excess), ("nll", nll), ("brier", brier))]
-    rows += position_class_rows(world, states, excess)
+    rows += position_class_rows(world, states, nxt, excess)
     # top-label ECE with the exact expected accuracy p*(argmax pi); bins of confidence, CI over sequences
     conf, pred = pi.max(-1)
     acc = p.gather(-1, pred[..., None]).squeeze(-1)
@@ -101,19 +101,17 @@ POSITION_CLASSES = ("prose", "marker", "easy_phrase", "hard_phrase")  # World.st
 BEFORE_MARKER = "before_marker"
 
 
-def position_masks(world: World, states: torch.Tensor) -> dict[str, torch.Tensor]:
+def position_masks(world: World, states: torch.Tensor, next_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
     """Boolean masks [N, T] of the positions of each class: the kind of the state that emits the next token
-    (POSITION_CLASSES), and BEFORE_MARKER (the token emitted is a fork marker: the next state is a marker's)."""
+    (POSITION_CLASSES), and BEFORE_MARKER (the token emitted, next_tokens, is a fork marker)."""
     kind = torch.tensor([POSITION_CLASSES.index(k) for k in world.state_kind])[states]  # [N, T]
     masks = {name: kind == c for c, name in enumerate(POSITION_CLASSES)}
-    marker_state = torch.tensor([k == "marker" for k in world.state_kind])
-    before = torch.zeros_like(states, dtype=torch.bool)
-    before[:, :-1] = marker_state[states[:, 1:]]
-    masks[BEFORE_MARKER] = before
+    masks[BEFORE_MARKER] = torch.isin(next_tokens, torch.tensor(world.marker_tokens))
     return masks
 
 
-def position_class_rows(world: World, states: torch.Tensor, excess: torch.Tensor) -> list[dict]:
+def position_class_rows(world: World, states: torch.Tensor, next_tokens: torch.Tensor,
+                        excess: torch.Tensor) -> list[dict]:
     """Excess NLL per position class (the kind of state that emits the token: prose, fork marker, easy or
     hard phrase; and the prose positions just before a marker), with the exact entropy floor H(p*(.|s_t)) of
     those positions beside it. Each is a ratio over all positions of the class (sum over positions / count),
@@ -122,7 +120,7 @@ def position_class_rows(world: World, states: torch.Tensor, excess: torch.Tensor
     The myopia gap (claims/cognition.py) is the difference of excess_nll between two cognitions."""
     entropy = world.state_entropy[states]
     rows = []
-    for name, m in position_masks(world, states).items():
+    for name, m in position_masks(world, states, next_tokens).items():
         mask = m.double()
         count = mask.sum(1)
         if not count.any():
