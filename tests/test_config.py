@@ -183,3 +183,16 @@ def test_f9_sweeps_both_regimes_from_four_starts_and_warms_up_before_deploying(p
         assert (cfg.regime.response_low, cfg.regime.response_high, cfg.regime.response_steepness) == \
             (ResponseMap().low, ResponseMap().high, ResponseMap().steepness)
     assert composed("experiment=F9", f"preset={preset}").trainer.log_every == f9.regime.round_steps
+
+
+@pytest.mark.parametrize("preset", ["quick", "full", "debug"])
+def test_the_full_preset_gives_each_seed_its_own_world_and_the_quest_keeps_one(preset):
+    """Worlds as a random factor (design section 1): in the full preset the world experiments train seed s on
+    world s, F2 and F3 on the world of the F1 run they start from; the quest and prophecy experiments read no
+    world text and keep world 0; the command line wins."""
+    for exp in ("F1", "F2", "F3", "F8", "F8_critic"):
+        cfg = composed(f"experiment={exp}", f"preset={preset}", "seed=3")
+        assert cfg.world.seed == (3 if preset == "full" else 0), exp
+    for exp in ("F4", "F4_simulator", "F10", "F9"):
+        assert composed(f"experiment={exp}", f"preset={preset}", "seed=3").world.seed == 0, exp
+    assert composed("experiment=F1", f"preset={preset}", "seed=3", "world.seed=7").world.seed == 7

@@ -97,8 +97,9 @@ class ProphecyBase(RegimeBase):
 
     def __init__(self, world: World, settings: ProphecySettings):
         if not world.cfg.prophecies:
-            raise ConfigError(f"regime {self.name} needs a world with prophecy markers: set world.prophecies "
-                              "(the starting forecasts; experiment F9 does)")
+            raise ConfigError(f"regime {self.name} needs a world with prophecy markers: run experiment=F9 "
+                              "(regime={retrain,prophecy_rl}), or give the starting forecasts on the command line, "
+                              "e.g. '+world.prophecies=[0.3,0.65]' world.seq_len=3")
         self.world, self.settings = world, settings
         self.response = settings.response()
         self.starts = list(world.cfg.prophecies)

@@ -52,7 +52,8 @@ class QuestSettings:
     def __post_init__(self):
         check_settings(self)
         if self.env is None:
-            raise ConfigError("regime=quest needs a quest env: add `/quest: small` to the experiment")
+            raise ConfigError("regime=quest needs a quest env: add +quest=small on the command line "
+                              "(or run experiment=F4 / F4_simulator)")
         if self.n_envs % self.n_minibatches:
             raise ConfigError(f"regime.n_envs ({self.n_envs}) must be a multiple of regime.n_minibatches "
                               f"({self.n_minibatches})")

@@ -37,7 +37,8 @@ class SupervisedSettings:
     def __post_init__(self):
         check_settings(self)
         if self.quest_fraction > 0 and self.quest is None:
-            raise ConfigError("regime.quest_fraction > 0 needs a quest env: add `/quest: small` to the experiment")
+            raise ConfigError("regime.quest_fraction > 0 needs a quest env: add +quest=small on the command line "
+                              "(or run experiment=F4 / F4_simulator)")
 
 
 def future_heads_loss(future_logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
