@@ -641,14 +641,15 @@ def figure_f2_split(df: pd.DataFrame, folder: Path) -> list[Path]:
                    label=f"beta = {b:g}: one seed")
         ax.hlines(opt, i - 0.3, i + 0.3, color=f"C{i}", lw=2, label=f"beta = {b:g}: exact optimum {opt:.2f}")
         c = branch_commitment(s.value.values)
-        ax.annotate(f"easy {c['easy']}, hard {c['hard']},\nneither {c['neither']}", (i, ax.get_ylim()[0]),
-                    xytext=(0, 4), textcoords="offset points", ha="center", fontsize=8)
+        ax.annotate(f"committed: easy {c['easy']}, hard {c['hard']}, neither {c['neither']}", (i, 0.02),
+                    xycoords=("data", "axes fraction"), ha="center", fontsize=8)
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xticks([0, 1], [f"beta = {beta:g}", f"beta = {BETA1:g}"])
     ax.set(ylabel="steering index at the asymmetric p=0.5 fork (nats)",
            title="C4.beta1: where each seed ends, truth critic, gamma=1, H=8\n"
                  f"(committed: the branch taken with probability >= {COMMITTED})")
-    ax.legend(fontsize=7)
+    ax.set_xlim(-0.6, 1.6)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return save_figure(fig, folder, "F2_split_beta")
 
 
