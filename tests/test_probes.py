@@ -518,3 +518,23 @@ def test_the_optimum_against_a_runs_own_pi_ref_at_one_token_is_that_models_own_s
         own[("forks/p=0.5", "instrumental_steering")]["value"], abs=1e-5)
     for other in ({"gamma": 0.5}, {"rollout": "teacher_forced"}, {"critic": "learned"}):
         assert reference_optimum_rows(regime(**other), world, probes) == [], other
+
+
+def test_a_diverged_model_is_not_scored_and_its_run_keeps_only_status_and_curves(world, probes):
+    """A run that diverged (trainer.lr=1e30: finite weights near 1e28, NaN logits) used to crash the
+    evaluation with an IndexError in the reliability bins; it now gets no probe rows (its status row says
+    collapsed), while a working model of the same architecture is scored as before."""
+    from instrumentality.evaluation.run_rows import model_rows, predicts_finite
+    from instrumentality.model import GPT, GPTConfig
+    from instrumentality.regimes.supervised import Supervised, SupervisedSettings
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=world.vocab_size, block_size=world.cfg.seq_len, n_layer=1, n_head=2, n_embd=16)
+    model = GPT(cfg)
+    regime = Supervised(world, SupervisedSettings())
+    assert predicts_finite(model, world)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1e28)
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters()) and not predicts_finite(model, world)
+    assert model_rows(model, world, regime, {}, probes=probes) == []

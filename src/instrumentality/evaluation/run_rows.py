@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from instrumentality.errors import DataFileError
 from instrumentality.evaluation.probe_set import ProbeConfig, ProbeSet, probe_set_for
@@ -149,9 +150,26 @@ PROBE_FAMILIES: dict[str, Callable[..., list[dict]]] = {
     WORLD_PROBES: world_rows, QUEST_PROBES: quest_rows, PROPHECY_PROBES: prophecy_rows}
 
 
+@torch.no_grad()
+def predicts_finite(model, world: World, n: int = 4) -> bool:
+    """Whether the model's logits on a few world sequences are all finite (weights can be finite and huge)."""
+    from instrumentality.model import device_of
+
+    tokens = world.sample(n, generator=torch.Generator().manual_seed(0))
+    was_training = getattr(model, "training", False)
+    model.eval()
+    logits = model(tokens.to(device_of(model)))["logits"]
+    model.train(was_training)
+    return bool(torch.isfinite(logits).all())
+
+
 def model_rows(model, world: World, regime: Regime, run_config: dict, probe_cache: str | None = None,
                probes: ProbeSet | None = None) -> list[dict]:
-    """Every probe family the regime's model is scored on, and the regime's exact theory rows beside them."""
+    """Every probe family the regime's model is scored on, and the regime's exact theory rows beside them. A
+    model whose predictions are not finite (a run that diverged: its status says collapsed) has nothing to
+    score: it gets the theory rows only, and the table keeps its status and curves."""
+    if not predicts_finite(model, world):
+        return regime.theory_rows()
     rows = []
     for family in regime.probe_families():
         if family not in PROBE_FAMILIES:
