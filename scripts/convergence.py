@@ -77,9 +77,8 @@ def run_all(args) -> None:
 
 def collect(args) -> pd.DataFrame:
     from instrumentality.evaluation.world_probes import reference_optimum_steering
-    from instrumentality.model import GPT, GPTConfig
     from instrumentality.training.build import build_regime, build_world
-    from instrumentality.training.checkpoint import load_checkpoint
+    from instrumentality.training.checkpoint import load_checkpoint, model_from_checkpoint
     from instrumentality.world.optimum import optimal_steering
 
     rows, ref_cache = [], {}
@@ -101,10 +100,7 @@ def collect(args) -> pd.DataFrame:
                 if key not in ref_cache:
                     ref_cache[key] = math.nan
                     if gamma == 1.0 and hasattr(regime.critic, "table"):
-                        ref = load_checkpoint(cfg["regime"]["ref_checkpoint"])
-                        ref_model = GPT(GPTConfig(**ref["model_config"]))
-                        ref_model.load_state_dict(ref["model"])
-                        ref_model.eval()
+                        ref_model = model_from_checkpoint(load_checkpoint(cfg["regime"]["ref_checkpoint"]))
                         prompts = world.fork_contexts(torch.full((16,), fork.index), 8,
                                                       torch.Generator().manual_seed(1000 + s))
                         ref_cache[key] = reference_optimum_steering(ref_model, world, regime.critic, beta, H, prompts,

@@ -47,6 +47,7 @@ from instrumentality.claims.world import (
     MARGIN_FRACTION,
     at_beta,
     diagnostic_lookahead_gain,
+    exact_instrumental_optimum,
     free_running,
     preset_beta,
 )
@@ -110,9 +111,7 @@ def myopia_gap(g: pd.DataFrame, cognition: str, position: str, against: str = "s
 def exact_optimum(g: pd.DataFrame, cognition: str) -> float:
     """The exact optimum's instrumental steering at p = 0.5 of the gamma = 1 critic cell of `cognition` (its
     runs' theory rows; NaN without runs)."""
-    t = cell(g, cognition, "critic gamma=1")
-    t = t[(t.probe == INSTRUMENTAL[0]) & (t.metric == f"{INSTRUMENTAL[1]}_theory")]
-    return float(t.value.astype(float).mean()) if len(t) else math.nan
+    return exact_instrumental_optimum(cell(g, cognition, "critic gamma=1"))
 
 
 # ---------------------------------------------------------------------------- the gates

@@ -106,6 +106,11 @@ def preset_beta(crit: pd.DataFrame) -> float:
     return float(per_run.mode().min()) if len(per_run.dropna()) else math.nan
 
 
+def critics_beta(fin: pd.DataFrame) -> float:
+    """preset_beta of the table's free-running critic runs."""
+    return preset_beta(free_running(fin[fin.regime == "critic"]))
+
+
 def at_beta(crit: pd.DataFrame, beta: float) -> pd.DataFrame:
     if "regime.beta" not in crit or math.isnan(beta):
         return crit
@@ -140,7 +145,7 @@ def world_claims(df: pd.DataFrame) -> list[Claim]:
     fin = final_rows(df)
     sup = fin[fin.regime == "supervised"]
     all_truth = critic_runs(fin, "truth")
-    beta = preset_beta(free_running(fin[fin.regime == "critic"]))
+    beta = critics_beta(fin)
     crit = at_beta(free_running(all_truth), beta)
     at = {"regime.gamma": 1.0, "regime.horizon": 8.0}
     margin = MARGIN_FRACTION * exact_instrumental_optimum(crit)
@@ -191,7 +196,7 @@ def truth_g1_h8(fin: pd.DataFrame, beta: float) -> pd.DataFrame:
 def beta1_runs(fin: pd.DataFrame) -> pd.DataFrame:
     """F2's truth critic at gamma = 1, H = 8 and beta = 1 where the preset's beta is another (empty where the
     preset's beta is 1 itself: the quick preset has no contrast)."""
-    beta = preset_beta(free_running(fin[fin.regime == "critic"]))
+    beta = critics_beta(fin)
     if math.isnan(beta) or math.isclose(beta, BETA1):
         return fin[:0]
     return truth_g1_h8(fin, BETA1)
@@ -439,7 +444,7 @@ def figure_f3(df: pd.DataFrame, folder: Path) -> list[Path]:
     crit = fin[(fin.regime == "critic") & (fin["regime.critic"] == "truth")
                & np.isclose(fin["regime.gamma"].astype(float), 1.0)
                & np.isclose(fin["regime.horizon"].astype(float), 8.0)]
-    crit = at_beta(crit, preset_beta(free_running(fin[fin.regime == "critic"])))
+    crit = at_beta(crit, critics_beta(fin))
     if "regime.rollout" not in crit or crit["regime.rollout"].nunique() < 2:
         return []
     probes = [f"forks/asym/p={p}" for p in (0.2, 0.5, 0.8)]
@@ -522,7 +527,7 @@ def instrument_checks(df: pd.DataFrame) -> list[str]:
     truth = critic_runs(fin, "truth")
     if "regime.rollout" not in truth or (truth["regime.rollout"] != "teacher_forced").all():
         return []
-    crit = at_beta(free_running(truth), preset_beta(free_running(fin[fin.regime == "critic"])))
+    crit = at_beta(free_running(truth), critics_beta(fin))
     forced = truth[truth["regime.rollout"] == "teacher_forced"]
     at = {"regime.gamma": 1.0, "regime.horizon": 8.0}
     forced_s = per_seed(forced, "forks/asym/p=0.5", "steering_index", **at)
@@ -604,20 +609,30 @@ def branch_commitment(steering: np.ndarray) -> dict[str, int]:
             "neither": int(((q < COMMITTED) & (q > 1 - COMMITTED)).sum())}
 
 
-def split_section(df: pd.DataFrame) -> list[str]:
+def beta_arms(df: pd.DataFrame) -> list[tuple[float, pd.DataFrame, float]]:
+    """C4.beta1's two arms of the truth critic at gamma = 1, H = 8: (beta, per-seed steering at the asymmetric
+    p = 0.5 fork sorted by seed, the exact optimum there), the preset's beta first; empty without a beta = 1 arm."""
     fin = final_rows(df)
     b1 = beta1_runs(fin)
     if b1.empty:
         return []
-    beta = preset_beta(free_running(fin[fin.regime == "critic"]))
-    lines = ["", f"### C4.beta1: the truth critic at beta = 1 against beta = {beta:g} (gamma = 1, H = 8)", "",
+    beta = critics_beta(fin)
+    out = []
+    for b, runs in ((beta, truth_g1_h8(fin, beta)), (BETA1, b1)):
+        opt = runs[(runs.probe == "forks/asym/p=0.5") & (runs.metric == "steering_index_theory")].value.mean()
+        out.append((b, per_seed(runs, "forks/asym/p=0.5", "steering_index").sort_values("seed"), opt))
+    return out
+
+
+def split_section(df: pd.DataFrame) -> list[str]:
+    arms = beta_arms(df)
+    if not arms:
+        return []
+    lines = ["", f"### C4.beta1: the truth critic at beta = 1 against beta = {arms[0][0]:g} (gamma = 1, H = 8)", "",
              f"Per seed, steering at the asymmetric p = 0.5 fork; a seed has committed to a branch where it takes "
              f"it with probability >= {COMMITTED}.", "",
              "| beta | exact optimum | per-seed steering | easy | hard | neither |", "|---|---|---|---|---|---|"]
-    main = truth_g1_h8(fin, beta)
-    for b, runs in ((beta, main), (BETA1, b1)):
-        s = per_seed(runs, "forks/asym/p=0.5", "steering_index").sort_values("seed")
-        opt = runs[(runs.probe == "forks/asym/p=0.5") & (runs.metric == "steering_index_theory")].value.mean()
+    for b, s, opt in arms:
         c = branch_commitment(s.value.values)
         lines.append(f"| {b:g} | {opt:.2f} | {', '.join(f'{v:.2f}' for v in s.value)} | {c['easy']} | {c['hard']} | "
                      f"{c['neither']} |")
@@ -627,16 +642,11 @@ def split_section(df: pd.DataFrame) -> list[str]:
 def figure_f2_split(df: pd.DataFrame, folder: Path) -> list[Path]:
     """Per-seed end points of the truth critic (gamma = 1, H = 8) at the preset's beta and at beta = 1, each
     against its exact optimum, with the count of seeds committed to each branch."""
-    fin = final_rows(df)
-    b1 = beta1_runs(fin)
-    if b1.empty:
+    arms = beta_arms(df)
+    if not arms:
         return []
-    beta = preset_beta(free_running(fin[fin.regime == "critic"]))
-    main = truth_g1_h8(fin, beta)
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    for i, (b, runs) in enumerate(((beta, main), (BETA1, b1))):
-        s = per_seed(runs, "forks/asym/p=0.5", "steering_index")
-        opt = runs[(runs.probe == "forks/asym/p=0.5") & (runs.metric == "steering_index_theory")].value.mean()
+    for i, (b, s, opt) in enumerate(arms):
         ax.scatter(np.full(len(s), i) + np.linspace(-0.15, 0.15, len(s)), s.value, color=f"C{i}", s=25,
                    label=f"beta = {b:g}: one seed")
         ax.hlines(opt, i - 0.3, i + 0.3, color=f"C{i}", lw=2, label=f"beta = {b:g}: exact optimum {opt:.2f}")
@@ -644,7 +654,7 @@ def figure_f2_split(df: pd.DataFrame, folder: Path) -> list[Path]:
         ax.annotate(f"committed: easy {c['easy']}, hard {c['hard']}, neither {c['neither']}", (i, 0.02),
                     xycoords=("data", "axes fraction"), ha="center", fontsize=8)
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set_xticks([0, 1], [f"beta = {beta:g}", f"beta = {BETA1:g}"])
+    ax.set_xticks([0, 1], [f"beta = {b:g}" for b, _, _ in arms])
     ax.set(ylabel="steering index at the asymmetric p=0.5 fork (nats)",
            title="C4.beta1: where each seed ends, truth critic, gamma=1, H=8\n"
                  f"(committed: the branch taken with probability >= {COMMITTED})")

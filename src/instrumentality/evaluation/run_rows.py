@@ -39,7 +39,7 @@ from instrumentality.files import read_json
 from instrumentality.regimes.base import PROPHECY_PROBES, QUEST_PROBES, WORLD_PROBES, Regime
 from instrumentality.regimes.prophecy import ProphecyBase
 from instrumentality.training.build import build_regime, build_world, plain
-from instrumentality.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from instrumentality.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint
 from instrumentality.training.trainer import Evaluation
 from instrumentality.world import World
 
@@ -101,16 +101,11 @@ def reference_optimum_rows(regime: Regime, world: World, probes: ProbeSet, fork_
     and `instrumental_steering_ref_optimum`. Where pi_ref is not the truth (a myopic or under-trained model),
     this, not the optimum against p*, is what the run could reach (claims/cognition.py). No rows otherwise,
     or where pi_ref's checkpoint is not on this machine."""
-    from instrumentality.model import GPT, GPTConfig
-
     s, critic = getattr(regime, "settings", None), getattr(regime, "critic", None)
     if (regime.name != "critic" or s is None or s.gamma != 1.0 or s.rollout != "free" or s.ref != "checkpoint"
             or not hasattr(critic, "table") or not s.ref_checkpoint or not Path(s.ref_checkpoint).exists()):
         return []
-    ck = load_checkpoint(s.ref_checkpoint)
-    ref = GPT(GPTConfig(**ck["model_config"]))
-    ref.load_state_dict(ck["model"])
-    ref.eval()
+    ref = model_from_checkpoint(load_checkpoint(s.ref_checkpoint))
     prompts, lengths, fork_index = probes.t["fork_prompts"], probes.t["fork_lengths"], probes.t["fork_index"]
     steering = {}
     for kind, symmetric in (("asym", False), ("sym", True)):
@@ -188,13 +183,10 @@ def trained_run_rows(run_dir: Path, probe_rows: list[dict], run_config: dict, hi
 
 def evaluate_checkpoint(run_dir: Path, probe_cache: str | None = None) -> list[dict]:
     """A run's rows from its checkpoint, evaluated on its world's probe set. Raises on a bad checkpoint."""
-    from instrumentality.model import GPT, GPTConfig
-
     ck = load_checkpoint(run_dir / CHECKPOINT_NAME)
     run_config = ck["run_config"]
     world = build_world(run_config)
-    model = GPT(GPTConfig(**ck["model_config"]))
-    model.load_state_dict(ck["model"])
+    model = model_from_checkpoint(ck)
     rows = model_rows(model, world, build_regime(run_config, world), run_config, probe_cache)
     return trained_run_rows(run_dir, rows, run_config, ck["history"], ck["status"])
 

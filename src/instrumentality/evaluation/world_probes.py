@@ -329,18 +329,20 @@ def lookahead_rows(model, world: World, probes: ProbeSet) -> list[dict]:
     train, test = probes.t["lookahead_train"], probes.t["lookahead_test"]
     h_train, h_test = hidden_states(model, train), hidden_states(model, test)
     T = train.shape[1]
+    all_states_train, all_states_test = world.states_of(train), world.states_of(test)
     rows = []
     for k in range(1, K + 1):
         n_pos = T - k
         y_train, y_test = train[:, k:].flatten(), test[:, k:]
-        states_test = world.states_of(test)[:, :n_pos]
+        states_test = all_states_test[:, :n_pos]
+        diagnostic_state = world.diagnostic_states(k)
         chance_cls = torch.bincount(y_train, minlength=world.vocab_size).argmax()
         chance = (y_test == chance_cls).double().mean(1)
         rows.append(_row(f"lookahead/k={k}", "chance", mean_ci(chance), items=chance))
         # the best any predictor of x_{t+k} from the past can do: E max_x p*(x_{t+k} | state at t)
         bayes = world.future_token_distribution(states_test, k).max(-1).values
         rows.append(_row(f"lookahead/k={k}", "bayes", mean_ci(bayes.mean(1))))
-        diagnostic = world.diagnostic_states(k)[states_test]  # [n_test, n_pos]
+        diagnostic = diagnostic_state[states_test]  # [n_test, n_pos]
         per_seq = diagnostic.sum(1).double()
         scale = per_seq.mean()
 
@@ -349,7 +351,7 @@ def lookahead_rows(model, world: World, probes: ProbeSet) -> list[dict]:
 
         if scale > 0:
             diag = f"lookahead/k={k}/diagnostic"
-            d_train = world.diagnostic_states(k)[world.states_of(train)[:, :n_pos]].flatten()
+            d_train = diagnostic_state[all_states_train[:, :n_pos]].flatten()
             d_chance_cls = torch.bincount(y_train[d_train], minlength=world.vocab_size).argmax()
             rows += [_row(diag, "share", (float(diagnostic.double().mean()),) * 3),
                      _row(diag, "chance", mean_ci(c := at_diagnostic(y_test == d_chance_cls)), items=c),

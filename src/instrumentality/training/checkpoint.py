@@ -53,3 +53,12 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint {path} could not be loaded as tensors and plain data "
                               f"(torch.load weights_only=True: {first}); it was not made by this suite's trainer, "
                               "or it is damaged: delete it to start over") from e
+
+
+def model_from_checkpoint(ck: dict):
+    """The GPT a loaded checkpoint holds (its `model_config` and weights), in eval mode."""
+    from instrumentality.model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(**ck["model_config"]))
+    model.load_state_dict(ck["model"])
+    return model.eval()
