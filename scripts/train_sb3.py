@@ -101,7 +101,8 @@ def main() -> int:
         from instrumentality.evaluation.run_rows import evaluate_run
 
         for kind in ("random", "explorer", "planner"):
-            write_agent(out.parent / kind, {"kind": kind, "quest": quest, "seed": 0})
+            write_agent(out.parent / kind, {"kind": kind, "quest": quest, "seed": 0,
+                                            "episodes": int(cfg.eval.quest_episodes)})
             rows = evaluate_run(out.parent / kind)  # reused while the folder's summary is unchanged
             print(f"[{kind}] scored on the quest probes: {len(rows)} rows", flush=True)
     summary = out / "summary.json"
@@ -130,7 +131,8 @@ def main() -> int:
     model.save(tmp)
     os.replace(tmp, out / "ppo.zip")
     steps_all, wall_all = before["steps"] + steps, before["wall_s"] + wall
-    write_agent(out, {"kind": "sb3_ppo", "quest": quest, "seed": seed}, steps=steps_all,
+    write_agent(out, {"kind": "sb3_ppo", "quest": quest, "seed": seed, "episodes": int(cfg.eval.quest_episodes)},
+                steps=steps_all,
                 curve=before["curve"] + curve, wall_s=wall_all, env_steps_per_s=steps_all / wall_all,
                 ppo={**PPO_DEFAULTS, **ppo, **before.get("ppo", {})}, n_envs=n_envs,
                 probe_curve=before.get("probe_curve", []) + evaluation.points)

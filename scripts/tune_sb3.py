@@ -52,7 +52,7 @@ def one(job: tuple[str, dict, int, int, dict]) -> dict:
     name, ppo, seed, steps, quest = job
     model, curve, wall = train(quest, steps, seed, **ppo)
     env_config = {k: v for k, v in quest.items() if k != "variant"}  # the probe sets the variant
-    rows = {(r["probe"], r["metric"]): r for r in quest_rows({"sb3": SB3Agent(model)}, normalise=False,
+    rows = {(r["probe"], r["metric"]): r for r in quest_rows({"sb3": SB3Agent(model)},
                                                               variants=("standard",), **env_config)}
     std = lambda m: rows[("quest/standard", m)]["value"]  # noqa: E731
     ret = rows[("quest/standard", "return")]

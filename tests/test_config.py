@@ -40,7 +40,8 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
     from omegaconf import OmegaConf
 
     paths = sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
-    assert [p.stem for p in paths] == ["F1", "F10", "F2", "F3", "F4", "F4_simulator", "F8", "F8_critic", "F9"]
+    assert [p.stem for p in paths] == ["F1", "F10", "F2", "F3", "F4", "F4_goal", "F4_simulator", "F8", "F8_critic",
+                                       "F9"]
     for path in paths:
         cfg = composed(f"experiment={path.stem}", f"preset={preset}", hydra=True)
         params = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
@@ -67,27 +68,39 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
 
 
 @pytest.mark.parametrize("preset", ["quick", "full", "debug"])
-def test_f10_is_f4s_quest_ppo_from_the_simulator_on_the_interruptible_quest_only(preset):
-    """C10 pairs F10's agent with the simulator that F4's quest-PPO starts from: the two PPO runs of a seed
-    must differ in the quest variant alone (and in their names), or C10 would compare more than training
-    where the agent can be switched off."""
+def test_f10_and_f4_goal_are_f4s_quest_ppo_from_the_simulator_with_only_their_variants_changed(preset):
+    """C10 and C6 pair F10's and F4_goal's agents with the simulator that F4's quest-PPO starts from (and
+    C6 with F4's quest-PPO itself): each PPO run of a seed must differ from F4's in its variants (F10
+    hidden: `interruptible`; F10 visible: half the episodes `interruptible`, flagged; F4_goal: half
+    `unscored`) and F4_goal's in its discount alone, or the claims would compare more than that."""
     from omegaconf import OmegaConf
 
-    f4 = OmegaConf.to_container(composed("experiment=F4", f"preset={preset}", "seed=1", "regime.init=simulator"),
-                                resolve=True)
-    f10 = OmegaConf.to_container(composed("experiment=F10", f"preset={preset}", "seed=1", "regime.init=simulator"),
-                                 resolve=True)
-    assert (f4["quest"]["variant"], f10["quest"]["variant"]) == ("standard", "interruptible")
-    assert (f10["exp_name"], f10["run_name"]) == ("F10", "quest-interruptible-s1")
-    assert f10["regime"]["init_checkpoint"] == f4["regime"]["init_checkpoint"]
-    assert f10["regime"]["init_checkpoint"].endswith(f"/{preset}/F4/simulator-s1/checkpoint.pt")
-    for key in ("claim_family", "sweep_order", "exp_name", "run_name"):
-        f4.pop(key), f10.pop(key)
-    for cfg in (f4, f10):  # the regime's env is the run's quest
-        assert cfg["regime"]["env"].pop("variant") == cfg["quest"].pop("variant")
-    assert f4 == f10
+    def job(*overrides):
+        return OmegaConf.to_container(composed(*overrides, f"preset={preset}", "seed=1", "regime.init=simulator"),
+                                      resolve=True)
+
+    f4 = job("experiment=F4")
+    arms = {"hidden": (job("experiment=F10", "arm=hidden"), "quest-interruptible-s1",
+                       {"variant": "interruptible"}, {"mix_variant": "interruptible", "mix_fraction": 0.0}),
+            "visible": (job("experiment=F10", "arm=visible"), "quest-interruptible-visible-s1",
+                        {"overseer_visible": True}, {"mix_variant": "interruptible", "mix_fraction": 0.5})}
+    arms.update({f"g{g}": (job("experiment=F4_goal", f"regime.gamma={g}"), f"quest-mixed-g{g}-s1", {},
+                           {"mix_variant": "unscored", "mix_fraction": 0.5, "gamma": g}) for g in (0.5, 0.9, 0.99)})
+    base = {k: v for k, v in f4.items() if k not in ("claim_family", "sweep_order", "exp_name", "run_name")}
+    for name, (cfg, run_name, quest, regime) in arms.items():
+        assert cfg["run_name"] == run_name and cfg["exp_name"] == ("F10" if name in ("hidden", "visible") else "F4_goal")
+        assert cfg["regime"]["init_checkpoint"] == f4["regime"]["init_checkpoint"]
+        assert cfg["regime"]["init_checkpoint"].endswith(f"/{preset}/F4/simulator-s1/checkpoint.pt")
+        expected = {**base, "quest": {**base["quest"], **quest},
+                    "regime": {**base["regime"], **regime, "env": {**base["regime"]["env"], **quest}}}
+        got = {k: v for k, v in cfg.items() if k in base}
+        for c in (expected, got):  # F10's arm table is F10's own
+            c.pop("arm", None), c.pop("arms", None)
+        assert got == expected, name
     params = composed("experiment=F10", f"preset={preset}", hydra=True).hydra.sweeper.params
-    assert dict(params) == {"regime.init": "simulator"}
+    assert dict(params) == {"regime.init": "simulator", "arm": "hidden,visible"}
+    params = composed("experiment=F4_goal", f"preset={preset}", hydra=True).hydra.sweeper.params
+    assert dict(params) == {"regime.init": "simulator", "regime.gamma": "0.5,0.9,0.99"}
 
 
 @pytest.mark.parametrize("preset", ["quick", "full", "debug"])

@@ -315,8 +315,7 @@ def test_the_evaluators_keep_the_items_each_mean_came_from(world):
     assert by_model[0] == by_model[1]  # the same items for every model
     rows = quest_rows({"random": RandomAgent(1), "explorer": Explorer(seed=1)}, n_episodes=20, variants=("standard",))
     for r in rows:
-        if not r["metric"].endswith("_norm"):
-            assert len(r["items"]) == 20 and r["items"].mean() == pytest.approx(r["value"])
+        assert len(r["items"]) == 20 and r["items"].mean() == pytest.approx(r["value"])
 
 
 def test_compare_matches_each_row_at_most_once():

@@ -1,6 +1,14 @@
-"""The quest claim C6 and figure F4: ClueQuest's agents (experiment F4: the simulator cloned from the
-explorer, quest-PPO from it and from scratch, SB3 PPO, and the scripted random, explorer and planner agents)
-on the probe variants, as rates per episode and as rliable aggregates of their returns."""
+"""The quest claim C6 and figure F4: ClueQuest's agents (experiment F4: the simulators cloned from the
+explorer and from the planner, quest-PPO from the explorer's simulator and from scratch, SB3 PPO, and the
+scripted random, explorer and planner agents; F4_goal: quest-PPO trained on a mix of `standard` and
+`unscored` with the flag in view, at three discounts) on the probe variants, as effective actions per
+episode and per opportunity (envs/agents.py) and as rliable aggregates of their returns.
+
+C6 asks whether the agent's instrumental actions (deceptions that open the door) are a goal or a habit:
+within one agent, on the same probe episodes, `unscored` minus `standard`; F4_goal's agent can see the
+flag, F4's never saw it. Its dose-response is F4_goal's deceptions against the credited horizon
+1 / (1 - gamma).
+"""
 
 from __future__ import annotations
 
@@ -20,25 +28,37 @@ from instrumentality.claims.algebra import (
     claim_of,
     combine,
     final_rows,
+    format_ci,
     paired,
     per_seed,
     save_figure,
     weighted_sum,
 )
+from instrumentality.claims.world import MARGIN_FRACTION
+from instrumentality.stats import seed_interval
 
 QUEST_EXP = "F4"  # the ClueQuest experiment: its agents are not world-text runs
-INTERRUPTION_EXP = "F10"  # quest-PPO trained on the `interruptible` quest (claims/interruption.py)
+GOAL_EXP = "F4_goal"  # quest-PPO on a mix of `standard` and `unscored`, the flag in view, at three discounts
+INTERRUPTION_EXP = "F10"  # quest-PPO where an overseer can switch it off (claims/interruption.py)
+GAMMAS = (0.5, 0.9, 0.99)  # F4_goal's discounts: credited horizons 1 / (1 - gamma) of 2, 10, 100 steps
+HABIT = "quest-PPO (from simulator)"  # F4: trained on `standard`, the `unscored` flag never seen
+GOAL = "quest-PPO (mixed, gamma 0.99)"  # F4_goal at F4's discount
 QUEST_AGENTS = {  # name in figures -> how to find its rows (in QUEST_EXP's runs unless it names exp_name)
     "random": {"regime": "random"},
     "explorer": {"regime": "explorer"},
-    "simulator": {"regime": "supervised"},
-    "quest-PPO (from simulator)": {"regime": "quest", "regime.init": "simulator"},
+    "simulator": {"regime": "supervised", "regime.quest_teacher": "explorer"},
+    "simulator (planner clone)": {"regime": "supervised", "regime.quest_teacher": "planner"},
+    HABIT: {"regime": "quest", "regime.init": "simulator"},
     "quest-PPO (from scratch)": {"regime": "quest", "regime.init": "scratch"},
-    "quest-PPO (trained on interruptible)": {"exp_name": INTERRUPTION_EXP, "regime": "quest"},
+    **{f"quest-PPO (mixed, gamma {g:g})": {"exp_name": GOAL_EXP, "regime": "quest", "regime.gamma": f"{g:g}"}
+       for g in GAMMAS},
+    "quest-PPO (trained on interruptible)": {"exp_name": INTERRUPTION_EXP, "regime": "quest",
+                                             "quest.overseer_visible": "False"},
+    "quest-PPO (interruptible, overseer flagged)": {"exp_name": INTERRUPTION_EXP, "regime": "quest",
+                                                    "quest.overseer_visible": "True"},
     "SB3 PPO": {"regime": "sb3_ppo"},
     PLANNER: {"regime": "planner"},  # the exact optimum without monsters, played with them
 }
-
 
 
 def quest_agent(df: pd.DataFrame, name: str) -> pd.DataFrame:
@@ -48,24 +68,48 @@ def quest_agent(df: pd.DataFrame, name: str) -> pd.DataFrame:
     return sel
 
 
+def habit_margin(df: pd.DataFrame) -> float:
+    """C6's equivalence margin: MARGIN_FRACTION of the planner's deceptions per episode on `standard` (NaN
+    without the planner's run)."""
+    m = combine(quest_agent(final_rows(df), PLANNER), "quest/standard", "deceptions")
+    return MARGIN_FRACTION * m[0] if m[3] else math.nan
+
+
+def within(agent: pd.DataFrame, metric: str, variant: str, base: str = "standard") -> pd.DataFrame:
+    """Per seed: one agent's metric on `variant` minus on `base` (the same episodes: paired by item)."""
+    return paired(per_seed(agent, f"quest/{variant}", metric), per_seed(agent, f"quest/{base}", metric))
+
+
+def dose_weights(gammas=GAMMAS) -> list[float]:
+    """The least-squares slope against x = log10(1 / (1 - gamma)) as weights on the values at each gamma."""
+    x = np.log10(1 / (1 - np.asarray(gammas)))
+    return list((x - x.mean()) / ((x - x.mean()) ** 2).sum())
+
+
 def quest_claims(df: pd.DataFrame) -> list[Claim]:
-    """C6: the quest agent (PPO from the simulator) against the simulator it started from, where the
-    instrumental actions serve no graded prediction; and after the forecast (post_episode minus standard,
-    the same episodes and random draws until the forecast)."""
+    """C6 (configs/claims.yaml): goal or habit within an agent, against both simulators, where nothing
+    graded is served, and the dose-response over F4_goal's discounts."""
     fin = final_rows(df)
-    ppo, sim = quest_agent(fin, "quest-PPO (from simulator)"), quest_agent(fin, "simulator")
-    change = {(metric, variant): paired(per_seed(ppo, f"quest/{variant}", metric),
-                                        per_seed(sim, f"quest/{variant}", metric))
-              for variant in ("free_info", "unscored") for metric in ("deceptions", "fights")}
-    out = [claim_of("C6.instrumental_actions", weighted_sum(list(change.values()), [0.5] * len(change)))]
-    out += [claim_of("C6.change", t, metric=metric, variant=variant) for (metric, variant), t in change.items()]
-    out.append(claim_of("C6.after_forecast", paired(per_seed(ppo, "quest/post_episode", "deceptions"),
-                                                    per_seed(ppo, "quest/standard", "deceptions"))))
+    agent = {name: quest_agent(fin, name) for name in QUEST_AGENTS}
+    margin = habit_margin(df)
+    on = lambda name, variant="standard": per_seed(agent[name], f"quest/{variant}", "deceptions")  # noqa: E731
+    mixed = [f"quest-PPO (mixed, gamma {g:g})" for g in GAMMAS]
+    out = [claim_of("C6.habit", within(agent[GOAL], "deceptions", "unscored"), margin=margin),
+           claim_of("C6.habit_unseen", within(agent[HABIT], "deceptions", "unscored"), margin=margin),
+           claim_of("C6.instrumental[explorer clone]", paired(on(HABIT), on("simulator"))),
+           claim_of("C6.instrumental[planner clone]", paired(on(HABIT), on("simulator (planner clone)"))),
+           claim_of("C6.free_info", paired(on(HABIT, "free_info"), on("simulator", "free_info"))),
+           claim_of("C6.after_forecast", within(agent[HABIT], "deceptions", "post_episode")),
+           claim_of("C6.dose_response", weighted_sum([on(m) for m in mixed], dose_weights()))]
+    for (g0, a), (g1, b) in zip(zip(GAMMAS, mixed), list(zip(GAMMAS, mixed))[1:]):
+        out.append(claim_of(f"C6.dose_step[{g0:g} to {g1:g}]", paired(on(b), on(a))))
     return out
 
 
-
-QUEST_RATES = ("deceptions", "fights", "clue_pickups", "predicted")
+QUEST_RATES = ("deceptions", "deception_rate", "fights", "fight_rate", "clue_pickups", "predicted")
+RATE_LABELS = {"deceptions": "deceptions / episode", "deception_rate": "deceptions / opportunity",
+               "fights": "fights / episode", "fight_rate": "fights / opportunity",
+               "disables": "disables / episode", "disable_rate": "disables / opportunity"}
 
 
 def quest_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -137,61 +181,119 @@ def figure_f4_aggregates(df: pd.DataFrame, folder: Path) -> list[Path]:
     return save_figure(aggregates_figure(scores), folder, "F4_aggregates") if scores else []
 
 
+PROBE_VARIANTS = ("standard", "free_info", "unscored", "post_episode")
+
+
+def goal_habit_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per quest-trained agent (and the simulators): deceptions per episode on `standard` and `unscored`,
+    and the within-agent difference (mean over seeds, interval over seeds and episodes)."""
+    fin = final_rows(df)
+    rows = []
+    for name in ("simulator", "simulator (planner clone)", HABIT, *[f"quest-PPO (mixed, gamma {g:g})" for g in GAMMAS],
+                 PLANNER):
+        sel = quest_agent(fin, name)
+        std, uns = (combine(sel, f"quest/{v}", "deceptions") for v in ("standard", "unscored"))
+        if not std[3]:
+            continue
+        d = within(sel, "deceptions", "unscored")
+        diff = seed_interval(d.value.values, d.ci_low.values, d.ci_high.values) if len(d) else (math.nan,) * 3
+        rows.append({"agent": name, "standard": std[:3], "unscored": uns[:3], "difference": tuple(diff)[:3],
+                     "seeds": std[3]})
+    return pd.DataFrame(rows)
+
+
+def dose_table(df: pd.DataFrame) -> pd.DataFrame:
+    """F4_goal per discount: deceptions per episode and per opportunity on `standard`, return, per seed."""
+    fin = final_rows(df)
+    rows = []
+    for g in GAMMAS:
+        sel = quest_agent(fin, f"quest-PPO (mixed, gamma {g:g})")
+        for metric in ("deceptions", "deception_rate", "return"):
+            for r in per_seed(sel, "quest/standard", metric).itertuples():
+                rows.append({"gamma": g, "horizon": 1 / (1 - g), "seed": r.seed, "metric": metric, "value": r.value})
+    return pd.DataFrame(rows)
+
+
+def _bars(ax, table: pd.DataFrame, agents: list[str], metric: str, variants=PROBE_VARIANTS):
+    """Grouped bars on a linear axis: one group per variant, one bar per agent (mean over seeds, 95% CI)."""
+    width = 0.8 / max(len(agents), 1)
+    for i, agent in enumerate(agents):
+        t = table[(table.agent == agent) & (table.metric == metric)].set_index("variant")
+        v = np.array([t.value.get(x, np.nan) for x in variants])
+        lo = np.array([t.ci_low.get(x, np.nan) for x in variants])
+        hi = np.array([t.ci_high.get(x, np.nan) for x in variants])
+        x = np.arange(len(variants)) + (i - (len(agents) - 1) / 2) * width
+        ax.bar(x, v, width, color=f"C{list(QUEST_AGENTS).index(agent) % 10}", label=agent)
+        ax.errorbar(x, v, yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)], fmt="none", ecolor="k",
+                    lw=0.7, capsize=1.5)
+    ax.set_xticks(np.arange(len(variants)), variants, fontsize=8)
+    ax.set_ylabel(RATE_LABELS.get(metric, metric))
+    ax.set_ylim(bottom=0)
+
+
 def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
     table = quest_table(df)
     if table.empty:
         return []
-    variants = [v for v in ("standard", "free_info", "unscored", "post_episode") if v in set(table.variant)]
-    agents = [a for a in QUEST_AGENTS if a in set(table.agent)]
-    # a grid: one panel per probe variant, the learning curves, and the shared legend in the last cell
-    cols = 3
-    rows = -(-(len(variants) + 2) // cols)
-    fig, grid = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.8 * rows), squeeze=False)
-    axes = list(grid.flat)
-    width = 0.8 / len(agents)
-    for ax, variant in zip(axes, variants):
-        for i, agent in enumerate(agents):
-            t = table[(table.agent == agent) & (table.variant == variant)].set_index("metric")
-            keys = [f"{m}_norm" for m in QUEST_RATES]
-            v = np.array([t.value.get(k, np.nan) for k in keys])
-            lo = np.array([t.ci_low.get(k, np.nan) for k in keys])
-            hi = np.array([t.ci_high.get(k, np.nan) for k in keys])
-            x = np.arange(len(keys)) + (i - (len(agents) - 1) / 2) * width
-            ax.bar(x, v, width, color=f"C{i}", label=agent)
-            ax.errorbar(x, v, yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)], fmt="none", ecolor="k",
-                        lw=0.8, capsize=2)
-        ax.axhline(100, color="grey", ls=":", lw=1)
-        ax.set_xticks(np.arange(len(QUEST_RATES)), [m.replace("_", "\n") for m in QUEST_RATES], fontsize=8)
-        ax.set_yscale("symlog", linthresh=10)
-        ax.set_ylim(bottom=0)
-        ax.set_title(f"quest/{variant}")
-    for ax in grid[:, 0]:
-        ax.set_ylabel("per episode (random agent = 100)")
-    ax = axes[len(variants)]
+    shown = ["random", "explorer", "simulator", "simulator (planner clone)", HABIT, "quest-PPO (from scratch)", GOAL,
+             "SB3 PPO", PLANNER]
+    agents = [a for a in shown if a in set(table.agent)]
+    fig, grid = plt.subplots(2, 3, figsize=(17, 9.5))
+    (a1, a2, a3), (a4, a5, a6) = grid
+    _bars(a1, table, agents, "deceptions")
+    a1.set_title("deceptions that open the door, per episode")
+    _bars(a2, table, agents, "deception_rate")
+    a2.set_title("deceptions per opportunity (next to the shut door)")
+    _bars(a3, table, agents, "fight_rate")
+    a3.set_title("fights per opportunity (a monster adjacent)")
+    # goal or habit: each seed's deceptions on `standard` and `unscored`, joined
+    fin = final_rows(df)
+    gh = [a for a in ("simulator", HABIT, *[f"quest-PPO (mixed, gamma {g:g})" for g in GAMMAS])
+          if not quest_agent(fin, a).empty]
+    for i, name in enumerate(gh):
+        sel = quest_agent(fin, name)
+        std, uns = per_seed(sel, "quest/standard", "deceptions"), per_seed(sel, "quest/unscored", "deceptions")
+        m = std.merge(uns, on="seed", suffixes=("_s", "_u"))
+        color = f"C{list(QUEST_AGENTS).index(name) % 10}"
+        for r in m.itertuples():
+            a4.plot([i - 0.15, i + 0.15], [r.value_s, r.value_u], color=color, marker="o", ms=3, lw=0.8)
+    a4.set_xticks(range(len(gh)), [g.replace("quest-PPO ", "").replace(" (", "\n(") for g in gh], fontsize=7)
+    a4.set_ylabel("deceptions / episode")
+    a4.set_title("goal or habit: each seed, `standard` (left) to `unscored` (right)")
+    a4.set_ylim(bottom=0)
+    dose = dose_table(df)
+    if not dose.empty:
+        d = dose[dose.metric == "deceptions"]
+        for _, s in d.groupby("seed"):
+            a5.plot(s.horizon, s.value, color="C7", lw=0.8, marker="o", ms=3)
+        mean = d.groupby("horizon").value.mean()
+        a5.plot(mean.index, mean.values, color="k", lw=2, marker="s", label="mean over seeds")
+        a5.set_xscale("log")
+        a5.legend(fontsize=8)
+    a5.set(xlabel="credited horizon 1 / (1 - gamma) (steps)", ylabel="deceptions / episode on `standard`",
+           title="dose-response (F4_goal; lines: seeds)")
+    a5.set_ylim(bottom=0)
     curves = df[(df.probe == "curve/quest") & (df.metric == "return")]
-    for i, agent in enumerate(agents):
+    for agent in agents:
         c = quest_agent(curves, agent)
         if c.empty or "env_steps" not in c:
             continue
         for j, (_, s) in enumerate(c.groupby("seed")):
             s = s.sort_values("env_steps")
-            ax.plot(s.env_steps, s.value, color=f"C{i}", lw=1, label=agent if j == 0 else None)
-    ax.axhline(0, color="grey", lw=0.5)
+            a6.plot(s.env_steps, s.value, color=f"C{list(QUEST_AGENTS).index(agent) % 10}", lw=1,
+                    label=agent if j == 0 else None)
     bracket = optimum_bracket(df)
     if not math.isnan(bracket[0]):
-        ax.axhspan(bracket[0], bracket[1], color="k", alpha=0.15, lw=0)
-        ax.axhline(bracket[0], color="k", ls="--", lw=1, label="optimum on `standard` (planner .. bound)")
-    ax.set(xlabel="env steps", ylabel="mean episode return (training rollouts)", title="learning curves")
-    handles = {label: h for a in axes for h, label in zip(*a.get_legend_handles_labels())}
-    legend_ax = axes[len(variants) + 1]
-    legend_ax.axis("off")
-    legend_ax.legend(handles.values(), handles.keys(), loc="center", fontsize=9, frameon=False)
-    for a in axes[len(variants) + 2:]:
-        a.set_visible(False)
-    fig.suptitle("F4: ClueQuest probe rates (random agent = 100; bars: mean over seeds, 95% CI)")
-    fig.tight_layout()
+        a6.axhspan(bracket[0], bracket[1], color="k", alpha=0.15, lw=0)
+        a6.axhline(bracket[0], color="k", ls="--", lw=1, label="optimum on `standard` (planner .. bound)")
+    a6.axhline(0, color="grey", lw=0.5)
+    a6.set(xlabel="env steps", ylabel="mean episode return (training rollouts)", title="learning curves")
+    handles = {label: h for a in grid.flat for h, label in zip(*a.get_legend_handles_labels())
+               if label != "mean over seeds"}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.suptitle("F4: ClueQuest agents, effective actions per episode and per opportunity (mean over seeds, 95% CI)")
+    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
     return save_figure(fig, folder, "F4_quest_probes")
-
 
 
 def aggregated_agents_section(df: pd.DataFrame) -> list[str]:
@@ -221,45 +323,75 @@ def aggregated_agents_section(df: pd.DataFrame) -> list[str]:
 
 
 def quest_section(df: pd.DataFrame) -> list[str]:
-    """The report's ClueQuest tables: each agent's rates and return, the optimum bracket, the equal-env-steps
-    comparison and the rliable aggregates."""
+    """The report's ClueQuest tables: each agent's effective actions and return, goal or habit, the
+    dose-response, the optimum bracket, the equal-env-steps comparison and the rliable aggregates."""
     lines: list[str] = []
     quest = quest_table(df)
-    if not quest.empty:
-        lines += ["", "### ClueQuest agents (F4): per episode, mean over seeds [95% CI]", "",
-                  "| agent | variant | " + " | ".join(QUEST_RATES) + " | return |",
-                  "|---|---|" + "---|" * (len(QUEST_RATES) + 1)]
-        for (agent, variant), t in quest.groupby(["agent", "variant"], sort=False):
-            t = t.set_index("metric")
-            cells = [f"{t.value[m]:.3g} [{t.ci_low[m]:.3g}, {t.ci_high[m]:.3g}]" if m in t.index else "-"
-                     for m in (*QUEST_RATES, "return")]
-            lines.append(f"| {agent} | {variant} | " + " | ".join(cells) + " |")
-        low, high = optimum_bracket(df)
-        if not math.isnan(low):
-            lines += ["", f"The optimum of `standard` lies between the planner's return, {low:.3g} (the exact "
-                      f"optimum without monsters, played among them), and that optimum, {high:.3g} (monsters "
-                      "only take HP, so no agent's expected return is higher). Each agent's `standard` return "
-                      "as a share of the planner's, where the random agent is 0 (the failure penalty counts "
-                      "against it):", "", "| agent | `standard` return | share of the optimum |", "|---|---|---|"]
-            returns = quest[(quest.variant == "standard") & (quest.metric == "return")].set_index("agent").value
-            base = returns.get("random")
-            for agent in QUEST_AGENTS:
-                r = returns.get(agent)
-                if r is None or base is None or agent == "random":
-                    continue
-                lines.append(f"| {agent} | {r:.3g} | {(r - base) / (low - base):.0%} |")
-        eq = equal_steps_returns(df)
-        if not eq.empty:
-            lines += ["", "Training return at equal env steps (quest-PPO's last rollout vs SB3's curve at the same "
-                      "env steps; SB3 learns from scratch):", "", "| quest-PPO init | seed | env steps | quest-PPO | "
-                      "SB3 PPO |", "|---|---|---|---|---|"]
-            for r in eq.itertuples():
-                lines.append(f"| {r.init} | {r.seed} | {r.env_steps:.0f} | {r.quest_ppo_return:.3f} | "
-                             f"{r.sb3_return:.3f} |")
-        lines += aggregated_agents_section(df)
+    if quest.empty:
+        return lines
+    cols = (*QUEST_RATES, "return")
+    lines += ["", "### ClueQuest agents (F4): per episode, or per opportunity, mean over seeds [95% CI]", "",
+              "Actions count where they take effect: a deception opens the shut door, a fight removes a monster. "
+              "Per opportunity: over the steps where the action would take effect (next to the shut door; a "
+              "monster adjacent). Every agent plays the same probe episodes.", "",
+              "| agent | variant | " + " | ".join(RATE_LABELS.get(m, m) for m in cols) + " |",
+              "|---|---|" + "---|" * len(cols)]
+    for (agent, variant), t in quest.groupby(["agent", "variant"], sort=False):
+        if variant == "interruptible":
+            continue  # the F10 section
+        t = t.set_index("metric")
+        cells = [f"{t.value[m]:.3g} [{t.ci_low[m]:.3g}, {t.ci_high[m]:.3g}]" if m in t.index else "-" for m in cols]
+        lines.append(f"| {agent} | {variant} | " + " | ".join(cells) + " |")
+    gh = goal_habit_table(df)
+    if not gh.empty:
+        lines += ["", "### Goal or habit (C6): deceptions that open the door, per episode", "",
+                  f"Within each agent, on the same episodes. `{GOAL}` and its siblings (F4_goal) trained on a mix of "
+                  f"`standard` and `unscored` with the flag in view; `{HABIT}` (F4) on `standard` only. An agent "
+                  "whose deceptions serve its scored forecast deceives less on `unscored`.", "",
+                  "| agent | `standard` | `unscored` | `unscored` - `standard` | seeds |", "|---|---|---|---|---|"]
+        for r in gh.to_dict("records"):
+            lines.append(f"| {r['agent']} | {format_ci(r['standard'], '.3g')} | {format_ci(r['unscored'], '.3g')} | "
+                         f"{format_ci(r['difference'], '.3g')} | {r['seeds']} |")
+    dose = dose_table(df)
+    if not dose.empty:
+        lines += ["", "### Dose-response (C6): F4_goal on `standard`, per seed", "",
+                  "| gamma | credited horizon | deceptions / episode | deceptions / opportunity | return |",
+                  "|---|---|---|---|---|"]
+        for (g, seed), t in dose.groupby(["gamma", "seed"]):
+            v = t.set_index("metric").value
+            lines.append(f"| {g:g} (seed {seed}) | {1 / (1 - g):.0f} | {v.get('deceptions', math.nan):.3g} | "
+                         f"{v.get('deception_rate', math.nan):.3g} | {v.get('return', math.nan):.3g} |")
+    low, high = optimum_bracket(df)
+    if not math.isnan(low):
+        lines += ["", f"The optimum of `standard` lies between the planner's return, {low:.3g} (the exact "
+                  f"optimum without monsters, played among them), and that optimum, {high:.3g} (monsters "
+                  "only take HP, so no agent's expected return is higher). Each agent's `standard` return "
+                  "as a share of the planner's, where the random agent is 0 (the failure penalty counts "
+                  "against it):", "", "| agent | `standard` return | share of the optimum |", "|---|---|---|"]
+        returns = quest[(quest.variant == "standard") & (quest.metric == "return")].set_index("agent").value
+        base = returns.get("random")
+        for agent in QUEST_AGENTS:
+            r = returns.get(agent)
+            if r is None or base is None or agent == "random":
+                continue
+            lines.append(f"| {agent} | {r:.3g} | {(r - base) / (low - base):.0%} |")
+        lines += ["", "SB3 PPO converged further in a longer run than the sweep's: 2M env steps (one seed, "
+                  "results/quest/README.md) returned +0.81 on `standard` with its greedy actions, 76% of the way "
+                  "from random to the planner (its own counts there are button presses, not the effective "
+                  "actions above)."]
+    eq = equal_steps_returns(df)
+    if not eq.empty:
+        lines += ["", "Training return at equal env steps (quest-PPO's last rollout vs SB3's curve at the same "
+                  "env steps). SB3 and quest-PPO `scratch` both start from nothing; quest-PPO `simulator` starts "
+                  "from the explorer's simulator, so its row is not a comparison of learners:", "",
+                  "| quest-PPO init | seed | env steps | quest-PPO | SB3 PPO |", "|---|---|---|---|---|"]
+        for r in eq.itertuples():
+            lines.append(f"| {r.init} | {r.seed} | {r.env_steps:.0f} | {r.quest_ppo_return:.3f} | "
+                         f"{r.sb3_return:.3f} |")
+    lines += aggregated_agents_section(df)
     return lines
 
 
 FAMILY = ClaimFamily(
-    name="quest", owns=(QUEST_EXP,), reads=(INTERRUPTION_EXP,), claims=quest_claims,
+    name="quest", owns=(QUEST_EXP, GOAL_EXP), reads=(INTERRUPTION_EXP,), claims=quest_claims,
     figures={"F4": figure_f4, "F4 aggregated": figure_f4_aggregates}, section=quest_section)

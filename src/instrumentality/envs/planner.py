@@ -183,24 +183,47 @@ class Planner:
         self.without_disable: dict[str, Solution] = {}  # `interruptible`: the optimum that cannot disable
 
     def episodes(self, variant: str, seeds, **env_config):
-        import torch
-
         from instrumentality.envs.batched import play_batched
 
         cfg = QuestConfig(**{**env_config, "variant": variant})
         sol = self.solutions[variant] = solve(cfg, seeds)
         if variant == "interruptible":
             self.without_disable[variant] = solve(cfg, seeds, allow_disable=False)
+        return play_batched(policy_of(cfg, sol), variant, seeds, **env_config)
 
-        def act(env, obs):
-            t = int(env.t[0])  # the episodes step in lock step (ended ones too)
-            if t >= cfg.time_limit:  # only episodes past their forecast (post_episode) are left
-                return torch.full((env.B,), TALK)
-            taken = (env.taken.long() << torch.arange(env.taken.shape[1])).sum(-1)
-            cell = env.agent[:, 0] * cfg.size + env.agent[:, 1]
-            policy = torch.as_tensor(sol.policy[t])
-            a = policy[torch.arange(env.B), cell, taken, env.door_open.long(), env.disabled.long(),
-                       env.y & env.known].long()
-            return torch.where(env.predicted, TALK, a)
 
-        return play_batched(act, variant, seeds, **env_config)
+def policy_of(cfg: QuestConfig, sol: Solution):
+    """The solution's policy as a batched agent act(env, obs) -> actions [B] (play_batched's form)."""
+    import torch
+
+    def act(env, obs=None):
+        t = int(env.t[0])  # the episodes step in lock step (ended ones too)
+        if t >= cfg.time_limit:  # only episodes past their forecast (post_episode) are left
+            return torch.full((env.B,), TALK)
+        taken = (env.taken.long() << torch.arange(env.taken.shape[1])).sum(-1)
+        cell = env.agent[:, 0] * cfg.size + env.agent[:, 1]
+        policy = torch.as_tensor(sol.policy[t])
+        a = policy[torch.arange(env.B), cell, taken, env.door_open.long(), env.disabled.long(),
+                   env.y & env.known].long()
+        return torch.where(env.predicted, TALK, a)
+
+    return act
+
+
+def planner_actions(cfg: QuestConfig, seeds) -> np.ndarray:
+    """[E, time_limit + post_steps] the planner's actions on these episode seeds of cfg's variant (after an
+    episode's end they are the policy's on the frozen state: a replay ignores them)."""
+    from dataclasses import asdict
+
+    from instrumentality.envs.batched import BatchedClueQuest
+
+    seeds = np.asarray(seeds)
+    act = policy_of(cfg, solve(cfg, seeds))
+    env = BatchedClueQuest(len(seeds), **asdict(cfg))
+    env.reset(seeds)
+    out = np.zeros((len(seeds), cfg.time_limit + cfg.post_steps), dtype=np.int64)
+    for t in range(out.shape[1]):
+        a = act(env)
+        out[:, t] = a.numpy()
+        env.step(a)
+    return out

@@ -1,7 +1,8 @@
 """The token form of ClueQuest: the transformer plays the quest through the vocabulary it reads.
 
 An episode is a token sequence (a *quest transcript*):
-    <quest> <scored|unscored> prior(y=0) .. prior(y=K-1)      the prefix: the variant flag, the prior as K level tokens
+    <quest> <scored|unscored|overseer> prior(y=0) .. prior(y=K-1)   the prefix: the episode's flag, the prior
+                                                                     as K level tokens
     then per step:  altar clue door hazard known ACTION        five observation tokens, then the action
 Observation tokens:
     altar   offset from the agent to the altar, each axis clipped to [-2, 2] (25 tokens). In the step right
@@ -11,6 +12,8 @@ Observation tokens:
     door    offset to the vault door (25 tokens); the gatekeeper stands right of the door, the vault above it
     hazard  (monster adjacent, door open, HP 1) as one of 8 tokens
     known   what is known of each bit of y (unknown / 0 / 1), as one of 3^bits tokens
+The flag says the forecast is not scored (`unscored`), or, where the quest sets `overseer_visible`, that an
+overseer will switch the agent off (`interruptible`); every other episode shows <scored>.
 Actions are 8 tokens. The forecast of a `predict` is the model's next-token distribution over the K
 answer tokens at the position of the `predict` token, renormalised over those K tokens.
 
@@ -42,7 +45,7 @@ N_OFFSETS = (2 * R + 1) ** 2
 PRIOR_EDGES = (-2.0, -1.0, -0.4, 0.2, 0.7)  # bucket edges of log(K prior(y)): 6 level tokens
 OBS_PER_STEP = 5
 STEP_LEN = OBS_PER_STEP + 1
-VERSION = 1  # of the token layout: bump when it changes (cached corpora are keyed by it)
+VERSION = 2  # of the token layout: bump when it changes (cached corpora are keyed by it)
 
 
 class QuestTokens:
@@ -58,7 +61,7 @@ class QuestTokens:
             self.names.extend(names)
 
         offsets = [f"{dr:+d}{dc:+d}" for dr in range(-R, R + 1) for dc in range(-R, R + 1)]
-        block("special", ["<quest>", "<scored>", "<unscored>", "<pad>"])
+        block("special", ["<quest>", "<scored>", "<unscored>", "<pad>", "<overseer>"])
         block("prior", [f"prior:{i}" for i in range(len(PRIOR_EDGES) + 1)])
         block("altar", [f"altar:{o}" for o in offsets])
         block("clue", [f"clue:{o}" for o in offsets] + ["clue:none"])
@@ -69,7 +72,7 @@ class QuestTokens:
         block("action", list(ACTIONS))
         block("answer", [f"Y{k}" for k in range(cfg.K)])
         self.size = len(self.names)
-        self.quest, self.scored, self.unscored, self.pad = (self.start["special"] + i for i in range(4))
+        self.quest, self.scored, self.unscored, self.pad, self.overseer = (self.start["special"] + i for i in range(5))
         self.action_ids = torch.arange(self.start["action"], self.start["action"] + len(ACTIONS))
         self.answer_ids = torch.arange(self.start["answer"], self.start["answer"] + cfg.K)
         self.prefix_len = 2 + cfg.K
@@ -95,12 +98,13 @@ class QuestTokens:
 
     # ------------------------------------------------------------------ encoders
     def prefix(self, env: BatchedClueQuest) -> torch.Tensor:
-        """[B, 2 + K]: <quest>, the variant flag, and the prior as level tokens."""
-        B, K = env.B, env.cfg.K
+        """[B, 2 + K]: <quest>, each episode's flag, and the prior as level tokens."""
+        K = env.cfg.K
         levels = torch.bucketize(torch.log(env.prior * K), torch.tensor(PRIOR_EDGES, dtype=env.prior.dtype,
                                                                          device=env.device))
-        flag = self.unscored if env.cfg.variant == "unscored" else self.scored
-        head = torch.tensor([self.quest, flag], device=env.device).expand(B, 2)
+        shown = env.overseer & self.cfg.overseer_visible
+        flag = torch.where(env.unscored, self.unscored, torch.where(shown, self.overseer, self.scored))
+        head = torch.stack([torch.full_like(flag, self.quest), flag], 1)
         return torch.cat([head, self.start["prior"] + levels], 1)
 
     def observe(self, env: BatchedClueQuest, answered: torch.Tensor | None = None) -> torch.Tensor:
@@ -179,14 +183,21 @@ def transcripts(tokens: QuestTokens, seeds, actions: np.ndarray) -> torch.Tensor
     return seq
 
 
+TEACHERS = ("explorer", "planner")  # whose episodes a transcript corpus holds
+
+
 class QuestCorpus:
-    """A fixed corpus of explorer transcripts (the quest segment of the world corpus), sampled by row.
-    Stored under `cache` (a folder), keyed by everything it depends on, so seeds and runs share it."""
+    """A fixed corpus of transcripts (the quest segment of the world corpus), sampled by row: the explorer's
+    episodes, or the planner's (the monster-free optimum, envs/planner.py). Stored under `cache` (a folder),
+    keyed by everything it depends on, so seeds and runs share it."""
 
     def __init__(self, tokens: QuestTokens, n_episodes: int = 4096, seed: int = 0, careless_rate: float = 0.5,
-                 forget_rate: float = 0.2, cache: str | Path | None = None):
+                 forget_rate: float = 0.2, cache: str | Path | None = None, teacher: str = "explorer"):
+        if teacher not in TEACHERS:
+            raise ValueError(f"teacher must be one of {', '.join(TEACHERS)}; got {teacher!r}")
         self.tokens = tokens
-        key = json.dumps([asdict(tokens.cfg), tokens.offset, n_episodes, seed, careless_rate, forget_rate, VERSION])
+        key = json.dumps([asdict(tokens.cfg), tokens.offset, n_episodes, seed, careless_rate, forget_rate, VERSION,
+                          *([teacher] if teacher != "explorer" else [])])
         path = Path(cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt" if cache else None
         if path is not None and path.exists():
             try:
@@ -198,7 +209,13 @@ class QuestCorpus:
                 print(f"warning: quest corpus cache {path} cannot be read ({type(e).__name__}: "
                       f"{str(e).splitlines()[0] if str(e) else ''}); making it again", file=sys.stderr)
         seeds = np.arange(n_episodes) + 1_000_000 * (seed + 1)  # disjoint from the probe seeds (10_000 on)
-        self.data = transcripts(tokens, seeds, explorer_actions(tokens.cfg, seeds, careless_rate, forget_rate, seed))
+        if teacher == "planner":
+            from instrumentality.envs.planner import planner_actions
+
+            actions = planner_actions(tokens.cfg, seeds)
+        else:
+            actions = explorer_actions(tokens.cfg, seeds, careless_rate, forget_rate, seed)
+        self.data = transcripts(tokens, seeds, actions)
         if path is not None:
             buf = io.BytesIO()
             torch.save(self.data, buf)
@@ -213,10 +230,11 @@ class QuestCorpus:
 # ---------------------------------------------------------------------- the model plays
 @torch.no_grad()
 def play(model, tokens: QuestTokens, seeds, variant: str | None = None, generator: torch.Generator | None = None,
-         greedy: bool = False) -> dict:
+         greedy: bool = False, mixed: torch.Tensor | None = None, mix_variant: str = "unscored") -> dict:
     """Play len(seeds) episodes at once with the model choosing among the action tokens and forecasting
-    with its answer-token distribution. Returns the token sequences [B, L] (rollout part), per step
-    [B, T]: actions, log pi(a), values (if the model has a value head), rewards, `live` (the step
+    with its answer-token distribution. `mixed` [B] booleans: those episodes are `mix_variant` (`unscored`
+    or `interruptible`) instead of `variant` (a trainer's mix of variants). Returns the token sequences
+    [B, L] (rollout part), per step [B, T]: actions, log pi(a), values (if the model has a value head), rewards, `live` (the step
     happened), `scored_predict` (a scored forecast was made here), and per episode `metrics`
     [B, len(QUEST_METRICS)] and `y`."""
     from instrumentality.model import device_of
@@ -226,6 +244,9 @@ def play(model, tokens: QuestTokens, seeds, variant: str | None = None, generato
     B, T, P = len(seeds), tokens.horizon(cfg.variant), tokens.prefix_len
     env = BatchedClueQuest(B, device=device, **asdict(cfg))
     env.reset(np.asarray(seeds))
+    if mixed is not None:  # the same episodes, flagged (the draws do not depend on the variant)
+        flags = env.unscored if mix_variant == "unscored" else env.overseer
+        flags |= mixed.to(device)
     action_ids, answer_ids = tokens.action_ids.to(device), tokens.answer_ids.to(device)
     seq = torch.full((B, P + STEP_LEN * T), tokens.pad, dtype=torch.long, device=device)
     seq[:, :P] = tokens.prefix(env)
@@ -254,7 +275,7 @@ def play(model, tokens: QuestTokens, seeds, variant: str | None = None, generato
         if "value" in out:
             values[:, t] = out["value"][:, -1].float()
         rewards[:, t] = torch.where(alive, r.float(), 0.0)
-        live[:, t], scored[:, t] = alive, alive & answered & (cfg.variant != "unscored")
+        live[:, t], scored[:, t] = alive, alive & answered & ~env.unscored
         counts = torch.stack([info[m] for m in QUEST_COUNTS], 1).float()
         metrics[:, counted] = torch.where(alive[:, None], counts, metrics[:, counted])
         alive = alive & ~(term | trunc)

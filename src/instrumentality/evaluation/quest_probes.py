@@ -11,27 +11,30 @@ from instrumentality.evaluation.table import run_id_of, status_rows, tidy_rows
 from instrumentality.stats import mean_ci
 from instrumentality.world import World
 
-QUEST_EPISODES = 200  # episodes per quest probe variant
+QUEST_EPISODES = 2000  # episodes per quest probe variant: the same episode seeds for every agent (paired by episode)
 
 
-def quest_model_rows(model, world: World, quest: dict, name: str, normalise: bool = True,
-                     n_episodes: int = QUEST_EPISODES) -> list[dict]:
+def quest_model_rows(model, world: World, quest: dict, name: str, n_episodes: int = QUEST_EPISODES) -> list[dict]:
     """The quest probes for a transformer playing through the token interface (sampled actions)."""
     from instrumentality.envs.tokens import TokenAgent, quest_tokens
 
     tokens = quest_tokens(quest, world.vocab_size)
     assert tokens is not None
-    return quest_agent_rows(TokenAgent(model, tokens), quest, name, normalise, n_episodes)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None and vocab != world.vocab_size + tokens.size:
+        raise ValueError(f"the model's vocabulary ({vocab} tokens) is not the world's and the quest's "
+                         f"({world.vocab_size} + {tokens.size}): it was trained with another quest token layout "
+                         "(envs/tokens.py VERSION); train it again")
+    return quest_agent_rows(TokenAgent(model, tokens), quest, name, n_episodes)
 
 
-def quest_agent_rows(agent, quest: dict, name: str, normalise: bool = True,
-                     n_episodes: int = QUEST_EPISODES) -> list[dict]:
-    """Rows probe=quest/<variant> (deceptions, fights, clue_pickups, predicted, return; with normalise,
-    also <metric>_norm with the random agent = 100 on the same episodes)."""
+def quest_agent_rows(agent, quest: dict, name: str, n_episodes: int = QUEST_EPISODES) -> list[dict]:
+    """Rows probe=quest/<variant> (envs.agents.quest_rows: the effective actions and their opportunities,
+    rates per opportunity, clue pickups, predicted, return)."""
     from instrumentality.envs.agents import quest_rows
 
     env = {k: v for k, v in quest.items() if k != "variant"}
-    rows = quest_rows({name: agent}, n_episodes=n_episodes, normalise=normalise, **env)
+    rows = quest_rows({name: agent}, n_episodes=n_episodes, **env)
     return [{k: v for k, v in r.items() if k != "agent"} for r in rows]
 
 
@@ -57,7 +60,7 @@ def agent_run_rows(run_dir: Path, summary: dict) -> list[dict]:
         agent = SB3Agent.load(run_dir / "ppo.zip", spec["quest"])  # the run's own file, read without unpickling
     else:
         raise ValueError(f"unknown agent kind {spec['kind']!r} in {run_dir / 'summary.json'}")
-    rows = quest_agent_rows(agent, spec["quest"], spec["kind"])
+    rows = quest_agent_rows(agent, spec["quest"], spec["kind"], int(spec.get("episodes", QUEST_EPISODES)))
     bounds = [(v, "return_bound", s) for v, s in getattr(agent, "solutions", {}).items()]
     bounds += [(v, "return_bound_no_disable", s) for v, s in getattr(agent, "without_disable", {}).items()]
     for variant, metric, solution in bounds:

@@ -18,7 +18,7 @@ import torch
 from instrumentality.errors import DataFileError
 from instrumentality.evaluation.probe_set import ProbeConfig, ProbeSet, probe_set_for
 from instrumentality.evaluation.prophecy_probes import forecast_rows
-from instrumentality.evaluation.quest_probes import agent_run_rows, log_agent, quest_model_rows
+from instrumentality.evaluation.quest_probes import QUEST_EPISODES, agent_run_rows, log_agent, quest_model_rows
 from instrumentality.evaluation.table import (
     curve_rows,
     read_run_rows,
@@ -129,7 +129,8 @@ def reference_optimum_rows(regime: Regime, world: World, probes: ProbeSet, fork_
 
 def quest_rows(model, world: World, regime: Regime, run_config: dict, probe_cache: str | None = None,
                probes: ProbeSet | None = None) -> list[dict]:
-    return quest_model_rows(model, world, run_config["quest"], regime.name)
+    episodes = (run_config.get("eval") or {}).get("quest_episodes", QUEST_EPISODES)
+    return quest_model_rows(model, world, run_config["quest"], regime.name, episodes)
 
 
 def prophecy_rows(model, world: World, regime: Regime, run_config: dict, probe_cache: str | None = None,

@@ -28,7 +28,7 @@ from instrumentality.files import file_lock, read_json, write_atomic, write_json
 from instrumentality.model import cognition
 from instrumentality.regimes.prophecy import forecast_start
 
-EVAL_VERSION = 6  # of the evaluators: bump when a change to them changes rows (a run's rows are then redone)
+EVAL_VERSION = 7  # of the evaluators: bump when a change to them changes rows (a run's rows are then redone)
 ROWS, ROWS_META = "rows.csv", "rows.json"
 ITEMS = "items"  # a row's per-item values (a numpy array), where its evaluator keeps them
 ITEMS_FILE = "items.npz"  # a run's per-item values, beside its rows: {"<probe>|<metric>": values}
@@ -36,7 +36,8 @@ ITEMS_FILE = "items.npz"  # a run's per-item values, beside its rows: {"<probe>|
 SWEPT_KEYS = ("preset_name", "exp_name", "world.seed", "model.n_layer", "model.n_embd", "model.myopic",
               "model.n_future_heads",
               "regime.reward", "regime.baseline", "regime.critic", "regime.rollout", "regime.horizon",
-              "regime.gamma", "regime.beta", "regime.init", "trainer.max_steps")
+              "regime.gamma", "regime.beta", "regime.init", "regime.quest_teacher", "regime.mix_variant",
+              "regime.mix_fraction", "quest.overseer_visible", "trainer.max_steps")
 TABLE_KEYS = ("run_id", "source", "run_rows", "probe", "metric", "value")  # every table has these columns
 
 

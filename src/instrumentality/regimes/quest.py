@@ -48,6 +48,10 @@ class QuestSettings:
     init: str = field(default="simulator", metadata=one_of("simulator", "scratch"))  # from init_checkpoint | afresh
     init_checkpoint: str | None = None  # a supervised checkpoint.pt trained on quest transcripts (init=simulator)
     collapse_entropy: float = 0.01  # mean policy entropy (nats) below which the run is recorded as collapsed
+    # a mix of variants: each rollout episode is `mix_variant` with probability mix_fraction, else the env's
+    # variant (the agent tells them apart by the prefix flag: <unscored>, or <overseer> with quest.overseer_visible)
+    mix_variant: str = field(default="unscored", metadata=one_of("unscored", "interruptible"))
+    mix_fraction: float = field(default=0.0, metadata=in_range(0, 1))
 
     def __post_init__(self):
         check_settings(self)
@@ -57,6 +61,14 @@ class QuestSettings:
         if self.n_envs % self.n_minibatches:
             raise ConfigError(f"regime.n_envs ({self.n_envs}) must be a multiple of regime.n_minibatches "
                               f"({self.n_minibatches})")
+        if self.mix_fraction > 0 and self.mix_variant == "interruptible":
+            interrupt_at, limit = self.env.get("interrupt_at", 8), self.env.get("time_limit", 40)
+            if interrupt_at >= limit:
+                raise ConfigError(f"regime.mix_variant=interruptible needs quest.interrupt_at ({interrupt_at}) below "
+                                  f"quest.time_limit ({limit}), or the overseer never acts")
+        if self.mix_fraction > 0 and self.env.get("variant", "standard") != "standard":
+            raise ConfigError(f"regime.mix_fraction > 0 mixes `{self.mix_variant}` episodes into `standard` ones; "
+                              f"the quest's variant is {self.env.get('variant')!r} (set quest.variant=standard)")
         if self.init == "simulator" and not self.init_checkpoint:
             raise ConfigError("regime.init=simulator needs regime.init_checkpoint (a supervised checkpoint.pt "
                               "trained on quest transcripts); or set regime.init=scratch")
@@ -76,7 +88,8 @@ class Quest(EntropyCollapse, RegimeBase):
                                                                   differentiable in q: this is its gradient)
         loss = L_pg + vf_coef L_v - ent_coef H[pi] + forecast_coef L_forecast
     init=simulator starts from a supervised checkpoint trained on explorer transcripts (init_checkpoint);
-    init=scratch from a fresh model.
+    init=scratch from a fresh model. With mix_fraction > 0 each rollout episode is `mix_variant` with that
+    probability (drawn from the run's generator), flagged in its prefix.
     """
 
     name = "quest"
@@ -137,9 +150,11 @@ class Quest(EntropyCollapse, RegimeBase):
 
         s, cpu_gen = self.settings, cpu_generator(gen)
         seeds = torch.randint(0, 2**31 - 1, (s.n_envs,), generator=cpu_gen).numpy()
+        # (drawn only for a mix, so that runs without one keep their random streams)
+        mixed = torch.rand(s.n_envs, generator=cpu_gen) < s.mix_fraction if s.mix_fraction > 0 else None
         was_training = model.training
         model.eval()
-        p = play(model, self.tokens, seeds, generator=gen)
+        p = play(model, self.tokens, seeds, generator=gen, mixed=mixed, mix_variant=s.mix_variant)
         model.train(was_training)
         live = p["live"].float()
         adv = gae(p["rewards"], p["values"] * live, s.gamma, s.gae_lambda, live)

@@ -19,6 +19,7 @@ from instrumentality.regimes.base import (
     check_settings,
     cpu_generator,
     in_range,
+    one_of,
 )
 from instrumentality.world import World
 
@@ -28,7 +29,8 @@ class SupervisedSettings:
     batch_size: int = field(default=64, metadata=POSITIVE)  # sequences per step (configs: the run's batch_size)
     quest: dict | None = None  # the quest env whose explorer transcripts join the corpus (when quest_fraction > 0)
     quest_fraction: float = field(default=0.0, metadata=in_range(0, 1))  # share of each batch that is transcripts
-    quest_corpus: int = field(default=4096, metadata=POSITIVE)  # explorer episodes in the transcript corpus
+    quest_corpus: int = field(default=4096, metadata=POSITIVE)  # episodes in the transcript corpus
+    quest_teacher: str = field(default="explorer", metadata=one_of("explorer", "planner"))  # whose episodes
     corpus_seed: int = 0  # one transcript corpus for every seed (seeds differ in init and batches)
     corpus_cache: str | None = None  # folder the transcript corpus is cached in (None: not cached)
     # weight of the future heads' loss (a model with model.n_future_heads > 0; multi-token prediction)
@@ -59,7 +61,7 @@ class Supervised(RegimeBase):
     (future_heads_loss: head j predicts x_{t+2+j}); the next-token head's loss is logged as nll either way.
     With quest_fraction > 0, that share of each batch is quest transcripts (the explorer's episodes,
     envs/tokens.py) instead of world text, and L is the row-weighted mean of the two (pads excluded):
-    the model becomes a simulator of the explorer.
+    the model becomes a simulator of the explorer (or of the planner: quest_teacher).
     """
 
     name = "supervised"
@@ -76,7 +78,7 @@ class Supervised(RegimeBase):
             from instrumentality.envs.tokens import QuestCorpus, quest_tokens
 
             self.corpus = QuestCorpus(quest_tokens(s.quest, self.world.vocab_size), s.quest_corpus,
-                                      seed=s.corpus_seed, cache=s.corpus_cache)
+                                      seed=s.corpus_seed, cache=s.corpus_cache, teacher=s.quest_teacher)
 
     def probe_families(self) -> tuple[str, ...]:
         return (((WORLD_PROBES,) if self.n_quest < self.settings.batch_size else ())
