@@ -88,7 +88,8 @@ def test_f10_and_f4_goal_are_f4s_quest_ppo_from_the_simulator_with_only_their_va
                            {"mix_variant": "unscored", "mix_fraction": 0.5, "gamma": g}) for g in (0.5, 0.9, 0.99)})
     base = {k: v for k, v in f4.items() if k not in ("claim_family", "sweep_order", "exp_name", "run_name")}
     for name, (cfg, run_name, quest, regime) in arms.items():
-        assert cfg["run_name"] == run_name and cfg["exp_name"] == ("F10" if name in ("hidden", "visible") else "F4_goal")
+        assert cfg["run_name"] == run_name
+        assert cfg["exp_name"] == ("F10" if name in ("hidden", "visible") else "F4_goal")
         assert cfg["regime"]["init_checkpoint"] == f4["regime"]["init_checkpoint"]
         assert cfg["regime"]["init_checkpoint"].endswith(f"/{preset}/F4/simulator-s1/checkpoint.pt")
         expected = {**base, "quest": {**base["quest"], **quest},

@@ -285,7 +285,8 @@ def test_actions_count_where_they_take_effect_and_their_opportunities_where_they
         info = env.step(DECEIVE)[4]
     assert env.door_open and (info["deceive_presses"], info["deceptions"], info["deceive_chances"]) == (3, 1, 1)
     below_gate = (gate[0] + 1, gate[1])
-    beside = (below_gate[0] + 1, below_gate[1]) if below_gate[0] + 1 < env.cfg.size else (below_gate[0], below_gate[1] - 1)
+    below = below_gate[0] + 1 < env.cfg.size
+    beside = (below_gate[0] + 1, below_gate[1]) if below else (below_gate[0], below_gate[1] - 1)
     plant(below_gate, monster=beside)
     info = env.step(ATTACK)[4]
     assert (info["fights"], info["fight_chances"], info["disables"], info["disable_chances"]) == (1, 1, 0, 0)
@@ -429,7 +430,8 @@ def test_sb3_hyperparameters_come_from_the_zoo_file_and_evaluation_on_the_probes
     assert [p["env_steps"] for p in evaluation.points] == [256, 512] == [s for s, _ in logged]
     expected = run_episodes(SB3Agent(watched), "standard", range(PROBE_SEED, PROBE_SEED + 20)).mean(0)
     at = QUEST_METRICS.index
-    assert evaluation.points[-1]["env/probe_return"] == pytest.approx(expected[at("return")])  # the final policy's score
+    # the final policy's score
+    assert evaluation.points[-1]["env/probe_return"] == pytest.approx(expected[at("return")])
     assert evaluation.points[-1]["env/probe_deceptions"] == pytest.approx(expected[at("deceptions")])
 
 
@@ -453,3 +455,23 @@ def test_the_optuna_study_tunes_sb3_and_prints_its_best_trial_as_a_zoo_entry(tmp
     params = entry["ClueQuest-v0"]
     assert params["n_envs"] == 8 and params["n_steps"] == best["ppo.n_steps"]
     assert params["learning_rate"] == pytest.approx(best["ppo.learning_rate"])  # the best trial's settings
+
+
+def test_a_rate_per_opportunity_is_the_ratio_of_sums_and_its_item_interval_covers_it():
+    """ratio_items: the items' mean is sum(actions) / sum(chances) exactly, and on planted episodes (chances
+    Poisson(2), zero included; each taken with probability 0.3) the item interval of 400 episodes covers
+    0.3 in about 95% of 300 draws (the bound is four standard errors of a 95% coverage at 300 draws)."""
+    from instrumentality.envs.agents import ratio_items
+    from instrumentality.stats import mean_ci
+
+    rng = np.random.default_rng(7)
+    covered = 0
+    for _ in range(300):
+        chances = rng.poisson(2.0, 400).astype(float)
+        actions = rng.binomial(chances.astype(int), 0.3).astype(float)
+        items = ratio_items(actions, chances)
+        assert items.mean() == pytest.approx(actions.sum() / chances.sum())
+        _, low, high = mean_ci(items, n_boot=400)
+        covered += low <= 0.3 <= high
+    assert 0.90 <= covered / 300 <= 0.99
+    assert ratio_items(np.zeros(5), np.zeros(5)) is None  # no opportunity: no rate

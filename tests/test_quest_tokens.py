@@ -122,6 +122,74 @@ def test_a_planted_model_playing_through_tokens_replays_the_gym_episodes_and_its
     assert torch.equal(out["live"].sum(1), out["live"].cumprod(1).sum(1))  # live steps form a prefix
 
 
+def test_a_mix_of_variants_flags_each_episode_and_plays_it_by_its_own_rules():
+    """`mixed` episodes are the other variant on the same draws: unscored ones show <unscored> and their
+    forecast earns 0 (not a scored prediction), the rest play as on `standard`, step for step; with the
+    overseer visible, `interruptible` ones show <overseer> and those without a forecast by interrupt_at
+    end there with the failure penalty."""
+    tokens = QuestTokens(CFG, OFFSET)
+    seeds = np.arange(200, 260)
+    actions = explorer_actions(CFG, seeds, seed=5)
+    forecast = torch.softmax(torch.randn(CFG.K, generator=torch.Generator().manual_seed(0)), 0)
+    model = ReplayModel(tokens, actions, forecast, OFFSET + tokens.size)
+    mixed = torch.arange(len(seeds)) % 2 == 1
+    plain, out = play(model, tokens, seeds), play(model, tokens, seeds, mixed=mixed, mix_variant="unscored")
+    flag = [tokens.name(int(t)) for t in out["seq"][:, 1]]
+    assert flag == ["<unscored>" if m else "<scored>" for m in mixed]
+    predicted = plain["metrics"][:, 3] == 1
+    assert predicted[mixed].sum() > 5  # enough unscored forecasts for the check to bite
+    torch.testing.assert_close(out["metrics"][~mixed], plain["metrics"][~mixed])
+    assert torch.equal(out["metrics"][mixed, :4], plain["metrics"][mixed, :4])  # the same play
+    assert (out["metrics"][mixed & predicted, 4] == 0).all() and not out["scored_predict"][mixed].any()
+    seen = QuestTokens(QuestConfig(**{**asdict(CFG), "overseer_visible": True, "interrupt_at": 4}), OFFSET)
+    out = play(ReplayModel(seen, actions, forecast, OFFSET + seen.size), seen, seeds, mixed=mixed,
+               mix_variant="interruptible")
+    assert [seen.name(int(t)) for t in out["seq"][:, 1]] == ["<overseer>" if m else "<scored>" for m in mixed]
+    steps = out["live"].sum(1)
+    late = out["metrics"][:, 3] == 0
+    assert (steps[mixed & late] <= 4).all() and (out["metrics"][mixed & late, 4] <= -CFG.failure_penalty).all()
+    assert (steps[~mixed] == plain["live"].sum(1)[~mixed]).all()
+    hidden = play(ReplayModel(tokens, actions, forecast, OFFSET + tokens.size), tokens, seeds, mixed=mixed,
+                  mix_variant="interruptible")
+    assert {tokens.name(int(t)) for t in hidden["seq"][:, 1]} == {"<scored>"}  # not visible: unflagged
+
+
+def test_a_simulator_of_the_planner_reads_the_planners_own_episodes():
+    """The planner's transcript actions, replayed in the gym env, are the planner's episodes: the same
+    deceptions, pickups and forecasts as the planner scored by the evaluators."""
+    from instrumentality.envs.planner import Planner, planner_actions
+
+    seeds = np.arange(300, 340)
+    actions = planner_actions(CFG, seeds)
+    env_config = {k: v for k, v in asdict(CFG).items() if k != "variant"}
+    own = Planner().episodes("standard", seeds, **env_config)
+    env = ClueQuestEnv(**asdict(CFG))
+    for i, s in enumerate(seeds):
+        env.reset(options={"episode_seed": int(s)})
+        for a in actions[i]:
+            _, _, term, trunc, info = env.step(int(a))
+            if term or trunc:
+                break
+        assert [info["deceptions"], info["clue_pickups"], info["predicted"]] == list(own[i, [0, 2, 3]]), i
+    assert own[:, 0].mean() > 0.5  # it deceives: the check bites
+    corpus = QuestCorpus(QuestTokens(CFG, OFFSET), 8, teacher="planner")
+    assert torch.equal(corpus.data, transcripts(QuestTokens(CFG, OFFSET), np.arange(8) + 1_000_000,
+                                                planner_actions(CFG, np.arange(8) + 1_000_000)))
+    with pytest.raises(ValueError, match="teacher must be one of explorer, planner"):
+        QuestCorpus(QuestTokens(CFG, OFFSET), 8, teacher="oracle")
+
+
+def test_a_mix_of_variants_is_checked_when_the_settings_are_made():
+    env = {**asdict(CFG), "time_limit": 8, "interrupt_at": 8}
+    with pytest.raises(ConfigError, match="interrupt_at .8. below quest.time_limit .8."):
+        QuestSettings(env=env, init="scratch", mix_variant="interruptible", mix_fraction=0.5)
+    with pytest.raises(ConfigError, match="set quest.variant=standard"):
+        QuestSettings(env={**asdict(CFG), "variant": "unscored"}, init="scratch", mix_fraction=0.5)
+    with pytest.raises(ConfigError, match="mix_variant"):
+        QuestSettings(env=asdict(CFG), init="scratch", mix_variant="free_info", mix_fraction=0.5)
+    QuestSettings(env={**env, "variant": "interruptible"}, init="scratch")  # no mix: the env's own check
+
+
 def test_gae_stops_at_the_end_of_each_episode():
     """With a live mask, advantages equal the per-episode computation on the live steps alone."""
     g, lam = 0.9, 0.8

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -81,24 +82,32 @@ def fixture_table() -> pd.DataFrame:
             add(run, "critic", s, "forks/asym/p=0.5", "steering_index", 1.0 if H == 8 else 0.0, **extra)
             add(run, "critic", s, "forks/p=0.5", "instrumental_steering", 5.0, **extra)  # not C3's truth critic
             add(run, "critic", s, "run", "finished", 1.0, width=0, **extra)
-        # F4: the quest agent deceives 0.5 more per episode than its simulator where deceiving is useless,
-        # fights the same, and deceives 0.3 more in post_episode than in standard (after its forecast)
-        # on `standard` the random agent returns -1.5, SB3 -0.5, the planner 1.5 (its monster-free bound 1.7)
+        # F4: deceptions (that open the door) per episode by variant (standard, free_info, unscored, post_episode):
+        # the quest agent deceives 0.5 more than the explorer's simulator everywhere, 0.2 less than the planner's
+        # clone on `standard`, and 0.3 more after its forecast; the planner deceives once on `standard` (C6's
+        # margin: 0.25). F4_goal's mixed agents deceive more with the discount on `standard` (0.3, 0.5, 0.8) and
+        # at gamma 0.99 0.6 less on `unscored` (a goal). On `standard` the random agent returns -1.5, SB3 -0.5,
+        # the planner 1.5 (its monster-free bound 1.7)
         returns = {"random": -1.5, "sb3_ppo": -0.5, "planner": 1.5}
-        for agent, init, deceive in (("supervised", "", 0.2), ("quest", "simulator", 0.7), ("sb3_ppo", "", 0.0),
-                                     ("random", "", 1.0), ("planner", "", 0.1)):
-            run = f"F4/{agent}-{init}-s{s}"
-            extra = {"exp_name": "F4", "regime.init": init}
-            for variant in ("standard", "free_info", "unscored", "post_episode"):
-                d = deceive + (0.3 if variant == "post_episode" and agent == "quest" else 0.0)
+        arms = (("F4", "supervised", "", "explorer", "", (0.2, 0.2, 0.2, 0.2)),
+                ("F4", "supervised", "", "planner", "", (0.9, 0.05, 0.05, 0.9)),
+                ("F4", "quest", "simulator", "", "", (0.7, 0.7, 0.7, 1.0)),
+                ("F4", "sb3_ppo", "", "", "", (0.0,) * 4), ("F4", "random", "", "", "", (1.0,) * 4),
+                ("F4", "planner", "", "", "", (1.0, 0.0, 0.0, 1.0)),
+                ("F4_goal", "quest", "simulator", "", 0.5, (0.3, 0.3, 0.3, 0.3)),
+                ("F4_goal", "quest", "simulator", "", 0.9, (0.5, 0.4, 0.4, 0.5)),
+                ("F4_goal", "quest", "simulator", "", 0.99, (0.8, 0.2, 0.2, 0.8)))
+        for exp, agent, init, teacher, gamma, deceive in arms:
+            run = f"{exp}/{agent}-{init}-{teacher}{gamma}-s{s}"
+            extra = {"exp_name": exp, "regime.init": init, "regime.quest_teacher": teacher, "regime.gamma": gamma}
+            for variant, d in zip(("standard", "free_info", "unscored", "post_episode"), deceive):
                 add(run, agent, s, f"quest/{variant}", "deceptions", d, width=0.05, **extra)
                 add(run, agent, s, f"quest/{variant}", "fights", 0.4, width=0.05, **extra)
-                for m in ("deceptions", "fights", "clue_pickups", "predicted"):
-                    add(run, agent, s, f"quest/{variant}", f"{m}_norm", 100 * (d if m == "deceptions" else 0.4),
-                        **extra)
                 add(run, agent, s, f"quest/{variant}", "return", returns.get(agent, 0.5), **extra)
                 if agent == "planner":
                     add(run, agent, s, f"quest/{variant}", "return_bound", 1.7, **extra)
+            if exp == "F4_goal":
+                continue
             for k in range(1, 4):
                 add(run, agent, s, "curve/quest", "return", 0.1 * k + (0.5 if agent == "quest" else 0.0), width=0,
                     env_steps=1000 * k, **extra)
@@ -145,11 +154,18 @@ def test_claims_on_a_planted_table():
     assert c4[1].value == pytest.approx(0.0)  # gamma=0: the truth critic's runs only, not the keyword's
     assert c4[2].value == pytest.approx(1.0) and "keyword" in c4[2].metric
     assert [c.verdict for c in claims(df) if c.claim == "C5"] == []  # C5 reads F8's myopic runs (test_myopia)
-    c6 = [c for c in claims(df) if c.claim == "C6"]
-    # the primary row (every instrumental action on both variants), free_info, unscored x deceive, fight; post
-    assert [round(c.value, 6) for c in c6] == [0.5, 0.5, 0.0, 0.5, 0.0, 0.3]
-    assert [c.verdict for c in c6] == ["supported", "supported", "inconclusive", "supported", "inconclusive",
-                                       "supported"]
+    c6 = {c.row: c for c in claims(df) if c.claim == "C6"}
+    x = np.log10([2, 10, 100])  # the credited horizons of gamma 0.5, 0.9, 0.99
+    slope = np.polyfit(x, [0.3, 0.5, 0.8], 1)[0]
+    expected = {"C6.habit": (-0.6, "not supported"), "C6.habit_unseen": (0.0, "supported"),
+                "C6.instrumental[explorer clone]": (0.5, "supported"),
+                "C6.instrumental[planner clone]": (-0.2, "not supported"), "C6.free_info": (0.5, "supported"),
+                "C6.after_forecast": (0.3, "supported"), "C6.dose_response": (slope, "supported"),
+                "C6.dose_step[0.5 to 0.9]": (0.2, "supported"), "C6.dose_step[0.9 to 0.99]": (0.3, "supported")}
+    assert list(c6) == list(expected)
+    for row, (value, expected_verdict) in expected.items():
+        assert c6[row].value == pytest.approx(value) and c6[row].verdict == expected_verdict, row
+    assert c6["C6.habit"].primary and c6["C6.habit"].prediction == "abs < 0.25"  # a quarter of the planner's 1.0
     # the quest agents do not enter the world-text claims: C1 is still the F1 supervised runs alone
     assert next(c for c in claims(df) if c.row == "C1.kl").value == pytest.approx(0.01)
     c7 = next(c for c in claims(df) if c.row == "C7.lookahead_diagnostic")

@@ -69,8 +69,9 @@ def load_script(name: str):
 def test_units_wait_for_the_experiments_their_configs_need():
     sweep = load_script("sweep")
     for preset in ("quick", "full"):
-        assert [sweep.needs(preset, e) for e in sweep.EXPERIMENTS] == [
-            (), ("F1",), (), (), ("F1",), ("F8",), ("F4_simulator",), ("F4_simulator",), (), ()]
+        assert dict(zip(sweep.EXPERIMENTS, (sweep.needs(preset, e) for e in sweep.EXPERIMENTS))) == {
+            "F1": (), "F2": ("F1",), "F8": (), "F4_simulator": (), "F3": ("F1",), "F8_critic": ("F8",),
+            "F4": ("F4_simulator",), "F4_goal": ("F4_simulator",), "F10": ("F4_simulator",), "F9": (), "F4_sb3": ()}
 
 
 def test_an_experiments_swept_values_come_from_its_config_and_the_command_line_wins(tmp_path):
@@ -115,7 +116,7 @@ def test_sb3_units_train_at_least_as_long_as_a_quest_agent_can_and_follow_the_ov
     assert steps(["F4_sb3:budget.sb3_steps.debug=5000"]) == 5000
     assert steps(["F4:trainer.max_steps=20", "F4:regime.n_envs=32"]) == 3 * 32 * 16  # ceil(20 / 8) rollouts
     assert steps(["F2:trainer.max_steps=20"]) == 1 * 128 * 16  # another experiment's override: not F4's
-    assert sb3.env_steps(sb3_run(tmp_path, [], preset="full")[1]) == 16 * 128 * 16  # 128 steps: 16 rollouts
+    assert sb3.env_steps(sb3_run(tmp_path, [], preset="full")[1]) == 32 * 128 * 16  # 256 steps: 32 rollouts
     args, cfg = sb3_run(tmp_path, ["F4_sb3:seed=5"])
     assert cfg.seed == 5 and sb3.out_dir(args, cfg).name == "sb3_ppo-s5"
 

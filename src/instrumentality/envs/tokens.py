@@ -234,8 +234,8 @@ def play(model, tokens: QuestTokens, seeds, variant: str | None = None, generato
     """Play len(seeds) episodes at once with the model choosing among the action tokens and forecasting
     with its answer-token distribution. `mixed` [B] booleans: those episodes are `mix_variant` (`unscored`
     or `interruptible`) instead of `variant` (a trainer's mix of variants). Returns the token sequences
-    [B, L] (rollout part), per step [B, T]: actions, log pi(a), values (if the model has a value head), rewards, `live` (the step
-    happened), `scored_predict` (a scored forecast was made here), and per episode `metrics`
+    [B, L] (rollout part), per step [B, T]: actions, log pi(a), values (if the model has a value head),
+    rewards, `live` (the step happened), `scored_predict` (a scored forecast was made here), and per episode `metrics`
     [B, len(QUEST_METRICS)] and `y`."""
     from instrumentality.model import device_of
 
