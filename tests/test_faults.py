@@ -404,10 +404,22 @@ def test_a_damaged_provenance_or_table_is_one_line_from_make_figures(tmp_path, m
     assert figures() == 2
     err = capsys.readouterr().err
     assert str(folder / "results.csv") in err and len(err.strip().splitlines()) == 1
+    (folder / "results.csv").write_bytes(b"")  # empty: said so, not a traceback further on
+    assert figures() == 2
+    err = capsys.readouterr().err
+    assert "the results table is empty" in err and len(err.strip().splitlines()) == 1
     (folder / "provenance.json").write_text("{garbled")
     assert figures() == 2
     err = capsys.readouterr().err
     assert str(folder / "provenance.json") in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_into_a_folder_is_one_line(tmp_path, capsys):
+    from instrumentality.evaluate import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path), "--out", str(tmp_path)])
+    assert e.value.code == 2 and f"--out {tmp_path} is a folder" in capsys.readouterr().err
 
 
 def test_an_unreadable_quest_corpus_cache_is_made_again_not_called_a_configuration_error(tmp_path, capsys):

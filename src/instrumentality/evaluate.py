@@ -30,6 +30,8 @@ def main(argv=None):
                     help=f"evaluate every checkpoint afresh (default: reuse the rows stored in a run folder "
                          f"({ROWS}) while they were computed from its current checkpoint by this code)")
     args = ap.parse_args(argv)
+    if args.out.is_dir():
+        ap.error(f"--out {args.out} is a folder; give the results table's path (e.g. {args.out / 'results.csv'})")
     runs = find_runs(args.paths)
     if not runs:
         print(f"no runs found under {' '.join(args.paths)}", file=sys.stderr)

@@ -267,9 +267,13 @@ def load_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise DataFileError(f"{path}: no results table here; run `make sweep` (or the evaluation CLI) first")
+    if path.is_dir():
+        raise DataFileError(f"{path} is a folder; give the results table's path (e.g. {path / 'results.csv'})")
     df, problems = read_table(path)
     if df.empty and problems:
         raise DataFileError("; ".join(problems))
+    if df.empty:
+        raise DataFileError(f"{path}: the results table is empty; run `make sweep` (or the evaluation CLI) first")
     for p in problems:
         print(f"warning: {p}; those runs are left out (re-run the evaluation to rebuild them)")
     return df
