@@ -6,6 +6,7 @@ finished ones (their checkpoints say so), so a second `make sweep` trains nothin
 """
 
 import argparse
+import collections
 import functools
 import json
 import os
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # at the end). SB3 runs on the CPU: with `cpu_lanes` (the default on CUDA) its units run in lanes of their
 # own, beside the GPU's.
 SB3_UNIT = "F4_sb3"
+TAIL_LINES = 15  # a unit that fails before any of its runs ends shows this many of its last lines
 EXPERIMENTS = [*experiments(), SB3_UNIT]  # configs/experiment/, in their sweep_order
 CPU_ONLY = {SB3_UNIT}
 RUN_DONE = re.compile(r"\[(\S+)\] (?:finished after|collapsed after|interrupted after|FAILED|configuration error"
@@ -172,6 +174,8 @@ class Unit:
         self.exp, self.seed, self.name = exp, seed, f"{exp} s{seed}"
         self.t0, self.started = time.perf_counter(), time.time()
         self.reported: set[str] = set()  # runs whose end was printed from their summary.json (ended_runs)
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)  # its last lines of output
+        self.runs_done = 0
         # a session of its own: a signal to the sweep reaches the unit only through stop(), which signals the
         # unit's whole process group (Hydra's job processes included) and waits for it
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -182,15 +186,28 @@ class Unit:
     def _read(self, progress):
         for line in self.proc.stdout:
             line = line.rstrip()
+            self.tail.append(line[line.rfind("\r") + 1:])
             if m := re.search(r"[Ll]aunching (\d+) jobs", line):
                 progress(self, f"launching {m.group(1)} run(s)")
             elif RUN_DONE.search(line) or line.startswith("[sb3_ppo"):
+                self.runs_done += 1
                 progress(self, line[line.rfind("\r") + 1:], run_done=True)
             elif "error" in line.lower() and not line.startswith("[20"):
                 progress(self, "    " + line)
 
     def finished(self) -> bool:
         return self.proc.poll() is not None
+
+    def failure(self) -> str:
+        """What to say of a unit that ended with a non-zero exit code: how it ended, and where none of its
+        runs ended (it failed before any started, e.g. on a bad override), its last lines of output."""
+        self.thread.join(5)  # the reader has the last lines once the pipe closes
+        code = self.proc.returncode
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
+        out = f"{how}; the runs it finished are kept"
+        if not self.runs_done and self.tail:
+            out += "; no run of it ended. Its last lines of output:\n" + "\n".join(f"    {x}" for x in self.tail)
+        return out
 
     def stop(self, grace_s: float = 60.0):
         """SIGTERM to the unit's process group (a training run saves a checkpoint and exits), SIGKILL to
@@ -350,9 +367,7 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
                     durations[(u.exp, u.seed)] = time.perf_counter() - u.t0
                 if u.proc.returncode != 0:
                     failed_units.append((u.name, u.proc.returncode))
-                    how = (f"was killed by {signal.Signals(-u.proc.returncode).name}" if u.proc.returncode < 0
-                           else f"exited with {u.proc.returncode}")
-                    progress(u, f"{how}; the runs it finished are kept")
+                    progress(u, u.failure())
             for exp, s in units_to_start(pending, [u.exp for u in running], ready, lanes, cpu_lanes):
                 with lock:
                     pending.remove((exp, s))

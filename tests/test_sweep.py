@@ -66,6 +66,21 @@ def load_script(name: str):
     return module
 
 
+def test_a_unit_that_fails_before_any_run_ends_shows_its_last_lines():
+    sweep = load_script("sweep")
+    said = []
+    fail = "print('Error merging override regime.round_steps=5'); import sys; sys.exit(1)"
+    unit = sweep.Unit("F9", 0, [sys.executable, "-c", fail], dict(os.environ), lambda u, msg, **k: said.append(msg))
+    unit.proc.wait(60)
+    text = unit.failure()
+    assert text.startswith("exited with 1") and "no run of it ended" in text
+    assert "Error merging override regime.round_steps=5" in text
+    ok = "print('[x-s0] finished after 3 steps, 0.1s;'); import sys; sys.exit(1)"
+    unit = sweep.Unit("F9", 0, [sys.executable, "-c", ok], dict(os.environ), lambda u, msg, **k: said.append(msg))
+    unit.proc.wait(60)
+    assert unit.failure() == "exited with 1; the runs it finished are kept"  # its runs' lines say the rest
+
+
 def test_units_wait_for_the_experiments_their_configs_need():
     sweep = load_script("sweep")
     for preset in ("quick", "full"):
