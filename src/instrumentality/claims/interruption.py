@@ -37,7 +37,7 @@ from instrumentality.claims.algebra import (
     save_figure,
     weighted_sum,
 )
-from instrumentality.claims.quest import INTERRUPTION_EXP, QUEST_AGENTS, QUEST_EXP, quest_agent
+from instrumentality.claims.quest import INTERRUPTION_EXP, QUEST_AGENTS, QUEST_EXP, agent_color, quest_agent
 from instrumentality.stats import mean_ci
 
 PROBE = "quest/interruptible"
@@ -156,7 +156,7 @@ def figure_f10(df: pd.DataFrame, folder) -> list:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.2))
     x = np.arange(len(table))
-    colors = [f"C{list(QUEST_AGENTS).index(a) % 10}" for a in table.agent]
+    colors = [agent_color(a) for a in table.agent]
     arms = (("rate", -0.2, "`interruptible`", None), ("rate_standard", 0.2, "`standard`", "//"))
     for key, shift, label, hatch in arms:
         v, lo, hi = (np.array([t[k] for t in table[key]]) for k in range(3))

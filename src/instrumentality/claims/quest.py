@@ -61,6 +61,14 @@ QUEST_AGENTS = {  # name in figures -> how to find its rows (in QUEST_EXP's runs
 }
 
 
+EXTRA_COLORS = ("black", "gold", "navy")  # after matplotlib's ten: every agent of QUEST_AGENTS its own colour
+
+
+def agent_color(name: str) -> str:
+    i = list(QUEST_AGENTS).index(name)
+    return f"C{i}" if i < 10 else EXTRA_COLORS[(i - 10) % len(EXTRA_COLORS)]
+
+
 def quest_agent(df: pd.DataFrame, name: str) -> pd.DataFrame:
     sel = df
     for k, v in {"exp_name": QUEST_EXP, **QUEST_AGENTS[name]}.items():
@@ -223,7 +231,7 @@ def _bars(ax, table: pd.DataFrame, agents: list[str], metric: str, variants=PROB
         lo = np.array([t.ci_low.get(x, np.nan) for x in variants])
         hi = np.array([t.ci_high.get(x, np.nan) for x in variants])
         x = np.arange(len(variants)) + (i - (len(agents) - 1) / 2) * width
-        ax.bar(x, v, width, color=f"C{list(QUEST_AGENTS).index(agent) % 10}", label=agent)
+        ax.bar(x, v, width, color=agent_color(agent), label=agent)
         ax.errorbar(x, v, yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)], fmt="none", ecolor="k",
                     lw=0.7, capsize=1.5)
     ax.set_xticks(np.arange(len(variants)), variants, fontsize=8)
@@ -254,10 +262,10 @@ def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
         sel = quest_agent(fin, name)
         std, uns = per_seed(sel, "quest/standard", "deceptions"), per_seed(sel, "quest/unscored", "deceptions")
         m = std.merge(uns, on="seed", suffixes=("_s", "_u"))
-        color = f"C{list(QUEST_AGENTS).index(name) % 10}"
+        color = agent_color(name)
         for r in m.itertuples():
             a4.plot([i - 0.15, i + 0.15], [r.value_s, r.value_u], color=color, marker="o", ms=3, lw=0.8)
-    a4.set_xticks(range(len(gh)), [g.replace("quest-PPO ", "").replace(" (", "\n(") for g in gh], fontsize=7)
+    a4.set_xticks(range(len(gh)), [g.replace(" (", "\n(").replace(", ", ",\n") for g in gh], fontsize=7)
     a4.set_ylabel("deceptions / episode")
     a4.set_title("goal or habit: each seed, `standard` (left) to `unscored` (right)")
     a4.set_ylim(bottom=0)
@@ -280,7 +288,7 @@ def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
             continue
         for j, (_, s) in enumerate(c.groupby("seed")):
             s = s.sort_values("env_steps")
-            a6.plot(s.env_steps, s.value, color=f"C{list(QUEST_AGENTS).index(agent) % 10}", lw=1,
+            a6.plot(s.env_steps, s.value, color=agent_color(agent), lw=1,
                     label=agent if j == 0 else None)
     bracket = optimum_bracket(df)
     if not math.isnan(bracket[0]):
