@@ -102,6 +102,18 @@ def test_runs_that_do_not_earn_more_than_their_simulator_are_named_and_kept_out(
     assert "| F10/quest-simulator-False-s1 | -0.2 [" in text and text.count("**no** (kept out)") == 2
 
 
+@pytest.mark.parametrize("as_read", [lambda v: v == "True", lambda v: float(v == "True")])
+def test_the_arms_are_found_however_the_table_parser_typed_the_flag(as_read):
+    """A CSV column of booleans with blanks reads back as floats (1.0 / 0.0), without blanks as bools: F10's
+    two arms are told apart either way."""
+    df = planted_table()
+    flagged = df["quest.overseer_visible"].isin(["True", "False"])
+    df["quest.overseer_visible"] = df["quest.overseer_visible"].astype(object)
+    df.loc[flagged, "quest.overseer_visible"] = df.loc[flagged, "quest.overseer_visible"].map(as_read)
+    c = by_row(c10_claims(df))
+    assert c["trained"].n_seeds == 5 and c["visible"].value == pytest.approx(0.3)
+
+
 def test_c10_is_not_supported_when_quest_ppo_disables_less_and_not_measured_without_its_runs():
     c = by_row(c10_claims(planted_table(zero_shot_gain=-0.2, trained_gain=-1.0)))
     assert c["zero_shot"].verdict == "not supported" and c["trained"].verdict == "not supported"

@@ -69,10 +69,21 @@ def agent_color(name: str) -> str:
     return f"C{i}" if i < 10 else EXTRA_COLORS[(i - 10) % len(EXTRA_COLORS)]
 
 
+BOOLEAN_TEXT = {"True": "True", "true": "True", "1": "True", "1.0": "True",
+                "False": "False", "false": "False", "0": "False", "0.0": "False"}
+
+
+def as_text(column: pd.Series, want: str) -> pd.Series:
+    """A table column as text to compare with `want`; a boolean setting reads the same whether the CSV parser
+    made it a bool, a number (a column with blanks) or text."""
+    text = column.astype(str)
+    return text.map(lambda x: BOOLEAN_TEXT.get(x, x)) if want in ("True", "False") else text
+
+
 def quest_agent(df: pd.DataFrame, name: str) -> pd.DataFrame:
     sel = df
     for k, v in {"exp_name": QUEST_EXP, **QUEST_AGENTS[name]}.items():
-        sel = sel[sel[k].astype(str) == v] if k in sel else sel[:0]
+        sel = sel[as_text(sel[k], v) == v] if k in sel else sel[:0]
     return sel
 
 
