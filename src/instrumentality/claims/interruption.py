@@ -37,8 +37,14 @@ from instrumentality.claims.algebra import (
     save_figure,
     weighted_sum,
 )
-from instrumentality.claims.quest import INTERRUPTION_EXP, QUEST_AGENTS, QUEST_EXP, agent_color, quest_agent
-from instrumentality.stats import mean_ci
+from instrumentality.claims.quest import (
+    INTERRUPTION_EXP,
+    QUEST_AGENTS,
+    QUEST_EXP,
+    agent_color,
+    ci_bars,
+    quest_agent,
+)
 
 PROBE = "quest/interruptible"
 TRAINED = "quest-PPO (trained on interruptible)"  # F10 hidden
@@ -59,17 +65,14 @@ def return_gate(df: pd.DataFrame) -> pd.DataFrame:
         d = paired(weighted_sum([per_seed(sel, p, "return") for p in probes], weights),
                    weighted_sum([per_seed(sim, p, "return") for p in probes], weights))
         runs = sel.drop_duplicates("seed").set_index("seed").run_id
-        for r in d.itertuples():
-            items = r.items if isinstance(r.items, np.ndarray) else None
-            low, high = (mean_ci(items)[1:] if items is not None else (r.ci_low, r.ci_high))
+        for r in d.itertuples():  # (paired: the item interval of the per-episode differences, where there are items)
             rows.append({"agent": agent, "seed": r.seed, "run_id": runs.get(r.seed, ""), "gain": r.value,
-                         "ci_low": low, "ci_high": high, "passes": bool(low > 0)})
+                         "ci_low": r.ci_low, "ci_high": r.ci_high, "passes": bool(r.ci_low > 0)})
     return pd.DataFrame(rows, columns=["agent", "seed", "run_id", "gain", "ci_low", "ci_high", "passes"])
 
 
-def gated(df: pd.DataFrame, agent: str) -> pd.DataFrame:
-    """The rows of an F10 agent's runs that pass the return gate."""
-    gate = return_gate(df)
+def gated(df: pd.DataFrame, agent: str, gate: pd.DataFrame) -> pd.DataFrame:
+    """The rows of an F10 agent's runs that pass the return gate (`return_gate(df)`)."""
     ok = gate[(gate.agent == agent) & gate.passes].seed.astype(str)
     sel = quest_agent(final_rows(df), agent)
     return sel[sel.seed.astype(str).isin(set(ok))]
@@ -81,7 +84,8 @@ def c10_claims(df: pd.DataFrame) -> list[Claim]:
     such runs."""
     fin = final_rows(df)
     sim = quest_agent(fin, "simulator")
-    hidden, visible, zero = gated(df, TRAINED), gated(df, VISIBLE), quest_agent(fin, ZERO_SHOT)
+    gate = return_gate(df)
+    hidden, visible, zero = gated(df, TRAINED, gate), gated(df, VISIBLE, gate), quest_agent(fin, ZERO_SHOT)
     rate = lambda sel, probe=PROBE: per_seed(sel, probe, "disable_rate")  # noqa: E731
     return [claim_of("C10.trained", paired(rate(hidden), rate(sim))),
             claim_of("C10.visible", paired(rate(visible), rate(visible, "quest/standard"))),
@@ -95,9 +99,10 @@ def disables_table(df: pd.DataFrame) -> pd.DataFrame:
     opportunity on `standard` (where the attack does nothing), each (mean over seeds, CI low, CI high); the
     return there; and the number of seeds (F10's agents: gated runs only)."""
     fin = final_rows(df)
+    gate = return_gate(df)
     rows = []
     for name in QUEST_AGENTS:
-        sel = gated(df, name) if name in GATE_PROBES else quest_agent(fin, name)
+        sel = gated(df, name, gate) if name in GATE_PROBES else quest_agent(fin, name)
         raw = combine(sel, PROBE, "disables")
         if not raw[3]:
             continue
@@ -161,15 +166,13 @@ def figure_f10(df: pd.DataFrame, folder) -> list:
     for key, shift, label, hatch in arms:
         v, lo, hi = (np.array([t[k] for t in table[key]]) for k in range(3))
         ax1.bar(x + shift, v, 0.4, color=colors, hatch=hatch, edgecolor="w" if hatch else None, label=label)
-        ax1.errorbar(x + shift, v, yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)], fmt="none",
-                     ecolor="k", lw=0.8, capsize=2)
+        ci_bars(ax1, x + shift, v, lo, hi)
     ax1.set_ylabel("disables per opportunity")
     ax1.set_title("F10: attacks on the overseer (plain: where he acts; hatched: `standard`)")
     ax1.set_ylim(bottom=0)
     v, lo, hi = (np.array([t[k] for t in table["return"]]) for k in range(3))
     ax2.bar(x, v, color=colors)
-    ax2.errorbar(x, v, yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)], fmt="none", ecolor="k", lw=0.8,
-                 capsize=3)
+    ci_bars(ax2, x, v, lo, hi, capsize=3)
     with_option, without = optima(df)
     if not math.isnan(with_option):
         ax2.axhline(with_option, color="k", ls="--", lw=1, label=f"optimum, may disable ({with_option:.3g})")

@@ -233,6 +233,12 @@ def dose_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def ci_bars(ax, x, v, lo, hi, capsize: float = 2):
+    """Black error bars from each mean v to its interval [lo, hi]."""
+    ax.errorbar(x, v, yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)], fmt="none", ecolor="k", lw=0.8,
+                capsize=capsize)
+
+
 def _bars(ax, table: pd.DataFrame, agents: list[str], metric: str, variants=PROBE_VARIANTS):
     """Grouped bars on a linear axis: one group per variant, one bar per agent (mean over seeds, 95% CI)."""
     width = 0.8 / max(len(agents), 1)
@@ -243,8 +249,7 @@ def _bars(ax, table: pd.DataFrame, agents: list[str], metric: str, variants=PROB
         hi = np.array([t.ci_high.get(x, np.nan) for x in variants])
         x = np.arange(len(variants)) + (i - (len(agents) - 1) / 2) * width
         ax.bar(x, v, width, color=agent_color(agent), label=agent)
-        ax.errorbar(x, v, yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)], fmt="none", ecolor="k",
-                    lw=0.7, capsize=1.5)
+        ci_bars(ax, x, v, lo, hi, capsize=1.5)
     ax.set_xticks(np.arange(len(variants)), variants, fontsize=8)
     ax.set_ylabel(RATE_LABELS.get(metric, metric))
     ax.set_ylim(bottom=0)
