@@ -69,3 +69,32 @@ class RandomStateModel(UniformModel):
 def uniform_kl(world: World, states: torch.Tensor) -> torch.Tensor:
     """Closed form of KL(p*(.|s) || uniform) = log V - H(p*(.|s))."""
     return math.log(world.vocab_size) - world.state_entropy[states]
+
+
+class JumpTruthModel(nn.Module):
+    """The exact jump predictor of stride k: J = p*(z_{j+1} | z_<=j) (world/jump.py), with every asymmetric
+    fork's first branch tilted by `tilt` nats at x_{P+k} (the marker at P: the tokens only that branch can put
+    there). Hidden states: layer 0 the one-hot current token (the present only), layer 1 the exact belief
+    over states (the whole strided history), from which the skipped tokens' posteriors are linear."""
+
+    def __init__(self, world: World, k: int, tilt: float = 0.0):
+        super().__init__()
+        self.world, self.k, self.tilt = world, k, tilt
+        self.register_buffer("_device_anchor", torch.zeros(()))
+
+    def forward(self, idx, cache=None, return_hidden=False):
+        from instrumentality.evaluation.jump_probes import branch_supports
+        from instrumentality.world.jump import beliefs, strided_conditionals
+
+        logits = strided_conditionals(self.world, idx.cpu(), self.k).clamp_min(1e-30).log()
+        for fork in self.world.forks:
+            supports = branch_supports(self.world, fork, self.k)
+            if fork.symmetric or supports is None:
+                continue
+            at = idx.cpu() == fork.marker
+            logits[at] = logits[at] + self.tilt * supports[0].double()
+        out = {"logits": logits.float()}
+        if return_hidden:
+            out["hidden"] = [F.one_hot(idx.cpu(), self.world.vocab_size).float(),
+                             beliefs(self.world, idx.cpu(), self.k).float()]
+        return out

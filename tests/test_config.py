@@ -40,8 +40,8 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
     from omegaconf import OmegaConf
 
     paths = sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
-    assert [p.stem for p in paths] == ["F1", "F10", "F2", "F3", "F4", "F4_goal", "F4_simulator", "F8", "F8_critic",
-                                       "F9"]
+    assert [p.stem for p in paths] == ["F1", "F10", "F11", "F2", "F3", "F4", "F4_goal", "F4_simulator", "F8",
+                                       "F8_critic", "F9"]
     for path in paths:
         cfg = composed(f"experiment={path.stem}", f"preset={preset}", hydra=True)
         params = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
@@ -65,6 +65,18 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
                 preset_beta = cfg.budget.beta[preset]
                 assert resolved["regime"]["beta"] == (float(beta[0][4:]) if beta else preset_beta)
                 assert ("-beta" in resolved["run_name"]) == bool(beta)  # its own folder beside the preset-beta arm
+            if path.stem == "F11":  # the arm's name is what it trains, and a distilled stage reads stage k/2
+                arm = dict(zip(params, values))["arm"]
+                teacher, route, k = arm.split("-")
+                regime, stride = resolved["regime"], int(k[1:])
+                assert (regime["teacher"], regime["route"], regime["stride"]) == (teacher, route, stride)
+                order = params["arm"]
+                if route == "distilled":
+                    source = "direct-k1" if stride == 2 else f"distilled-k{stride // 2}"
+                    assert regime["source"].endswith(f"/F11/jump-{teacher}-{source}-s{resolved['seed']}/checkpoint.pt")
+                    assert order.index(f"{teacher}-{source}") < order.index(arm)  # trained before it
+                else:
+                    assert regime["source"] == (None if teacher == "truth" else resolved["needs"]["F2"])
 
 
 @pytest.mark.parametrize("preset", ["quick", "full", "debug"])

@@ -1,7 +1,7 @@
 """The claim algebra: a claim's per-seed values, its interval over seeds and items, and its verdict (the
 rule is VERDICT_RULE below, written into every report).
 
-A claim family (one module beside this one: world, quest, cognition, prophecy, interruption) declares
+A claim family (one module beside this one: world, quest, cognition, prophecy, interruption, distillation) declares
 the experiments whose runs it owns, the claims it makes of them, its figures and its report section as a
 `ClaimFamily`; claims/__init__.py lists the families, and report.py loops over them.
 """

@@ -2,9 +2,9 @@
 CLI (instrumentality/evaluate.py) calls.
 
 A trained run is scored on the probe families its regime declares (`Regime.probe_families`), each looked
-up in PROBE_FAMILIES (world_probes.py for world text, quest_probes.py for ClueQuest, prophecy_probes.py for
-F9's forecasters), with the regime's exact theory rows beside them; the rows are stored in the run folder
-(table.py) and `results.csv` is their concatenation.
+up in PROBE_FAMILIES (world_probes.py for world text, quest_probes.py for ClueQuest, prophecy_probes.py
+for F9's forecasters, jump_probes.py for F11's jump predictors), with the regime's exact theory rows
+beside them; the rows are stored in the run folder (table.py) and `results.csv` is their concatenation.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from instrumentality.errors import DataFileError
+from instrumentality.evaluation.jump_probes import jump_rows
 from instrumentality.evaluation.probe_set import ProbeConfig, ProbeSet, probe_set_for
 from instrumentality.evaluation.prophecy_probes import forecast_rows
 from instrumentality.evaluation.quest_probes import QUEST_EPISODES, agent_run_rows, log_agent, quest_model_rows
@@ -36,7 +37,8 @@ from instrumentality.evaluation.world_probes import (
     scalar_metrics,
 )
 from instrumentality.files import read_json
-from instrumentality.regimes.base import PROPHECY_PROBES, QUEST_PROBES, WORLD_PROBES, Regime
+from instrumentality.regimes.base import JUMP_PROBES, PROPHECY_PROBES, QUEST_PROBES, WORLD_PROBES, Regime
+from instrumentality.regimes.jump import Jump
 from instrumentality.regimes.prophecy import ProphecyBase
 from instrumentality.training.build import build_regime, build_world, plain
 from instrumentality.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint
@@ -140,10 +142,19 @@ def prophecy_rows(model, world: World, regime: Regime, run_config: dict, probe_c
     return forecast_rows(model, regime)
 
 
+def jump_predictor_rows(model, world: World, regime: Regime, run_config: dict, probe_cache: str | None = None,
+                        probes: ProbeSet | None = None) -> list[dict]:
+    if not isinstance(regime, Jump):
+        raise TypeError(f"the jump probes score a jump predictor of F11, not a {regime.name} model")
+    probes = probes or probe_set_for(world, ProbeConfig(**run_config.get("eval", {}).get("probes", {})), probe_cache)
+    return jump_rows(model, world, probes, regime.settings.stride)
+
+
 # The probe families, by the name a regime declares (regimes/base.py): each scores a model of that regime
 # (model, world, regime, run_config, probe_cache, probes) -> rows.
 PROBE_FAMILIES: dict[str, Callable[..., list[dict]]] = {
-    WORLD_PROBES: world_rows, QUEST_PROBES: quest_rows, PROPHECY_PROBES: prophecy_rows}
+    WORLD_PROBES: world_rows, QUEST_PROBES: quest_rows, PROPHECY_PROBES: prophecy_rows,
+    JUMP_PROBES: jump_predictor_rows}
 
 
 @torch.no_grad()

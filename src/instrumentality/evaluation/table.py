@@ -37,7 +37,8 @@ SWEPT_KEYS = ("preset_name", "exp_name", "world.seed", "model.n_layer", "model.n
               "model.n_future_heads",
               "regime.reward", "regime.baseline", "regime.critic", "regime.rollout", "regime.horizon",
               "regime.gamma", "regime.beta", "regime.init", "regime.quest_teacher", "regime.mix_variant",
-              "regime.mix_fraction", "quest.overseer_visible", "trainer.max_steps")
+              "regime.mix_fraction", "quest.overseer_visible", "regime.stride", "regime.teacher", "regime.route",
+              "trainer.max_steps")
 TABLE_KEYS = ("run_id", "source", "run_rows", "probe", "metric", "value")  # every table has these columns
 
 

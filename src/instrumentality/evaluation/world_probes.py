@@ -34,7 +34,7 @@ from instrumentality.world import World
 FAMILIES = ("calibration", "forks", "rollouts", "lookahead")
 
 
-def _row(probe: str, metric: str, ci: tuple, items=None) -> dict:
+def probe_row(probe: str, metric: str, ci: tuple, items=None) -> dict:
     """One probe row; with `items`, the per-item values its mean and interval came from (kept beside the
     results table, evaluation/table.py, so that two arms scored on the same items can be compared item by
     item)."""
@@ -68,7 +68,7 @@ def calibration_rows(model, world: World, tokens: torch.Tensor, n_bins: int = 10
     nll = -logp.gather(-1, nxt[..., None]).squeeze(-1)
     excess = nll - world.state_entropy[states]
     brier = (pi ** 2).sum(-1) - 2 * (pi * p).sum(-1) + 1
-    rows = [_row("calibration", name, mean_ci(v.mean(1))) for name, v in
+    rows = [probe_row("calibration", name, mean_ci(v.mean(1))) for name, v in
             (("kl", kl), ("excess_nll", excess), ("nll", nll), ("brier", brier))]
     rows += position_class_rows(world, states, nxt, excess)
     # top-label ECE with the exact expected accuracy p*(argmax pi); bins of confidence, CI over sequences
@@ -85,13 +85,13 @@ def calibration_rows(model, world: World, tokens: torch.Tensor, n_bins: int = 10
         s = per_seq[:, idx].sum(2)  # [3, n_boot, bins]
         return (s[1] - s[2]).abs().sum(-1) / s[0].sum(-1)
 
-    rows.append(_row("calibration", "ece", stat_ci(N, ece)))
+    rows.append(probe_row("calibration", "ece", stat_ci(N, ece)))
     tot = per_seq.sum(1)
     for k in range(n_bins):
         n = float(tot[0, k])
         conf_k, acc_k = (float(tot[1, k] / n), float(tot[2, k] / n)) if n else (math.nan, math.nan)
         for metric, v in ((f"bin{k:02d}_conf", conf_k), (f"bin{k:02d}_acc", acc_k), (f"bin{k:02d}_count", n)):
-            rows.append(_row("calibration/reliability", metric, (v, math.nan, math.nan)))
+            rows.append(probe_row("calibration/reliability", metric, (v, math.nan, math.nan)))
     return rows
 
 
@@ -131,9 +131,9 @@ def position_class_rows(world: World, states: torch.Tensor, next_tokens: torch.T
             def ratio(idx, s=per_seq):  # idx [n_boot, N]: sum over the drawn sequences / their positions
                 return s[idx].sum(-1) / count[idx].sum(-1).clamp_min(1)
 
-            rows.append(_row(f"calibration/position={name}", metric, stat_ci(len(count), ratio),
+            rows.append(probe_row(f"calibration/position={name}", metric, stat_ci(len(count), ratio),
                              items=per_seq / count.mean()))
-        rows.append(_row(f"calibration/position={name}", "share", (float(count.sum() / mask.numel()),) * 3))
+        rows.append(probe_row(f"calibration/position={name}", "share", (float(count.sum() / mask.numel()),) * 3))
     return rows
 
 
@@ -184,17 +184,17 @@ def fork_rows(model, world: World, probes: ProbeSet) -> list[dict]:
             v = steer[at]
             if len(v):
                 groups[(kind, p)] = v
-                rows.append(_row(f"forks/{kind}/p={p}", "steering_index", mean_ci(v), items=v))
-                rows.append(_row(f"forks/{kind}/p={p}", "branch_entropy", mean_ci(branch_entropy[at])))
+                rows.append(probe_row(f"forks/{kind}/p={p}", "steering_index", mean_ci(v), items=v))
+                rows.append(probe_row(f"forks/{kind}/p={p}", "branch_entropy", mean_ci(branch_entropy[at])))
         all_kind = [v for (k, _), v in groups.items() if k == kind]
         if all_kind:
-            rows.append(_row(f"forks/{kind}/all", "steering_index", mean_ci(torch.cat(all_kind))))
+            rows.append(probe_row(f"forks/{kind}/all", "steering_index", mean_ci(torch.cat(all_kind))))
     for p in sorted({p for _, p in groups}):
         if ("asym", p) in groups and ("sym", p) in groups:
             asym, sym = groups[("asym", p)], groups[("sym", p)]
             # items for comparing two runs prompt by prompt: asym_i - sym_i (the i-th prompt of each kind; two
             # independent prompt sets of one size, so the mean and its variance are those of the difference)
-            rows.append(_row(f"forks/p={p}", "instrumental_steering", diff_ci(asym, sym),
+            rows.append(probe_row(f"forks/p={p}", "instrumental_steering", diff_ci(asym, sym),
                              items=asym - sym if len(asym) == len(sym) else None))
     return rows
 
@@ -269,12 +269,12 @@ def rollout_rows(model, world: World, probes: ProbeSet, seed: int = 0) -> list[d
         v = torch.tensor(items, dtype=torch.float64)
         probe = f"rollouts/p={p}"
         easy = mean_ci(v[:, 0])
-        rows += [_row(probe, "easy_fraction", easy),
-                 _row(probe, "easy_fraction_truth", (p, p, p)),
-                 _row(probe, "easy_fraction_minus_truth", tuple(x - p for x in easy)),
-                 _row(probe, "logp_star", mean_ci(v[:, 1])),
-                 _row(probe, "impossible_rate", mean_ci(v[:, 2])),
-                 _row(probe, "distinct_2", mean_ci(v[:, 3]))]
+        rows += [probe_row(probe, "easy_fraction", easy),
+                 probe_row(probe, "easy_fraction_truth", (p, p, p)),
+                 probe_row(probe, "easy_fraction_minus_truth", tuple(x - p for x in easy)),
+                 probe_row(probe, "logp_star", mean_ci(v[:, 1])),
+                 probe_row(probe, "impossible_rate", mean_ci(v[:, 2])),
+                 probe_row(probe, "distinct_2", mean_ci(v[:, 3]))]
     return rows
 
 
@@ -338,10 +338,10 @@ def lookahead_rows(model, world: World, probes: ProbeSet) -> list[dict]:
         diagnostic_state = world.diagnostic_states(k)
         chance_cls = torch.bincount(y_train, minlength=world.vocab_size).argmax()
         chance = (y_test == chance_cls).double().mean(1)
-        rows.append(_row(f"lookahead/k={k}", "chance", mean_ci(chance), items=chance))
+        rows.append(probe_row(f"lookahead/k={k}", "chance", mean_ci(chance), items=chance))
         # the best any predictor of x_{t+k} from the past can do: E max_x p*(x_{t+k} | state at t)
         bayes = world.future_token_distribution(states_test, k).max(-1).values
-        rows.append(_row(f"lookahead/k={k}", "bayes", mean_ci(bayes.mean(1))))
+        rows.append(probe_row(f"lookahead/k={k}", "bayes", mean_ci(bayes.mean(1))))
         diagnostic = diagnostic_state[states_test]  # [n_test, n_pos]
         per_seq = diagnostic.sum(1).double()
         scale = per_seq.mean()
@@ -353,17 +353,18 @@ def lookahead_rows(model, world: World, probes: ProbeSet) -> list[dict]:
             diag = f"lookahead/k={k}/diagnostic"
             d_train = diagnostic_state[all_states_train[:, :n_pos]].flatten()
             d_chance_cls = torch.bincount(y_train[d_train], minlength=world.vocab_size).argmax()
-            rows += [_row(diag, "share", (float(diagnostic.double().mean()),) * 3),
-                     _row(diag, "chance", mean_ci(c := at_diagnostic(y_test == d_chance_cls)), items=c),
-                     _row(diag, "bayes", mean_ci(at_diagnostic(bayes)))]
+            rows += [probe_row(diag, "share", (float(diagnostic.double().mean()),) * 3),
+                     probe_row(diag, "chance", mean_ci(c := at_diagnostic(y_test == d_chance_cls)), items=c),
+                     probe_row(diag, "bayes", mean_ci(at_diagnostic(bayes)))]
         for layer, (a, b) in enumerate(zip(h_train, h_test)):
             pred = ridge_probe(a[:, :n_pos].flatten(0, 1), y_train, b[:, :n_pos].flatten(0, 1))[0]
             hit = pred.view(len(test), n_pos) == y_test
             acc = hit.double().mean(1)
-            rows.append(_row(f"lookahead/k={k}/layer={layer}", "accuracy", mean_ci(acc), items=acc))
+            rows.append(probe_row(f"lookahead/k={k}/layer={layer}", "accuracy", mean_ci(acc), items=acc))
             if scale > 0:
                 d_acc = at_diagnostic(hit)
-                rows.append(_row(f"lookahead/k={k}/diagnostic/layer={layer}", "accuracy", mean_ci(d_acc), items=d_acc))
+                rows.append(probe_row(f"lookahead/k={k}/diagnostic/layer={layer}", "accuracy", mean_ci(d_acc),
+                                      items=d_acc))
     return rows
 
 

@@ -29,8 +29,9 @@ from instrumentality.world import World
 
 # The probe families a regime's model is scored on (evaluation/__init__.py maps each to its evaluator): the
 # world probes (calibration, forks, rollouts, look-ahead) for a model of world text, the quest probes for a
-# model that plays ClueQuest, the prophecy probes (its forecast at each marker) for an F9 forecaster.
-WORLD_PROBES, QUEST_PROBES, PROPHECY_PROBES = "world", "quest", "prophecy"
+# model that plays ClueQuest, the prophecy probes (its forecast at each marker) for an F9 forecaster, the
+# jump probes (exact k-step targets, forks, the tokens jumped over) for an F11 jump predictor.
+WORLD_PROBES, QUEST_PROBES, PROPHECY_PROBES, JUMP_PROBES = "world", "quest", "prophecy", "jump"
 
 
 @dataclass

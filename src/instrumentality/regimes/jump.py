@@ -1,0 +1,149 @@
+"""Regime 7: a jump predictor, one forward pass for k tokens of the world's time (experiment F11).
+
+The student reads the strided sequence z_j = x_{jk} and is trained with next-token cross-entropy on it,
+
+    L = - mean_j log J(z_{j+1} | z_<=j),            z_j = x_{jk}
+
+so its output at z_j is a distribution over x_{(j+1)k}: the k - 1 tokens between are never shown. Where the
+sequences x come from is the route (docs/design.md section 10):
+
+    direct     x is the teacher's own text: the world's (teacher truth) or the rollouts of a
+               checkpoint (teacher policy, the F2 critic's policy), subsampled at stride k
+    distilled  x is the rollouts of the stage k/2 student on its own strided sequence, every second token
+               kept: stage k/2 applied twice. The chain starts at the direct stride-1 student of the
+               same teacher, so its errors compound from stage to stage
+
+Every route trains on a fixed corpus drawn once in setup (`corpus` sequences, `corpus_seed`), so routes see
+the same amount of data. The student never sees a reward: it predicts what its teacher's text does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from instrumentality.errors import ConfigError
+from instrumentality.model import device_of
+from instrumentality.regimes.base import (
+    JUMP_PROBES,
+    POSITIVE,
+    RegimeBase,
+    Update,
+    check_settings,
+    cpu_generator,
+    one_of,
+)
+from instrumentality.world import World
+from instrumentality.world.jump import strided
+
+GENERATION_BATCH = 2048  # teacher sequences sampled at once when the corpus is drawn
+
+
+@dataclass
+class JumpSettings:
+    stride: int = field(default=1, metadata=POSITIVE)  # k: world tokens per jump
+    teacher: str = field(default="truth", metadata=one_of("truth", "policy"))  # whose text the chain learns
+    route: str = field(default="direct", metadata=one_of("direct", "distilled"))
+    # the checkpoint whose rollouts are the data (None: world samples, the truth's direct route)
+    source: str | None = None
+    corpus: int = field(default=16384, metadata=POSITIVE)  # teacher sequences, drawn once
+    corpus_seed: int = 0
+    batch_size: int = field(default=64, metadata=POSITIVE)  # sequences per step at stride 1; stride k: k times as many
+
+    def __post_init__(self):
+        check_settings(self)
+        world_text = self.teacher == "truth" and self.route == "direct"
+        if world_text and self.source is not None:
+            raise ConfigError("regime.source must be null for teacher=truth, route=direct (the student reads "
+                              f"world samples); got {self.source!r}")
+        if not world_text and not self.source:
+            raise ConfigError(f"regime.source: teacher={self.teacher}, route={self.route} learns from a "
+                              "checkpoint's rollouts; name it (experiment F11 does)")
+
+
+def checkpoint_stride(run_config: dict) -> int:
+    """The stride of the model a checkpoint holds: a jump student's, else 1 (a next-token model)."""
+    regime = run_config.get("regime") or {}
+    return int(regime.get("stride", 1)) if regime.get("name") == "jump" else 1
+
+
+def load_teacher(path: str, world: World):
+    """A finished run's model and stride, refused (ConfigError) if the run is missing, unfinished, of another
+    world, or of another vocabulary."""
+    from instrumentality.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from instrumentality.world import WorldConfig
+
+    if not Path(path).exists():
+        raise ConfigError(f"regime.source: no checkpoint at {path}; train that run first (make sweep runs the "
+                          "experiments and F11's arms in order)")
+    ck = load_checkpoint(path)
+    status = ck.get("status", {}).get("status")
+    if status != "finished":
+        raise ConfigError(f"regime.source: {path} is a run that has not finished (status {status!r}); a student "
+                          "learns only from a finished teacher: run it to the end first")
+    teacher_world = World(WorldConfig(**{k: v for k, v in ck["run_config"]["world"].items() if k != "_target_"}))
+    if teacher_world.fingerprint() != world.fingerprint():
+        raise ConfigError(f"regime.source: {path} was trained on world {teacher_world.fingerprint()} (seed "
+                          f"{teacher_world.cfg.seed}), this run's world is {world.fingerprint()} (seed "
+                          f"{world.cfg.seed})")
+    model = model_from_checkpoint(ck)
+    if model.cfg.vocab_size != world.vocab_size:
+        raise ConfigError(f"regime.source: {path} has a vocabulary of {model.cfg.vocab_size} tokens, the world "
+                          f"{world.vocab_size}: a jump teacher must be a model of world text")
+    return model, checkpoint_stride(ck["run_config"])
+
+
+@torch.no_grad()
+def teacher_corpus(world: World, s: JumpSettings) -> torch.Tensor:
+    """The student's training sequences [corpus, ceil(seq_len / k)], strided, drawn once from corpus_seed."""
+    gen = torch.Generator().manual_seed(s.corpus_seed)
+    if s.source is None:
+        return strided(world.sample(s.corpus, world.cfg.seq_len, generator=gen), s.stride)
+    model, teacher_stride = load_teacher(s.source, world)
+    if s.stride % teacher_stride:
+        raise ConfigError(f"regime.stride={s.stride} is not a multiple of the teacher's stride {teacher_stride} "
+                          f"({s.source})")
+    length = math.ceil(world.cfg.seq_len / teacher_stride)  # the teacher's own strided sequence
+    out = []
+    for start in range(0, s.corpus, GENERATION_BATCH):
+        n = min(GENERATION_BATCH, s.corpus - start)
+        prompt = torch.full((n, 1), world.bos, dtype=torch.long)
+        tokens, _ = model.generate(prompt, length - 1, generator=gen)
+        out.append(torch.cat([prompt, tokens], 1)[:, ::s.stride // teacher_stride])
+    return torch.cat(out)
+
+
+class Jump(RegimeBase):
+    """Next-token cross-entropy on strided sequences of a fixed corpus (module docstring):
+
+        L = - mean_j log J(z_{j+1} | z_<=j)
+    A step reads batch_size * stride sequences, so every stride sees about as many targets per step."""
+
+    name = "jump"
+    Settings = JumpSettings
+
+    def __init__(self, world: World, settings: JumpSettings):
+        self.world, self.settings = world, settings
+        if settings.stride >= world.cfg.seq_len:
+            raise ConfigError(f"regime.stride={settings.stride} leaves no target in a world sequence of "
+                              f"world.seq_len={world.cfg.seq_len} tokens")
+        self.corpus: torch.Tensor | None = None
+
+    def setup(self, model, device):
+        self.corpus = teacher_corpus(self.world, self.settings)
+
+    def probe_families(self) -> tuple[str, ...]:
+        return (JUMP_PROBES,)
+
+    def updates(self, model, step: int, gen: torch.Generator) -> Iterator[Update]:
+        assert self.corpus is not None, "setup() draws the corpus"
+        B = self.settings.batch_size * self.settings.stride
+        rows = torch.randint(len(self.corpus), (B,), generator=cpu_generator(gen))
+        z = self.corpus[rows].to(device_of(model))
+        nll = F.cross_entropy(model(z[:, :-1])["logits"].flatten(0, 1).float(), z[:, 1:].flatten())
+        yield Update(nll, {"nll": nll.detach()}, z[:, 1:].numel())
