@@ -307,7 +307,9 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
     them, if > 0), each process with cores // ((lanes + cpu_lanes) x jobs) threads. `prior`: seconds per
     unit in the last sweep (last_sweep_seconds), for the time-left estimate before an experiment's first
     unit finishes.
-    Units that exit non-zero (a failed job, a signal) are appended to `failed_units` as (name, return code).
+    Units that exit non-zero (a failed job, a signal) are appended to `failed_units` as (name, return code);
+    a unit that needs one of them does not start (its checkpoints may be half-trained) and is appended with
+    the reason.
     On SIGINT / SIGTERM every running unit is stopped (its runs save a checkpoint) and Stopped is raised.
     Returns the seconds each experiment's units ran (summed over seeds: units of one experiment overlap)."""
     pending = [(exp, s) for exp in sorted(experiments, key=EXPERIMENTS.index) for s in range(seeds)]
@@ -343,6 +345,13 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
         exp, s = unit
         return all(need not in in_sweep or (need, s) in done for need in needed[exp])
 
+    unit_failed: set[tuple[str, int]] = set()  # units that exited non-zero: what needs them does not start
+
+    def blocked(unit) -> str | None:
+        exp, s = unit
+        bad = [f"{need} s{s}" for need in needed[exp] if (need, s) in unit_failed]
+        return ", ".join(bad) or None
+
     failed_units = failed_units if failed_units is not None else []
     received: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
@@ -367,7 +376,18 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
                     durations[(u.exp, u.seed)] = time.perf_counter() - u.t0
                 if u.proc.returncode != 0:
                     failed_units.append((u.name, u.proc.returncode))
+                    unit_failed.add((u.exp, u.seed))
                     progress(u, u.failure())
+            while any(blocked(unit) for unit in pending):  # and what needs those, in turn
+                exp, s = next(unit for unit in pending if blocked(unit))  # its checkpoints may be half-trained
+                with lock:
+                    pending.remove((exp, s))
+                    done.add((exp, s))
+                    unit_failed.add((exp, s))
+                reason = blocked((exp, s)) or ""
+                failed_units.append((f"{exp} s{s}", f"not started: {reason} did not finish"))
+                print(f"[{exp} s{s}] not started: the unit it needs ({reason}) failed, so its checkpoints may be "
+                      "half-trained; fix that unit and run the sweep again", flush=True)
             for exp, s in units_to_start(pending, [u.exp for u in running], ready, lanes, cpu_lanes):
                 with lock:
                     pending.remove((exp, s))
@@ -411,11 +431,12 @@ def log_report_to_wandb(out: Path, provenance: dict):
     tracker.finish()
 
 
-def print_failures(failed_jobs: list[Path], failed_units: list[tuple[str, int]]):
+def print_failures(failed_jobs: list[Path], failed_units: list[tuple[str, int | str]]):
     for p in failed_jobs:
         print(f"  FAILED job: {p} (see its summary.json)", file=sys.stderr)
     for name, code in failed_units:
-        print(f"  FAILED unit: {name} (exit code {code})", file=sys.stderr)
+        print(f"  FAILED unit: {name} " + (f"(exit code {code})" if isinstance(code, int) else f"({code})"),
+              file=sys.stderr)
 
 
 def main() -> int:

@@ -163,3 +163,83 @@ def test_a_model_holding_the_belief_decodes_the_skipped_tokens(probe_world, k):
     # the belief's gain over the one-hot token: the ceiling, up to the same noise (mean over the offsets)
     n = min(value(rows, f"jump/skipped/i={i}", "share") for i in skipped) * 512 * n_pos
     assert abs(value(rows, "jump/skipped", "simulation_index") - ceiling) < 8 * math.sqrt(0.25 / n) + 0.02
+
+
+# ---------------------------------------------------------------------------- the regime
+from dataclasses import asdict  # noqa: E402
+
+from instrumentality.errors import ConfigError  # noqa: E402
+from instrumentality.model import GPT, GPTConfig  # noqa: E402
+from instrumentality.regimes.jump import Jump, JumpSettings, checkpoint_stride, teacher_corpus  # noqa: E402
+from instrumentality.training.checkpoint import load_checkpoint  # noqa: E402
+from instrumentality.training.trainer import Trainer, TrainerConfig  # noqa: E402
+
+SMALL = WorldConfig(seq_len=32)
+
+
+def jump_trainer(out_dir, world, max_steps=6, **settings):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=world.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16))
+    s = JumpSettings(**{"corpus": 64, "batch_size": 4, **settings})
+    cfg = TrainerConfig(max_steps=max_steps, log_every=2, ckpt_every=3, warmup_steps=1, progress=False, seed=1)
+    run_config = {"world": asdict(world.cfg), "regime": {"name": "jump", **asdict(s)}}
+    return Trainer(model, Jump(world, s), cfg, out_dir, run_config=run_config)
+
+
+def test_settings_name_where_the_data_come_from():
+    with pytest.raises(ConfigError, match="regime.source must be null"):
+        JumpSettings(teacher="truth", route="direct", source="x.pt")
+    with pytest.raises(ConfigError, match="regime.source"):
+        JumpSettings(teacher="policy", route="direct")
+    with pytest.raises(ConfigError, match="regime.route"):
+        JumpSettings(route="sideways")
+    with pytest.raises(ConfigError, match="regime.stride=32 leaves no target"):
+        Jump(World(SMALL), JumpSettings(stride=32))
+    assert checkpoint_stride({"regime": {"name": "critic"}}) == 1  # a next-token model
+    assert checkpoint_stride({"regime": {"name": "jump", "stride": 4}}) == 4
+
+
+def test_the_world_corpus_is_the_strided_world_sample():
+    world = World(SMALL)
+    corpus = teacher_corpus(world, JumpSettings(stride=4, corpus=10, corpus_seed=7))
+    want = world.sample(10, 32, generator=torch.Generator().manual_seed(7))[:, ::4]
+    assert torch.equal(corpus, want) and corpus.shape == (10, 8)
+
+
+def test_a_jump_run_resumes_exactly(tmp_path):
+    world = World(SMALL)
+    straight = jump_trainer(tmp_path / "a", world, stride=2)
+    assert straight.fit()["status"] == "finished"
+    killed = jump_trainer(tmp_path / "b", world, stride=2)
+    assert killed.fit(stop_after=5)["status"] == "interrupted"
+    assert jump_trainer(tmp_path / "b", world, stride=2).fit()["status"] == "finished"
+    a, b = load_checkpoint(tmp_path / "a" / "checkpoint.pt"), load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+
+
+def test_a_distilled_stage_reads_its_finished_teacher_applied_twice(tmp_path):
+    """Stage 2k's corpus is the stage-k teacher's rollouts on its own strided sequence, every second token
+    kept: its length is that of stride 2k, it opens with <bos>, and it differs from the world's."""
+    world = World(SMALL)
+    jump_trainer(tmp_path / "k2", world, stride=2).fit()
+    source = str(tmp_path / "k2" / "checkpoint.pt")
+    corpus = teacher_corpus(world, JumpSettings(stride=4, route="distilled", source=source, corpus=300))
+    assert corpus.shape == (300, 8) and (corpus[:, 0] == world.bos).all()
+    assert not torch.equal(corpus, teacher_corpus(world, JumpSettings(stride=4, corpus=300)))
+    with pytest.raises(ConfigError, match="not a multiple of the teacher's stride 2"):
+        teacher_corpus(world, JumpSettings(stride=3, route="distilled", source=source, corpus=8))
+
+
+def test_a_teacher_that_is_missing_unfinished_or_of_another_world_is_refused(tmp_path):
+    world = World(SMALL)
+    settings = dict(stride=2, route="distilled", corpus=8)
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        teacher_corpus(world, JumpSettings(**settings, source=str(tmp_path / "none.pt")))
+    jump_trainer(tmp_path / "half", world, max_steps=9).fit(stop_after=4)  # checkpoint at step 3, running
+    with pytest.raises(ConfigError, match="has not finished"):
+        teacher_corpus(world, JumpSettings(**settings, source=str(tmp_path / "half" / "checkpoint.pt")))
+    other = World(WorldConfig(seq_len=32, seed=5))
+    jump_trainer(tmp_path / "other", other).fit()
+    with pytest.raises(ConfigError, match="trained on world"):
+        teacher_corpus(world, JumpSettings(**settings, source=str(tmp_path / "other" / "checkpoint.pt")))

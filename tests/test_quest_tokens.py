@@ -243,7 +243,7 @@ def test_quest_regime_starts_from_the_simulator_checkpoint(tmp_path):
     world = quest_world()
     tokens = QuestTokens(CFG, world.vocab_size)
     sim = quest_model(world, tokens)
-    save_checkpoint(tmp_path / "sim.pt", {"model": sim.state_dict()})
+    save_checkpoint(tmp_path / "sim.pt", {"model": sim.state_dict(), "status": {"status": "finished"}})
     model = quest_model(world, tokens)
     regime = Quest(world, QuestSettings(env=asdict(CFG), n_envs=8, init="simulator",
                                         init_checkpoint=str(tmp_path / "sim.pt")))

@@ -70,7 +70,7 @@ def test_reinforce_baselines_leave_the_mean_gradient_unchanged(tiny):
 def make_ref(tmp_path, world):
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=world.vocab_size, block_size=world.cfg.seq_len, n_layer=1, n_head=2, n_embd=16))
-    save_checkpoint(tmp_path / "ref.pt", {"model": model.state_dict()})
+    save_checkpoint(tmp_path / "ref.pt", {"model": model.state_dict(), "status": {"status": "finished"}})
     return model, tmp_path / "ref.pt"
 
 
@@ -88,6 +88,27 @@ def test_critic_regime_trains_and_keeps_the_reference_frozen(tmp_path, rollout, 
     moved = any(not torch.equal(p, ref_params[n]) for n, p in t.model.named_parameters())
     assert moved  # the policy moved away from pi_ref, which stayed where it was
     assert all(math.isfinite(r["train/loss"]) for r in t.history if "train/loss" in r)
+
+
+def test_critic_refuses_a_reference_that_did_not_finish_or_learned_another_world(tmp_path):
+    """pi_ref must be a finished run of the same world: a run stopped halfway (whose weights its next run
+    replaces) or a model of another world would make the critic's claims rest on the wrong model."""
+    from dataclasses import asdict
+
+    world = World(WorldConfig(seq_len=24))
+    model, _ = make_ref(tmp_path, world)
+    settings = dict(critic="truth", horizon=4, k_samples=2, n_prompts=8, fork_positions=[6, 10])
+    cases = {"unfinished": ({"status": "running"}, world, "has not finished"),
+             "other_world": ({"status": "finished"}, World(WorldConfig(seq_len=24, seed=9)), "trained on world"),
+             "missing": (None, world, "no checkpoint")}
+    for name, (status, made_on, message) in cases.items():
+        path = tmp_path / f"{name}.pt"
+        if status is not None:
+            save_checkpoint(path, {"model": model.state_dict(), "status": status,
+                                   "run_config": {"world": asdict(made_on.cfg)}})
+        regime = CriticRegime(world, CriticSettings(**settings, ref_checkpoint=str(path)))
+        with pytest.raises(ConfigError, match=message):
+            regime.setup(model, torch.device("cpu"))
 
 
 def test_leave_one_out_baseline_and_discounted_returns():

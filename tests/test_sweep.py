@@ -86,7 +86,24 @@ def test_units_wait_for_the_experiments_their_configs_need():
     for preset in ("quick", "full"):
         assert dict(zip(sweep.EXPERIMENTS, (sweep.needs(preset, e) for e in sweep.EXPERIMENTS))) == {
             "F1": (), "F2": ("F1",), "F8": (), "F4_simulator": (), "F3": ("F1",), "F8_critic": ("F8",),
-            "F4": ("F4_simulator",), "F4_goal": ("F4_simulator",), "F10": ("F4_simulator",), "F9": (), "F4_sb3": ()}
+            "F4": ("F4_simulator",), "F4_goal": ("F4_simulator",), "F10": ("F4_simulator",), "F9": (), "F11": ("F2",),
+            "F4_sb3": ()}
+
+
+def test_a_unit_whose_needed_unit_failed_does_not_start(tmp_path, monkeypatch, capsys):
+    """F1's unit fails (killed, or a job failed): its checkpoints may be half-trained, so F2, which starts
+    from them, does not start, nor F11, which needs F2; the sweep names them and why."""
+    sweep = load_script("sweep")
+    started = tmp_path / "started"
+    script = ("import sys, pathlib; exp = sys.argv[1]; p = pathlib.Path(sys.argv[2]); "
+              "p.write_text(p.read_text() + exp + ' ' if p.exists() else exp + ' '); sys.exit(1 if exp == 'F1' else 0)")
+    monkeypatch.setattr(sweep, "unit_command", lambda exp, s, *a: [sys.executable, "-c", script, exp, str(started)])
+    failed: list = []
+    sweep.run_units(["F1", "F2", "F11", "F9"], "debug", "basic", 1, 1, 1, tmp_path, [], failed_units=failed)
+    assert started.read_text().split() == ["F1", "F9"]  # F9 needs nothing: it runs
+    assert failed == [("F1 s0", 1), ("F2 s0", "not started: F1 s0 did not finish"),
+                      ("F11 s0", "not started: F2 s0 did not finish")]
+    assert "[F2 s0] not started: the unit it needs (F1 s0) failed" in capsys.readouterr().out
 
 
 def test_an_experiments_swept_values_come_from_its_config_and_the_command_line_wins(tmp_path):

@@ -181,11 +181,11 @@ class CriticRegime(EntropyCollapse, RegimeBase):
             self.first_token_of_marker[f.marker] = f.first_token
 
     def setup(self, model, device):
-        from instrumentality.training.checkpoint import load_checkpoint
+        from instrumentality.training.checkpoint import load_start
         from instrumentality.world.truth import TruthModel
 
         s = self.settings
-        ck = load_checkpoint(s.ref_checkpoint, map_location=device) if s.ref_checkpoint else None
+        ck = load_start(s.ref_checkpoint, "regime.ref_checkpoint", self.world, device) if s.ref_checkpoint else None
         if ck is not None and s.init == "reference":
             model.load_state_dict(ck["model"])
         if s.ref == "truth":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -75,22 +74,9 @@ def checkpoint_stride(run_config: dict) -> int:
 def load_teacher(path: str, world: World):
     """A finished run's model and stride, refused (ConfigError) if the run is missing, unfinished, of another
     world, or of another vocabulary."""
-    from instrumentality.training.checkpoint import load_checkpoint, model_from_checkpoint
-    from instrumentality.world import WorldConfig
+    from instrumentality.training.checkpoint import load_start, model_from_checkpoint
 
-    if not Path(path).exists():
-        raise ConfigError(f"regime.source: no checkpoint at {path}; train that run first (make sweep runs the "
-                          "experiments and F11's arms in order)")
-    ck = load_checkpoint(path)
-    status = ck.get("status", {}).get("status")
-    if status != "finished":
-        raise ConfigError(f"regime.source: {path} is a run that has not finished (status {status!r}); a student "
-                          "learns only from a finished teacher: run it to the end first")
-    teacher_world = World(WorldConfig(**{k: v for k, v in ck["run_config"]["world"].items() if k != "_target_"}))
-    if teacher_world.fingerprint() != world.fingerprint():
-        raise ConfigError(f"regime.source: {path} was trained on world {teacher_world.fingerprint()} (seed "
-                          f"{teacher_world.cfg.seed}), this run's world is {world.fingerprint()} (seed "
-                          f"{world.cfg.seed})")
+    ck = load_start(path, "regime.source", world)
     model = model_from_checkpoint(ck)
     if model.cfg.vocab_size != world.vocab_size:
         raise ConfigError(f"regime.source: {path} has a vocabulary of {model.cfg.vocab_size} tokens, the world "

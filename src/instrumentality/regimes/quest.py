@@ -101,10 +101,10 @@ class Quest(EntropyCollapse, RegimeBase):
         self.world, self.settings, self.tokens = world, settings, tokens
 
     def setup(self, model, device):
-        from instrumentality.training.checkpoint import load_checkpoint
+        from instrumentality.training.checkpoint import load_start
 
         if self.settings.init == "simulator":
-            ck = load_checkpoint(self.settings.init_checkpoint, map_location=device)
+            ck = load_start(self.settings.init_checkpoint, "regime.init_checkpoint", self.world, device)
             state = {k: v for k, v in ck["model"].items() if not k.startswith("value_head.")}
             model.load_state_dict(state, strict=False)
         add_value_head(model, device)

@@ -55,6 +55,32 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
                               "or it is damaged: delete it to start over") from e
 
 
+def load_start(path: str | os.PathLike, what: str, world=None, map_location="cpu") -> dict:
+    """A checkpoint another run starts from (a reference model, an initialisation, a teacher), named by the
+    setting `what`: it must load (load_checkpoint), be of a run that finished (not one stopped halfway, whose
+    weights a later run of it would replace), and, given `world`, of the same world. Else ConfigError."""
+    from instrumentality.errors import ConfigError
+    from instrumentality.world import World, WorldConfig
+
+    try:
+        ck = load_checkpoint(path, map_location=map_location)
+    except CheckpointError as e:
+        raise ConfigError(f"{what}: {e}; train that run first: `make sweep` runs the experiments in order, or run the "
+                          "experiment it comes from with --multirun (a single run writes a dated folder)") from None
+    status = (ck.get("status") or {}).get("status")
+    if status != "finished":
+        raise ConfigError(f"{what}: {path} is a run that has not finished (status {status!r}); a run starts only "
+                          "from a finished one: run it to the end first")
+    saved = (ck.get("run_config") or {}).get("world")
+    if world is not None and isinstance(saved, dict):
+        fields = {f for f in WorldConfig.__dataclass_fields__}
+        theirs = World(WorldConfig(**{k: v for k, v in saved.items() if k in fields}))
+        if theirs.fingerprint() != world.fingerprint():
+            raise ConfigError(f"{what}: {path} was trained on world {theirs.fingerprint()} (seed {theirs.cfg.seed}), "
+                              f"this run's world is {world.fingerprint()} (seed {world.cfg.seed})")
+    return ck
+
+
 def model_from_checkpoint(ck: dict):
     """The GPT a loaded checkpoint holds (its `model_config` and weights), in eval mode."""
     from instrumentality.model import GPT, GPTConfig
