@@ -222,3 +222,28 @@ def test_the_full_preset_gives_each_seed_its_own_world_and_the_quest_keeps_one(p
     for exp in ("F4", "F4_simulator", "F10", "F9"):
         assert composed(f"experiment={exp}", f"preset={preset}", "seed=3").world.seed == 0, exp
     assert composed("experiment=F1", f"preset={preset}", "seed=3", "world.seed=7").world.seed == 7
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("run_name=../../x", "run_name must be one folder name"),
+    ("exp_name=a/b", "exp_name must be one folder name"),
+    ("run_name=" + "a" * 300, "run_name must be at most 200 characters"),
+    ("+batchsize=32", "no setting reads 'batchsize', so the value would be ignored (did you mean batch_size?)"),
+])
+def test_a_bad_command_line_is_one_line_before_hydra_composes(arg, message, capsys):
+    from instrumentality.train import check_command_line
+
+    with pytest.raises(SystemExit) as e:
+        check_command_line(["preset=debug", arg])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    # what is allowed passes: a config group added with +, a setting inside one, a plain name
+    check_command_line(["+quest=small", "+world.prophecies=[0.5]", "run_name=mine-1", "++batch_size=8"])
+
+
+def test_an_unknown_quest_setting_is_named():
+    from instrumentality.envs.tokens import quest_tokens
+
+    with pytest.raises(ConfigError, match="quest.foo is not a setting of quest"):
+        quest_tokens({"size": 5, "foo": 1}, 10)

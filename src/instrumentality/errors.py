@@ -97,9 +97,15 @@ def check_dataclass_types(obj, group: str):
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.,=+@-]*$")
 
 
+NAME_MAX = 200  # characters: a folder name (at most 255 bytes on common filesystems) with room for a date prefix
+
+
 def check_name(value, key: str) -> str:
-    """A name that becomes one folder: letters, digits and _ . , = + @ -, no path separator, not '..'."""
+    """A name that becomes one folder: letters, digits and _ . , = + @ -, no path separator, not '..', at
+    most NAME_MAX characters."""
     if not isinstance(value, str) or not NAME_PATTERN.match(value) or ".." in value:
         raise ConfigError(f"{key} must be one folder name (letters, digits and _ . , = + @ -; no '/' and no "
                           f"'..'); got {value!r}")
+    if len(value) > NAME_MAX:
+        raise ConfigError(f"{key} must be at most {NAME_MAX} characters (it names a folder); got {len(value)}")
     return value

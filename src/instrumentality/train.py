@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from instrumentality.configs import CONFIG_DIR
-from instrumentality.errors import ConfigError, DataFileError
+from instrumentality.errors import ConfigError, DataFileError, check_name
 from instrumentality.evaluation.probe_set import ProbeConfig
 from instrumentality.evaluation.table import ROWS, write_run_rows
 from instrumentality.files import Locked, file_lock, read_json, remove_stale_temporaries, write_json
@@ -201,5 +201,40 @@ def main(cfg: DictConfig) -> float | None:
     return m.get("probe/calibration/excess_nll")
 
 
-if __name__ == "__main__":
+GROUPS = {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()}  # config groups: `+quest=small` selects one
+
+
+def check_command_line(args: list[str]) -> None:
+    """Before Hydra composes (its errors there are long tracebacks): run_name and exp_name, which name
+    folders, and keys added with `+` that nothing reads. A `+key=value` whose key is neither a config group
+    nor inside one (`+quest=small`, `+world.prophecies=[...]`: the group's settings check their keys) would
+    be kept and ignored, so `+batchsize=32` would train with batch_size 64: it is refused. One line, exit 2."""
+    import difflib
+
+    known = set(OmegaConf.load(Path(CONFIG_DIR) / "train.yaml")) | GROUPS
+    try:
+        for arg in args:
+            key, eq, value = arg.partition("=")
+            if not eq or arg.startswith("-"):
+                continue
+            plain_key = key.lstrip("+~")
+            if plain_key in ("run_name", "exp_name") and "${" not in value:
+                check_name(value, plain_key)
+            root = plain_key.split(".")[0].split("@")[0]
+            if key.startswith("+") and not key.startswith("++") and root not in known and "/" not in root:
+                close = difflib.get_close_matches(root, sorted(known), n=1)
+                raise ConfigError(f"+{plain_key}: no setting reads {root!r}, so the value would be ignored"
+                                  + (f" (did you mean {close[0]}?)" if close else ""))
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cli() -> None:
+    """The command line (`python -m instrumentality.train`, `instrumentality-train`)."""
+    check_command_line(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from instrumentality.envs.agents import QUEST_COUNTS, QUEST_METRICS, Explorer
 from instrumentality.envs.batched import BatchedClueQuest
 from instrumentality.envs.cluequest import ACTIONS, ClueQuestEnv, QuestConfig
+from instrumentality.errors import check_types
 from instrumentality.files import write_atomic
 
 R = 2  # offsets are clipped to [-R, R] per axis
@@ -131,8 +132,10 @@ class QuestTokens:
 def quest_tokens(quest: dict | QuestConfig | None, world_vocab_size: int) -> QuestTokens | None:
     if quest is None:
         return None
-    cfg = quest if isinstance(quest, QuestConfig) else QuestConfig(**quest)
-    return QuestTokens(cfg, world_vocab_size)
+    if not isinstance(quest, QuestConfig):
+        check_types(QuestConfig, dict(quest), "quest")  # an unknown key (`+quest.foo=1`) is one line, not a TypeError
+        quest = QuestConfig(**quest)
+    return QuestTokens(quest, world_vocab_size)
 
 
 # ---------------------------------------------------------------------- transcripts (the world's quest segment)
