@@ -21,7 +21,7 @@ def main() -> int:
         return 2
     prov = folder / "provenance.json"
     try:
-        report = write_report(csv, folder, read_json(prov, "provenance record") if prov.exists() else None)
+        report = write_report(csv, folder, read_json(prov, "provenance record", dict) if prov.exists() else None)
     except DataFileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -111,7 +111,7 @@ def main() -> int:
         if not args.more:
             print(f"{out}: finished before, not trained again (--more trains it further)")
             return 0
-        before = read_json(summary, "SB3 run summary")
+        before = read_json(summary, "SB3 run summary", dict)
     from instrumentality.envs.sb3 import PPO_DEFAULTS, eval_on_probes, hyperparameters, train
 
     ppo = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.ppo)}

@@ -271,3 +271,17 @@ def test_the_beta_one_arm_and_the_learned_critic_are_their_own_rows_not_more_see
     text = write_report(csv, tmp_path).read_text()
     assert "| 1 | 8.32 | -12.00, -14.00, 5.00, 6.00, 7.00, 8.00 | 4 | 2 | 0 |" in text  # easy, hard, neither
     assert (tmp_path / "figures" / "F2_split_beta.png").stat().st_size > 1000
+
+
+def test_a_record_file_holding_another_kind_of_json_is_one_clear_error(tmp_path):
+    """provenance.json, summary.json, a probe manifest: each must hold an object; a list is named, not a
+    TypeError later."""
+    from instrumentality.errors import DataFileError
+    from instrumentality.files import read_json
+
+    path = tmp_path / "provenance.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(DataFileError, match="provenance record must hold a JSON object, not a list"):
+        read_json(path, "provenance record", dict)
+    path.write_text('{"preset": "quick"}')
+    assert read_json(path, "provenance record", dict) == {"preset": "quick"}

@@ -44,17 +44,22 @@ def write_json(path: str | os.PathLike, obj, **kwargs) -> Path:
     return write_atomic(path, json.dumps(obj, indent=2, **kwargs) + "\n")
 
 
-def read_json(path: str | os.PathLike, what: str = "file"):
-    """The JSON in `path`; a missing, unreadable or damaged file raises DataFileError naming it."""
+def read_json(path: str | os.PathLike, what: str = "file", kind: type | None = None):
+    """The JSON in `path`; a missing, unreadable or damaged file, or (given `kind`, e.g. dict) one that holds
+    another kind of value, raises DataFileError naming it."""
     path = Path(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise DataFileError(f"{path}: cannot read this {what} ({e})") from e
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except ValueError as e:
         raise DataFileError(f"{path}: this {what} is not valid JSON ({e}); delete it to start over") from e
+    if kind is not None and not isinstance(value, kind):
+        raise DataFileError(f"{path}: this {what} must hold a JSON {'object' if kind is dict else kind.__name__}, "
+                            f"not a {type(value).__name__}; delete it to start over")
+    return value
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, name: str) -> list[Path]:

@@ -74,7 +74,7 @@ def previous_summary(out_dir: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        return read_json(path, "run summary")
+        return read_json(path, "run summary", dict)
     except DataFileError as e:
         log.warning(f"{e}; it will be written anew")
         return None

@@ -99,7 +99,7 @@ class ProbeSet:
     @classmethod
     def load(cls, folder: str | Path, world: World | None = None) -> ProbeSet:
         folder = Path(folder)
-        manifest = read_json(folder / "manifest.json", "probe set manifest")
+        manifest = read_json(folder / "manifest.json", "probe set manifest", dict)
         try:
             tensors = torch.load(folder / "probes.pt", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure to read is a damaged file

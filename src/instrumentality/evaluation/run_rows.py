@@ -211,7 +211,7 @@ def evaluate_run(run_dir: Path, probe_cache: str | None = None, recompute: bool 
     stored = None if recompute else read_run_rows(run_dir, source)
     if stored is not None:
         return stored
-    summary = read_json(run_dir / "summary.json", "run summary") if (run_dir / "summary.json").exists() else {}
+    summary = read_json(run_dir / "summary.json", "run summary", dict) if (run_dir / "summary.json").exists() else {}
     if "agent" in summary:  # a scripted or SB3 quest agent
         rows = agent_run_rows(run_dir, summary)
         log_agent(run_dir, summary, rows)

@@ -135,7 +135,7 @@ def read_run_rows(run_dir: Path, source: str | None = None) -> pd.DataFrame | No
     if not (run_dir / ROWS_META).exists() or not (run_dir / ROWS).exists():
         return None
     try:
-        meta = read_json(run_dir / ROWS_META, "rows record")
+        meta = read_json(run_dir / ROWS_META, "rows record", dict)
         if meta.get("eval_version") != EVAL_VERSION or meta.get("source") != (source or source_digest(run_dir)):
             return None
         df = pd.read_csv(run_dir / ROWS, float_precision="round_trip")
