@@ -409,16 +409,34 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
     return {exp: sum(v for (e, _), v in durations.items() if e == exp) for exp in experiments}
 
 
-def log_report_to_wandb(out: Path, provenance: dict):
+def tracking_mode(overrides: list[str]) -> str:
+    """The W&B mode the sweep's runs log in, as its overrides for every experiment set it (logger=none,
+    logger.mode=...): the report run logs the same way."""
+    mode = "auto"
+    for o in unit_overrides(overrides):
+        key, _, value = o.lstrip("+").partition("=")
+        if key == "logger":
+            mode = "disabled" if value == "none" else mode
+        elif key == "logger.mode":
+            mode = value
+    return mode
+
+
+def log_report_to_wandb(out: Path, provenance: dict, mode: str = "auto", runs_root: Path = ROOT / "runs"):
     """One W&B run per sweep, in the preset's project (group and job type `report`): the figures as images,
-    the claims as a table, and results.csv, REPORT.md and the figures as one artifact."""
+    the claims as a table, and results.csv, REPORT.md and the figures as one artifact. Not with `mode`
+    disabled (logger=none); its offline files go under runs_root/wandb-report."""
+    if mode == "disabled":
+        return
     from instrumentality.report import claims, load
     from instrumentality.tracking import Tracker, wandb_project
 
     preset = provenance["preset"]
-    tracker = Tracker(mode="auto", project=wandb_project(preset), group="report", job_type="report",
+    folder = runs_root / "wandb-report"
+    folder.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(mode=mode, project=wandb_project(preset), group="report", job_type="report",
                       name=f"report-{preset}", tags=[f"rev:{provenance['git_revision']}", f"preset:{preset}", "report"],
-                      config=provenance, dir=ROOT / "runs" / "wandb-report")
+                      config=provenance, dir=folder)
     tracker.log_artifact(f"results-{preset}", "results", [out / "results.csv", out / "REPORT.md",
                                                            out / "provenance.json", out / "figures"],
                          f"the {preset} sweep's results table, report and figures")
@@ -515,7 +533,7 @@ def main() -> int:
     from instrumentality.report import write_report
 
     report = write_report(out / "results.csv", out, provenance)
-    log_report_to_wandb(out, provenance)
+    log_report_to_wandb(out, provenance, tracking_mode(args.overrides), runs_root)
     failed = [p.parent for p in (runs_root / args.preset).rglob("summary.json")
               if '"status": "failed"' in p.read_text(errors="replace")]
     print(f"\nwrote {out / 'results.csv'}, {report}, {out / 'figures'}/ in {provenance['total_wall_s'] / 60:.1f} min")

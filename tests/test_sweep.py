@@ -257,3 +257,12 @@ def test_the_sb3_unit_scores_the_baselines_so_the_evaluation_only_collects_them(
     assert without["quest/interruptible"] == pytest.approx(
         solve(cfg, seeds, "interruptible", allow_disable=False).value.mean())
     assert without["quest/interruptible"] < bound["quest/interruptible"]
+
+
+def test_logger_none_reaches_the_report_run_and_its_files_follow_runs_root(tmp_path):
+    sweep = load_script("sweep")
+    assert sweep.tracking_mode(["logger=none"]) == "disabled"
+    assert sweep.tracking_mode(["logger.mode=offline", "seed=1"]) == "offline"
+    assert sweep.tracking_mode(["F2:logger=none"]) == "auto"  # the other experiments' runs still log
+    sweep.log_report_to_wandb(tmp_path / "results", {"preset": "debug"}, "disabled", tmp_path / "runs")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
