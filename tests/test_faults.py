@@ -486,3 +486,38 @@ def test_without_a_server_wandb_logs_offline_and_a_resumed_run_continues_one_wan
     offline = sorted((folder / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(p.name.endswith(run_id) for p in offline)
     assert load_checkpoint(folder / CHECKPOINT_NAME)["step"] == 8
+
+
+def test_a_server_that_answers_with_an_error_falls_back_to_offline(tmp_path):
+    """A W&B server that accepts the connection but answers every request with HTTP 404 (a local server on
+    127.0.0.1): one warning line, and the run logs offline instead of dying in wandb.init."""
+    import http.server
+    import threading
+
+    class NotFound(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the handler's protocol
+            self.send_response(404)
+            self.end_headers()
+            self.wfile.write(b"not found")
+
+        do_POST = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**os.environ, "WANDB_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}", "WANDB_API_KEY": "x" * 40}
+    env.pop("WANDB_MODE", None)
+    script = ("from instrumentality.tracking import Tracker; "
+              f"t = Tracker(mode='online', project='p', dir={str(tmp_path)!r}); "
+              "t.log({'train/loss': 1.0}, step=0); print('mode', t.mode); t.finish()")
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "the W&B server answered with an error" in proc.stderr and "logging offline" in proc.stderr
+    assert "mode offline" in proc.stdout
+    assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1

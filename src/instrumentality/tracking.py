@@ -2,10 +2,11 @@
 
 mode: "auto" = online when an API key is configured, offline otherwise (sync later with `wandb sync`);
 "online", "offline", or "disabled" (unit tests, debug preset). Online falls back to offline, with one
-warning line, when the server does not accept a connection within a few seconds. A run folder keeps its
-W&B run id, so a resumed run continues its W&B run. Metrics are namespaced by the caller: train/, probe/,
-probe_ci/ (the probes' 95% interval bounds), env/, perf/. A training run is found by project (one per
-preset), group (its experiment arm: the run name without the seed), job type (its regime) and tags.
+warning line, when the server does not accept a connection within a few seconds or answers with an error.
+A run folder keeps its W&B run id, so a resumed run continues its W&B run. Metrics are namespaced by the
+caller: train/, probe/, probe_ci/ (the probes' 95% interval bounds), env/, perf/. A training run is found by
+project (one per preset), group (its experiment arm: the run name without the seed), job type (its regime)
+and tags.
 """
 
 from __future__ import annotations
@@ -111,10 +112,23 @@ class Tracker:
         import wandb
 
         Path(dir).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=project, group=group, name=name, tags=[t for t in (tags or []) if t],
-                              config=config, dir=str(dir), mode=self.mode,  # type: ignore[arg-type]
+
+        def init(mode: str):
+            return wandb.init(project=project, group=group, name=name, tags=[t for t in (tags or []) if t],
+                              config=config, dir=str(dir), mode=mode,  # type: ignore[arg-type]
                               id=run_id, resume="allow", reinit="finish_previous", job_type=job_type,
                               settings=wandb.Settings(silent=True))
+
+        try:
+            self.run = init(self.mode)
+        except Exception as e:  # noqa: BLE001 - whatever a server that answers with an error raises
+            if self.mode != "online":
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            print(f"warning: the W&B server answered with an error ({type(e).__name__}: {first}); logging offline "
+                  "instead (`wandb sync` the run folder's wandb/ later)", file=sys.stderr, flush=True)
+            self.mode = "offline"
+            self.run = init(self.mode)
         if x_axis is not None:
             self.run.define_metric(x_axis)
             for section in ("train/*", "perf/*"):
