@@ -261,6 +261,8 @@ def test_the_rows_a_run_stores_at_the_end_of_training_are_what_evaluating_its_ch
     cache = str(tmp_path / "probes")
     stored = read_run_rows(out)
     assert stored is not None
+    # a copied folder's rows are its own (its folder names the run), not the original's: no "mixed" runs
+    assert set(stored.run_id) == {f"{tmp_path.name}/run"} != set(pd.read_csv(src / ROWS).run_id)
     fresh = pd.DataFrame(evaluate_checkpoint(out, cache))
     stored, fresh = (d.sort_values(["probe", "metric", "step"]).reset_index(drop=True) for d in (stored, fresh))
     assert len(fresh) == len(stored) > 50 and {"lookahead/k=2/layer=0", "rollouts/p=0.5"} <= set(fresh.probe)

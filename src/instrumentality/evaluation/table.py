@@ -141,7 +141,10 @@ def read_run_rows(run_dir: Path, source: str | None = None) -> pd.DataFrame | No
         df = pd.read_csv(run_dir / ROWS, float_precision="round_trip")
     except (DataFileError, ValueError, OSError):
         return None
-    return df if len(df) == meta.get("rows") and _complete(df).all() else None
+    if len(df) != meta.get("rows") or not _complete(df).all():
+        return None
+    # a folder copied or renamed keeps its rows, computed from the same checkpoint: they are this folder's
+    return df.assign(run_id=run_id_of(run_dir)) if "run_id" in df else None
 
 
 # ---------------------------------------------------------------------------- the table
