@@ -521,3 +521,30 @@ def test_a_server_that_answers_with_an_error_falls_back_to_offline(tmp_path):
     assert "the W&B server answered with an error" in proc.stderr and "logging offline" in proc.stderr
     assert "mode offline" in proc.stdout
     assert len(list((tmp_path / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_nothing_is_written_through_a_link_in_a_run_folder(tmp_path):
+    """A run folder whose run.lock or train.log is a symbolic link is refused before anything is written:
+    the pid, or log lines, would land in the file the link points to."""
+    from hydra import compose, initialize_config_dir
+
+    from instrumentality.configs import CONFIG_DIR
+    from instrumentality.errors import DataFileError
+    from instrumentality.files import file_lock
+    from instrumentality.train import run
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's\n")
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["preset=debug", "logger=none", "trainer.progress=false"])
+    for name in ("run.lock", "train.log"):
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        (folder / name).symlink_to(victim)
+        with pytest.raises(DataFileError, match=f"symbolic links \\({name}\\)"):
+            run(cfg, folder)
+    (tmp_path / "elsewhere.lock").symlink_to(victim)
+    with pytest.raises(DataFileError, match="is a symbolic link"):
+        with file_lock(tmp_path / "elsewhere"):
+            pass
+    assert victim.read_text() == "someone else's\n"

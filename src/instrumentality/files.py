@@ -82,7 +82,13 @@ def file_lock(path: str | os.PathLike, wait_s: float | None = None, what: str = 
     otherwise Locked is raised after wait_s seconds, naming the holder's pid where it wrote one."""
     lock_path = Path(str(path) + ".lock")
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # O_NOFOLLOW: a lock file that is a link would have the pid written through it into another file
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataFileError(f"{lock_path} is a symbolic link: this suite writes only the files of its own "
+                                "folders; remove the link") from None
+        raise
     try:
         deadline = None if wait_s is None else time.monotonic() + wait_s
         while True:

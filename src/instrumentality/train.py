@@ -80,12 +80,21 @@ def previous_summary(out_dir: Path) -> dict | None:
         return None
 
 
+def linked_files(out_dir: Path) -> list[str]:
+    """The entries of a run folder that are symbolic links (sorted names)."""
+    return sorted(p.name for p in out_dir.iterdir() if p.is_symlink()) if out_dir.is_dir() else []
+
+
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Train the run of `cfg` in `out_dir` (resuming what is there), evaluate it, and write its rows and
     summary.json. Refuses a folder that another process is training, or that holds another config's run."""
     out_dir = Path(out_dir)
     check_run_values(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
+    links = linked_files(out_dir)
+    if links:  # the run writes these files: through a link it would write into another folder's
+        raise DataFileError(f"run folder {out_dir} holds symbolic links ({', '.join(links)}): a run writes only "
+                            "its own files; remove the links")
     try:
         with file_lock(out_dir / "run", wait_s=0, what="run folder"):
             return _run_locked(cfg, out_dir)
@@ -171,6 +180,11 @@ class JobFailed(RuntimeError):
 def main(cfg: DictConfig) -> float | None:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if linked_files(out_dir):  # the log file may be a link: say why the run is refused on the console only
+        for handler in list(logging.getLogger().handlers):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == out_dir.resolve():
+                logging.getLogger().removeHandler(handler)
+                handler.close()
     stop_on_signals()
     if stop_requested():  # stopped between two jobs of a multirun: start no more
         sys.exit(128 + signal.SIGTERM)
