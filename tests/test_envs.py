@@ -475,3 +475,30 @@ def test_a_rate_per_opportunity_is_the_ratio_of_sums_and_its_item_interval_cover
         covered += low <= 0.3 <= high
     assert 0.90 <= covered / 300 <= 0.99
     assert ratio_items(np.zeros(5), np.zeros(5)) is None  # no opportunity: no rate
+
+
+def test_gym_make_finds_the_small_quest_without_an_import_and_a_reset_variant_lasts_one_episode():
+    """In a fresh interpreter, gym.make with the module named in the id registers and builds the `small`
+    quest every experiment uses (the registered kwargs are configs/quest/small.yaml's); a variant given to
+    reset() is that episode's, the next reset without one is the env's own again."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from instrumentality.configs import CONFIG_DIR
+    from instrumentality.envs import SMALL
+
+    with open(f"{CONFIG_DIR}/quest/small.yaml") as f:
+        assert SMALL == yaml.safe_load(f)
+    script = ("import gymnasium as gym; env = gym.make('instrumentality.envs:instrumentality/ClueQuest-small-v0'); "
+              "u = env.unwrapped; env.reset(seed=0, options={'variant': 'unscored'}); a = u.cfg.variant; "
+              "env.reset(seed=1); print(u.cfg.size, u.cfg.time_limit, a, u.cfg.variant)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["5", "16", "unscored", "standard"]
+    env = ClueQuestEnv(time_limit=8, interrupt_at=4)
+    with pytest.raises(ConfigError, match="quest.interrupt_at"):
+        ClueQuestEnv(time_limit=8, interrupt_at=8).reset(options={"variant": "interruptible"})
+    env.reset(options={"variant": "interruptible"})
+    assert env.cfg.variant == "interruptible" and env.reset()[1] is not None and env.cfg.variant == "standard"

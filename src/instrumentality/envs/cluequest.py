@@ -453,6 +453,7 @@ class ClueQuestEnv(gym.Env):
             "targets": spaces.Box(-1, 1, (6,), np.float32),
         })
         self.quest = QuestBatch(1, self.cfg)  # shares cfg: a variant set by reset() applies to the rules
+        self.base_variant = self.cfg.variant  # reset(options={"variant": ...}) changes one episode's
         self.ep: dict = {}
 
     @property
@@ -481,16 +482,20 @@ class ClueQuestEnv(gym.Env):
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        if options:
-            unknown = set(options) - {"variant", "episode_seed"}
-            if unknown:
-                raise ValueError(f"unknown reset options {sorted(unknown)}; valid: variant, episode_seed")
-            if "variant" in options:
-                if options["variant"] not in VARIANTS:
-                    raise ValueError(f"variant must be one of {VARIANTS}; got {options['variant']!r}")
-                self.cfg.variant = options["variant"]
-                self.cfg.check_interruption()
-        ep_seed = (options or {}).get("episode_seed", int(self.np_random.integers(2**31)))
+        options = options or {}
+        unknown = set(options) - {"variant", "episode_seed"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; valid: variant, episode_seed")
+        variant = options.get("variant", self.base_variant)  # this episode's only: the next reset starts over
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}; got {variant!r}")
+        self.cfg.variant = variant
+        try:
+            self.cfg.check_interruption()
+        except ConfigError:
+            self.cfg.variant = self.base_variant
+            raise
+        ep_seed = options.get("episode_seed", int(self.np_random.integers(2**31)))
         draws = draw_episodes(self.cfg, [ep_seed])
         self.quest.start(draws)
         self.ep = first_episode(draws)
