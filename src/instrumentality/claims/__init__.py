@@ -7,17 +7,18 @@
     prophecy.py      C9 (F9) and figure F9
     interruption.py  C10 (F10; F4's agents zero-shot) and figure F10
     distillation.py  C11 (F11; F2's policy as the instrumental teacher) and figure F11
+    overview.py      no claims: the headline figure F0 (instrumental steering across F1, F2 and F11)
     agent_scores.py  F4's rliable aggregates
 
 FAMILIES is the registry: every run of a results table belongs to the experiment one family owns, and
 report.py only loops over them. A new family is a module that defines FAMILY, and one line here.
 """
 
-from instrumentality.claims import cognition, distillation, interruption, prophecy, quest, world
+from instrumentality.claims import cognition, distillation, interruption, overview, prophecy, quest, world
 from instrumentality.claims.algebra import ClaimFamily
 
 FAMILIES: tuple[ClaimFamily, ...] = (world.FAMILY, quest.FAMILY, cognition.FAMILY, prophecy.FAMILY,
-                                     interruption.FAMILY, distillation.FAMILY)
+                                     interruption.FAMILY, distillation.FAMILY, overview.FAMILY)
 
 
 def owner(experiment: str) -> ClaimFamily | None:
