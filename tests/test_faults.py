@@ -103,6 +103,10 @@ def test_multirun_jobs_that_would_share_a_folder_are_refused_and_the_multirun_fa
     assert ck["run_config"]["trainer"]["lr"] == 1e-3  # the first job's run, untouched by the second
     summary = json.loads((tmp_path / "debug" / "adhoc" / "supervised-s0" / "summary.json").read_text())
     assert summary["status"]["status"] == "finished"  # not overwritten by the refused job
+    # Hydra wrote the refused job's .hydra/ files before it started; the run's own are put back
+    hydra_dir = tmp_path / "debug" / "adhoc" / "supervised-s0" / ".hydra"
+    assert "trainer.lr=0.001" in (hydra_dir / "overrides.yaml").read_text()  # the sweeper writes the value so
+    assert "lr: 0.001" in (hydra_dir / "config.yaml").read_text()
 
 
 def test_a_folder_being_trained_is_refused_to_a_second_process(tmp_path):

@@ -23,7 +23,7 @@ from instrumentality.configs import CONFIG_DIR
 from instrumentality.errors import ConfigError, DataFileError, check_name
 from instrumentality.evaluation.probe_set import ProbeConfig
 from instrumentality.evaluation.table import ROWS, write_run_rows
-from instrumentality.files import Locked, file_lock, read_json, remove_stale_temporaries, write_json
+from instrumentality.files import Locked, file_lock, read_json, remove_stale_temporaries, write_atomic, write_json
 from instrumentality.model import cognition as model_cognition
 from instrumentality.regimes import WORLD_PROBES, Regime
 from instrumentality.tracking import Tracker, git_revision, wandb_group, wandb_project, wandb_run_id
@@ -171,6 +171,28 @@ def record_failure(cfg: DictConfig, out_dir: Path, error: BaseException):
     write_json(out_dir / "summary.json", summary, default=str)
 
 
+HYDRA_FILES = ("config.yaml", "hydra.yaml", "overrides.yaml")  # what Hydra writes into <run>/.hydra/ per job
+KEPT = "run"  # <run>/.hydra/run/: the copy of the files of the job that trained the run
+
+
+def keep_hydra_files(out_dir: Path) -> None:
+    """After a job the run accepted: a copy of its .hydra/ files, so that a later job the run refuses (Hydra
+    writes its files before the job starts) can put the run's own back."""
+    hydra_dir = out_dir / ".hydra"
+    if (hydra_dir / "config.yaml").exists():
+        for name in HYDRA_FILES:
+            if (hydra_dir / name).exists():
+                write_atomic(hydra_dir / KEPT / name, (hydra_dir / name).read_bytes())
+
+
+def restore_hydra_files(out_dir: Path) -> None:
+    """After a refused job: the run's own .hydra/ files back (where a copy was kept)."""
+    kept = out_dir / ".hydra" / KEPT
+    for name in HYDRA_FILES:
+        if (kept / name).exists():
+            write_atomic(out_dir / ".hydra" / name, (kept / name).read_bytes())
+
+
 class JobFailed(RuntimeError):
     """A job of a multirun failed (its error is printed and in its summary.json): raised after the job so
     that Hydra runs the other jobs and then exits non-zero."""
@@ -190,8 +212,11 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(128 + signal.SIGTERM)
     try:
         summary = run(cfg, out_dir)
+        keep_hydra_files(out_dir)
     except (ConfigError, DataFileError, CheckpointError, InstantiationException) as e:
         cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
+        if isinstance(cause, FolderConflict):  # Hydra wrote the refused job's config over the run's
+            restore_hydra_files(out_dir)
         if isinstance(e, InstantiationException) and not isinstance(cause, ConfigError):
             raise cause from None  # an error while building the regime that is not a bad value
         kind = "configuration error" if isinstance(cause, ConfigError) else "error"
