@@ -229,6 +229,9 @@ def test_the_full_preset_gives_each_seed_its_own_world_and_the_quest_keeps_one(p
     ("exp_name=a/b", "exp_name must be one folder name"),
     ("run_name=" + "a" * 300, "run_name must be at most 200 characters"),
     ("+batchsize=32", "no setting reads 'batchsize', so the value would be ignored (did you mean batch_size?)"),
+    ("regime=critic_settings", "regime=critic_settings is the settings schema of regime critic, not a regime: use "
+                               "regime=critic"),
+    ("+sb3=cluequest", "holds the SB3 agent's hyperparameters for scripts/train_sb3.py"),
 ])
 def test_a_bad_command_line_is_one_line_before_hydra_composes(arg, message, capsys):
     from instrumentality.train import check_command_line

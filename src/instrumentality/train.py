@@ -259,6 +259,12 @@ def check_command_line(args: list[str]) -> None:
             plain_key = key.lstrip("+~")
             if plain_key in ("run_name", "exp_name") and "${" not in value:
                 check_name(value, plain_key)
+            if plain_key == "regime" and value.endswith("_settings"):  # a schema node Hydra lists in --help
+                raise ConfigError(f"regime={value} is the settings schema of regime {value[:-9]}, not a regime: "
+                                  f"use regime={value[:-9]}")
+            if plain_key == "sb3":
+                raise ConfigError("configs/sb3/ holds the SB3 agent's hyperparameters for scripts/train_sb3.py, not a "
+                                  "setting of a training run")
             root = plain_key.split(".")[0].split("@")[0]
             if key.startswith("+") and not key.startswith("++") and root not in known and "/" not in root:
                 close = difflib.get_close_matches(root, sorted(known), n=1)
