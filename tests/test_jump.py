@@ -243,3 +243,21 @@ def test_a_teacher_that_is_missing_unfinished_or_of_another_world_is_refused(tmp
     jump_trainer(tmp_path / "other", other).fit()
     with pytest.raises(ConfigError, match="trained on world"):
         teacher_corpus(world, JumpSettings(**settings, source=str(tmp_path / "other" / "checkpoint.pt")))
+
+
+def test_a_teachers_rollouts_are_kept_and_shared_by_its_arms(tmp_path, capsys):
+    """With corpus_cache, the arms that read one teacher (stride 4 and 8 from a stride-2 teacher) draw its
+    rollouts once: the kept file gives exactly the corpus drawn without it; a damaged file is drawn again."""
+    world = World(SMALL)
+    jump_trainer(tmp_path / "k2", world, stride=2).fit()
+    source, cache = str(tmp_path / "k2" / "checkpoint.pt"), str(tmp_path / "cache")
+    fresh = {k: teacher_corpus(world, JumpSettings(stride=k, route="distilled", source=source, corpus=40))
+             for k in (4, 8)}
+    kept = {k: teacher_corpus(world, JumpSettings(stride=k, route="distilled", source=source, corpus=40,
+                                                  corpus_cache=cache)) for k in (4, 8)}
+    [path] = list((tmp_path / "cache").iterdir())  # one file for both arms
+    assert all(torch.equal(fresh[k], kept[k]) for k in (4, 8))
+    path.write_bytes(b"damaged")
+    again = teacher_corpus(world, JumpSettings(stride=8, route="distilled", source=source, corpus=40,
+                                               corpus_cache=cache))
+    assert torch.equal(again, fresh[8]) and "cannot be read" in capsys.readouterr().err

@@ -19,14 +19,20 @@ the same amount of data. The student never sees a reward: it predicts what its t
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import math
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from instrumentality.errors import ConfigError
+from instrumentality.files import write_atomic
 from instrumentality.model import device_of
 from instrumentality.regimes.base import (
     JUMP_PROBES,
@@ -52,6 +58,9 @@ class JumpSettings:
     source: str | None = None
     corpus: int = field(default=16384, metadata=POSITIVE)  # teacher sequences, drawn once
     corpus_seed: int = 0
+    # folder a checkpoint teacher's rollouts are kept in (None: not kept), keyed by the checkpoint's sha256 and
+    # everything else they depend on: the arms that subsample one teacher's text (direct k = 1, 2, 4, 8) draw it once
+    corpus_cache: str | None = None
     batch_size: int = field(default=64, metadata=POSITIVE)  # sequences per step at stride 1; stride k: k times as many
 
     def __post_init__(self):
@@ -85,23 +94,56 @@ def load_teacher(path: str, world: World):
 
 
 @torch.no_grad()
-def teacher_corpus(world: World, s: JumpSettings) -> torch.Tensor:
-    """The student's training sequences [corpus, ceil(seq_len / k)], strided, drawn once from corpus_seed."""
-    gen = torch.Generator().manual_seed(s.corpus_seed)
+def teacher_corpus(world: World, s: JumpSettings, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The student's training sequences [corpus, ceil(seq_len / k)] on the CPU, strided, drawn once from
+    corpus_seed (a checkpoint teacher samples on `device`)."""
     if s.source is None:
-        return strided(world.sample(s.corpus, world.cfg.seq_len, generator=gen), s.stride)
+        world_gen = torch.Generator().manual_seed(s.corpus_seed)
+        return strided(world.sample(s.corpus, world.cfg.seq_len, generator=world_gen), s.stride)
+    from instrumentality.training.checkpoint import checkpoint_digest
+
     model, teacher_stride = load_teacher(s.source, world)
     if s.stride % teacher_stride:
         raise ConfigError(f"regime.stride={s.stride} is not a multiple of the teacher's stride {teacher_stride} "
                           f"({s.source})")
     length = math.ceil(world.cfg.seq_len / teacher_stride)  # the teacher's own strided sequence
+    path = None
+    if s.corpus_cache:
+        key = json.dumps([checkpoint_digest(s.source), s.corpus, s.corpus_seed, length, GENERATION_BATCH,
+                          torch.device(device).type])
+        path = Path(s.corpus_cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+        rollouts = cached_rollouts(path, (s.corpus, length))
+        if rollouts is not None:
+            return rollouts[:, ::s.stride // teacher_stride]
+    model = model.to(device)
+    gen = torch.Generator(device=device).manual_seed(s.corpus_seed)
     out = []
     for start in range(0, s.corpus, GENERATION_BATCH):
         n = min(GENERATION_BATCH, s.corpus - start)
-        prompt = torch.full((n, 1), world.bos, dtype=torch.long)
+        prompt = torch.full((n, 1), world.bos, dtype=torch.long, device=device)
         tokens, _ = model.generate(prompt, length - 1, generator=gen)
-        out.append(torch.cat([prompt, tokens], 1)[:, ::s.stride // teacher_stride])
-    return torch.cat(out)
+        out.append(torch.cat([prompt, tokens], 1).cpu())
+    rollouts = torch.cat(out)
+    if path is not None:
+        buf = io.BytesIO()
+        torch.save(rollouts, buf)
+        write_atomic(path, buf.getvalue())
+    return rollouts[:, ::s.stride // teacher_stride]
+
+
+def cached_rollouts(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
+    """A teacher's stored rollouts, or None (with a warning where the file is there but damaged: drawn again)."""
+    if not path.exists():
+        return None
+    try:
+        rollouts = torch.load(path, weights_only=True)
+        if isinstance(rollouts, torch.Tensor) and tuple(rollouts.shape) == shape and rollouts.dtype == torch.long:
+            return rollouts
+        raise ValueError(f"not a tensor of {shape[0]} x {shape[1]} tokens")
+    except Exception as e:  # noqa: BLE001 - a cache: a damaged one is drawn again
+        print(f"warning: jump corpus cache {path} cannot be read ({type(e).__name__}: "
+              f"{str(e).splitlines()[0] if str(e) else ''}); drawing it again", file=sys.stderr)
+        return None
 
 
 class Jump(RegimeBase):
@@ -121,7 +163,7 @@ class Jump(RegimeBase):
         self.corpus: torch.Tensor | None = None
 
     def setup(self, model, device):
-        self.corpus = teacher_corpus(self.world, self.settings)
+        self.corpus = teacher_corpus(self.world, self.settings, device)
 
     def probe_families(self) -> tuple[str, ...]:
         return (JUMP_PROBES,)
