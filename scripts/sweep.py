@@ -292,6 +292,23 @@ def last_sweep_seconds(provenance: Path) -> dict[str, float]:
         return {}
 
 
+def merged_provenance(new: dict, previous: dict) -> dict:
+    """The provenance of a sweep that ran some experiments only (--experiments), beside the previous sweep's
+    record of the same preset: the other experiments' unit_s are kept from it, and `composition` says which
+    sweep each came from (the runs of those experiments were not retrained)."""
+    if not isinstance(previous, dict) or previous.get("preset") != new.get("preset"):
+        return new
+    earlier = {e: v for e, v in (previous.get("unit_s") or {}).items() if e not in new["unit_s"] and e != "evaluate"}
+    if not earlier:
+        return new
+    note = (f"This sweep ({new['git_revision']}) trained {', '.join(e for e in new['unit_s'] if e != 'evaluate')}; "
+            f"the unit_s of {', '.join(earlier)} are from the record it replaced (runs at "
+            f"{previous.get('git_revision')}), whose runs it kept.")
+    if previous.get("composition"):
+        note += " That record said: " + str(previous["composition"])
+    return {**new, "unit_s": {**earlier, **new["unit_s"]}, "composition": note}
+
+
 class Stopped(Exception):
     """The sweep got SIGINT or SIGTERM; its units were stopped."""
 
@@ -525,6 +542,11 @@ def main() -> int:
                   "jobs_per_unit_at_once": jobs_at_once,
                   "unit_s": {k: round(v, 1) for k, v in walls.items()},  # summed over seeds; units overlap
                   "total_wall_s": round(time.perf_counter() - t_all, 1)}
+    if (out / "provenance.json").exists():
+        try:
+            provenance = merged_provenance(provenance, json.loads((out / "provenance.json").read_text()))
+        except (OSError, ValueError):
+            pass  # no readable record to keep from
     write_json(out / "provenance.json", provenance)
     if not (out / "results.csv").exists():
         print(f"\nno results table was written ({out / 'results.csv'}): no run produced rows", file=sys.stderr)

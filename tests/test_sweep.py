@@ -266,3 +266,16 @@ def test_logger_none_reaches_the_report_run_and_its_files_follow_runs_root(tmp_p
     assert sweep.tracking_mode(["F2:logger=none"]) == "auto"  # the other experiments' runs still log
     sweep.log_report_to_wandb(tmp_path / "results", {"preset": "debug"}, "disabled", tmp_path / "runs")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_a_sweep_of_some_experiments_keeps_the_others_times_and_says_where_they_come_from():
+    sweep = load_script("sweep")
+    previous = {"preset": "full", "git_revision": "aaa", "unit_s": {"F1": 900.0, "F2": 4000.0, "evaluate": 60.0},
+                "composition": "F2 from an older sweep."}
+    new = {"preset": "full", "git_revision": "bbb", "unit_s": {"F11": 4900.0, "evaluate": 30.0}}
+    merged = sweep.merged_provenance(new, previous)
+    assert merged["unit_s"] == {"F1": 900.0, "F2": 4000.0, "F11": 4900.0, "evaluate": 30.0}
+    assert "trained F11" in merged["composition"] and "F1, F2 are from the record it replaced (runs at aaa)" in \
+        merged["composition"] and "F2 from an older sweep." in merged["composition"]
+    assert sweep.merged_provenance(new, {**previous, "preset": "quick"}) == new  # another preset's record: not mixed
+    assert sweep.merged_provenance(new, {"preset": "full", "unit_s": {"F11": 1.0}}) == new  # nothing else to keep
