@@ -324,7 +324,8 @@ def _agent_runs(root, names):
     for name in names:
         (root / name).mkdir(parents=True, exist_ok=True)
         (root / name / "summary.json").write_text(json.dumps(
-            {"agent": {"kind": name, "quest": quest, "seed": 0}, "status": {"status": "finished"}}))
+            {"agent": {"kind": name, "quest": quest, "seed": 0, "episodes": 100},  # what is reused, not how well
+             "status": {"status": "finished"}}))
 
 
 def test_a_replaced_run_is_evaluated_again_and_the_others_are_reused(tmp_path):

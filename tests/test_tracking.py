@@ -124,7 +124,10 @@ def test_a_scripted_agents_probes_are_logged_like_a_training_run(tmp_path, monke
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     folder = tmp_path / "runs" / "quick" / "F4" / "random"
-    write_json(folder / "summary.json", {"agent": {"kind": "random", "quest": {}, "seed": 0},
+    from instrumentality.envs import SMALL
+
+    # the experiments' quest and 50 episodes per variant: what is logged, not how well the agent plays
+    write_json(folder / "summary.json", {"agent": {"kind": "random", "quest": SMALL, "seed": 0, "episodes": 50},
                                          "status": {"status": "finished", "step": 0, "reason": ""}})
     rows = evaluate_run(folder)
     (log,) = folder.glob("wandb/offline-run-*/run-*.wandb")
