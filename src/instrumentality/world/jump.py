@@ -28,15 +28,6 @@ def strided(tokens: torch.Tensor, k: int) -> torch.Tensor:
     return tokens[:, ::k]
 
 
-def token_kernel(world: World) -> torch.Tensor:
-    """K[v, s, s'] = E[s, v] [T[s, v] = s']: the probability of emitting v from s and landing in s'. [V, S, S]."""
-    S, V = world.n_states, world.vocab_size
-    K = torch.zeros(V, S, S, dtype=torch.float64)
-    src, tok = (world.transition >= 0).nonzero(as_tuple=True)
-    K[tok, src, world.transition[src, tok]] = world.emission[src, tok]
-    return K
-
-
 def beliefs(world: World, z: torch.Tensor, k: int) -> torch.Tensor:
     """b_j, the exact distribution over the state after x_{jk} given the strided history z_<=j: [B, L, S].
     z [B, L] must start with <bos>; raises ValueError on a strided history the world cannot produce."""
@@ -44,13 +35,15 @@ def beliefs(world: World, z: torch.Tensor, k: int) -> torch.Tensor:
     if (z[:, 0] != world.bos).any():
         raise ValueError("every strided sequence must start with <bos> (token 0)")
     B, L = z.shape
-    A, K = world.flow_matrix(), token_kernel(world)
-    skip = torch.linalg.matrix_power(A, k - 1)  # k - 1 unseen tokens
+    skip = torch.linalg.matrix_power(world.flow_matrix(), k - 1)  # k - 1 unseen tokens
     b = torch.zeros(B, world.n_states, dtype=torch.float64)
     b[:, world.start_state] = 1.0
     out = [b]
     for j in range(1, L):
-        b = torch.einsum("bs,bst->bt", b @ skip, K[z[:, j]])
+        # emit z_j from each state s (E[s, z_j]) and move to T[s, z_j]: the kernel K[z_j] applied as a scatter
+        emit = (b @ skip) * world.emission.T[z[:, j]]  # [B, S]
+        nxt = world.transition.T[z[:, j]]  # [B, S], -1 where z_j cannot follow s (its mass is 0)
+        b = torch.zeros_like(b).scatter_add_(1, nxt.clamp_min(0), torch.where(nxt >= 0, emit, 0.0))
         mass = b.sum(1, keepdim=True)
         if (mass <= 0).any():
             raise ValueError(f"a strided sequence has probability 0 under the world (at position {j})")
