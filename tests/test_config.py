@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -35,21 +36,29 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
     experiment configs as the preset composes them. The full preset too: its sweep takes an hour, which a
     config error found late would waste."""
     import itertools
-    from pathlib import Path
 
     from omegaconf import OmegaConf
 
     paths = sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
     assert [p.stem for p in paths] == ["F1", "F10", "F11", "F2", "F3", "F4", "F4_goal", "F4_simulator", "F8",
                                        "F8_critic", "F9"]
+    from instrumentality.evaluation.table import SWEPT_KEYS, flatten
+
     for path in paths:
         cfg = composed(f"experiment={path.stem}", f"preset={preset}", hydra=True)
         params = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
         assert "seed" not in params  # the seeds are the preset's n_seeds (a hand multirun: seed=range(N))
+        columns_seen: dict[tuple, str] = {}
         for values in itertools.product(*params.values()):
             job = composed(f"experiment={path.stem}", f"preset={preset}",
                            *(f"{k}={v}" for k, v in zip(params, values)))
             resolved = OmegaConf.to_container(job, resolve=True)  # raises on a dangling interpolation
+            # the claims tell arms apart by the table's columns (`regime` and SWEPT_KEYS, written by hand): two
+            # jobs of one seed that agree on all of them would read as two runs of one seed in one arm
+            flat = flatten(resolved)
+            columns = (resolved["regime"]["name"], *(repr(flat.get(k)) for k in SWEPT_KEYS))
+            assert columns not in columns_seen, (path.stem, resolved["run_name"], columns_seen.get(columns))
+            columns_seen[columns] = resolved["run_name"]
             assert resolved["exp_name"] == cfg.exp_name and resolved["preset_name"] == preset
             assert instantiate(job.trainer).max_steps == resolved["trainer"]["max_steps"]
             if resolved["regime"].get("quest_fraction"):  # a small transcript corpus: the sizes are not the point
