@@ -395,13 +395,13 @@ def run_units(experiments: list[str], preset: str, launcher: str, jobs: int, lan
                     failed_units.append((u.name, u.proc.returncode))
                     unit_failed.add((u.exp, u.seed))
                     progress(u, u.failure())
-            while any(blocked(unit) for unit in pending):  # and what needs those, in turn
-                exp, s = next(unit for unit in pending if blocked(unit))  # its checkpoints may be half-trained
+            # a unit whose needed unit failed (its checkpoints may be half-trained), and what needs it in turn
+            while (stuck := next((unit for unit in pending if blocked(unit)), None)) is not None:
+                (exp, s), reason = stuck, blocked(stuck)
                 with lock:
-                    pending.remove((exp, s))
-                    done.add((exp, s))
-                    unit_failed.add((exp, s))
-                reason = blocked((exp, s)) or ""
+                    pending.remove(stuck)
+                    done.add(stuck)
+                    unit_failed.add(stuck)
                 failed_units.append((f"{exp} s{s}", f"not started: {reason} did not finish"))
                 print(f"[{exp} s{s}] not started: the unit it needs ({reason}) failed, so its checkpoints may be "
                       "half-trained; fix that unit and run the sweep again", flush=True)

@@ -28,17 +28,11 @@ from instrumentality.claims.algebra import (
     per_seed,
     save_figure,
 )
-from instrumentality.claims.world import (
-    MARGIN_FRACTION,
-    at_beta,
-    critic_runs,
-    critics_beta,
-    exact_instrumental_optimum,
-    free_running,
-)
+from instrumentality.claims.world import c1_margin, critics_beta, truth_g1_h8
+from instrumentality.stats import seed_interval
 
 DISTILLATION_EXP = "F11"
-POLICY_EXP = "F2"  # the instrumental teacher's runs (and the margin's theory rows)
+POLICY_EXP = "F2"  # the instrumental teacher's runs (and the margin's theory rows): the family reads them
 STRIDES = (1, 2, 4, 8)
 ARMS = (("truth", "direct"), ("truth", "distilled"), ("policy", "direct"), ("policy", "distilled"))
 ARM_STYLE = {("truth", "direct"): ("C0", "-"), ("truth", "distilled"): ("C0", "--"),
@@ -57,20 +51,9 @@ def student(fin: pd.DataFrame, teacher: str, route: str, k: int) -> pd.DataFrame
                & np.isclose(sel["regime.stride"].astype(float), k)]
 
 
-def margin(fin: pd.DataFrame) -> float:
-    """C1's margin, from F2's truth-critic runs at the preset's beta (NaN without them)."""
-    crit = at_beta(free_running(critic_runs(fin, "truth")), critics_beta(fin))
-    return MARGIN_FRACTION * exact_instrumental_optimum(crit)
-
-
 def policy_runs(fin: pd.DataFrame) -> pd.DataFrame:
     """The instrumental teacher's runs: F2's truth critic at gamma = 1, H = 8, the preset's beta."""
-    crit = at_beta(free_running(critic_runs(fin, "truth")), critics_beta(fin))
-    crit = crit[crit.exp_name.astype(str) == POLICY_EXP] if "exp_name" in crit else crit
-    if crit.empty:
-        return crit
-    gamma, horizon = crit["regime.gamma"].astype(float), crit["regime.horizon"].astype(float)
-    return crit[np.isclose(gamma, 1.0) & np.isclose(horizon, 8)]
+    return truth_g1_h8(fin, critics_beta(fin))
 
 
 def share_of_ceiling(runs: pd.DataFrame) -> pd.DataFrame:
@@ -91,15 +74,16 @@ def excess_kl(fin: pd.DataFrame, teacher: str, k: int) -> pd.DataFrame:
 def c11_claims(df: pd.DataFrame) -> list[Claim]:
     """C11 (configs/claims.yaml) from F11's students (and F2's runs, for the margin)."""
     fin = final_rows(df)
-    m = margin(fin)
+    m = c1_margin(fin)
     steer = lambda teacher, route, k: per_seed(student(fin, teacher, route, k), *STEERING)  # noqa: E731
     sim = lambda k: student(fin, "truth", "direct", k)  # noqa: E731
     index = lambda k: per_seed(sim(k), "jump/skipped", "simulation_index")  # noqa: E731
     growth = share_of_ceiling(sim(4)).merge(share_of_ceiling(sim(2))[["seed", "value"]], on="seed", suffixes=("", "_2"))
     growth = growth.assign(value=growth.value - growth.value_2, ci_low=growth.value - growth.value_2,
                            ci_high=growth.value - growth.value_2).drop(columns="value_2")
-    compounding = paired(excess_kl(fin, "truth", 8)[["seed", "value", "ci_low", "ci_high"]],
-                         excess_kl(fin, "truth", 2)[["seed", "value", "ci_low", "ci_high"]])
+    excess = {k: excess_kl(fin, "truth", k) for k in (2, 4, 8)}
+    columns = ["seed", "value", "ci_low", "ci_high"]  # the stages' excesses, compared seed by seed
+    compounding = paired(excess[8][columns], excess[2][columns])
     return [claim_of("C11.truth_steering", steer("truth", "distilled", 4), margin=m),
             claim_of("C11.truth_steering[direct k=2]", steer("truth", "direct", 2), margin=m),
             claim_of("C11.truth_steering[direct k=4]", steer("truth", "direct", 4), margin=m),
@@ -112,7 +96,7 @@ def c11_claims(df: pd.DataFrame) -> list[Claim]:
             claim_of("C11.simulation[k=8]", index(8)),
             claim_of("C11.simulation_growth", paired(index(4), index(2))),
             claim_of("C11.simulation_share_growth", growth),
-            *(claim_of(f"C11.distillation_error[k={k}]", excess_kl(fin, "truth", k)) for k in (2, 4, 8)),
+            *(claim_of(f"C11.distillation_error[k={k}]", excess[k]) for k in (2, 4, 8)),
             claim_of("C11.compounding", compounding)]
 
 
@@ -147,7 +131,7 @@ def report_section(df: pd.DataFrame) -> list[str]:
     if table.empty:
         return []
     teacher = policy_steering(df)
-    m = margin(final_rows(df))
+    m = c1_margin(final_rows(df))
     lines = ["", "### F11: jump predictors, direct and distilled (mean over seeds [95% CI])", "",
              "A student of stride k reads x_0, x_k, ..., x_jk and predicts x_(j+1)k in one forward pass. KL is to "
              "the exact k-step target (the skipped tokens summed out), nats per jump. Steering: asymmetric minus "
@@ -208,7 +192,7 @@ def figure_f11(df: pd.DataFrame, folder) -> list:
         if rows:
             k, v, lo, hi = (np.array(c, dtype=float) for c in zip(*rows))
             ax_excess.errorbar(k, v, yerr=[v - lo, hi - v], color=color, marker="o", ms=4, capsize=3, label=teacher)
-    m = margin(fin)
+    m = c1_margin(fin)
     if not math.isnan(m):
         ax_steer.axhspan(-m, m, color="0.9", label=f"C11's margin ±{m:.2g}")
     teacher = policy_steering(df)
@@ -235,8 +219,6 @@ def figure_f11(df: pd.DataFrame, folder) -> list:
 
 def combine_per_seed(seeds: pd.DataFrame) -> tuple[float, float, float]:
     """A per-seed table's mean and interval over seeds and items (as a claim row's)."""
-    from instrumentality.stats import seed_interval
-
     return seed_interval(seeds.value.values, seeds.ci_low.values, seeds.ci_high.values)
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from instrumentality.claims.algebra import ClaimFamily, combine, final_rows, save_figure
-from instrumentality.claims.distillation import margin, student
-from instrumentality.claims.world import at_beta, critic_runs, critics_beta, exact_instrumental_optimum, free_running
+from instrumentality.claims.distillation import student
+from instrumentality.claims.world import c1_margin, exact_instrumental_optimum, truth_critics
 
 SUPERVISED, OPTIMISED, JUMPS = "#4c72b0", "#c44e52", "#8172b3"
 
@@ -21,7 +21,7 @@ SUPERVISED, OPTIMISED, JUMPS = "#4c72b0", "#c44e52", "#8172b3"
 def headline_bars(df: pd.DataFrame) -> list[tuple[str, str, tuple[float, float, float], int]]:
     """(label, colour, (mean, CI low, CI high), seeds) per bar, in reading order; bars without runs left out."""
     fin = final_rows(df)
-    crit = at_beta(free_running(critic_runs(fin, "truth")), critics_beta(fin))
+    crit = truth_critics(fin)
 
     def critic(gamma: float, horizon: int) -> pd.DataFrame:
         if crit.empty:
@@ -60,11 +60,10 @@ def figure_headline(df: pd.DataFrame, folder) -> list:
     ax.barh(y, v, color=[b[1] for b in bars], height=0.6)
     ax.errorbar(v, y, xerr=[v - lo, hi - v], fmt="none", ecolor="k", capsize=3, lw=1)
     ax.set_yticks(y, [f"{b[0]} ({b[3]} seeds)" for b in bars], fontsize=10)
-    m = margin(fin)
+    m = c1_margin(fin)
     if not math.isnan(m):
         ax.axvspan(-m, m, color="0.92", zorder=0, label=f"'steers nothing': within ±{m:.2g} nats (C1's margin)")
-    crit = at_beta(free_running(critic_runs(fin, "truth")), critics_beta(fin))
-    optimum = exact_instrumental_optimum(crit) if not crit.empty else math.nan
+    optimum = exact_instrumental_optimum(truth_critics(fin))
     if not math.isnan(optimum):
         ax.axvline(optimum, color=OPTIMISED, ls="--", lw=1,
                    label=f"exact optimum of the gamma 1, H 8 critic ({optimum:.2g})")

@@ -144,11 +144,10 @@ def world_claims(df: pd.DataFrame) -> list[Claim]:
     (`instrument_checks`)."""
     fin = final_rows(df)
     sup = fin[fin.regime == "supervised"]
-    all_truth = critic_runs(fin, "truth")
     beta = critics_beta(fin)
-    crit = at_beta(free_running(all_truth), beta)
+    crit = truth_critics(fin)
     at = {"regime.gamma": 1.0, "regime.horizon": 8.0}
-    margin = MARGIN_FRACTION * exact_instrumental_optimum(crit)
+    margin = c1_margin(fin)
     out = [claim_of("C1.instrumental", per_seed(sup, "forks/p=0.5", "instrumental_steering"), margin=margin),
            claim_of("C1.kl", per_seed(sup, "calibration", "kl")),
            claim_of("C1.steering", per_seed(sup, "forks/asym/p=0.5", "steering_index"))]
@@ -185,6 +184,17 @@ def world_claims(df: pd.DataFrame) -> list[Claim]:
 
 
 BETA1 = 1.0  # C4.beta1's arm (F2's truth-g1-H8-beta1)
+
+
+def truth_critics(fin: pd.DataFrame) -> pd.DataFrame:
+    """The free-running truth-critic runs at the preset's beta (C1's margin, C3, C4, and F11's policy)."""
+    return at_beta(free_running(critic_runs(fin, "truth")), critics_beta(fin))
+
+
+def c1_margin(fin: pd.DataFrame) -> float:
+    """C1's margin (also C11's): MARGIN_FRACTION of the exact instrumental optimum of the truth critic at
+    gamma = 1, H = 8, over the table's worlds (NaN without critic runs)."""
+    return MARGIN_FRACTION * exact_instrumental_optimum(truth_critics(fin))
 
 
 def truth_g1_h8(fin: pd.DataFrame, beta: float) -> pd.DataFrame:

@@ -25,11 +25,20 @@ on the common probe set (docs/design.md section 10).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from instrumentality.evaluation.probe_set import ProbeSet
-from instrumentality.evaluation.world_probes import hidden_states, model_log_probs, probe_row, ridge_probe
-from instrumentality.stats import diff_ci, mean_ci
+from instrumentality.evaluation.world_probes import (
+    fork_groups,
+    hidden_states,
+    instrumental_rows,
+    model_log_probs,
+    probe_row,
+    ridge_probe,
+)
+from instrumentality.stats import mean_ci
 from instrumentality.world import World
 from instrumentality.world.jump import skipped_posteriors, strided, strided_conditionals
 
@@ -62,34 +71,29 @@ def branch_supports(world: World, fork, k: int) -> tuple[torch.Tensor, torch.Ten
 
 def fork_rows(model, world: World, probes: ProbeSet, k: int) -> list[dict]:
     prompts, lengths, fork_index = probes.t["fork_prompts"], probes.t["fork_lengths"], probes.t["fork_index"]
+    supports = [branch_supports(world, f, k) for f in world.forks]  # per fork: None past the phrase
+    first = torch.stack([s[0] if s else torch.zeros(world.vocab_size, dtype=torch.bool) for s in supports])
+    second = torch.stack([s[1] if s else torch.zeros(world.vocab_size, dtype=torch.bool) for s in supports])
+    defined = torch.tensor([s is not None for s in supports])
+    truth = torch.tensor([f.p / (1 - f.p) for f in world.forks]).log().double()  # logit p*(first), per fork
     steering = torch.full((len(prompts),), float("nan"), dtype=torch.float64)
     for length in sorted(set(lengths.tolist())):
         if (length - 1) % k:  # the marker is not on the strided sequence
             continue
         at = lengths == length
         logp = model_log_probs(model, strided(prompts[at, :length], k))[:, -1].double()
-        for i, (row, f) in enumerate(zip(at.nonzero().flatten().tolist(), fork_index[at].tolist())):
-            fork = world.forks[f]
-            supports = branch_supports(world, fork, k)
-            if supports is None:
-                continue
-            logit = torch.logsumexp(logp[i][supports[0]], 0) - torch.logsumexp(logp[i][supports[1]], 0)
-            steering[row] = float(logit) - float(torch.log(torch.tensor(fork.p / (1 - fork.p))))
+        f = fork_index[at]
+        logit = (torch.logsumexp(logp.masked_fill(~first[f], -math.inf), -1)
+                 - torch.logsumexp(logp.masked_fill(~second[f], -math.inf), -1))
+        steering[at] = torch.where(defined[f], logit - truth[f], math.nan)
     rows, groups = [], {}
-    for kind, symmetric in (("asym", False), ("sym", True)):
-        for p in sorted({f.p for f in world.forks}):
-            ids = torch.tensor([f.index for f in world.forks if f.symmetric == symmetric and f.p == p])
-            v = steering[torch.isin(fork_index, ids)]
-            v = v[~v.isnan()]
-            if len(v):
-                groups[(kind, p)] = v
-                rows.append(probe_row(f"jump/forks/{kind}/p={p}", "steering_index", mean_ci(v), items=v))
-    for p in sorted({p for _, p in groups}):
-        if ("asym", p) in groups and ("sym", p) in groups:
-            asym, sym = groups[("asym", p)], groups[("sym", p)]
-            rows.append(probe_row(f"jump/forks/p={p}", "instrumental_steering", diff_ci(asym, sym),
-                                  items=asym - sym if len(asym) == len(sym) else None))
-    return rows
+    for kind, fork_p, at in fork_groups(world, fork_index):
+        v = steering[at]
+        v = v[~v.isnan()]
+        if len(v):
+            groups[(kind, fork_p)] = v
+            rows.append(probe_row(f"jump/forks/{kind}/p={fork_p}", "steering_index", mean_ci(v), items=v))
+    return rows + instrumental_rows("jump/forks", groups)
 
 
 def skipped_rows(model, world: World, probes: ProbeSet, k: int) -> list[dict]:

@@ -168,35 +168,47 @@ def binary_entropy_of_logit(z: torch.Tensor) -> torch.Tensor:
     return F.softplus(-z) * q + F.softplus(z) * (1 - q)
 
 
+def fork_groups(world: World, fork_index: torch.Tensor) -> list[tuple[str, float, torch.Tensor]]:
+    """(kind, p, mask over prompts) for every asymmetric, then every symmetric fork probability, p ascending:
+    the groups steering is reported by."""
+    return [(kind, p, torch.isin(fork_index, torch.tensor(
+                [f.index for f in world.forks if f.symmetric == symmetric and f.p == p])))
+            for kind, symmetric in (("asym", False), ("sym", True)) for p in sorted({f.p for f in world.forks})]
+
+
+def instrumental_rows(prefix: str, groups: dict[tuple[str, float], torch.Tensor]) -> list[dict]:
+    """`<prefix>/p=<p>` instrumental_steering = asymmetric minus symmetric, for every p with both groups
+    ((kind, p) -> per-prompt steering). Items for comparing two runs prompt by prompt: asym_i - sym_i (the
+    i-th prompt of each kind; two independent prompt sets of one size, so the mean and its variance are those
+    of the difference)."""
+    rows = []
+    for p in sorted({p for _, p in groups}):
+        if ("asym", p) in groups and ("sym", p) in groups:
+            asym, sym = groups[("asym", p)], groups[("sym", p)]
+            rows.append(probe_row(f"{prefix}/p={p}", "instrumental_steering", diff_ci(asym, sym),
+                                  items=asym - sym if len(asym) == len(sym) else None))
+    return rows
+
+
 def fork_rows(model, world: World, probes: ProbeSet) -> list[dict]:
     logp_fork = fork_log_probs(model, probes)
     steer = steering_per_prompt(world, probes, logp_fork)
     # the entropy of the two-way branch choice (renormalised over the branch tokens): near 0 where the model
     # has committed to one branch whatever the prompt (the collapse gate of claims/cognition.py)
     branch_entropy = binary_entropy_of_logit(branch_logit(world, probes, logp_fork))
-    fork_index = probes.t["fork_index"]
     rows = []
     groups = {}
-    for kind, symmetric in (("asym", False), ("sym", True)):
-        for p in sorted({f.p for f in world.forks}):
-            ids = [f.index for f in world.forks if f.symmetric == symmetric and f.p == p]
-            at = torch.isin(fork_index, torch.tensor(ids))
-            v = steer[at]
-            if len(v):
-                groups[(kind, p)] = v
-                rows.append(probe_row(f"forks/{kind}/p={p}", "steering_index", mean_ci(v), items=v))
-                rows.append(probe_row(f"forks/{kind}/p={p}", "branch_entropy", mean_ci(branch_entropy[at])))
-        all_kind = [v for (k, _), v in groups.items() if k == kind]
-        if all_kind:
-            rows.append(probe_row(f"forks/{kind}/all", "steering_index", mean_ci(torch.cat(all_kind))))
-    for p in sorted({p for _, p in groups}):
-        if ("asym", p) in groups and ("sym", p) in groups:
-            asym, sym = groups[("asym", p)], groups[("sym", p)]
-            # items for comparing two runs prompt by prompt: asym_i - sym_i (the i-th prompt of each kind; two
-            # independent prompt sets of one size, so the mean and its variance are those of the difference)
-            rows.append(probe_row(f"forks/p={p}", "instrumental_steering", diff_ci(asym, sym),
-                             items=asym - sym if len(asym) == len(sym) else None))
-    return rows
+    for kind, p, at in fork_groups(world, probes.t["fork_index"]):
+        v = steer[at]
+        if len(v):
+            groups[(kind, p)] = v
+            rows.append(probe_row(f"forks/{kind}/p={p}", "steering_index", mean_ci(v), items=v))
+            rows.append(probe_row(f"forks/{kind}/p={p}", "branch_entropy", mean_ci(branch_entropy[at])))
+        if p == max(f.p for f in world.forks):  # the kind's last group: all of its prompts
+            all_kind = [v for (k, _), v in groups.items() if k == kind]
+            if all_kind:
+                rows.append(probe_row(f"forks/{kind}/all", "steering_index", mean_ci(torch.cat(all_kind))))
+    return rows + instrumental_rows("forks", groups)
 
 
 @torch.no_grad()
