@@ -1,5 +1,5 @@
 """The seed-to-seed spread of the quick-preset supervised run: the source of the bounds that the tests of a
-trained model use (tests/test_probes.py, tests/test_supervised.py).
+trained model use (tests/evaluation/test_probes.py).
 
 A finitely trained model's probe values differ from the exact ones by training noise, and another CPU's
 float rounding amounts to another draw of that noise. So a test's bound on a trained model is not one

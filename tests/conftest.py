@@ -13,9 +13,9 @@ import torch
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 
-# Slow tests (`make test-fast` leaves them out): whole modules that drive the CLI, the sweep or W&B in
-# subprocesses, the tests that train a real quick-preset run, and these end-to-end or exhaustive ones
-SLOW_MODULES = {"test_sweep.py", "test_tracking.py", "test_faults.py"}
+# Slow tests (`make test-fast` leaves them out): tests/end_to_end/ (the CLI, the sweep and W&B in subprocesses),
+# the tests that train a real quick-preset run, and these end-to-end or exhaustive ones
+SLOW_FOLDER = "end_to_end"
 SLOW_TESTS = {"test_the_f4_chain_runs_through_the_entry_point_and_its_checkpoints_are_plain_data",
               "test_the_optuna_study_tunes_sb3_and_prints_its_best_trial_as_a_zoo_entry",
               "test_batched_env_equals_gym_env_step_by_step",  # every variant, step by step
@@ -24,7 +24,7 @@ SLOW_TESTS = {"test_the_f4_chain_runs_through_the_entry_point_and_its_checkpoint
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if (item.path.name in SLOW_MODULES or item.originalname in SLOW_TESTS
+        if (item.path.parent.name == SLOW_FOLDER or item.originalname in SLOW_TESTS
                 or "quick_supervised_run" in getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -98,3 +99,19 @@ class JumpTruthModel(nn.Module):
             out["hidden"] = [F.one_hot(idx.cpu(), self.world.vocab_size).float(),
                              beliefs(self.world, idx.cpu(), self.k).float()]
         return out
+
+
+# ---------------------------------------------------------------------------- planted results tables
+def as_results_table(df: pd.DataFrame, status: str = "finished") -> pd.DataFrame:
+    """Planted rows as the evaluation writes them: every run with a status row (`status` where the rows
+    name none), each row with its run's source and row count, and its experiment (exp_name: the run id's
+    folder, as in a sweep's table) where the rows name none."""
+    folder = df.run_id.astype(str).str.split("/").str[0]
+    df = df.assign(exp_name=df["exp_name"].fillna(folder) if "exp_name" in df else folder)
+    have = set(df[df.probe == "run"].run_id)
+    extra = [{**df[df.run_id == r].iloc[0].to_dict(), "probe": "run", "metric": status, "value": 1.0,
+              "ci_low": math.nan, "ci_high": math.nan} for r in df.run_id.unique() if r not in have]
+    df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True) if extra else df
+    df.insert(1, "source", df.run_id.map(lambda r: f"{abs(hash(r)) % 16**16:016x}"))
+    df.insert(2, "run_rows", df.run_id.map(df.run_id.value_counts()))
+    return df

@@ -71,7 +71,7 @@ def seed_interval(values, lows=None, highs=None, alpha: float = ALPHA) -> tuple[
     Student-t over the per-seed values: mean +- t(1 - alpha/2, n - 1) s / sqrt(n). Every seed is scored on
     the same probe items, so the items' error does not average out over seeds: the mean item standard
     error (from each seed's item interval) is added in quadrature, z(1 - alpha/2) se_items. Coverage is
-    proven by simulation in tests/test_stats.py. One seed: its item interval (a claim needs two seeds to
+    proven by simulation in tests/claims/test_stats.py. One seed: its item interval (a claim needs two seeds to
     be decided; see report.verdict). Returns (mean, low, high)."""
     v = np.asarray(values, dtype=float).ravel()
     n = len(v)

@@ -11,7 +11,7 @@ within each variant); the probability that agent X beats agent Y on a variant, a
 performance profiles (the share of scores above tau).
 
 Those intervals are percentile bootstraps over the seeds: at 3 to 5 seeds they cover less than their
-nominal 95% (tests/test_stats.py measures how much less for the claims' own intervals), so they
+nominal 95% (tests/claims/test_stats.py measures how much less for the claims' own intervals), so they
 describe the spread; the claims' verdicts use the Student-t intervals of stats.py instead.
 """
 

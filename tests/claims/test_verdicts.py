@@ -324,7 +324,7 @@ def test_compare_matches_each_row_at_most_once():
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("compare", Path(__file__).resolve().parents[1] / "scripts/compare.py")
+    spec = importlib.util.spec_from_file_location("compare", Path(__file__).resolve().parents[2] / "scripts/compare.py")
     compare = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare)
     rows = [{"run_id": "F9/retrain-s0", "probe": "prophecy/theory", "metric": "fixed_point", "stable": s, "value": v}
@@ -358,5 +358,5 @@ def test_compare_refuses_a_table_against_itself(tmp_path):
     pd.DataFrame({"run_id": ["F1/supervised-s0"], "source": ["s"], "run_rows": [1], "probe": ["run"],
                   "metric": ["finished"], "value": [1.0]}).to_csv(table, index=False)
     proc = subprocess.run([sys.executable, "scripts/compare.py", str(table), str(table)], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+                          text=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
     assert proc.returncode == 2 and "are the same table: there is nothing to compare" in proc.stderr

@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_sweep_with_a_failing_job_still_writes_results_and_figures(tmp_path):
@@ -51,10 +52,20 @@ def test_sweep_with_a_failing_job_still_writes_results_and_figures(tmp_path):
     assert len(checkpoints) == 6  # F1: 2 regimes x 2 seeds; F2: H=1 x 2 seeds (H=60 failed)
     # (the same sweep through the basic launcher: the runs' folders, not the launcher, decide what is skipped)
     basic = [c if c != "joblib" else "basic" for c in cmd]
+    # a run made by hand beside the sweep's (a seed the sweep does not run) stays out of its table, named
+    f1 = tmp_path / "runs" / "debug" / "F1"
+    shutil.copytree(f1 / "supervised-s1", f1 / "mine-s7")
     again = subprocess.run(basic, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 1  # the failing job is tried again, and fails again
     assert "finished after" in again.stdout  # each finished job reports its stored summary
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
+    assert "1 run folder(s) under" in again.stderr and "left out of the table: F1/mine-s7" in again.stderr
+    assert set(pd.read_csv(results / "results.csv").run_id) == runs  # not in the table
+    assert "`F1/mine-s7`" in (results / "REPORT.md").read_text()
+    # the folders the sweep says it makes are the ones it made
+    sweep = load_script("sweep")
+    made = set(sweep.sweep_run_folders("debug", 2, cmd[cmd.index("F1,F2") + 5:]))
+    assert {r for r in made if r.startswith(("F1/", "F2/"))} == runs
 
 
 def load_script(name: str):
@@ -108,7 +119,7 @@ def test_a_unit_whose_needed_unit_failed_does_not_start(tmp_path, monkeypatch, c
 
 def test_an_experiments_swept_values_come_from_its_config_and_the_command_line_wins(tmp_path):
     """The unit adds no swept values of its own (the experiment config holds them per preset: see
-    tests/test_config.py); the sweep's overrides for the experiment come last, so Hydra takes them."""
+    tests/training/test_config.py); the sweep's overrides for the experiment come last, so Hydra takes them."""
     sweep = load_script("sweep")
     arms = lambda cmd: [o.split("=", 1)[1] for o in cmd if o.startswith("arm=")]  # noqa: E731
     assert arms(sweep.unit_command("F2", 0, "quick", "basic", 1, tmp_path, [])) == []

@@ -29,7 +29,7 @@ from instrumentality.evaluation.table import ROWS, read_table, update_table
 from instrumentality.train import build, run
 from instrumentality.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
 
@@ -93,18 +93,34 @@ def test_a_larger_max_steps_trains_a_finished_run_on(tmp_path):
     assert rows[rows.probe == "run"].step.iloc[0] == 8 != rows_before[rows_before.probe == "run"].step.iloc[0]
 
 
-def test_multirun_jobs_that_would_share_a_folder_are_refused_and_the_multirun_fails(tmp_path):
+def test_an_ad_hoc_multirun_trains_one_folder_per_swept_value(tmp_path):
     proc = subprocess.run([PY, "-m", "instrumentality.train", "--multirun", "preset=debug", f"runs_root={tmp_path}",
-                           "trainer.lr=1e-3,1e-1", f"eval.probe_cache={tmp_path}/probes"],
+                           "trainer.lr=1e-3,1e-1", "trainer.max_steps=2", f"eval.probe_cache={tmp_path}/probes"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    folders = sorted(p.name for p in (tmp_path / "debug" / "adhoc").iterdir() if p.is_dir())
+    assert folders == ["supervised-s0_trainer.lr=0.001", "supervised-s0_trainer.lr=0.1"]  # not max_steps: a budget
+    for name, lr in zip(folders, (1e-3, 1e-1)):
+        ck = load_checkpoint(tmp_path / "debug" / "adhoc" / name / CHECKPOINT_NAME)
+        assert ck["run_config"]["trainer"]["lr"] == lr and ck["status"]["status"] == "finished"
+
+
+def test_multirun_jobs_that_would_share_a_folder_are_refused_and_the_multirun_fails(tmp_path):
+    """An experiment's run folders are its run names (a sweep run again resumes them): two jobs of one name
+    share a folder, and the second is refused."""
+    proc = subprocess.run([PY, "-m", "instrumentality.train", "--multirun", "preset=debug", f"runs_root={tmp_path}",
+                           "experiment=F1", "regime=supervised", "trainer.lr=1e-3,1e-1", "trainer.max_steps=2",
+                           f"eval.probe_cache={tmp_path}/probes"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "holds a run trained with another config (trainer.lr 0.001 -> 0.1)" in proc.stderr
-    ck = load_checkpoint(tmp_path / "debug" / "adhoc" / "supervised-s0" / CHECKPOINT_NAME)
+    folder = tmp_path / "debug" / "F1" / "supervised-s0"
+    ck = load_checkpoint(folder / CHECKPOINT_NAME)
     assert ck["run_config"]["trainer"]["lr"] == 1e-3  # the first job's run, untouched by the second
-    summary = json.loads((tmp_path / "debug" / "adhoc" / "supervised-s0" / "summary.json").read_text())
+    summary = json.loads((folder / "summary.json").read_text())
     assert summary["status"]["status"] == "finished"  # not overwritten by the refused job
     # Hydra wrote the refused job's .hydra/ files before it started; the run's own are put back
-    hydra_dir = tmp_path / "debug" / "adhoc" / "supervised-s0" / ".hydra"
+    hydra_dir = folder / ".hydra"
     assert "trainer.lr=0.001" in (hydra_dir / "overrides.yaml").read_text()  # the sweeper writes the value so
     assert "lr: 0.001" in (hydra_dir / "config.yaml").read_text()
 
@@ -158,7 +174,15 @@ def test_runs_killed_at_random_moments_resume_to_the_uninterrupted_result(tmp_pa
         time.sleep(rng.uniform(0.0, 0.5))
         proc.kill()
         proc.wait()
+        # the kill landed mid-run: the process died of SIGKILL (it had not exited on its own), and what it
+        # left is a run stopped between its first checkpoint and its last step, not a finished one
+        assert proc.returncode == -signal.SIGKILL
+        assert not (folder / "summary.json").exists() or json.loads(
+            (folder / "summary.json").read_text())["status"]["status"] != "finished"
+        left_at = load_checkpoint(folder / CHECKPOINT_NAME)["step"]
+        assert 3 <= left_at < 60, left_at
     subprocess.run(_train_cmd(killed), cwd=ROOT, check=True, capture_output=True, timeout=300, env=SAME_THREADS)
+    assert load_checkpoint(folder / CHECKPOINT_NAME)["step"] == 60  # resumed from left_at and ran to the end
     reference = straight
     assert same_weights(weights(folder), weights(reference))
     a, b = (pd.read_csv(f / ROWS).drop(columns=["source"]) for f in (folder, reference))
@@ -552,3 +576,79 @@ def test_nothing_is_written_through_a_link_in_a_run_folder(tmp_path):
         with file_lock(tmp_path / "elsewhere"):
             pass
     assert victim.read_text() == "someone else's\n"
+
+
+# ---------------------------------------------------------------------------- what a run started from
+def test_a_run_whose_start_checkpoint_changed_is_stale_in_the_table_and_refused_on_rerun(tmp_path):
+    """A critic run records the sha256 of the reference checkpoint it started from. When that checkpoint is
+    trained again (its run given more steps), the critic run's rows say `stale`, the report leaves it out
+    and names it, and running it again is refused in one line naming the setting, its folder untouched."""
+    from instrumentality.evaluation.run_rows import evaluate_run
+    from instrumentality.report import load
+    from instrumentality.training.checkpoint import STARTS_NAME, checkpoint_digest
+    from instrumentality.training.run_identity import FolderConflict
+
+    ref, critic = tmp_path / "runs" / "F1" / "supervised-s0", tmp_path / "runs" / "F2" / "critic-s0"
+    debug_run(ref, "trainer.max_steps=4")
+    overrides = ("regime=critic", f"regime.ref_checkpoint={ref / CHECKPOINT_NAME}", "trainer.max_steps=2")
+    debug_run(critic, *overrides)
+    starts = json.loads((critic / STARTS_NAME).read_text())
+    assert starts == {"regime.ref_checkpoint": checkpoint_digest(ref / CHECKPOINT_NAME)}
+    assert evaluate_run(critic).query("probe == 'run'").metric.tolist() == ["finished"]
+    debug_run(critic, *overrides)  # unchanged: a finished run found finished again, not refused
+
+    debug_run(ref, "trainer.max_steps=6")  # the reference trained on: another checkpoint
+    rows = evaluate_run(critic)
+    assert rows.query("probe == 'run'").metric.tolist() == ["stale"] and set(rows.status) == {"stale"}
+    table = tmp_path / "results.csv"
+    update_table(table, {"F2/critic-s0": rows, "F1/supervised-s0": evaluate_run(ref)})
+    assert load(table).attrs["stale"] == ["F2/critic-s0"]
+    before = (critic / CHECKPOINT_NAME).read_bytes()
+    with pytest.raises(FolderConflict, match=r"regime.ref_checkpoint \(.*\) changed after this run started"):
+        debug_run(critic, *overrides)
+    assert (critic / CHECKPOINT_NAME).read_bytes() == before
+
+
+def test_a_symlinked_run_folder_is_found_and_a_link_beside_its_target_is_evaluated_once(three_runs, tmp_path,
+                                                                                      capsys):
+    from instrumentality.evaluation.run_rows import find_runs
+
+    elsewhere = tmp_path / "sweep"
+    elsewhere.mkdir()
+    (elsewhere / "linked").symlink_to(three_runs / "run1", target_is_directory=True)
+    assert find_runs([elsewhere]) == [elsewhere / "linked"]
+    out = tmp_path / "results.csv"
+    for _ in range(2):  # --prune keeps it: it has a folder under the path
+        assert _evaluate([elsewhere], out, "--prune") == 0
+        assert set(pd.read_csv(out).run_id) == {"sweep/linked"}
+    warnings = []
+    found = find_runs([three_runs, elsewhere], warn=warnings.append)
+    assert found == [three_runs / f"run{i}" for i in range(3)]  # run1 once, under its own name
+    assert len(warnings) == 1 and "sweep/linked is the run folder" in warnings[0]
+    (elsewhere / "loop").symlink_to(elsewhere, target_is_directory=True)  # a link back up the tree: no loop
+    assert find_runs([elsewhere]) == [elsewhere / "linked"]
+
+
+def test_a_run_folder_that_cannot_be_written_is_evaluated_with_a_warning(three_runs, tmp_path, monkeypatch,
+                                                                       capsys):
+    """A read-only run folder (an archive, another user's runs): its rows are computed into the table and
+    not stored beside the run. As root a mode bit does not stop a write, so the file system's refusal is
+    planted on the run folder's writes alone."""
+    import errno
+
+    import instrumentality.evaluation.table as table_module
+
+    write = table_module.write_atomic
+
+    def read_only(path, data):
+        if three_runs in Path(path).parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return write(path, data)
+
+    monkeypatch.setattr(table_module, "write_atomic", read_only)
+    out = tmp_path / "results.csv"
+    assert _evaluate([three_runs / "run0"], out, "--recompute") == 0
+    assert "run0: its rows could not be stored in the folder (Read-only file system)" in capsys.readouterr().err
+    df = pd.read_csv(out)
+    assert set(df.run_id) == {f"{three_runs.name}/run0"}
+    assert (df.probe == "calibration").any()

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from planted import as_results_table
 
 from instrumentality.claims.algebra import verdict
 from instrumentality.claims.world import efficiency_ratios, samples_to_threshold
@@ -114,21 +115,6 @@ def fixture_table() -> pd.DataFrame:
     return as_results_table(pd.DataFrame(rows))
 
 
-def as_results_table(df: pd.DataFrame, status: str = "finished") -> pd.DataFrame:
-    """Planted rows as the evaluation writes them: every run with a status row (`status` where the rows
-    name none), each row with its run's source and row count, and its experiment (exp_name: the run id's
-    folder, as in a sweep's table) where the rows name none."""
-    folder = df.run_id.astype(str).str.split("/").str[0]
-    df = df.assign(exp_name=df["exp_name"].fillna(folder) if "exp_name" in df else folder)
-    have = set(df[df.probe == "run"].run_id)
-    extra = [{**df[df.run_id == r].iloc[0].to_dict(), "probe": "run", "metric": status, "value": 1.0,
-              "ci_low": math.nan, "ci_high": math.nan} for r in df.run_id.unique() if r not in have]
-    df = pd.concat([df, pd.DataFrame(extra)], ignore_index=True) if extra else df
-    df.insert(1, "source", df.run_id.map(lambda r: f"{abs(hash(r)) % 16**16:016x}"))
-    df.insert(2, "run_rows", df.run_id.map(df.run_id.value_counts()))
-    return df
-
-
 def test_claims_on_a_planted_table():
     df = fixture_table()
     verdicts = {(c.claim, c.metric.split(",")[0]): c.verdict for c in claims(df)}
@@ -153,7 +139,7 @@ def test_claims_on_a_planted_table():
     assert c4[0].value == pytest.approx(8.0) and c4[0].n_seeds == 3  # free-running runs only, not F3's
     assert c4[1].value == pytest.approx(0.0)  # gamma=0: the truth critic's runs only, not the keyword's
     assert c4[2].value == pytest.approx(1.0) and "keyword" in c4[2].metric
-    assert [c.verdict for c in claims(df) if c.claim == "C5"] == []  # C5 reads F8's myopic runs (test_myopia)
+    assert [c.verdict for c in claims(df) if c.claim == "C5"] == []  # C5 reads F8 (test_cognition)
     c6 = {c.row: c for c in claims(df) if c.claim == "C6"}
     x = np.log10([2, 10, 100])  # the credited horizons of gamma 0.5, 0.9, 0.99
     slope = np.polyfit(x, [0.3, 0.5, 0.8], 1)[0]
@@ -230,7 +216,7 @@ def test_compare_says_which_claims_moved_outside_the_committed_interval(tmp_path
     new.loc[kl, ["value", "ci_low", "ci_high"]] += 0.5
     old.drop(columns=["source", "run_rows"]).to_csv(tmp_path / "old.csv", index=False)
     new.to_csv(tmp_path / "new.csv", index=False)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "scripts/compare.py", str(tmp_path / "old.csv"), str(tmp_path / "new.csv")],
                           cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -11,7 +11,7 @@ from instrumentality.regimes import Supervised, SupervisedSettings
 from instrumentality.training.trainer import Trainer, TrainerConfig
 from instrumentality.world import World, WorldConfig
 
-spec = importlib.util.spec_from_file_location("bench", Path(__file__).resolve().parents[1] / "scripts" / "bench.py")
+spec = importlib.util.spec_from_file_location("bench", Path(__file__).resolve().parents[2] / "scripts" / "bench.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
 

@@ -44,17 +44,35 @@ def test_offline_run_holds_config_probe_metrics_group_and_tags(tmp_path):
     assert run_record["job_type"] == "supervised" and "cognition:standard" in run_record["tags"]
     # training curves against tokens seen
     defined = [json.loads(r)["metric"] for r in records if '"type":"metric"' in r]
-    assert {(m.get("glob_name"), m.get("step_metric")) for m in defined} >= {("train/*", "perf/tokens_seen"),
-                                                                              ("perf/*", "perf/tokens_seen")}
+    assert {(m.get("glob_name"), m.get("step_metric")) for m in defined} >= {
+        (family, "perf/tokens_seen") for family in ("train/*", "perf/*", "probe/*", "probe_ci/*", "env/*")}
+    probe_summary = next(m["summary"] for m in defined if m.get("glob_name") == "probe/*")
+    assert probe_summary == {"last": True, "min": True, "max": True}  # the run table's columns
     # the probes' interval bounds beside their values
     low, value, high = (metrics[f"probe{ci}/calibration/kl{side}"] for ci, side in
                         (("_ci", "/low"), ("", ""), ("_ci", "/high")))
     assert low < value < high
     # the checkpoint and the run's rows as an artifact
     artifacts = [json.loads(r)["artifact"] for r in records if '"type":"artifact"' in r]
-    run_artifact = next(a for a in artifacts if a["type"] == "run")
-    assert run_artifact["name"] == "contract-supervised-s0"
+    run_artifact = next(a for a in artifacts if a["type"] == "model")
+    assert run_artifact["name"] == "contract-supervised-s0" and "final" in run_artifact["aliases"]
     assert sorted(c["path"] for c in run_artifact["manifest"]["contents"]) == ["checkpoint.pt", "rows.csv"]
+    from instrumentality.training.checkpoint import checkpoint_digest
+
+    metadata = json.loads(run_artifact["metadata"])
+    assert metadata["steps"] == 10 and metadata["regime"] == "supervised" and metadata["seed"] == 0
+    assert metadata["checkpoint_sha256"] == checkpoint_digest(tmp_path / "run" / "checkpoint.pt")
+    # the sweep's report run names it by content (offline: W&B records lineage online only)
+    from instrumentality.tracking import Tracker, file_artifact
+
+    report = Tracker(mode="offline", project="instrumentality-debug", name="report-debug", dir=tmp_path / "report")
+    files = [tmp_path / "run" / "checkpoint.pt", tmp_path / "run" / "rows.csv"]
+    report.use_artifacts([file_artifact("contract-supervised-s0", "model", files, copy=False)])
+    report.finish()
+    (report_log,) = (tmp_path / "report" / "wandb").glob("offline-run-*/run-*.wandb")
+    uses = json.loads(subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", str(report_log)],
+                                     capture_output=True, text=True, check=True, timeout=120).stdout)["config"]["uses"]
+    assert uses == [f"contract-supervised-s0@{run_artifact['digest']}"]
     assert any('"type":"run_table"' in r or "probe/table" in r for r in records)  # the probe table
 
 
@@ -99,11 +117,11 @@ def test_the_workspace_draws_only_keys_that_runs_log(tmp_path):
         keys |= logged_keys(tmp_path / name)
     proc = subprocess.run([sys.executable, "scripts/train_sb3.py", "--steps", "4200", "--out", str(tmp_path / "sb3"),
                            "preset=debug", "logger=wandb", "logger.mode=offline"],
-                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300, env=env)
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     keys |= logged_keys(tmp_path / "sb3")
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     import wandb_workspace
 
     workspace = wandb_workspace.build("someone", "quick")
@@ -113,6 +131,12 @@ def test_the_workspace_draws_only_keys_that_runs_log(tmp_path):
     assert drawn == wandb_workspace.panel_keys() and drawn <= keys, sorted(drawn - keys)
     xs = {p.x for s in workspace.sections for p in s.panels}
     assert xs - {"Step"} <= keys  # the x axes too
+    assert workspace.runset_settings.filters == []  # every run; a view per experiment shows its runs alone
+    names = wandb_workspace.experiment_names("quick")
+    assert names[:2] == ["F1", "F2"] and "F4" in names and len(names) == len(set(names))
+    view = wandb_workspace.build("someone", "quick", "F1")
+    (only,) = view.runset_settings.filters
+    assert view.name == "instrumentality quick F1" and "exp_name" in repr(only) and "F1" in repr(only)
 
 
 def test_a_scripted_agents_probes_are_logged_like_a_training_run(tmp_path, monkeypatch):

@@ -42,21 +42,25 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
     paths = sorted((Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
     assert [p.stem for p in paths] == ["F1", "F10", "F11", "F2", "F3", "F4", "F4_goal", "F4_simulator", "F8",
                                        "F8_critic", "F9"]
-    from instrumentality.evaluation.table import SWEPT_KEYS, flatten
+    from instrumentality.configs import flatten
+    from instrumentality.evaluation.table import IDENTITY_COLUMNS, swept_keys
 
     for path in paths:
         cfg = composed(f"experiment={path.stem}", f"preset={preset}", hydra=True)
         params = {k: str(v).split(",") for k, v in (cfg.hydra.sweeper.params or {}).items()}
         assert "seed" not in params  # the seeds are the preset's n_seeds (a hand multirun: seed=range(N))
         columns_seen: dict[tuple, str] = {}
+        declared, keys_seen = list(cfg.get("columns") or []), set()
         for values in itertools.product(*params.values()):
             job = composed(f"experiment={path.stem}", f"preset={preset}",
                            *(f"{k}={v}" for k, v in zip(params, values)))
             resolved = OmegaConf.to_container(job, resolve=True)  # raises on a dangling interpolation
-            # the claims tell arms apart by the table's columns (`regime` and SWEPT_KEYS, written by hand): two
-            # jobs of one seed that agree on all of them would read as two runs of one seed in one arm
+            # the claims tell arms apart by the table's columns (`regime`, the identity and the experiment's own
+            # declared `columns`): two jobs of one seed that agree on all of them would read as two runs of one
+            # seed in one arm. Each declared column is a key of the experiment's jobs, and a column of the table.
             flat = flatten(resolved)
-            columns = (resolved["regime"]["name"], *(repr(flat.get(k)) for k in SWEPT_KEYS))
+            keys_seen.update(flat)
+            columns = (resolved["regime"]["name"], *(repr(flat.get(k)) for k in (*IDENTITY_COLUMNS, *declared)))
             assert columns not in columns_seen, (path.stem, resolved["run_name"], columns_seen.get(columns))
             columns_seen[columns] = resolved["run_name"]
             assert resolved["exp_name"] == cfg.exp_name and resolved["preset_name"] == preset
@@ -86,6 +90,8 @@ def test_every_swept_value_of_every_experiment_composes_to_a_resolved_config(pre
                     assert order.index(f"{teacher}-{source}") < order.index(arm)  # trained before it
                 else:
                     assert regime["source"] == (None if teacher == "truth" else resolved["needs"]["F2"])
+        assert set(declared) <= keys_seen, (path.stem, sorted(set(declared) - keys_seen))
+        assert set(declared) <= set(swept_keys())
 
 
 @pytest.mark.parametrize("preset", ["quick", "full", "debug"])
@@ -107,7 +113,7 @@ def test_f10_and_f4_goal_are_f4s_quest_ppo_from_the_simulator_with_only_their_va
                         {"overseer_visible": True}, {"mix_variant": "interruptible", "mix_fraction": 0.5})}
     arms.update({f"g{g}": (job("experiment=F4_goal", f"regime.gamma={g}"), f"quest-mixed-g{g}-s1", {},
                            {"mix_variant": "unscored", "mix_fraction": 0.5, "gamma": g}) for g in (0.5, 0.9, 0.99)})
-    base = {k: v for k, v in f4.items() if k not in ("claim_family", "sweep_order", "exp_name", "run_name")}
+    base = {k: v for k, v in f4.items() if k not in ("claim_family", "sweep_order", "columns", "exp_name", "run_name")}
     for name, (cfg, run_name, quest, regime) in arms.items():
         assert cfg["run_name"] == run_name
         assert cfg["exp_name"] == ("F10" if name in ("hidden", "visible") else "F4_goal")
@@ -259,3 +265,28 @@ def test_an_unknown_quest_setting_is_named():
 
     with pytest.raises(ConfigError, match="quest.foo is not a setting of quest"):
         quest_tokens({"size": 5, "foo": 1}, 10)
+
+
+def config_columns_read(source: str) -> set[str]:
+    """The config columns a module reads from the results table: quoted "group.key" strings."""
+    import re
+
+    return set(re.findall(r"""["']((?:world|model|regime|quest|trainer)\.[a-z_]+)["']""", source))
+
+
+def test_every_config_column_the_claims_read_is_one_an_experiment_declares():
+    """The table's config columns are derived (IDENTITY_COLUMNS and each experiment's `columns`): a claim
+    that reads a column no experiment declares would find it missing from every table. Planted: a claim
+    reading `regime.planted_key` is caught."""
+    from instrumentality.evaluation.table import swept_keys
+
+    claims_dir = Path(CONFIG_DIR).parent / "src" / "instrumentality" / "claims"
+    read = set().union(*(config_columns_read(p.read_text()) for p in claims_dir.glob("*.py")))
+    assert {"regime.gamma", "regime.horizon", "regime.stride", "quest.overseer_visible"} <= read
+    assert read <= set(swept_keys()), sorted(read - set(swept_keys()))
+    assert config_columns_read('df["regime.planted_key"] == 1') - set(swept_keys()) == {"regime.planted_key"}
+    # the derived columns equal the ones the committed full table was built with
+    committed = Path(CONFIG_DIR).parent / "results" / "full" / "results.csv"
+    header = committed.open().readline().strip().split(",")
+    assert [k for k in header if "." in k and k.split(".")[0] in {"world", "model", "regime", "quest", "trainer"}
+            ] and set(swept_keys()) <= set(header)

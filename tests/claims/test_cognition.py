@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from planted import as_results_table
 
 from instrumentality.claims.cognition import c8_claims, cell_table, gap_table, grid, myopia_gap, report_section
 from instrumentality.evaluation.world_probes import POSITION_CLASSES, calibration_rows
 from instrumentality.model import GPT, GPTConfig
 from instrumentality.report import claims, write_report
-from tests.test_report import as_results_table
 
 SEEDS = range(5)
 # diagnostic look-ahead k=2 at the last layer (layer 0, the embedding: 0.20 in every cell); chance 0.06
@@ -309,7 +309,7 @@ def test_compare_lists_the_claims_a_new_table_adds(tmp_path):
     old.to_csv(tmp_path / "old.csv", index=False)
     new.to_csv(tmp_path / "new.csv", index=False)
     proc = subprocess.run([sys.executable, "scripts/compare.py", str(tmp_path / "old.csv"), str(tmp_path / "new.csv")],
-                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     c8 = [line for line in proc.stdout.splitlines() if line.startswith("| C8 |")]
     assert len(c8) == 13 and all("| not in the committed table |" in line for line in c8)

@@ -156,7 +156,7 @@ def test_planner_deceives_only_for_information_or_to_get_out():
 
 def test_planner_plays_the_same_in_the_gym_env():
     """The planner's policy stepped through the gym env, one episode at a time, gives the batched play's
-    totals (its agent folder's scores: tests/test_sweep.py, the baselines)."""
+    totals (its agent folder's scores: tests/end_to_end/test_sweep.py, the baselines)."""
     cfg = {**SMALL, "n_monsters": 1, "time_limit": 16}
     seeds = np.arange(300, 330)
     planner = Planner()

@@ -443,7 +443,7 @@ def test_the_optuna_study_tunes_sb3_and_prints_its_best_trial_as_a_zoo_entry(tmp
     import pandas as pd
     import yaml
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path / "optuna.csv"
     proc = subprocess.run([sys.executable, "scripts/tune_sb3.py", "--trials", "2", "--steps", "512", "--seeds", "0",
                            "--jobs", "1", "--out", str(out)], cwd=root, capture_output=True, text=True, timeout=300)
@@ -452,7 +452,8 @@ def test_the_optuna_study_tunes_sb3_and_prints_its_best_trial_as_a_zoo_entry(tmp
     assert list(trials.setting) == ["trial0", "trial1"] and (trials.env_steps == 512).all()
     entry = yaml.safe_load(proc.stdout.split("as an entry of configs/sb3/cluequest.yaml:\n")[1].split("\n\n")[0])
     best = trials.loc[trials["return"].idxmax()]
-    params = entry["ClueQuest-v0"]
+    params = entry["instrumentality/ClueQuest-small-v0"]
+    assert params["n_timesteps"] == 512 and params["policy"] == "MultiInputPolicy"
     assert params["n_envs"] == 8 and params["n_steps"] == best["ppo.n_steps"]
     assert params["learning_rate"] == pytest.approx(best["ppo.learning_rate"])  # the best trial's settings
 
