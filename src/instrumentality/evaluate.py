@@ -32,7 +32,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.out.is_dir():
         ap.error(f"--out {args.out} is a folder; give the results table's path (e.g. {args.out / 'results.csv'})")
-    runs = find_runs(args.paths)
+    runs = find_runs(args.paths, warn=lambda m: print(f"warning: {m}", file=sys.stderr))
     if not runs:
         print(f"no runs found under {' '.join(args.paths)}", file=sys.stderr)
         return 2
@@ -42,7 +42,8 @@ def main(argv=None):
     for run_dir in tqdm(runs, desc="evaluate", dynamic_ncols=True):
         t0 = time.perf_counter()
         try:
-            tables[run_id_of(run_dir)] = evaluate_run(run_dir, args.probe_cache, recompute=args.recompute)
+            tables[run_id_of(run_dir)] = evaluate_run(run_dir, args.probe_cache, recompute=args.recompute,
+                                                      warn=lambda m: tqdm.write(f"warning: {m}", file=sys.stderr))
         except Exception as e:  # noqa: BLE001 - report the run and go on with the others
             failures.append((run_dir, e))
             tqdm.write(f"FAILED {run_dir}: {e}")

@@ -16,7 +16,7 @@ import pandas as pd
 import instrumentality.claims as registry
 from instrumentality.claims import declared
 from instrumentality.claims.algebra import VERDICT_RULE, Claim, claim_verdicts, decide
-from instrumentality.evaluation.table import ITEMS, load_items, load_table
+from instrumentality.evaluation.table import ITEMS, STALE, load_items, load_table
 from instrumentality.tracking import git_revision
 
 ENDED = ("finished", "collapsed", "failed")  # a run with another status was stopped mid-training
@@ -25,8 +25,9 @@ ENDED = ("finished", "collapsed", "failed")  # a run with another status was sto
 def load(path: str | Path) -> pd.DataFrame:
     """The results table's complete runs that ended (finished, collapsed or failed), of experiments a claim
     family owns. The run ids left out of every claim and figure are in `df.attrs` for the report to name:
-    "unfinished" (stopped mid-training: status `running`) and "unowned" (their experiment is no family's,
-    e.g. a run made by hand under runs/<preset>/adhoc). Each row's per-item values, where the table has them
+    "unfinished" (stopped mid-training: status `running`), "stale" (a checkpoint it started from changed
+    after it started) and "unowned" (their experiment is no family's, e.g. a run made by hand under
+    runs/<preset>/adhoc). Each row's per-item values, where the table has them
     beside it (results.items.npz), are in the column `items` (None elsewhere)."""
     df = load_table(path)
     for col in ("step", "tokens", "horizon", "regime.gamma", "regime.horizon"):
@@ -34,7 +35,8 @@ def load(path: str | Path) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce") if col in df else np.nan
     status = df[df.probe == "run"]
     ended = set(status[status.metric.isin(ENDED)].run_id.astype(str))
-    unfinished = sorted(set(df.run_id.astype(str)) - ended)
+    stale = sorted(set(status[status.metric == STALE].run_id.astype(str)))
+    unfinished = sorted(set(df.run_id.astype(str)) - ended - set(stale))
     df = df[df.run_id.astype(str).isin(ended)].copy()
     exp = df["exp_name"].astype(str) if "exp_name" in df else pd.Series("", df.index)
     owned = exp.isin([e for e in exp.unique() if registry.owner(e) is not None])  # once per experiment
@@ -42,7 +44,7 @@ def load(path: str | Path) -> pd.DataFrame:
     df = df[owned].copy()
     items = load_items(Path(path), df)  # per-item values beside the table, where the evaluation kept them
     df[ITEMS] = [items.get(k) for k in zip(df.run_id.astype(str), df.probe.astype(str), df.metric.astype(str))]
-    df.attrs["unfinished"], df.attrs["unowned"] = unfinished, unowned
+    df.attrs["unfinished"], df.attrs["unowned"], df.attrs["stale"] = unfinished, unowned, stale
     return df
 
 
@@ -82,6 +84,15 @@ def write_report(results_csv: str | Path, out_dir: str | Path, provenance: dict 
         lines += [f"**{len(df.attrs['unfinished'])} run(s) in the table did not end (stopped mid-training) and are "
                   "left out of every claim and figure:** " + ", ".join(f"`{r}`" for r in df.attrs["unfinished"])
                   + ". Run `make sweep` again to finish them.", ""]
+    if df.attrs.get("stale"):
+        lines += [f"**{len(df.attrs['stale'])} run(s) in the table started from a checkpoint that changed after they "
+                  "started from it (status `stale`: their weights rest on the old one) and are left out of every "
+                  "claim and figure:** " + ", ".join(f"`{r}`" for r in df.attrs["stale"])
+                  + ". Delete their folders and run `make sweep` again to train them from the new one.", ""]
+    if provenance and provenance.get("left_out"):
+        lines += [f"**{len(provenance['left_out'])} run folder(s) beside the sweep's (a seed or name the sweep does "
+                  "not make, e.g. trained by hand) are not in the table:** "
+                  + ", ".join(f"`{r}`" for r in provenance["left_out"]) + ".", ""]
     if df.attrs.get("unowned"):
         lines += [f"**{len(df.attrs['unowned'])} run(s) in the table belong to an experiment that no claim family "
                   "owns (claims/__init__.py) and are left out of every claim and figure:** "

@@ -29,7 +29,15 @@ from instrumentality.regimes import WORLD_PROBES, Regime
 from instrumentality.tracking import Tracker, git_revision, wandb_group, wandb_project, wandb_run_id
 from instrumentality.training.build import build as build_objects
 from instrumentality.training.build import make, plain
-from instrumentality.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from instrumentality.training.checkpoint import (
+    CHECKPOINT_NAME,
+    STARTS_NAME,
+    CheckpointError,
+    changed_starts,
+    checkpoint_digest,
+    load_checkpoint,
+    start_digests,
+)
 from instrumentality.training.run_identity import FolderConflict, check_run_names, check_same_run
 from instrumentality.training.trainer import Trainer, run_is_done, seed_everything, stop_on_signals, stop_requested
 from instrumentality.world import World
@@ -102,6 +110,18 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         raise FolderConflict(f"{e}: it is being trained now; wait for that process or stop it") from None
 
 
+def check_same_starts(out_dir: Path, config: dict) -> None:
+    """A run resumed, or found finished, must still sit on the checkpoints it started from: one that has been
+    trained again since (F1 rerun with more steps, a copied-in file) would leave this run's weights built on
+    weights no longer there. Runs from before this record (no starts.json) are not checked."""
+    if not (out_dir / STARTS_NAME).exists():
+        return
+    changed = changed_starts(read_json(out_dir / STARTS_NAME, "record of start checkpoints", dict), config)
+    if changed:
+        raise FolderConflict(f"{out_dir}: {', '.join(changed)} changed after this run started from it; its "
+                             f"weights rest on the old one: delete {out_dir} to train it again from the new one")
+
+
 def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     from instrumentality.evaluation.run_rows import TrainingEvaluator, trained_run_rows
 
@@ -114,10 +134,13 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
     if checkpoint.exists():
         ck = load_checkpoint(checkpoint)
         check_same_run(ck.get("run_config", {}), config, out_dir)
+        check_same_starts(out_dir, config)
         done = run_is_done(ck["status"], ck["step"], trainer_cfg.max_steps)
         summary = previous_summary(out_dir)
         if done and summary is not None and summary.get("steps") == ck["step"]:
             return summary  # a sweep run again: nothing to train, nothing to log
+    else:  # a run starting afresh: the checkpoints it starts from, by content (a later change refuses it)
+        write_json(out_dir / STARTS_NAME, start_digests(config))
     tracker = Tracker(mode=cfg.logger.mode, name=f"{cfg.exp_name}/{cfg.run_name}", config=config, dir=out_dir,
                       run_id=wandb_run_id(out_dir), **wandb_labels(cfg))
     evaluate = TrainingEvaluator(world, regime, cfg, tracker)
@@ -128,8 +151,9 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
         if trainer.status["status"] == "finished" and trainer.final_rows is not None:  # the results table's rows
             write_run_rows(out_dir, trained_run_rows(out_dir, trainer.final_rows, config, trainer.history,
                                                      trainer.status))
-            tracker.log_artifact(f"{cfg.exp_name}-{cfg.run_name}", "run", [checkpoint, out_dir / ROWS],
-                                 "the run's checkpoint and its rows of the results table")
+            tracker.log_artifact(f"{cfg.exp_name}-{cfg.run_name}", "model", [checkpoint, out_dir / ROWS],
+                                 "the run's checkpoint and its rows of the results table",
+                                 metadata=model_metadata(cfg, trainer.step, checkpoint), aliases=["final"])
     finally:
         tracker.finish()
     if status["status"] == "interrupted":
@@ -139,6 +163,14 @@ def _run_locked(cfg: DictConfig, out_dir: Path) -> dict:
                "metrics": last_eval, "world_fingerprint": world.fingerprint(), "config": config}
     write_json(out_dir / "summary.json", summary, default=float)
     return summary
+
+
+def model_metadata(cfg: DictConfig, step: int, checkpoint: Path) -> dict:
+    """What a run's model artifact says of itself: which experiment arm, seed and world, how long it
+    trained, and the sha256 of its checkpoint (the results table's `source`)."""
+    return {"exp_name": cfg.exp_name, "run_name": cfg.run_name, "regime": cfg.regime.name, "seed": cfg.seed,
+            "world_seed": cfg.world.seed, "steps": step, "preset": cfg.get("preset_name"),
+            "checkpoint_sha256": checkpoint_digest(checkpoint), "git_revision": git_revision()}
 
 
 def wandb_labels(cfg: DictConfig) -> dict:

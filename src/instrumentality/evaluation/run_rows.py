@@ -21,6 +21,7 @@ from instrumentality.evaluation.probe_set import ProbeConfig, ProbeSet, probe_se
 from instrumentality.evaluation.prophecy_probes import forecast_rows
 from instrumentality.evaluation.quest_probes import QUEST_EPISODES, agent_run_rows, log_agent, quest_model_rows
 from instrumentality.evaluation.table import (
+    STALE,
     curve_rows,
     read_run_rows,
     run_id_of,
@@ -41,7 +42,13 @@ from instrumentality.regimes.base import JUMP_PROBES, PROPHECY_PROBES, QUEST_PRO
 from instrumentality.regimes.jump import Jump
 from instrumentality.regimes.prophecy import ProphecyBase
 from instrumentality.training.build import build_regime, build_world, plain
-from instrumentality.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint
+from instrumentality.training.checkpoint import (
+    CHECKPOINT_NAME,
+    STARTS_NAME,
+    changed_starts,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from instrumentality.training.trainer import Evaluation
 from instrumentality.world import World
 
@@ -75,16 +82,39 @@ class TrainingEvaluator:
 
 
 # ---------------------------------------------------------------------------- one run's rows
-def find_runs(paths) -> list[Path]:
-    runs = []
+def find_runs(paths, warn: Callable[[str], None] | None = None) -> list[Path]:
+    """The run folders (a checkpoint.pt or summary.json in them) among `paths` and under them, following
+    symbolic links to folders (a run folder kept on another disk, linked into the sweep's folder, is found
+    where the link is). A folder reached twice (a link beside its target) is kept once, under its first
+    name, and the other is named through `warn`."""
+    import os
+
+    found: dict[Path, Path] = {}  # real path -> the name it is found under
+
+    def add(run: Path):
+        real = run.resolve()
+        if real in found:
+            if warn is not None and found[real] != run:
+                warn(f"{run} is the run folder {found[real]} (a link to it, or its target): evaluated once, "
+                     f"as {found[real]}")
+            return
+        found[real] = run
+
     for p in map(Path, paths):
         if p.is_file():
-            runs.append(p.parent)
-        elif (p / CHECKPOINT_NAME).exists() or (p / "summary.json").exists():
-            runs.append(p)
-        else:
-            runs += sorted({c.parent for c in p.rglob(CHECKPOINT_NAME)} | {c.parent for c in p.rglob("summary.json")})
-    return sorted(set(runs))
+            add(p.parent)
+            continue
+        seen: set[str] = set()
+        for folder, dirs, files in os.walk(p, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in seen:  # a link back up the tree: walked once
+                dirs[:] = []
+                continue
+            seen.add(real)
+            dirs.sort()
+            if CHECKPOINT_NAME in files or "summary.json" in files:
+                add(Path(folder))
+    return sorted(found.values())
 
 
 def world_rows(model, world: World, regime: Regime, run_config: dict, probe_cache: str | None = None,
@@ -203,10 +233,33 @@ def evaluate_checkpoint(run_dir: Path, probe_cache: str | None = None) -> list[d
     return trained_run_rows(run_dir, rows, run_config, ck["history"], ck["status"])
 
 
-def evaluate_run(run_dir: Path, probe_cache: str | None = None, recompute: bool = False) -> pd.DataFrame:
+def evaluate_run(run_dir: Path, probe_cache: str | None = None, recompute: bool = False,
+                 warn: Callable[[str], None] | None = None) -> pd.DataFrame:
     """A run's rows for the results table, stored in its folder: reused where they were computed from its
     current checkpoint (or summary) by this evaluation code, computed afresh otherwise (or with
-    `recompute`). Raises on a bad checkpoint or summary, naming the file."""
+    `recompute`). A run whose start checkpoints changed after it started from them (starts.json) has the
+    status `stale`. Raises on a bad checkpoint or summary, naming the file; a folder that cannot be written
+    is warned about through `warn` (else raises)."""
+    return marked_stale(run_dir, computed_rows(run_dir, probe_cache, recompute, warn))
+
+
+def marked_stale(run_dir: Path, rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a run whose start checkpoints are no longer the ones it started from, with its status
+    `stale` (its status row's metric and every row's status): the report leaves it out and names it."""
+    if not (run_dir / STARTS_NAME).exists() or not (run_dir / CHECKPOINT_NAME).exists():
+        return rows
+    recorded = read_json(run_dir / STARTS_NAME, "record of start checkpoints", dict)
+    summary = read_json(run_dir / "summary.json", "run summary", dict) if (run_dir / "summary.json").exists() else {}
+    config = summary.get("config") or load_checkpoint(run_dir / CHECKPOINT_NAME)["run_config"]
+    if not changed_starts(recorded, config):
+        return rows
+    rows = rows.copy()
+    rows.loc[rows.probe == "run", "metric"] = STALE
+    rows["status"] = STALE
+    return rows
+
+
+def computed_rows(run_dir: Path, probe_cache: str | None, recompute: bool, warn) -> pd.DataFrame:
     source = source_digest(run_dir)
     stored = None if recompute else read_run_rows(run_dir, source)
     if stored is not None:
@@ -221,7 +274,7 @@ def evaluate_run(run_dir: Path, probe_cache: str | None = None, recompute: bool 
         rows = failed_run_rows(run_dir, summary)  # a job that failed: its error is in the summary
     else:
         rows = evaluate_checkpoint(run_dir, probe_cache)
-    return write_run_rows(run_dir, rows, source)
+    return write_run_rows(run_dir, rows, source, warn)
 
 
 def failed_run_rows(run_dir: Path, summary: dict) -> list[dict]:

@@ -15,6 +15,7 @@ through a uniquely named temporary file, so concurrent writers lose no rows.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from instrumentality.configs import experiment_file, experiments, flatten
 from instrumentality.errors import DataFileError
 from instrumentality.files import file_lock, read_json, write_atomic, write_json
 from instrumentality.model import cognition
@@ -32,13 +34,23 @@ EVAL_VERSION = 7  # of the evaluators: bump when a change to them changes rows (
 ROWS, ROWS_META = "rows.csv", "rows.json"
 ITEMS = "items"  # a row's per-item values (a numpy array), where its evaluator keeps them
 ITEMS_FILE = "items.npz"  # a run's per-item values, beside its rows: {"<probe>|<metric>": values}
-# config values copied into every row (the ones experiments sweep); absent ones are left empty
-SWEPT_KEYS = ("preset_name", "exp_name", "world.seed", "model.n_layer", "model.n_embd", "model.myopic",
-              "model.n_future_heads",
-              "regime.reward", "regime.baseline", "regime.critic", "regime.rollout", "regime.horizon",
-              "regime.gamma", "regime.beta", "regime.init", "regime.quest_teacher", "regime.mix_variant",
-              "regime.mix_fraction", "quest.overseer_visible", "regime.stride", "regime.teacher", "regime.route",
-              "trainer.max_steps")
+# config values copied into every row: what a run is (its preset, experiment, world, model and budget), then
+# the keys its experiment declares tell its runs apart (`columns` of configs/experiment/<name>.yaml)
+IDENTITY_COLUMNS = ("preset_name", "exp_name", "world.seed", "model.n_layer", "model.n_embd", "model.myopic",
+                    "model.n_future_heads", "trainer.max_steps")
+
+
+@functools.cache
+def swept_keys() -> tuple[str, ...]:
+    """The config keys of results.csv: IDENTITY_COLUMNS, then every key an experiment declares in `columns`
+    (first declaration first, experiments in the sweep's order). An experiment added with its file adds its
+    columns. Every row has all of them: one its run's config lacks is left empty."""
+    keys = dict.fromkeys(IDENTITY_COLUMNS)
+    for name in experiments():
+        keys.update(dict.fromkeys(experiment_file(name).get("columns") or ()))
+    return tuple(keys)
+
+
 TABLE_KEYS = ("run_id", "source", "run_rows", "probe", "metric", "value")  # every table has these columns
 
 
@@ -48,20 +60,11 @@ def run_id_of(run_dir: Path) -> str:
     return f"{run_dir.parent.name}/{run_dir.name}"
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    """A nested config as {"group.key": value}."""
-    out: dict = {}
-    for k, v in (d or {}).items():
-        key = f"{prefix}{k}"
-        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 def tidy_rows(rows: list[dict], run_id: str, run_config: dict, status: dict | None = None) -> list[dict]:
     """Rows with the run's identity: run_id, regime, seed, the swept config values and its status."""
     flat = flatten(run_config)
     meta = {"run_id": run_id, "regime": flat.get("regime.name", ""), "seed": flat.get("seed", "")}
-    meta.update({k: flat.get(k, "") for k in SWEPT_KEYS})
+    meta.update({k: flat.get(k, "") for k in swept_keys()})
     if "model.myopic" in flat:  # a world-text or quest model (not a scripted agent)
         meta["cognition"] = cognition(bool(flat["model.myopic"]), int(flat.get("model.n_future_heads") or 0))
     meta["status"] = (status or {}).get("status", "")
@@ -89,6 +92,9 @@ def curve_rows(history: list[dict]) -> list[dict]:
     return rows
 
 
+STALE = "stale"  # the status of a run whose start checkpoints changed after it started from them
+
+
 def status_rows(status: dict) -> list[dict]:
     """1 for the run's final status (finished / collapsed / failed / running), with the step it ended at."""
     return [{"probe": "run", "metric": status.get("status", "unknown"), "value": 1.0, "ci_low": math.nan,
@@ -111,20 +117,28 @@ def source_digest(run_dir: Path) -> str:
     return h.hexdigest()
 
 
-def write_run_rows(run_dir: Path, rows: list[dict], source: str | None = None) -> pd.DataFrame:
+def write_run_rows(run_dir: Path, rows: list[dict], source: str | None = None, warn=None) -> pd.DataFrame:
     """Store a run's tidy rows in its folder (atomically), tagged with what they were computed from, and
     their per-item values (rows with `items`) in items.npz beside them. Returns the rows as stored (with
-    source and run_rows)."""
+    source and run_rows). A folder that cannot be written (read-only) gets a warning through `warn` and the
+    rows are returned unstored (computed again next time; without items.npz their arms' item errors are
+    added in quadrature)."""
     source = source or source_digest(run_dir)
     items = {f"{r['probe']}|{r['metric']}": np.asarray(r[ITEMS], dtype=np.float64) for r in rows
              if r.get(ITEMS) is not None}
     rows = [{k: v for k, v in r.items() if k != ITEMS} for r in rows]
-    write_atomic(run_dir / ITEMS_FILE, npz_bytes(items))
     df = pd.DataFrame(rows)
     df.insert(1, "source", source[:16])
     df.insert(2, "run_rows", len(df))
-    write_atomic(run_dir / ROWS, df.to_csv(index=False))
-    write_json(run_dir / ROWS_META, {"source": source, "rows": len(df), "eval_version": EVAL_VERSION})
+    try:
+        write_atomic(run_dir / ITEMS_FILE, npz_bytes(items))
+        write_atomic(run_dir / ROWS, df.to_csv(index=False))
+        write_json(run_dir / ROWS_META, {"source": source, "rows": len(df), "eval_version": EVAL_VERSION})
+    except OSError as e:
+        if warn is None:
+            raise
+        warn(f"{run_dir}: its rows could not be stored in the folder ({e.strerror or e}); they are in the "
+             "table, computed again at the next evaluation")
     return df
 
 

@@ -81,6 +81,33 @@ def load_start(path: str | os.PathLike, what: str, world=None, map_location="cpu
     return ck
 
 
+# ---------------------------------------------------------------------------- what a run started from
+STARTS_NAME = "starts.json"  # in a run folder: the sha256 of each checkpoint the run started from
+
+
+def start_checkpoints(config: dict) -> dict[str, str]:
+    """The checkpoints a run starts from: each setting of its regime, and each of its `needs`, that names a
+    checkpoint file (`regime.ref_checkpoint`, `regime.init_checkpoint`, `regime.source`, `needs.F1`, ...)."""
+    found = {**{f"regime.{k}": v for k, v in (config.get("regime") or {}).items()},
+             **{f"needs.{k}": v for k, v in (config.get("needs") or {}).items()}}
+    return {k: v for k, v in found.items() if isinstance(v, str) and Path(v).name == CHECKPOINT_NAME}
+
+
+def start_digests(config: dict) -> dict[str, str | None]:
+    """Setting -> the sha256 of the checkpoint it names now (None: missing or damaged)."""
+    paths = start_checkpoints(config)
+    digests = {path: checkpoint_digest(path) for path in set(paths.values())}
+    return {k: digests[path] for k, path in paths.items()}
+
+
+def changed_starts(recorded: dict, config: dict) -> list[str]:
+    """The settings whose checkpoint is no longer the one the run started from (`recorded`: start_digests
+    when it started), as "<setting> (<path>)"."""
+    now = start_digests(config)
+    paths = start_checkpoints(config)
+    return [f"{k} ({paths.get(k, '?')})" for k, digest in recorded.items() if now.get(k) != digest]
+
+
 def model_from_checkpoint(ck: dict):
     """The GPT a loaded checkpoint holds (its `model_config` and weights), in eval mode."""
     from instrumentality.model import GPT, GPTConfig

@@ -2,25 +2,15 @@
 
 A run folder holds one run. Resuming it with another config would continue the old weights under a new
 name, so a run refuses to start in a folder whose checkpoint was trained with a config that differs in
-anything but the budget keys below (how long to train, how often to log, evaluate and checkpoint, where
+anything but the budget keys (configs.BUDGET_KEYS: how long to train, how often to log, evaluate and checkpoint, where
 files live). While a process trains in a folder it holds the folder's lock, so a second process (a second
 sweep, a rerun while the first is still going) is refused instead of training the same folder twice.
 """
 
 from __future__ import annotations
 
-from omegaconf import OmegaConf
-
+from instrumentality.configs import BUDGET_KEYS, IDENTITY_KEYS, flatten
 from instrumentality.errors import ConfigError, check_name
-from instrumentality.evaluation.table import flatten
-
-# What a run is: these config groups and keys. The rest (names, logging, evaluation, the preset's budgets
-# that flow into trainer.max_steps) does not change what is trained.
-IDENTITY_KEYS = ("world", "model", "regime", "trainer", "quest", "seed", "batch_size")
-# Keys inside the identity that may change between a run and its resumption.
-BUDGET_KEYS = {"trainer.max_steps", "trainer.log_every", "trainer.eval_every", "trainer.ckpt_every",
-               "trainer.progress", "trainer.device", "trainer.compile", "trainer.nonfinite_check",
-               "regime.corpus_cache"}
 
 
 def regime_at_defaults(regime: dict) -> dict:
@@ -84,12 +74,4 @@ def check_run_names(cfg) -> None:
         check_name(cfg.get(key), key)
 
 
-def _folder_name(value, key: str = "a name") -> str:
-    return check_name(value, key)
-
-
-# Hydra builds the run folder from exp_name and run_name (configs/train.yaml) before the job starts: the
-# resolver refuses a name that would leave runs_root before any folder is made.
-if not OmegaConf.has_resolver("folder_name"):
-    OmegaConf.register_new_resolver("folder_name", _folder_name)
 __all__ = ["ConfigError", "FolderConflict", "check_run_names", "check_same_run", "config_differences", "identity"]
