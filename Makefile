@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_CPU ?= torch==2.13.0
 HAS_CUDA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 PRESET ?= $(if $(HAS_CUDA),full,quick)
-LAUNCHER ?= basic          # basic | joblib | local | slurm (configs/hydra/launcher/); settings through ARGS
+LAUNCHER ?= basic          # basic | joblib | local | slurm | slurm_gpu (configs/hydra/launcher/); settings through ARGS
 ARGS ?=                    # extra overrides for every run, e.g. ARGS="hydra.launcher.partition=gpu"
 # units (experiment, seed) at once: without CUDA two, one thread each (the tiny quick models use two
 # threads poorly); with CUDA four processes share the GPU (one small model's process leaves it mostly
@@ -41,11 +41,11 @@ sweep: install  ## run every experiment (quick preset without CUDA, full with), 
 	$(PY) scripts/sweep.py --preset $(PRESET) --launcher $(LAUNCHER) --lanes $(LANES) $(ARGS)
 
 check-full: install  ## every job of the full preset, 2 steps each, 1 seed, on this machine (about 3 min on 2 CPU cores)
-	rm -rf /tmp/check-full
-	WANDB_MODE=disabled $(PY) scripts/sweep.py --preset full --lanes $(LANES) --seeds 1 --runs-root /tmp/check-full/runs \
-		--results /tmp/check-full/results trainer.max_steps=2 F4_sb3:budget.sb3_steps.full=512 trainer.eval_every=0 \
-		logger=none
-	@! grep -l '"failed"' /tmp/check-full/runs/full/*/*/summary.json || (echo "failed runs above"; exit 1)
+	@dir=$$(mktemp -d -t check-full.XXXXXX) && echo "runs and results under $$dir" && \
+	WANDB_MODE=disabled $(PY) scripts/sweep.py --preset full --lanes $(LANES) --seeds 1 --runs-root $$dir/runs \
+		--results $$dir/results trainer.max_steps=2 F4_sb3:budget.sb3_steps.full=512 trainer.eval_every=0 \
+		logger=none && \
+	! grep -l '"failed"' $$dir/runs/full/*/*/summary.json && rm -rf $$dir || (echo "failed runs above (kept in $$dir)"; exit 1)
 
 compare: install  ## after a sweep: each claim's new value against the committed table's interval
 	$(PY) scripts/compare.py --preset $(PRESET)

@@ -91,6 +91,51 @@ def experiment_folder(preset: str, exp: str) -> str:
     return str(compose(preset, f"experiment={exp}").exp_name)
 
 
+def swept_values(override: str) -> tuple[str, list[str]] | None:
+    """`key=a,b` or `key=range(a,b[,step])` as (key, its values); None for an override of one value."""
+    key, _, value = override.partition("=")
+    m = re.fullmatch(r"range\((-?\d+),\s*(-?\d+)(?:,\s*(-?\d+))?\)", value.strip())
+    if m:
+        return key, [str(v) for v in range(int(m[1]), int(m[2]), int(m[3] or 1))]
+    return (key, value.split(",")) if "," in value and not value.startswith(("[", "{", "'", '"')) else None
+
+
+def sweep_run_folders(preset: str, seeds: int, overrides: list[str]) -> list[str]:
+    """The run folders (`<exp_name>/<run_name>` under runs/<preset>/) a sweep of this preset makes at this
+    seed count: every job of every experiment (composed as its unit composes it) and the SB3 unit's agent
+    folders. Only these enter the results table; a run made by hand beside them (another seed, another
+    run_name) is left out of it, and named."""
+    import itertools
+
+    from omegaconf import OmegaConf
+
+    names = []
+    for exp in experiments():
+        own = [o for o in unit_overrides(overrides, exp) if not o.startswith("hydra")]
+        swept_here = dict(swept_values(o) for o in own if swept_values(o) is not None)  # the command line's
+        own = [o for o in own if swept_values(o) is None]
+        base = compose(preset, f"experiment={exp}", *own, hydra=True)
+        params = {k: str(v).split(",") for k, v in (base.hydra.sweeper.params or {}).items()}
+        params.update(swept_here)  # as Hydra's sweeper takes them: the command line wins, one value too
+        params.update({k: [v] for k, _, v in (o.partition("=") for o in own) if k in params})
+        groups = set(base.hydra.runtime.choices)
+        for values in itertools.product(*params.values()):
+            swept = dict(zip(params, values))
+            if groups & set(swept):  # a config group (regime=..., cognition=...): composed as its job is
+                job = compose(preset, f"experiment={exp}", *own, *(f"{k}={v}" for k, v in swept.items()))
+            else:  # plain values: set on the experiment's config (as Hydra would, parsed as YAML)
+                job = OmegaConf.masked_copy(base, [k for k in base if k != "hydra"])
+                for k, v in swept.items():
+                    OmegaConf.update(job, k, OmegaConf.create({"v": v}).v, force_add=True)
+            for seed in range(seeds):  # a plain value too: the run name is resolved with each
+                job.seed = seed
+                names.append(f"{job.exp_name}/{job.run_name}")
+    agents = experiment_folder(preset, "F4")  # scripts/train_sb3.py --baselines: SB3 per seed, scripted agents
+    names += [f"{agents}/{a}" for a in ("random", "explorer", "planner")]
+    names += [f"{agents}/sb3_ppo-s{seed}" for seed in range(seeds)]
+    return sorted(set(names))
+
+
 @functools.cache
 def launcher_kind(launcher: str) -> str:
     """What a Hydra launcher config (hydra/launcher/<name>: configs/hydra/launcher/ or an installed plugin's)
@@ -439,14 +484,16 @@ def tracking_mode(overrides: list[str]) -> str:
     return mode
 
 
-def log_report_to_wandb(out: Path, provenance: dict, mode: str = "auto", runs_root: Path = ROOT / "runs"):
+def log_report_to_wandb(out: Path, provenance: dict, mode: str = "auto", runs_root: Path = ROOT / "runs",
+                        runs: list[Path] | None = None):
     """One W&B run per sweep, in the preset's project (group and job type `report`): the figures as images,
-    the claims as a table, and results.csv, REPORT.md and the figures as one artifact. Not with `mode`
-    disabled (logger=none); its offline files go under runs_root/wandb-report."""
+    the claims as a table, and results.csv, REPORT.md and the figures as one artifact; it uses the model
+    artifact of each run in the table (`runs`), so W&B's lineage leads from every training run to the
+    report. Not with `mode` disabled (logger=none); its offline files go under runs_root/wandb-report."""
     if mode == "disabled":
         return
     from instrumentality.report import claims, load
-    from instrumentality.tracking import Tracker, wandb_project
+    from instrumentality.tracking import Tracker, file_artifact, wandb_project
 
     preset = provenance["preset"]
     folder = runs_root / "wandb-report"
@@ -454,6 +501,9 @@ def log_report_to_wandb(out: Path, provenance: dict, mode: str = "auto", runs_ro
     tracker = Tracker(mode=mode, project=wandb_project(preset), group="report", job_type="report",
                       name=f"report-{preset}", tags=[f"rev:{provenance['git_revision']}", f"preset:{preset}", "report"],
                       config=provenance, dir=folder)
+    tracker.use_artifacts([file_artifact(f"{run.parent.name}-{run.name}", "model",
+                                         [run / "checkpoint.pt", run / "rows.csv"], copy=False)
+                           for run in runs or () if (run / "checkpoint.pt").exists()])
     tracker.log_artifact(f"results-{preset}", "results", [out / "results.csv", out / "REPORT.md",
                                                            out / "provenance.json", out / "figures"],
                          f"the {preset} sweep's results table, report and figures")
@@ -528,9 +578,18 @@ def main() -> int:
         return 128 + e.signum
     print("\n=== evaluating every run on the common probe set", flush=True)
     t0 = time.perf_counter()
-    evaluation = subprocess.run([sys.executable, "-m", "instrumentality.evaluate", str(runs_root / args.preset),
+    from instrumentality.evaluation.run_rows import find_runs
+
+    preset_dir = runs_root / args.preset
+    made = sweep_run_folders(args.preset, seeds, args.overrides)
+    ours = [preset_dir / name for name in made if (preset_dir / name).exists()]
+    others = sorted(str(r.relative_to(preset_dir)) for r in find_runs([preset_dir]) if r not in set(ours))
+    if others:  # e.g. a run trained by hand under runs/<preset>/F1, or a seed beyond --seeds
+        print(f"{len(others)} run folder(s) under {preset_dir} that a sweep of {seeds} seed(s) does not make are "
+              f"left out of the table: {', '.join(others)}", file=sys.stderr)
+    evaluation = subprocess.run([sys.executable, "-m", "instrumentality.evaluate", *map(str, ours),
                                  "--out", str(out / "results.csv"), "--probe-cache", str(runs_root / "probes"),
-                                 "--prune"], cwd=ROOT, check=False)
+                                 "--prune"], cwd=ROOT, check=False) if ours else subprocess.CompletedProcess([], 0)
     walls["evaluate"] = time.perf_counter() - t0
     hw = hardware()
     provenance = {"preset": args.preset, "git_revision": rev.strip() or "unknown", "git_dirty": dirty,
@@ -541,7 +600,8 @@ def main() -> int:
                   "seeds": seeds, "launcher": args.launcher, "lanes": args.lanes, "cpu_lanes": args.cpu_lanes,
                   "jobs_per_unit_at_once": jobs_at_once,
                   "unit_s": {k: round(v, 1) for k, v in walls.items()},  # summed over seeds; units overlap
-                  "total_wall_s": round(time.perf_counter() - t_all, 1)}
+                  "total_wall_s": round(time.perf_counter() - t_all, 1),
+                  "left_out": others}  # run folders beside the sweep's, not in its table
     if (out / "provenance.json").exists():
         try:
             provenance = merged_provenance(provenance, json.loads((out / "provenance.json").read_text()))
@@ -555,7 +615,7 @@ def main() -> int:
     from instrumentality.report import write_report
 
     report = write_report(out / "results.csv", out, provenance)
-    log_report_to_wandb(out, provenance, tracking_mode(args.overrides), runs_root)
+    log_report_to_wandb(out, provenance, tracking_mode(args.overrides), runs_root, ours)
     failed = [p.parent for p in (runs_root / args.preset).rglob("summary.json")
               if '"status": "failed"' in p.read_text(errors="replace")]
     print(f"\nwrote {out / 'results.csv'}, {report}, {out / 'figures'}/ in {provenance['total_wall_s'] / 60:.1f} min")

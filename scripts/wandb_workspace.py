@@ -1,5 +1,6 @@
 """A W&B workspace for one preset's project, built in code: a section per figure, runs grouped by experiment
-arm (their W&B group, so each line is an arm's mean over its seeds with the min-max band).
+arm (their W&B group, so each line is an arm's mean over its seeds with the min-max band), and a saved view
+per experiment that shows that experiment's runs alone.
 
     .venv/bin/python scripts/wandb_workspace.py --preset quick --entity <your entity>           # print it
     .venv/bin/python scripts/wandb_workspace.py --preset quick --entity <your entity> --save    # save it
@@ -33,7 +34,9 @@ def panel_keys() -> set[str]:
     return {key for _, keys in SECTIONS.values() for key in keys}
 
 
-def build(entity: str, preset: str):
+def build(entity: str, preset: str, experiment: str | None = None):
+    """The workspace of a preset's project: every run, or (`experiment`) a saved view of one experiment's
+    runs alone (filtered on the exp_name in their config), so that F1's panels show F1's arms only."""
     import wandb_workspaces.expr as expr
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
@@ -42,8 +45,18 @@ def build(entity: str, preset: str):
 
     sections = [ws.Section(name=name, is_open=True, panels=[wr.LinePlot(title=key, x=x, y=[key]) for key in keys])
                 for name, (x, keys) in SECTIONS.items()]
-    return ws.Workspace(entity=entity, project=wandb_project(preset), name=f"instrumentality {preset}",
-                        sections=sections, runset_settings=ws.RunsetSettings(groupby=[expr.Metric("Group")]))
+    filters = [expr.Config("exp_name") == experiment] if experiment else []
+    return ws.Workspace(entity=entity, project=wandb_project(preset),
+                        name=f"instrumentality {preset}" + (f" {experiment}" if experiment else ""),
+                        sections=sections, runset_settings=ws.RunsetSettings(groupby=[expr.Metric("Group")],
+                                                                             filters=filters))
+
+
+def experiment_names(preset: str) -> list[str]:
+    """The exp_name of every experiment (its runs' W&B group prefix), in the sweep's order."""
+    from instrumentality.configs import compose, experiments
+
+    return list(dict.fromkeys(str(compose(f"experiment={e}", f"preset={preset}").exp_name) for e in experiments()))
 
 
 def main() -> int:
@@ -55,9 +68,12 @@ def main() -> int:
     workspace = build(args.entity, args.preset)
     for section in workspace.sections:
         print(f"{section.name}: " + ", ".join(p.y[0] for p in section.panels))
+    views = [build(args.entity, args.preset, exp) for exp in experiment_names(args.preset)]
+    print("views, one per experiment: " + ", ".join(v.name for v in views))
     if args.save:
-        workspace.save()
-        print(f"saved: {workspace.url}")
+        for w in (workspace, *views):
+            w.save()
+            print(f"saved: {w.url}")
     return 0
 
 

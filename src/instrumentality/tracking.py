@@ -92,6 +92,10 @@ def server_reachable(timeout_s: float = 3.0) -> bool:
     return bool(result and result[0])
 
 
+SECTIONS = ("train/*", "perf/*", "probe/*", "probe_ci/*", "env/*")  # the metric families a run logs
+SUMMARIES = {"probe/*": "last,min,max", "env/*": "last,max"}  # the run table's columns (else the last value)
+
+
 class Tracker:
     """Thin wrapper: log scalars, tables and images to W&B; a no-op when disabled."""
 
@@ -131,8 +135,8 @@ class Tracker:
             self.run = init(self.mode)
         if x_axis is not None:
             self.run.define_metric(x_axis)
-            for section in ("train/*", "perf/*"):
-                self.run.define_metric(section, step_metric=x_axis)
+            for section in SECTIONS:  # every family against the same x-axis (its last value where one is not logged)
+                self.run.define_metric(section, step_metric=x_axis, summary=SUMMARIES.get(section, "last"))
 
     @property
     def enabled(self) -> bool:
@@ -156,19 +160,25 @@ class Tracker:
 
             self.run.log({key: wandb.Image(str(path))}, step=step)
 
-    def log_artifact(self, name: str, kind: str, paths: list, description: str = ""):
-        """Files (and folders) as one W&B artifact of type `kind`; missing paths are left out."""
+    def log_artifact(self, name: str, kind: str, paths: list, description: str = "", metadata: dict | None = None,
+                     aliases: list[str] | None = None):
+        """Files (and folders) as one W&B artifact of type `kind` (a trained model: "model"), with `metadata`
+        and `aliases` (e.g. "final"); missing paths are left out."""
         if self.run is None:
             return
-        import wandb
+        self.run.log_artifact(file_artifact(name, kind, paths, description, metadata), aliases=aliases)
 
-        artifact = wandb.Artifact(re.sub(r"[^\w.-]+", "-", name), type=kind, description=description)
-        for path in map(Path, paths):
-            if path.is_dir():
-                artifact.add_dir(str(path), name=path.name)
-            elif path.exists():
-                artifact.add_file(str(path))
-        self.run.log_artifact(artifact)
+    def use_artifacts(self, artifacts: list):
+        """Declare the artifacts (file_artifact of the same files as their producer logged) this run reads:
+        the W&B lineage from each training run to it, matched by content. W&B records lineage online only:
+        offline, the run's config lists them (`uses`: name and content digest) instead."""
+        if self.run is None or not artifacts:
+            return
+        if self.mode == "offline":
+            self.run.config.update({"uses": [f"{a.name}@{a.digest}" for a in artifacts]}, allow_val_change=True)
+            return
+        for artifact in artifacts:
+            self.run.use_artifact(artifact)
 
     def summary(self, values: dict):
         if self.run is not None:
@@ -178,6 +188,23 @@ class Tracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+def file_artifact(name: str, kind: str, paths: list, description: str = "", metadata: dict | None = None,
+                  copy: bool = True):
+    """A W&B artifact of these files (and folders); missing paths are left out. Made from the same files, two
+    are one artifact version (W&B names a version by its content). `copy`: the files are copied for upload
+    (a checkpoint trained on later does not change what was logged); else only read for their digest."""
+    import wandb
+
+    artifact = wandb.Artifact(re.sub(r"[^\w.-]+", "-", name), type=kind, description=description,
+                              metadata=metadata)
+    for path in map(Path, paths):
+        if path.is_dir():
+            artifact.add_dir(str(path), name=path.name)
+        elif path.exists():
+            artifact.add_file(str(path), policy="mutable" if copy else "immutable")
+    return artifact
 
 
 def wandb_run_id(out_dir: Path) -> str:
