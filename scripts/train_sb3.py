@@ -4,12 +4,17 @@
 
 composes experiment F4's config with the Hydra overrides given (the quest, preset, seed and runs_root: the
 same overrides reach F4's quest-PPO runs and this agent), trains PPO on its quest for the preset's
-budget.sb3_steps, raised to the most env steps an F4 quest agent of that config can take (--steps N: N), and
-writes ppo.zip and summary.json (agent spec, learning curve, wall time) into <runs_root>/<preset>/F4/
-sb3_ppo-s<seed> (--out: elsewhere); with --baselines also the random, explorer and planner agent folders
-beside it, scored on the quest probes at once (their rows stored in their folders, so the sweep's evaluation,
-which runs alone after every unit, only collects them). A finished run is not trained again.
-`python -m instrumentality.evaluate <out> --out results.csv` then scores them on the quest probes.
+budget.sb3_steps, raised to the most env steps an F4 quest agent of that config can take (--steps N: N), with
+the hyperparameters of configs/sb3/cluequest.yaml (an rl-baselines3-zoo file: the entry of the small quest's
+env id; --conf-file another, --ppo KEY=VALUE over it), and writes ppo.zip and summary.json (agent spec,
+learning curve, wall time) into <runs_root>/<preset>/F4/sb3_ppo-s<seed> (--out: elsewhere); with --baselines
+also the random, explorer and planner agent folders beside it, scored on the quest probes at once (their
+rows stored in their folders, so the sweep's evaluation, which runs alone after every unit, only collects
+them). A finished run is not trained again.
+`python -m instrumentality.evaluate <out> --out results.csv` then scores them on the quest probes. While it
+trains, the policy plays --eval-episodes episodes of the `standard` probe every --eval-freq env steps. W&B gets
+the hyperparameters as the run's config, the curves and SB3's train/ diagnostics against env steps, and
+ppo.zip as a `model` artifact (alias `final`).
 """
 
 import argparse
@@ -26,6 +31,8 @@ from instrumentality.training.build import plain
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "F4"  # the quest agent this one is the reference for: its quest and budget
+HYPERPARAMETERS = ROOT / "configs" / "sb3" / "cluequest.yaml"  # envs/sb3.py's HYPERPARAMETERS
+EVAL_FREQ, EVAL_EPISODES = 4096, 200  # the probe evaluation's defaults (as rl_zoo3.train's --eval-freq/-episodes)
 
 
 def experiment_config(overrides: list[str]) -> DictConfig:
@@ -65,16 +72,41 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, DictConfig
     ap.add_argument("--baselines", action="store_true",
                     help="also write the random, explorer and planner agent folders and score them")
     ap.add_argument("--more", action="store_true", help="train a finished run --steps more env steps")
+    ap.add_argument("--conf-file", type=Path, default=HYPERPARAMETERS,
+                    help="the zoo hyperparameter file (default: configs/sb3/cluequest.yaml)")
     ap.add_argument("--ppo", action="append", default=[], metavar="KEY=VALUE",
-                    help="a PPO argument over envs/sb3.py's PPO_DEFAULTS, e.g. --ppo learning_rate=1e-3 "
-                         "--ppo n_steps=64")
-    ap.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: configs/sb3/cluequest.yaml)")
+                    help="a PPO argument over the file's entry, e.g. --ppo learning_rate=1e-3 --ppo n_steps=64")
+    ap.add_argument("--n-envs", type=int, default=None, help="parallel envs (default: the file's n_envs)")
+    ap.add_argument("--eval-freq", type=int, default=EVAL_FREQ,
+                    help=f"env steps between evaluations on the `standard` probe (default {EVAL_FREQ})")
+    ap.add_argument("--eval-episodes", type=int, default=EVAL_EPISODES,
+                    help=f"`standard` probe episodes per evaluation (default {EVAL_EPISODES})")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of experiment F4's config")
     args = ap.parse_intermixed_args(argv)
     return args, experiment_config(args.overrides)
 
 
-def sb3_tracker(cfg: DictConfig, out: Path, seed: int):
+def hyperparams(args: argparse.Namespace, steps: int) -> dict:
+    """The zoo entry the run trains with: --conf-file's entry for the small quest's env id, --ppo and --n-envs
+    over it, n_timesteps the env steps it trains for (checked: envs/sb3.py check_entry)."""
+    from instrumentality.envs.sb3 import check_entry, hyperparameters
+
+    ppo = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.ppo)}
+    n_envs = {"n_envs": args.n_envs} if args.n_envs else {}
+    return check_entry({**hyperparameters(args.conf_file), **ppo, **n_envs, "n_timesteps": steps},
+                       f"{args.conf_file} with --ppo {' '.join(args.ppo)}")
+
+
+def run_config(cfg: DictConfig, args: argparse.Namespace, entry: dict, seed: int) -> dict:
+    """The W&B run's config: the env id, quest and seed, the zoo entry (n_timesteps, policy, n_envs and every
+    PPO argument) and the probe evaluation's settings."""
+    from instrumentality.envs.sb3 import ENV_ID
+
+    return {"env_id": ENV_ID, "quest": quest_of(cfg), "seed": seed, **entry, "eval_freq": args.eval_freq,
+            "eval_episodes": args.eval_episodes}
+
+
+def sb3_tracker(cfg: DictConfig, out: Path, seed: int, config: dict | None = None):
     """The SB3 run's W&B run, found as the training runs are (train.py wandb_labels): the preset's project,
     group F4/sb3_ppo, job type sb3_ppo, curves against env steps; its id kept in the run folder."""
     from instrumentality.tracking import Tracker, git_revision, wandb_group, wandb_project, wandb_run_id
@@ -82,10 +114,17 @@ def sb3_tracker(cfg: DictConfig, out: Path, seed: int):
     preset = str(cfg.preset_name)
     return Tracker(mode=cfg.logger.mode if cfg.get("logger") else "disabled",
                    project=wandb_project(preset, cfg.logger.project), group=wandb_group(EXPERIMENT, "sb3_ppo"),
-                   job_type="sb3_ppo",
-                   name=f"{EXPERIMENT}/sb3_ppo-s{seed}", config={"quest": quest_of(cfg), "seed": seed},
+                   job_type="sb3_ppo", name=f"{EXPERIMENT}/sb3_ppo-s{seed}",
+                   config=config or {"quest": quest_of(cfg), "seed": seed},
                    tags=[f"rev:{git_revision()}", f"preset:{preset}", "sb3_ppo"], dir=out,
                    run_id=wandb_run_id(out), x_axis="perf/env_steps_seen")
+
+
+def log_model(tracker, out: Path, seed: int, metadata: dict):
+    """ppo.zip as the run's W&B artifact of type `model`, alias `final`, with `metadata`."""
+    tracker.log_artifact(f"{EXPERIMENT}-sb3_ppo-s{seed}", "model", [out / "ppo.zip"],
+                         description=f"SB3 PPO on {metadata['env_id']}, seed {seed}", metadata=metadata,
+                         aliases=["final"])
 
 
 def write_agent(out: Path, spec: dict, **extra):
@@ -112,31 +151,33 @@ def main() -> int:
             print(f"{out}: finished before, not trained again (--more trains it further)")
             return 0
         before = read_json(summary, "SB3 run summary", dict)
-    from instrumentality.envs.sb3 import PPO_DEFAULTS, eval_on_probes, hyperparameters, train
+    from instrumentality.envs.sb3 import ENV_ID, eval_on_probes, ppo_kwargs, train
 
-    ppo = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.ppo)}
-    zoo = hyperparameters()
-    n_envs = args.n_envs or zoo["n_envs"]
+    entry = hyperparams(args, before["steps"] + steps)  # n_timesteps: the run's env steps, earlier ones included
+    ppo = {**ppo_kwargs(entry), **before.get("ppo", {})}  # a resumed model keeps the PPO arguments it was saved with
     out.mkdir(parents=True, exist_ok=True)
-    tracker = sb3_tracker(cfg, out, seed)
-    evaluation = eval_on_probes(quest, zoo["eval_freq"], zoo["eval_episodes"], log=tracker.log)
+    tracker = sb3_tracker(cfg, out, seed, run_config(cfg, args, {**entry, **ppo}, seed))
+    evaluation = eval_on_probes(quest, args.eval_freq, args.eval_episodes, log=tracker.log)
     try:
-        model, curve, wall = train(quest, steps, seed, n_envs=n_envs, progress=sys.stderr.isatty(),
+        model, curve, wall = train(quest, steps, seed, progress=sys.stderr.isatty(),
                                    resume=out / "ppo.zip" if before["steps"] else None, callbacks=[evaluation],
-                                   log=tracker.log, **ppo)
-        tracker.summary({"env_steps": before["steps"] + steps, "wall_s": before["wall_s"] + wall})
+                                   log=tracker.log, hyperparams=entry)
+        tmp = out / f".ppo.{os.getpid()}.tmp.zip"  # written whole, then moved: a kill leaves no half policy
+        model.save(tmp)
+        os.replace(tmp, out / "ppo.zip")
+        steps_all, wall_all = before["steps"] + steps, before["wall_s"] + wall
+        probe_curve = before.get("probe_curve", []) + evaluation.points
+        write_agent(out, {"kind": "sb3_ppo", "quest": quest, "seed": seed,
+                          "episodes": int(cfg.eval.quest_episodes)},
+                    steps=steps_all, curve=before["curve"] + curve, wall_s=wall_all,
+                    env_steps_per_s=steps_all / wall_all, ppo=ppo, n_envs=entry["n_envs"], probe_curve=probe_curve)
+        last = curve[-1][1] if curve else float("nan")
+        final = probe_curve[-1]["env/probe_return"] if probe_curve else float("nan")
+        tracker.summary({"env_steps": steps_all, "wall_s": wall_all})
+        log_model(tracker, out, seed, {"env_id": ENV_ID, "seed": seed, "n_timesteps": steps_all,
+                                       "final_return": final, "train_return_last_100": last})
     finally:
         tracker.finish()
-    tmp = out / f".ppo.{os.getpid()}.tmp.zip"  # written whole, then moved: a kill leaves no half policy
-    model.save(tmp)
-    os.replace(tmp, out / "ppo.zip")
-    steps_all, wall_all = before["steps"] + steps, before["wall_s"] + wall
-    write_agent(out, {"kind": "sb3_ppo", "quest": quest, "seed": seed, "episodes": int(cfg.eval.quest_episodes)},
-                steps=steps_all,
-                curve=before["curve"] + curve, wall_s=wall_all, env_steps_per_s=steps_all / wall_all,
-                ppo={**PPO_DEFAULTS, **ppo, **before.get("ppo", {})}, n_envs=n_envs,
-                probe_curve=before.get("probe_curve", []) + evaluation.points)
-    last = curve[-1][1] if curve else float("nan")
     print(f"[sb3_ppo-s{seed}] finished after {steps_all} env steps, {wall_all:.1f}s "
           f"({steps / wall:.0f} steps/s); mean return of the last 100 episodes {last:.3f}")
     return 0

@@ -2,21 +2,31 @@
 steps per seed and scored by its mean return on the `standard` quest probe (the episodes every agent is
 scored on).
 
-    .venv/bin/python scripts/tune_sb3.py --trials 30 --steps 60000 --seeds 0,1 --out results/quest/sb3_optuna.csv
+    .venv/bin/python scripts/tune_sb3.py --trials 30 --steps 60000 --seeds 0,1 --out results/quest/sb3_optuna.csv \
+        --storage sqlite:///results/quest/sb3_optuna.db
 
-prints the best trial's settings as an entry for configs/sb3/cluequest.yaml. `--settings a,b` instead scores
-named settings of GRID (the hand grid behind results/quest/sb3_tuning_60k*.csv). Runs --jobs seeds at a
-time (one thread each). The optimum of `standard` (bracketed by the planner, envs/planner.py) is printed
+prints the best trial as a complete rl-baselines3-zoo entry (n_timesteps: --steps; policy; n_envs; PPO's
+arguments) for configs/sb3/cluequest.yaml (--entry-out FILE: also writes it as a zoo file, which
+`scripts/train_sb3.py --conf-file FILE` reads). With --storage the study is kept in that database and a later
+call with the same --storage and --study-name adds --trials more trials to it (the CSV then lists all of them).
+Each trial is evaluated on the `standard` probe --n-evaluations times while it trains (the mean over its seeds
+reported to Optuna); from the sixth trial on, a median pruner stops a trial whose best evaluation so far, past
+the first third of the budget, is below the median of the earlier trials' at that env step. `--settings a,b`
+instead scores named settings of GRID (the hand grid behind results/quest/sb3_tuning_60k*.csv). Runs --jobs
+seeds at a time (one thread each). The optimum of `standard` (bracketed by the planner, envs/planner.py) is printed
 beside the returns.
 """
 
 import argparse
+import math
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+EVAL_EPISODES = 200  # `standard` probe episodes per intermediate evaluation (scripts/train_sb3.py's default)
+SCORES = ("return", "return_ci_low", "return_ci_high", "predicted", "clue_pickups", "deceptions")
 GRID = {  # name -> every PPO argument that differs from SB3's own defaults (ent_coef 0.01 throughout)
     "defaults": {"n_steps": 256, "batch_size": 512, "learning_rate": 3e-4, "n_epochs": 10},  # before tuning
     "n64-b128": {"n_steps": 64, "batch_size": 128, "learning_rate": 3e-4, "n_epochs": 10},
@@ -42,25 +52,55 @@ GRID.update({f"chosen+{name}": {**CHOSEN, **change} for name, change in {
 }.items()})
 
 
-def one(job: tuple[str, dict, int, int, dict]) -> dict:
+def plain_value(v):
+    """A float or int of Python's own (numpy's are not JSON for Optuna's storage)."""
+    return v.item() if hasattr(v, "item") else v
+
+
+def one(job: tuple) -> dict:
+    """One seed of one setting: (name, ppo, seed, steps, quest[, watch]) -> its row. `watch` (a trial's):
+    (queue, stop, every, episodes): every `every` env steps the policy plays the `standard` probe and puts
+    (env steps, mean return) on `queue`; once `stop` is set (the trial is pruned), training stops and the row
+    has state `pruned` and no scores."""
     import torch
 
     torch.set_num_threads(1)
-    from instrumentality.envs.agents import quest_rows
-    from instrumentality.envs.sb3 import SB3Agent, train
+    from stable_baselines3.common.callbacks import BaseCallback
 
-    name, ppo, seed, steps, quest = job
-    model, curve, wall = train(quest, steps, seed, **ppo)
+    from instrumentality.envs.agents import quest_rows
+    from instrumentality.envs.sb3 import SB3Agent, eval_on_probes, train
+
+    name, ppo, seed, steps, quest, *rest = job
+    watch = rest[0] if rest else None
+    row = {"setting": name, "seed": seed}
+    settings = {f"ppo.{k}": v for k, v in ppo.items()}
+    callbacks = []
+    if watch is not None:
+        queue, stop, every, episodes = watch
+
+        class StopWhenPruned(BaseCallback):
+            def _on_step(self) -> bool:
+                return not stop.is_set()
+
+        if stop.is_set():
+            return {**row, "state": "pruned", "env_steps": 0, **dict.fromkeys(SCORES, math.nan), **settings}
+        callbacks = [eval_on_probes(quest, every, episodes,
+                                    log=lambda m, step: queue.put((step, m["env/probe_return"]))), StopWhenPruned()]
+    model, curve, wall = train(quest, steps, seed, callbacks=callbacks, **ppo)  # the zoo file's n_envs
+    timing = {"wall_s": round(wall, 1), "steps_per_s": round(model.num_timesteps / wall),
+              "train_return_last": curve[-1][1] if curve else math.nan}
+    if watch is not None and watch[1].is_set():
+        return {**row, "state": "pruned", "env_steps": int(model.num_timesteps), **timing,
+                **dict.fromkeys(SCORES, math.nan), **settings}
     env_config = {k: v for k, v in quest.items() if k != "variant"}  # the probe sets the variant
     rows = {(r["probe"], r["metric"]): r for r in quest_rows({"sb3": SB3Agent(model)},
                                                               variants=("standard",), **env_config)}
     std = lambda m: rows[("quest/standard", m)]["value"]  # noqa: E731
     ret = rows[("quest/standard", "return")]
-    return {"setting": name, "seed": seed, "env_steps": steps, "wall_s": round(wall, 1),
-            "steps_per_s": round(steps / wall), "train_return_last": curve[-1][1] if curve else float("nan"),
-            "return": ret["value"], "return_ci_low": ret["ci_low"], "return_ci_high": ret["ci_high"],
-            "predicted": std("predicted"), "clue_pickups": std("clue_pickups"), "deceptions": std("deceptions"),
-            **{f"ppo.{k}": v for k, v in ppo.items()}}
+    scores = {"return": ret["value"], "return_ci_low": ret["ci_low"], "return_ci_high": ret["ci_high"],
+              **{m: std(m) for m in ("predicted", "clue_pickups", "deceptions")}}
+    return {**row, "state": "complete", "env_steps": steps, **timing,
+            **{k: plain_value(v) for k, v in scores.items()}, **settings}
 
 
 def suggest(trial) -> dict:
@@ -74,25 +114,74 @@ def suggest(trial) -> dict:
             "gamma": trial.suggest_categorical("gamma", [0.95, 0.99])}
 
 
-def study(trials: int, seeds: list[int], steps: int, quest: dict, jobs: int, sampler_seed: int = 0):
-    """An Optuna study maximising the mean `standard` return over the seeds; returns (study, rows)."""
+def run_trial(trial, seeds: list[int], steps: int, quest: dict, jobs: int, n_evaluations: int) -> list[dict]:
+    """The trial's rows, one per seed, --jobs seeds at a time; each intermediate evaluation's mean return over
+    the seeds is reported to the trial at its env step, and once the pruner says so the seeds still training
+    stop (their rows: state `pruned`)."""
+    from multiprocessing import Manager
+    from queue import Empty
+
+    ppo = suggest(trial)
+    every = steps // n_evaluations if n_evaluations > 0 else 0
+    with Manager() as manager, ProcessPoolExecutor(jobs) as pool:
+        queue, stop = manager.Queue(), manager.Event()
+        watch = (queue, stop, every, EVAL_EPISODES) if every else None
+        futures = [pool.submit(one, (f"trial{trial.number}", ppo, s, steps, quest, watch)) for s in seeds]
+        returns: dict[int, list[float]] = {}  # env steps -> the seeds' mean returns there
+        while not all(f.done() for f in futures) or not queue.empty():
+            try:
+                step, value = queue.get(timeout=0.2)
+            except Empty:
+                continue
+            returns.setdefault(step, []).append(value)
+            if len(returns[step]) == len(seeds) and step < steps and not stop.is_set():  # intermediate only
+                trial.report(sum(returns[step]) / len(seeds), step)
+                if trial.should_prune():
+                    stop.set()
+        return [f.result() for f in futures]
+
+
+def study(trials: int, seeds: list[int], steps: int, quest: dict, jobs: int, sampler_seed: int = 0,
+          storage: str | None = None, study_name: str | None = None, pruner=None, n_evaluations: int = 4):
+    """An Optuna study maximising the mean `standard` return over the seeds, kept in `storage` (an Optuna
+    storage URL, e.g. sqlite:///sb3.db; resumed when it holds `study_name`); pruned by `pruner` (default: a
+    median pruner after 5 trials and a third of the budget) on `n_evaluations` evaluations per trial.
+    Returns (study, rows): the rows of every trial of the study, earlier calls' included."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rows = []
 
     def objective(trial) -> float:
-        ppo = suggest(trial)
-        with ProcessPoolExecutor(jobs) as pool:
-            results = list(pool.map(one, [(f"trial{trial.number}", ppo, s, steps, quest) for s in seeds]))
-        rows.extend(results)
+        results = run_trial(trial, seeds, steps, quest, jobs, n_evaluations)
+        trial.set_user_attr("rows", results)  # kept with the study: the CSV of a resumed study lists every trial
+        trial.set_user_attr("env_steps", steps)  # its budget: the best entry's n_timesteps
+        if any(r["state"] == "pruned" for r in results):
+            print(f"trial {trial.number:>3}: pruned with {trial.params}", flush=True)
+            raise optuna.TrialPruned()
         value = sum(r["return"] for r in results) / len(results)
-        print(f"trial {trial.number:>3}: return {value:+.2f} with {ppo}", flush=True)
+        print(f"trial {trial.number:>3}: return {value:+.2f} with {trial.params}", flush=True)
         return value
 
-    s = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=sampler_seed))
+    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=steps // 3)
+    s = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", pruner=pruner,
+                            load_if_exists=True)
+    s.sampler = optuna.samplers.TPESampler(seed=sampler_seed + len(s.trials))  # a resumed study: new draws
     s.optimize(objective, n_trials=trials)
+    rows = [r for t in s.trials for r in t.user_attrs.get("rows", [])]
     return s, rows
+
+
+def zoo_entries(params: dict, steps: int, quest: dict) -> dict:
+    """A trial's settings as a zoo file's content: {env id: complete entry}. The small quest's entry is keyed
+    by its registered id (the one configs/sb3/cluequest.yaml holds); another quest's by the env's default
+    id with the quest as env_kwargs (as rl_zoo3 reads it)."""
+    from instrumentality.envs import SMALL
+    from instrumentality.envs.sb3 import ENV_ID, hyperparameters, zoo_entry
+
+    entry = zoo_entry(params, n_timesteps=steps, n_envs=hyperparameters()["n_envs"])  # the trials' n_envs
+    if quest == SMALL:
+        return {ENV_ID: entry}
+    return {"instrumentality/ClueQuest-v0": {**entry, "env_kwargs": quest}}
 
 
 def optimum_bracket(quest: dict, n_episodes: int = 200) -> tuple[float, float]:
@@ -115,21 +204,41 @@ def main() -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quest", default="small")
-    ap.add_argument("--steps", type=int, default=60_000)
+    ap.add_argument("--steps", type=int, default=None,
+                    help="env steps per trial and seed (default: configs/sb3/cluequest.yaml's n_timesteps)")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--trials", type=int, default=30, help="Optuna trials")
     ap.add_argument("--settings", default=None, help=f"score these grid settings instead: {', '.join(GRID)}")
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True, help="the CSV of every trial's (or setting's) seeds")
+    ap.add_argument("--storage", default=None,
+                    help="an Optuna storage URL that keeps the study, e.g. sqlite:///results/quest/sb3_optuna.db "
+                         "(default: in memory)")
+    ap.add_argument("--study-name", default=None, help="the study in --storage (default: sb3-ppo-<quest>)")
+    ap.add_argument("--n-evaluations", type=int, default=4,
+                    help="evaluations per trial while it trains, reported to the pruner (0: none, no pruning)")
+    ap.add_argument("--entry-out", type=Path, default=None, help="also write the best trial's zoo entry there")
     args = ap.parse_args()
     quest = yaml.safe_load((ROOT / "configs" / "quest" / f"{args.quest}.yaml").read_text())
     seeds = [int(s) for s in args.seeds.split(",")]
     os.environ["OMP_NUM_THREADS"] = "1"
+    if args.steps is None:
+        from instrumentality.envs.sb3 import hyperparameters
+
+        args.steps = hyperparameters()["n_timesteps"]
     if args.settings is None:
-        found, rows = study(args.trials, seeds, args.steps, quest, args.jobs)
-        best = {**found.best_params, "n_envs": 8}  # the best settings, as the zoo file lays them out
-        print(f"\nbest: trial {found.best_trial.number}, mean `standard` return {found.best_value:+.2f}; as an "
-              "entry of configs/sb3/cluequest.yaml:\n" + yaml.safe_dump({"ClueQuest-v0": best}, sort_keys=False))
+        found, rows = study(args.trials, seeds, args.steps, quest, args.jobs, storage=args.storage,
+                            study_name=args.study_name or f"sb3-ppo-{args.quest}", n_evaluations=args.n_evaluations)
+        if any(t.state.name == "COMPLETE" for t in found.trials):
+            steps = found.best_trial.user_attrs.get("env_steps", args.steps)  # a resumed study's: its own
+            text = yaml.safe_dump(zoo_entries(found.best_params, steps, quest), sort_keys=False)
+            print(f"\nbest: trial {found.best_trial.number}, mean `standard` return {found.best_value:+.2f}; as an "
+                  "entry of configs/sb3/cluequest.yaml:\n" + text)
+            if args.entry_out:
+                args.entry_out.parent.mkdir(parents=True, exist_ok=True)
+                args.entry_out.write_text(text)
+        else:
+            print("\nno trial of the study completed: no best entry")
     else:
         unknown = set(args.settings.split(",")) - set(GRID)
         if unknown:
