@@ -190,14 +190,14 @@ def figure_f11(df: pd.DataFrame, folder) -> list:
             if len(e):
                 rows.append((k, *combine_per_seed(e)))
         if rows:
-            k, v, lo, hi = (np.array(c, dtype=float) for c in zip(*rows))
-            ax_excess.errorbar(k, v, yerr=[v - lo, hi - v], color=color, marker="o", ms=4, capsize=3, label=teacher)
+            ks, v, lo, hi = (np.array(c, dtype=float) for c in zip(*rows))
+            ax_excess.errorbar(ks, v, yerr=[v - lo, hi - v], color=color, marker="o", ms=4, capsize=3, label=teacher)
     m = c1_margin(fin)
     if not math.isnan(m):
         ax_steer.axhspan(-m, m, color="0.9", label=f"C11's margin ±{m:.2g}")
-    teacher = policy_steering(df)
-    if not math.isnan(teacher[0]):
-        ax_steer.axhline(teacher[0], color="C3", ls=":", lw=1, label=f"the policy itself ({teacher[0]:.2g})")
+    policy = policy_steering(df)
+    if not math.isnan(policy[0]):
+        ax_steer.axhline(policy[0], color="C3", ls=":", lw=1, label=f"the policy itself ({policy[0]:.2g})")
     ax_kl.set_yscale("log")
     titles = {ax_kl: ("KL to the exact k-step target (nats per jump)", "KL(p* ‖ J)"),
               ax_steer: ("output steering at the p = 0.5 fork (asym. minus sym.)", "nats"),
