@@ -93,7 +93,7 @@ def server_reachable(timeout_s: float = 3.0) -> bool:
 
 
 SECTIONS = ("train/*", "perf/*", "probe/*", "probe_ci/*", "env/*")  # the metric families a run logs
-SUMMARIES = {"probe/*": "last,min,max", "env/*": "last,max"}  # the run table's columns (else the last value)
+SUMMARIES = {"probe/*": "last,min,max", "env/*": "last,max"}  # the runs table's columns (else the last value alone)
 
 
 class Tracker:
@@ -136,7 +136,7 @@ class Tracker:
         if x_axis is not None:
             self.run.define_metric(x_axis)
             for section in SECTIONS:  # every family against the same x-axis (its last value where one is not logged)
-                self.run.define_metric(section, step_metric=x_axis, summary=SUMMARIES.get(section, "last"))
+                self.run.define_metric(section, step_metric=x_axis, summary=SUMMARIES.get(section))
 
     @property
     def enabled(self) -> bool:
