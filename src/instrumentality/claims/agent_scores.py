@@ -105,30 +105,57 @@ def performance_profiles(scores: dict[str, np.ndarray], taus: np.ndarray, reps: 
     return rly.create_performance_profile(scores, taus, reps=reps)
 
 
+def runs_label(name: str, seeds) -> str:
+    """An agent's name in a figure with the runs its interval is over: `explorer · one run`, `SB3 PPO · 5 seeds`."""
+    return f"{name} · one run" if seeds == 1 else f"{name} · {seeds} seeds"
+
+
+def gamma_style(name: str) -> str:
+    """A line style per F4_goal discount (its three arms share one colour): dotted 0.5, dashed 0.9, else solid."""
+    return ":" if name.endswith("gamma 0.5)") else "--" if name.endswith("gamma 0.9)") else "-"
+
+
+MARKERS = {"IQM": "o", "mean": "s", "median": "D", "optimality gap": "v"}  # the gap drawn hollow: lower is better
+
+
 def figure(scores: dict[str, np.ndarray], reps: int = 2000):
-    """The aggregates with their intervals, and the performance profiles: a matplotlib figure."""
+    """Left: each agent's aggregates with their intervals, one row per agent; right: the performance profiles."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from instrumentality.claims.style import BOOTSTRAP_CI, ONE_RUN, agent_color, caption
 
     table = aggregate_table(scores, reps=reps)
     agents = list(scores)
-    fig, axes = plt.subplots(1, len(AGGREGATES) + 1, figsize=(3.2 * (len(AGGREGATES) + 1) + 1, 3.4))
-    for ax, name in zip(axes, AGGREGATES):
+    colors = [agent_color(a) for a in agents]
+    y = np.arange(len(agents))
+    fig, (ax, prof) = plt.subplots(1, 2, figsize=(13, 0.4 * len(agents) + 2.4), width_ratios=(1.2, 1))
+    for i in y[::2]:
+        ax.axhspan(i - 0.5, i + 0.5, color="0.95", lw=0)
+    for (name, marker), dy in zip(MARKERS.items(), np.linspace(-0.27, 0.27, len(MARKERS))):
         t = table[table.statistic == name].set_index("agent").reindex(agents)
-        y = np.arange(len(agents))
-        ax.errorbar(t.value, y, xerr=[t.value - t.ci_low, t.ci_high - t.value], fmt="o", color="k", capsize=3)
-        ax.set_yticks(y, agents if ax is axes[0] else [""] * len(agents), fontsize=8)
-        ax.axvline(0, color="grey", lw=0.5)
-        ax.axvline(1, color="grey", lw=0.5, ls=":")
-        ax.set_title(name)
-        ax.set_xlabel("normalised score" if name != "optimality gap" else "1 - score (lower is better)")
+        ax.hlines(y + dy, t.ci_low, t.ci_high, colors=colors, lw=1.2)
+        ax.scatter(t.value, y + dy, marker=marker, s=24, zorder=3, edgecolors=colors,
+                   facecolors="white" if name == "optimality gap" else colors)
+    ax.set_yticks(y, [runs_label(a, scores[a].shape[0]) for a in agents])
+    ax.set_ylim(len(agents) - 0.5, -0.5)
+    for x in (0, 1):
+        ax.axvline(x, color="grey", lw=0.6, ls="-" if x == 0 else ":")
+    ax.set(xlabel="normalised score (random agent 0, planner 1)", title="Aggregate scores over variants and seeds")
+    ax.legend([Line2D([], [], color="k", marker=m, ls="none", mfc="white" if n == "optimality gap" else "k")
+               for n, m in MARKERS.items()],
+              ["IQM", "mean", "median over variants", "optimality gap (lower is better)"],
+              loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     taus = np.linspace(-0.5, 1.25, 71)
     profile, profile_ci = performance_profiles(scores, taus)
-    ax = axes[-1]
-    for i, agent in enumerate(agents):
-        ax.plot(taus, profile[agent], color=f"C{i}", label=agent)
-        ax.fill_between(taus, profile_ci[agent][0], profile_ci[agent][1], color=f"C{i}", alpha=0.2)
-    ax.set(xlabel="normalised score tau", ylabel="share of runs with score > tau", title="performance profiles")
-    ax.legend(fontsize=7, loc="lower left")
-    fig.suptitle("F4 aggregated (rliable; random agent = 0, planner = 1; 95% stratified bootstrap)")
+    for agent, color in zip(agents, colors):
+        prof.plot(taus, profile[agent], color=color, ls=gamma_style(agent), label=agent)
+        prof.fill_between(taus, profile_ci[agent][0], profile_ci[agent][1], color=color, alpha=0.12, lw=0)
+    prof.set(xlabel="normalised score tau", ylabel="share of runs scoring above tau", title="Performance profiles")
+    prof.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.suptitle("F4 aggregated: ClueQuest agents' returns as normalised scores (rliable)")
     fig.tight_layout()
+    one = [a for a in agents if scores[a].shape[0] == 1]
+    caption(fig, f"error bars and {BOOTSTRAP_CI}; at a handful of seeds a percentile bootstrap covers less than 95%",
+            f"{', '.join(one)}: {ONE_RUN}" if one else "")
     return fig

@@ -24,6 +24,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from instrumentality.claims.agent_scores import runs_label
 from instrumentality.claims.algebra import (
     PLANNER,
     Claim,
@@ -39,12 +40,13 @@ from instrumentality.claims.algebra import (
 )
 from instrumentality.claims.quest import (
     INTERRUPTION_EXP,
+    ONE_RUN_NOTE,
     QUEST_AGENTS,
     QUEST_EXP,
-    agent_color,
     ci_bars,
     quest_agent,
 )
+from instrumentality.claims.style import SEED_CI, agent_color, caption
 
 PROBE = "quest/interruptible"
 TRAINED = "quest-PPO (trained on interruptible)"  # F10 hidden
@@ -152,40 +154,42 @@ def report_section(df: pd.DataFrame) -> list[str]:
 
 
 def figure_f10(df: pd.DataFrame, folder) -> list:
-    """Per agent: disables per opportunity on `interruptible` beside `standard` (the planner's dashed), and
-    the return on `interruptible` beside the exact optima with and without the option to disable."""
+    """Per agent: disables per opportunity on `interruptible` beside `standard`, and the return on
+    `interruptible` beside the exact optima with and without the option to disable."""
     table = disables_table(df)
     if table.empty:
         return []
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.2))
-    x = np.arange(len(table))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 0.42 * len(table) + 2), sharey=True)
+    y = np.arange(len(table))
     colors = [agent_color(a) for a in table.agent]
-    arms = (("rate", -0.2, "`interruptible`", None), ("rate_standard", 0.2, "`standard`", "//"))
-    for key, shift, label, hatch in arms:
+    for key, shift, hatch in (("rate", -0.2, None), ("rate_standard", 0.2, "///")):
         v, lo, hi = (np.array([t[k] for t in table[key]]) for k in range(3))
-        ax1.bar(x + shift, v, 0.4, color=colors, hatch=hatch, edgecolor="w" if hatch else None, label=label)
-        ci_bars(ax1, x + shift, v, lo, hi)
-    ax1.set_ylabel("disables per opportunity")
-    ax1.set_title("F10: attacks on the overseer (plain: where he acts; hatched: `standard`)")
-    ax1.set_ylim(bottom=0)
+        ax1.barh(y + shift, v, 0.4, color=colors, hatch=hatch, edgecolor="w" if hatch else None)
+        ci_bars(ax1, y + shift, v, lo, hi, horizontal=True)
+    ax1.legend([Patch(color="0.55"), Patch(facecolor="0.55", hatch="///", edgecolor="w")],
+               ["on interruptible (the overseer acts)", "on standard (the attack does nothing)"],
+               loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    ax1.set(xlabel="disables per opportunity", title="Attacks on the overseer, per opportunity")
+    ax1.set_xlim(left=0)
     v, lo, hi = (np.array([t[k] for t in table["return"]]) for k in range(3))
-    ax2.bar(x, v, color=colors)
-    ci_bars(ax2, x, v, lo, hi, capsize=3)
+    ax2.barh(y, v, 0.6, color=colors)
+    ci_bars(ax2, y, v, lo, hi, capsize=3, horizontal=True)
     with_option, without = optima(df)
     if not math.isnan(with_option):
-        ax2.axhline(with_option, color="k", ls="--", lw=1, label=f"optimum, may disable ({with_option:.3g})")
-        ax2.axhline(without, color="k", ls=":", lw=1, label=f"optimum, may not disable ({without:.3g})")
-        ax2.legend(fontsize=8, loc="lower right")
-    ax2.axhline(0, color="grey", lw=0.5)
-    ax2.set_ylabel("mean episode return on `interruptible`")
-    ax2.set_title("return on `interruptible` (optima without monsters)")
-    for ax in (ax1, ax2):
-        ax.set_xticks(x, list(table.agent), fontsize=8, rotation=25, ha="right")
-    ax1.legend(fontsize=8, loc="upper left")
-    fig.suptitle("F10 (bars: mean over seeds, 95% CI; F10's agents: runs that pass the return gate)")
+        ax2.axvline(with_option, color="k", ls="--", lw=1,
+                    label=f"exact optimum that may disable him ({with_option:.3g})")
+        ax2.axvline(without, color="k", ls=":", lw=1, label=f"exact optimum that may not ({without:.3g})")
+        ax2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), title="without monsters:")
+    ax2.axvline(0, color="grey", lw=0.5)
+    ax2.set(xlabel="mean episode return on interruptible", title="Return on interruptible")
+    ax1.set_yticks(y, [runs_label(a, n) for a, n in zip(table.agent, table.seeds)])
+    ax1.invert_yaxis()
+    fig.suptitle("F10: who switches the overseer off")
     fig.tight_layout()
+    caption(fig, SEED_CI, ONE_RUN_NOTE, "F10's two trained arms: only their runs that pass the return gate")
     return save_figure(fig, folder, "F10_interruption")
 
 

@@ -19,7 +19,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from instrumentality.claims.agent_scores import ANCHORS, aggregate_table, improvement_table, normalised_scores
+from instrumentality.claims.agent_scores import (
+    ANCHORS,
+    aggregate_table,
+    improvement_table,
+    normalised_scores,
+    runs_label,
+)
 from instrumentality.claims.agent_scores import figure as aggregates_figure
 from instrumentality.claims.algebra import (
     PLANNER,
@@ -34,6 +40,7 @@ from instrumentality.claims.algebra import (
     save_figure,
     weighted_sum,
 )
+from instrumentality.claims.style import ONE_RUN, SEED_CI, agent_color, caption
 from instrumentality.claims.world import MARGIN_FRACTION
 from instrumentality.stats import seed_interval
 
@@ -59,14 +66,6 @@ QUEST_AGENTS = {  # name in figures -> how to find its rows (in QUEST_EXP's runs
     "SB3 PPO": {"regime": "sb3_ppo"},
     PLANNER: {"regime": "planner"},  # the exact optimum without monsters, played with them
 }
-
-
-EXTRA_COLORS = ("black", "gold", "navy")  # after matplotlib's ten: every agent of QUEST_AGENTS its own colour
-
-
-def agent_color(name: str) -> str:
-    i = list(QUEST_AGENTS).index(name)
-    return f"C{i}" if i < 10 else EXTRA_COLORS[(i - 10) % len(EXTRA_COLORS)]
 
 
 BOOLEAN_TEXT = {"True": "True", "true": "True", "1": "True", "1.0": "True",
@@ -233,10 +232,19 @@ def dose_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def ci_bars(ax, x, v, lo, hi, capsize: float = 2):
-    """Black error bars from each mean v to its interval [lo, hi]."""
-    ax.errorbar(x, v, yerr=[np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)], fmt="none", ecolor="k", lw=0.8,
-                capsize=capsize)
+# the caption's note for agents with one run (the scripted random, explorer and planner; an F10 arm with one gated run)
+ONE_RUN_NOTE = f"{ONE_RUN}: an agent marked 'one run' has error bars over the probe episodes of that run (95% CI)"
+
+
+def plain(variant: str) -> str:
+    """A probe variant in plain words: free_info -> free info."""
+    return variant.replace("_", " ")
+
+
+def ci_bars(ax, x, v, lo, hi, capsize: float = 2, horizontal: bool = False):
+    """Black error bars from each mean v (at positions x) to its interval [lo, hi]."""
+    err = {"xerr" if horizontal else "yerr": [np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)]}
+    ax.errorbar(*((v, x) if horizontal else (x, v)), **err, fmt="none", ecolor="k", lw=0.8, capsize=capsize)
 
 
 def _bars(ax, table: pd.DataFrame, agents: list[str], metric: str, variants=PROBE_VARIANTS):
@@ -248,9 +256,9 @@ def _bars(ax, table: pd.DataFrame, agents: list[str], metric: str, variants=PROB
         lo = np.array([t.ci_low.get(x, np.nan) for x in variants])
         hi = np.array([t.ci_high.get(x, np.nan) for x in variants])
         x = np.arange(len(variants)) + (i - (len(agents) - 1) / 2) * width
-        ax.bar(x, v, width, color=agent_color(agent), label=agent)
+        ax.bar(x, v, width, color=agent_color(agent), label=runs_label(agent, table[table.agent == agent].seeds.max()))
         ci_bars(ax, x, v, lo, hi, capsize=1.5)
-    ax.set_xticks(np.arange(len(variants)), variants, fontsize=8)
+    ax.set_xticks(np.arange(len(variants)), [plain(v) for v in variants])
     ax.set_ylabel(RATE_LABELS.get(metric, metric))
     ax.set_ylim(bottom=0)
 
@@ -262,14 +270,13 @@ def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
     shown = ["random", "explorer", "simulator", "simulator (planner clone)", HABIT, "quest-PPO (from scratch)", GOAL,
              "SB3 PPO", PLANNER]
     agents = [a for a in shown if a in set(table.agent)]
-    fig, grid = plt.subplots(2, 3, figsize=(17, 9.5))
+    fig, grid = plt.subplots(2, 3, figsize=(15, 9))
     (a1, a2, a3), (a4, a5, a6) = grid
-    _bars(a1, table, agents, "deceptions")
-    a1.set_title("deceptions that open the door, per episode")
-    _bars(a2, table, agents, "deception_rate")
-    a2.set_title("deceptions per opportunity (next to the shut door)")
-    _bars(a3, table, agents, "fight_rate")
-    a3.set_title("fights per opportunity (a monster adjacent)")
+    for ax, metric, title in ((a1, "deceptions", "Deceptions that open the door, per episode"),
+                              (a2, "deception_rate", "Deceptions per opportunity (next to the shut door)"),
+                              (a3, "fight_rate", "Fights per opportunity (a monster adjacent)")):
+        _bars(ax, table, agents, metric)
+        ax.set_title(title)
     # goal or habit: each seed's deceptions on `standard` and `unscored`, joined
     fin = final_rows(df)
     gh = [a for a in ("simulator", HABIT, *[f"quest-PPO (mixed, gamma {g:g})" for g in GAMMAS])
@@ -277,25 +284,23 @@ def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
     for i, name in enumerate(gh):
         sel = quest_agent(fin, name)
         std, uns = per_seed(sel, "quest/standard", "deceptions"), per_seed(sel, "quest/unscored", "deceptions")
-        m = std.merge(uns, on="seed", suffixes=("_s", "_u"))
-        color = agent_color(name)
-        for r in m.itertuples():
-            a4.plot([i - 0.15, i + 0.15], [r.value_s, r.value_u], color=color, marker="o", ms=3, lw=0.8)
-    a4.set_xticks(range(len(gh)), [g.replace(" (", "\n(").replace(", ", ",\n") for g in gh], fontsize=7)
-    a4.set_ylabel("deceptions / episode")
-    a4.set_title("goal or habit: each seed, `standard` (left) to `unscored` (right)")
+        for r in std.merge(uns, on="seed", suffixes=("_s", "_u")).itertuples():
+            a4.plot([i - 0.15, i + 0.15], [r.value_s, r.value_u], color=agent_color(name), marker="o", ms=3, lw=0.8)
+    a4.set_xticks(range(len(gh)), [g.replace(" (", "\n(").replace(", ", ",\n") for g in gh], fontsize=8)
+    a4.set(ylabel="deceptions per episode",
+           title="Goal or habit: each seed on standard (left)\nand on unscored (right)")
     a4.set_ylim(bottom=0)
     dose = dose_table(df)
     if not dose.empty:
-        d = dose[dose.metric == "deceptions"]
+        d, color = dose[dose.metric == "deceptions"], agent_color(GOAL)
         for _, s in d.groupby("seed"):
-            a5.plot(s.horizon, s.value, color="C7", lw=0.8, marker="o", ms=3)
+            a5.plot(s.horizon, s.value, color=color, alpha=0.45, lw=0.8, marker="o", ms=3)
         mean = d.groupby("horizon").value.mean()
-        a5.plot(mean.index, mean.values, color="k", lw=2, marker="s", label="mean over seeds")
+        a5.plot(mean.index, mean.values, color=color, lw=2.5, marker="s", label="mean over seeds")
         a5.set_xscale("log")
-        a5.legend(fontsize=8)
-    a5.set(xlabel="credited horizon 1 / (1 - gamma) (steps)", ylabel="deceptions / episode on `standard`",
-           title="dose-response (F4_goal; lines: seeds)")
+        a5.legend()
+    a5.set(xlabel="credited horizon 1 / (1 - gamma), steps", ylabel="deceptions per episode on standard",
+           title="Dose-response: quest-PPO (mixed) by discount\n(thin lines: one seed each)")
     a5.set_ylim(bottom=0)
     curves = df[(df.probe == "curve/quest") & (df.metric == "return")]
     for agent in agents:
@@ -305,18 +310,21 @@ def figure_f4(df: pd.DataFrame, folder: Path) -> list[Path]:
         for j, (_, s) in enumerate(c.groupby("seed")):
             s = s.sort_values("env_steps")
             a6.plot(s.env_steps, s.value, color=agent_color(agent), lw=1,
-                    label=agent if j == 0 else None)
+                    label=runs_label(agent, table[table.agent == agent].seeds.max()) if j == 0 else None)
     bracket = optimum_bracket(df)
     if not math.isnan(bracket[0]):
         a6.axhspan(bracket[0], bracket[1], color="k", alpha=0.15, lw=0)
-        a6.axhline(bracket[0], color="k", ls="--", lw=1, label="optimum on `standard` (planner .. bound)")
+        a6.axhline(bracket[0], color="k", ls="--", lw=1, label="optimum on standard (planner's return to its bound)")
     a6.axhline(0, color="grey", lw=0.5)
-    a6.set(xlabel="env steps", ylabel="mean episode return (training rollouts)", title="learning curves")
+    a6.set(xlabel="environment steps", ylabel="mean episode return (training rollouts)",
+           title="Learning curves (one line per seed)")
     handles = {label: h for a in grid.flat for h, label in zip(*a.get_legend_handles_labels())
                if label != "mean over seeds"}
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=5, fontsize=8, frameon=False)
-    fig.suptitle("F4: ClueQuest agents, effective actions per episode and per opportunity (mean over seeds, 95% CI)")
-    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+    # anchored in figure coordinates: a bare `loc` would follow the saved (tight) bounding box onto the caption
+    fig.legend(handles.values(), handles.keys(), loc="lower center", bbox_to_anchor=(0.5, 0), ncol=5)
+    fig.suptitle("F4: ClueQuest agents on the probe variants: instrumental actions, goal or habit, learning")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    caption(fig, SEED_CI, ONE_RUN_NOTE, "grey band in the learning curves: the optimum on standard lies in it")
     return save_figure(fig, folder, "F4_quest_probes")
 
 

@@ -12,7 +12,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 
+from instrumentality.claims import style
 from instrumentality.claims.algebra import (
     Claim,
     ClaimFamily,
@@ -28,7 +30,23 @@ from instrumentality.claims.algebra import (
 from instrumentality.stats import log_ratio_interval, seed_interval
 
 KL_THRESHOLD = 0.1  # nats/token: "reached the predictor" for the samples-to-threshold ratio
-REGIME_COLORS = {"supervised": "C0", "reinforce": "C1", "reinforce_indicator": "C3", "critic": "C2"}
+
+# the figures' words and colours beside claims/style.py's: a regime in words, one colour per gamma (F2, F6), and
+# the truth critic's two contrasts (F3's teacher-forced runs, C4.beta1's beta = 1 arm; F2_split, F5, F6)
+REGIME_LABELS = {"supervised": "supervised", "reinforce": "REINFORCE (likelihood reward)",
+                 "reinforce_indicator": "REINFORCE (indicator reward)", "critic": "critic"}
+GAMMA_COLORS = {0.0: style.SKY, 0.5: style.BLUE, 1.0: style.GREEN}
+TEACHER_FORCED_COLOR = style.PURPLE
+BETA1_COLOR = style.ORANGE
+HORIZON_LINESTYLES = {1: ":", 4: "--"}  # F6's critic arms; other horizons (H = 8) solid
+
+
+def regime_label(regime: str) -> str:
+    return REGIME_LABELS.get(regime, regime.replace("_", " "))
+
+
+def gamma_color(gamma: float) -> str:
+    return GAMMA_COLORS.get(float(gamma), style.GREY)
 
 
 def samples_to_threshold(df: pd.DataFrame, threshold: float = KL_THRESHOLD) -> pd.DataFrame:
@@ -306,45 +324,65 @@ def lookahead_gain(df: pd.DataFrame, k: int) -> tuple[float, float, float, int]:
     return (*seed_interval(t.value.values, t.ci_low.values, t.ci_high.values), len(t))
 
 
+def seed_band(table: pd.DataFrame) -> pd.DataFrame:
+    """Per row of a table with a column per seed: the mean over the seeds with a value there, its 95% interval
+    over seeds (Student t; seed_interval) and the number of those seeds."""
+    rows = [(*seed_interval(row.dropna().values), row.notna().sum()) for _, row in table.iterrows()]
+    return pd.DataFrame(rows, index=table.index, columns=["mean", "low", "high", "seeds"])
+
+
+def token_ticks(ax) -> None:
+    """Tick labels 1, 2, 5 x 10^k on a log axis of tokens, as 200k or 1M, in place of 2 x 10^5 at every minor tick."""
+    lo, hi = ax.get_xlim()
+    ticks = [m * 10.0 ** e for e in range(2, 12) for m in (1, 2, 5) if lo <= m * 10.0 ** e <= hi]
+    ax.set_xticks(ticks, [f"{t / 1e6:g}M" if t >= 1e6 else f"{t / 1e3:g}k" for t in ticks])
+    ax.tick_params(axis="x", which="minor", labelbottom=False)
+
 
 def figure_f1(df: pd.DataFrame, folder: Path) -> list[Path]:
     curves = df[(df.probe == "curve/calibration") & (df.metric == "kl") & (df.regime != "critic")]
     if curves.empty:
         return []
-    fig, (ax, ratio_ax) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1.6, 1]})
+    fig, (ax, ratio_ax) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
     for regime, c in curves.groupby("regime"):
         table = c.pivot_table(index="tokens", columns="seed", values="value")
-        mean = table.mean(1)
-        color = REGIME_COLORS.get(regime)
-        ax.plot(mean.index, mean.values, label=f"{regime} ({table.shape[1]} seeds)", color=color)
-        ax.fill_between(mean.index, table.min(1), table.max(1), alpha=0.2, color=color)
+        band = seed_band(table)
+        color = style.REGIME_COLORS.get(regime)
+        ax.plot(band.index, band["mean"], label=f"{regime_label(regime)}, {table.shape[1]} seeds", color=color)
+        ax.fill_between(band.index, band.low, band.high, where=band.seeds >= 3, alpha=0.2, color=color, lw=0)
     status = df[df.probe == "run"]
-    collapsed = status[status.metric == "collapsed"].groupby("regime").size().to_dict()
+    collapsed = status[status.metric == "collapsed"].groupby("regime").size()
     ax.axhline(KL_THRESHOLD, ls=":", color="grey", lw=1)
-    ax.set(xscale="log", yscale="log", xlabel="tokens seen", ylabel="KL(p* || pi), nats/token",
-           title="F1: KL to the truth vs tokens (band: min-max over seeds)"
-           + (f"\ncollapsed runs: {collapsed}" if collapsed else ""))
-    ax.legend(fontsize=8)
+    ax.set(xscale="log", yscale="log", xlabel="tokens seen", ylabel="KL(p* || model), nats per token",
+           title="F1: KL to the truth against tokens seen"
+           + "".join(f"\n{n} {regime_label(r)} runs collapsed" for r, n in collapsed.items()))
+    token_ticks(ax)
+    ax.legend()
     # how much less efficient, as a curve over the threshold (C2)
     eff = efficiency_table(df, thresholds=sorted({*KL_THRESHOLDS, 0.5, 0.15, 0.05}, reverse=True))
     for regime, e in eff.groupby("regime"):
         e = e[e.seeds > 0]
         if e.empty:
             continue
-        color = REGIME_COLORS.get(regime)
-        ratio_ax.plot(e.kl, e.ratio, "o-", color=color, label=regime)
-        ratio_ax.fill_between(e.kl, e.low, e.high, color=color, alpha=0.2)
+        color = style.REGIME_COLORS.get(regime)
+        ratio_ax.plot(e.kl, e.ratio, "o-", color=color, label=regime_label(regime))
+        ratio_ax.fill_between(e.kl, e.low, e.high, color=color, alpha=0.2, lw=0)
         for r in e[e.seeds < e.runs].itertuples():  # where some runs never reached the threshold
-            ratio_ax.annotate(f"{r.seeds} of {r.runs} seeds", (r.kl, r.ratio), fontsize=7, xytext=(3, 3),
+            ratio_ax.annotate(f"{r.seeds} of {r.runs} seeds", (r.kl, r.ratio), fontsize=8, xytext=(3, 4),
                               textcoords="offset points")
     ratio_ax.axhline(1, color="grey", lw=0.5)
-    ratio_ax.set(xscale="log", xlabel="KL threshold, nats/token", ylabel="tokens to threshold, RL / supervised",
-                 title="C2: how much less efficient\n(geometric mean, 95% t-interval on the log ratio)")
+    ratio_ax.set(xscale="log", xlabel="KL threshold, nats per token", ylabel="tokens to the threshold, RL / supervised",
+                 title="C2: how much less efficient RL is")
     ratio_ax.set_xticks(sorted(eff.kl.unique()), [f"{k:g}" for k in sorted(eff.kl.unique())])
     ratio_ax.minorticks_off()
     ratio_ax.invert_xaxis()
     if ratio_ax.get_legend_handles_labels()[0]:
-        ratio_ax.legend(fontsize=8)
+        ratio_ax.legend(loc="upper left")
+    fig.tight_layout()
+    style.caption(fig, "left: mean over seeds, band: 95% CI of the mean over seeds (Student t), over the seeds still "
+                       "running at each point (a collapsed run stops early; no band where fewer than 3 are left)",
+                  "dotted: the KL threshold of C2", "right: geometric mean over seeds of each seed's ratio, band: "
+                  "95% t-interval on the log ratio; 'k of n seeds': only k seeds reached that threshold within budget")
     return save_figure(fig, folder, "F1_kl_vs_tokens")
 
 
@@ -356,19 +394,19 @@ def figure_f2(df: pd.DataFrame, folder: Path) -> list[Path]:
         return []
     theory = df[df.probe == "theory_curve/forks/asym/p=0.5"]
     critics = sorted(crit["regime.critic"].dropna().unique())
-    fig, axes = plt.subplots(1, len(critics), figsize=(6 * len(critics), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(critics), figsize=(4.6 * len(critics), 3.8), squeeze=False, sharex=True)
     all_gammas = sorted(crit["regime.gamma"].dropna().unique())
     for ax, critic in zip(axes[0], critics):
         of_critic = crit[crit["regime.critic"] == critic]
         # the gammas this critic was run at (an H = 1 run's gamma does not enter: it joins every curve)
         gammas = sorted(of_critic[of_critic["regime.horizon"] > 1]["regime.gamma"].dropna().unique()) or all_gammas
         for gamma in gammas:
-            i = all_gammas.index(gamma)  # one colour per gamma in every panel
-            color = f"C{i}"
+            i = all_gammas.index(gamma)  # each gamma's points a little apart
+            color = gamma_color(gamma)
             th = theory[(theory["regime.critic"] == critic) & np.isclose(theory["regime.gamma"], gamma)
                         & (theory.metric == "steering_index")]
             th = th.groupby("horizon").value.mean()
-            ax.plot(th.index, th.values, color=color, lw=1, label=f"exact optimum, gamma={gamma:g}")
+            ax.plot(th.index, th.values, color=color, lw=1)
             pts = []
             # an H = 1 run's gamma does not enter: where this gamma has no H = 1 runs, another gamma's join
             here = of_critic[np.isclose(of_critic["regime.gamma"], gamma)]
@@ -381,20 +419,23 @@ def figure_f2(df: pd.DataFrame, folder: Path) -> list[Path]:
             if pts:
                 H, m, lo, hi = map(np.array, zip(*pts))
                 dx = 0.15 * (i - (len(all_gammas) - 1) / 2)
-                ax.errorbar(H + dx, m, yerr=[m - lo, hi - m], fmt="o", color=color, capsize=3,
-                            label=f"learned, gamma={gamma:g} (mean, 95% CI)")
+                ax.errorbar(H + dx, m, yerr=[m - lo, hi - m], fmt="o", color=color, capsize=3)
                 seeds = runs[(runs.probe == "forks/asym/p=0.5") & (runs.metric == "steering_index")]
-                ax.scatter(seeds["regime.horizon"] + dx + 0.25, seeds.value, s=8, color=color, alpha=0.5,
-                           label=f"one seed, gamma={gamma:g}")
+                ax.scatter(seeds["regime.horizon"] + dx + 0.25, seeds.value, s=8, color=color, alpha=0.6)
         betas = of_critic["regime.beta"].dropna().unique() if "regime.beta" in of_critic else []
         beta = ", ".join(f"{b:g}" for b in sorted(betas))
-        ax.set(xlabel="horizon H", ylabel="steering index at p=0.5 fork (nats)",
-               title=f"F2: critic = {critic}" + (f", beta = {beta}" if beta else ""))
+        title = f"F2: {critic} critic" + (f", beta = {beta}" if beta else "")
+        ax.set(xlabel="horizon H (tokens the critic grades)", title=title)
         ax.axhline(0, color="grey", lw=0.5)
-    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
-    fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8,
-               frameon=False)
+    axes[0, 0].set_ylabel("steering index at the asymmetric\np = 0.5 fork (nats)")
+    handles = [Line2D([], [], color=gamma_color(g), lw=4, label=f"gamma = {g:g}") for g in all_gammas]
+    handles += [Line2D([], [], color="0.3", lw=1, label="exact optimum"),
+                Line2D([], [], color="0.3", marker="o", ls="", label="learned: mean over seeds"),
+                Line2D([], [], color="0.3", marker="o", ms=3, ls="", alpha=0.6, label="learned: one seed")]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
+    style.caption(fig, style.SEED_CI, "small dots: single seeds; an H = 1 run's gamma does not enter its "
+                                      "objective, so its points join every gamma's")
     return save_figure(fig, folder, "F2_steering_vs_horizon")
 
 
@@ -408,40 +449,82 @@ def arm_label(run: pd.Series) -> str:
     return label + (", teacher-forced" if run.get("regime.rollout") == "teacher_forced" else "")
 
 
+def reliability(runs: pd.DataFrame) -> pd.DataFrame:
+    """An arm's reliability bins, mean over its seeds: confidence, accuracy under p* and share of positions."""
+    t = runs.pivot_table(index="bin", columns="kind", values="value", aggfunc="mean").dropna()
+    t = t[t["count"] > 0]
+    return t.assign(share=t["count"] / t["count"].sum())
+
+
+def other_beta(run: pd.Series, beta: float) -> bool:
+    """Whether a critic run's beta is not the preset's `beta` (C4.beta1's arm)."""
+    b = float(run.get("regime.beta", math.nan))
+    return not (math.isnan(b) or math.isnan(beta) or np.isclose(b, beta))
+
+
+def f6_label(run: pd.Series, beta: float) -> str:
+    """An arm in F6's legend: a regime in words; a critic arm by its gamma and H, and its beta or rollout where
+    they are not the preset's."""
+    if run.regime != "critic":
+        return regime_label(run.regime)
+    label = f"gamma {float(run['regime.gamma']):g}, H {int(run['regime.horizon'])}"
+    label += f", beta {float(run['regime.beta']):g}" if other_beta(run, beta) else ""
+    return label + (", teacher-forced" if run.get("regime.rollout") == "teacher_forced" else "")
+
+
+def arm_style(run: pd.Series, beta: float) -> dict[str, Any]:
+    """F6's line for an arm: a regime's colour; a critic arm's gamma's, or its contrast's (teacher-forced, or a
+    beta other than the preset's); the line style by horizon."""
+    if run.regime != "critic":
+        return {"color": style.REGIME_COLORS.get(run.regime, style.GREY), "ls": "-"}
+    if run.get("regime.rollout") == "teacher_forced":
+        color = TEACHER_FORCED_COLOR
+    elif other_beta(run, beta):
+        color = BETA1_COLOR
+    else:
+        color = gamma_color(run["regime.gamma"])
+    return {"color": color, "ls": HORIZON_LINESTYLES.get(int(run["regime.horizon"]), "-")}
+
+
 def figure_f6(df: pd.DataFrame, folder: Path) -> list[Path]:
-    """Reliability per arm (one panel each): accuracy under p* against the model's confidence, mean over
-    seeds, with the share of probe positions in each confidence bin as grey bars."""
+    """Reliability, one panel per regime (the critic: per critic) with its arms overlaid: accuracy under p*
+    against the model's confidence, mean over seeds; below, the share of probe positions in each confidence bin."""
     rel = df[df.probe == "calibration/reliability"]
     if rel.empty:
         return []
     rel = rel.assign(arm=rel.apply(arm_label, axis=1), bin=rel.metric.str.slice(3, 5).astype(int),
-                     kind=rel.metric.str.split("_").str[-1])
-    arms = sorted(rel.arm.unique(), key=lambda a: (a.startswith("critic"), a))
-    cols = min(len(arms), 4)
-    rows = -(-len(arms) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False, sharex=True,
-                             sharey=True)
-    for ax in axes.flat[len(arms):]:
-        ax.set_visible(False)
-    for ax, arm in zip(axes.flat, arms):
-        r = rel[rel.arm == arm]
-        t = r.pivot_table(index="bin", columns="kind", values="value", aggfunc="mean").dropna()
-        t = t[t["count"] > 0]
-        share = t["count"] / t["count"].sum()
-        ax.bar(t.index / 10 + 0.05, share, width=0.09, color="0.85", label="share of positions")
-        ax.plot([0, 1], [0, 1], ls=":", color="grey")
-        ax.plot(t["conf"], t["acc"], "o-", color=REGIME_COLORS.get(r.regime.iloc[0]), ms=3,
-                label="accuracy under p*")
-        ax.set_title(f"{arm} ({r.seed.nunique()} seeds)", fontsize=8)
-        ax.set(xlim=(0, 1), ylim=(0, 1))
-    for ax in axes[-1]:
-        ax.set_xlabel("confidence of the top token")
-    for ax in axes[:, 0]:
-        ax.set_ylabel("p*(top token); bars: share")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2, fontsize=8, frameon=False)
-    fig.suptitle("F6: reliability per arm (mean over seeds)")
-    fig.tight_layout()
+                     kind=rel.metric.str.split("_").str[-1],
+                     panel=["supervised and REINFORCE" if r != "critic" else f"{c} critic"
+                            for r, c in zip(rel.regime, rel.get("regime.critic", rel.regime))])
+    beta = preset_beta(free_running(rel[rel.regime == "critic"]))
+    panels = sorted(rel.panel.unique(), key=lambda p: (p.endswith("critic"), p))
+    cols = min(len(panels), 2)
+    rows = -(-len(panels) // cols)
+    fig = plt.figure(figsize=(5.2 * cols, 5.2 * rows))
+    grid = fig.add_gridspec(rows, cols, left=0.1, right=0.98, bottom=0.5 / (5.2 * rows), top=0.97, hspace=0.22,
+                            wspace=0.3)
+    for i, panel in enumerate(panels):
+        inner = grid[i].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.08)
+        ax = fig.add_subplot(inner[0])
+        share_ax = fig.add_subplot(inner[1], sharex=ax)
+        of_panel = rel[rel.panel == panel]
+        for arm, r in sorted(of_panel.groupby("arm"), key=lambda a: a[0]):
+            t = reliability(r)
+            line = arm_style(r.iloc[0], beta)
+            ax.plot(t["conf"], t["acc"], marker="o", ms=3, label=f6_label(r.iloc[0], beta), **line)
+            share_ax.plot(t.index / 10 + 0.05, t.share, marker="o", ms=2, lw=1, **line)
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+        seeds = of_panel.groupby("arm").seed.nunique()
+        n = f"{seeds.min()}" + (f" to {seeds.max()}" if seeds.max() > seeds.min() else "")
+        ax.set(xlim=(0, 1), ylim=(0, 1), title=f"F6: {panel} ({n} seeds per arm)", ylabel="accuracy under p*")
+        ax.tick_params(labelbottom=False)
+        ax.legend(loc="upper left", fontsize=8)
+        share_ax.set(ylim=(0, None), xlabel="confidence of the top token", ylabel="share of\npositions")
+    critic_note = "" if math.isnan(beta) else (
+        f"critic arms: free-running at beta = {beta:g} unless named; colour: their gamma's (as in F2), teacher-forced "
+        "purple, another beta orange; line: H = 1 dotted, H = 4 dashed, H = 8 solid")
+    style.caption(fig, "no intervals: each point is the mean over an arm's seeds of one confidence bin",
+                  "dotted: calibrated", critic_note)
     return save_figure(fig, folder, "F6_reliability")
 
 
@@ -459,27 +542,43 @@ def figure_f3(df: pd.DataFrame, folder: Path) -> list[Path]:
         return []
     probes = [f"forks/asym/p={p}" for p in (0.2, 0.5, 0.8)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for i, rollout in enumerate(("free", "teacher_forced")):
+    looks = {"free": ("free-running", gamma_color(1.0)), "teacher_forced": ("teacher-forced", TEACHER_FORCED_COLOR)}
+    for i, (rollout, (label, color)) in enumerate(looks.items()):
         sub = crit[crit["regime.rollout"] == rollout]
         vals = [combine(sub, p, "steering_index") for p in probes]
         x = np.arange(len(probes)) + (i - 0.5) * 0.35
         m = np.array([v[0] for v in vals])
-        ax1.bar(x, m, width=0.35, label=rollout, yerr=[m - [v[1] for v in vals], [v[2] for v in vals] - m],
-                capsize=3)
+        ax1.bar(x, m, width=0.35, label=label, color=color,
+                yerr=[m - [v[1] for v in vals], [v[2] for v in vals] - m], capsize=3)
         acc = [lookahead_gain(sub, k) for k in range(1, 5)]
-        ax2.errorbar(np.arange(1, 5) + (i - 0.5) * 0.1, [a[0] for a in acc],
+        ax2.errorbar(np.arange(1, 5) + (i - 0.5) * 0.1, [a[0] for a in acc], color=color,
                      yerr=[[a[0] - a[1] for a in acc], [a[2] - a[0] for a in acc]], fmt="o-", capsize=3,
-                     label=rollout)
+                     label=label)
     theory = crit[crit.metric == "steering_index_theory"].groupby("probe").value.mean()
-    ax1.plot(np.arange(len(probes)), [theory.get(p, np.nan) for p in probes], "k_", ms=30, label="exact optimum")
-    ax1.set(xticks=range(len(probes)), xticklabels=[p.split("/")[-1] for p in probes],
-            ylabel="steering index (nats)", title="F3: critic (truth), gamma=1, H=8")
+    ax1.hlines([theory.get(p, np.nan) for p in probes], np.arange(len(probes)) - 0.4, np.arange(len(probes)) + 0.4,
+               color="black", lw=1.5, label="exact optimum")
+    ax1.set(xticks=range(len(probes)), xticklabels=[f"p = {p.split('=')[-1]}" for p in probes],
+            xlabel="asymmetric fork, p* of its easy branch", ylabel="steering index (nats)",
+            title="F3: truth critic, gamma = 1, H = 8")
     ax1.axhline(0, color="grey", lw=0.5)
-    ax1.legend(fontsize=8)
-    ax2.set(xlabel="k (tokens ahead)", ylabel="look-ahead probe accuracy - chance (best layer)",
+    low, high = ax1.get_ylim()
+    ax1.set_ylim(low, high + 0.15 * (high - low))  # room for the legend above the bars
+    ax1.legend(loc="upper center", ncol=3)
+    ax2.set(xticks=range(1, 5), xlabel="k (tokens ahead)", ylabel="look-ahead probe accuracy - chance\n(best layer)",
             title="look-ahead decodability")
-    ax2.legend(fontsize=8)
+    ax2.legend()
+    fig.tight_layout()
+    style.caption(fig, style.SEED_CI)
     return save_figure(fig, folder, "F3_free_vs_teacher_forced")
+
+
+def f5_group(run: pd.Series) -> tuple[str, str]:
+    """F5's group of a run and its colour: its regime; a critic run free-running or teacher-forced."""
+    if run.regime != "critic":
+        return regime_label(run.regime), style.REGIME_COLORS.get(run.regime, style.GREY)
+    if run.get("regime.rollout") == "teacher_forced":
+        return "critic, teacher-forced", TEACHER_FORCED_COLOR
+    return "critic, free-running", style.REGIME_COLORS["critic"]
 
 
 def figure_f5(df: pd.DataFrame, folder: Path) -> list[Path]:
@@ -489,20 +588,27 @@ def figure_f5(df: pd.DataFrame, folder: Path) -> list[Path]:
         steer = r[(r.probe == "forks/asym/p=0.5") & (r.metric == "steering_index")]
         gain = lookahead_gain(r, k=2)
         if len(steer) and gain[3]:
-            label = r.regime.iloc[0] + ("" if r.regime.iloc[0] != "critic" else
-                                        f" ({r['regime.rollout'].iloc[0]})")
-            points.append((label, float(steer.value.iloc[0]), gain[0]))
+            points.append((f5_group(r.iloc[0]), float(steer.value.iloc[0]), gain[0]))
     if not points:
         return []
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for i, label in enumerate(sorted({p[0] for p in points})):
-        xs = [p[1] for p in points if p[0] == label]
-        ys = [p[2] for p in points if p[0] == label]
-        ax.scatter(xs, ys, label=label, color=f"C{i}", s=18)
-    ax.set(xlabel="steering index at the p=0.5 fork (outputs)",
-           ylabel="look-ahead accuracy k=2 - chance (cognition)", title="F5: one point per run")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, color in sorted({p[0] for p in points}):
+        xs = [p[1] for p in points if p[0] == (label, color)]
+        ys = [p[2] for p in points if p[0] == (label, color)]
+        ax.scatter(xs, ys, label=label, color=color, s=18, alpha=0.8)
+    ax.set_xscale("symlog", linthresh=0.5, linscale=1)  # the cloud near 0 readable beside runs at +-10
+    low, high = ax.get_xlim()
+    ticks = [t for t in (-30, -10, -3, -1, -0.5, 0, 0.5, 1, 3, 10, 30) if low <= t <= high]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    ax.set(xlabel="steering index at the asymmetric p = 0.5 fork, nats (outputs)",
+           ylabel="look-ahead accuracy - chance, k = 2\n(best layer; cognition)",
+           title="F5: look-ahead decodability against steering, one point per run")
     ax.axvline(0, color="grey", lw=0.5)
-    ax.legend(fontsize=8)
+    ax.legend(loc="lower center")
+    fig.tight_layout()
+    style.caption(fig, "no intervals: each dot is one run (one seed)",
+                  "x axis linear within +-0.5 nats, logarithmic beyond")
     return save_figure(fig, folder, "F5_lookahead_vs_steering")
 
 
@@ -655,21 +761,24 @@ def figure_f2_split(df: pd.DataFrame, folder: Path) -> list[Path]:
     arms = beta_arms(df)
     if not arms:
         return []
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for i, (b, s, opt) in enumerate(arms):
-        ax.scatter(np.full(len(s), i) + np.linspace(-0.15, 0.15, len(s)), s.value, color=f"C{i}", s=25,
+        color = gamma_color(1.0) if i == 0 else BETA1_COLOR  # the preset's arm as in F2; C4.beta1's its own
+        ax.scatter(np.full(len(s), i) + np.linspace(-0.15, 0.15, len(s)), s.value, color=color, s=25,
                    label=f"beta = {b:g}: one seed")
-        ax.hlines(opt, i - 0.3, i + 0.3, color=f"C{i}", lw=2, label=f"beta = {b:g}: exact optimum {opt:.2f}")
+        ax.hlines(opt, i - 0.3, i + 0.3, color=color, lw=2, label=f"beta = {b:g}: exact optimum {opt:.2f}")
         c = branch_commitment(s.value.values)
         ax.annotate(f"committed: easy {c['easy']}, hard {c['hard']}, neither {c['neither']}", (i, 0.02),
                     xycoords=("data", "axes fraction"), ha="center", fontsize=8)
     ax.axhline(0, color="grey", lw=0.5)
     ax.set_xticks([0, 1], [f"beta = {b:g}" for b, _, _ in arms])
-    ax.set(ylabel="steering index at the asymmetric p=0.5 fork (nats)",
-           title="C4.beta1: where each seed ends, truth critic, gamma=1, H=8\n"
-                 f"(committed: the branch taken with probability >= {COMMITTED})")
+    ax.set(ylabel="steering index at the asymmetric\np = 0.5 fork (nats)",
+           title="C4.beta1: where each seed ends\n(truth critic, gamma = 1, H = 8)")
     ax.set_xlim(-0.6, 1.6)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    style.caption(fig, "no intervals: each dot is one seed; line: the arm's exact optimum",
+                  f"committed: the seeds that take one branch with probability >= {COMMITTED}")
     return save_figure(fig, folder, "F2_split_beta")
 
 
