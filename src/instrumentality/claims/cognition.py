@@ -32,6 +32,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from instrumentality.claims import style
 from instrumentality.claims.algebra import (
     Claim,
     ClaimFamily,
@@ -325,62 +326,81 @@ def report_section(df: pd.DataFrame) -> list[str]:
 
 
 MARKERS = {"supervised": "o", "critic gamma=1": "^", "critic gamma=0": "s"}
+OBJECTIVE_LABELS = {"supervised": "supervised", "critic gamma=1": "critic, γ = 1", "critic gamma=0": "critic, γ = 0"}
+
+
+def cognition_label(c: str) -> str:
+    """A cognition's name in the figures (and its colour's key: style.cognition_color)."""
+    return COGNITION_LABELS.get(c, c)
 
 
 def figure_f8(df: pd.DataFrame, folder) -> list:
     """Three panels: steering vs look-ahead (k=2 over the embedding, diagnostic positions) per cell, one small
     point per seed and the mean with its intervals on both axes; the myopia gap per position class; and the
-    capability gate of every supervised run (KL against impossible rollout tokens)."""
+    capability gate of every supervised run (KL against impossible rollout tokens). Colour: cognition;
+    marker: objective (one legend of both keys, above the panels)."""
     g = grid(df)
     if g[g.cognition != "standard"].empty:
         return []
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 4.8))
-    for i, c in enumerate(COGNITIONS):
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(18, 5.4), layout="constrained")
+    drawn = []
+    for c in COGNITIONS:
+        color = style.cognition_color(cognition_label(c))
         for o, marker in MARKERS.items():
             runs = cell(g, c, o)
             s, la = per_seed(runs, *STEERING), diagnostic_lookahead_gain(runs, 2)
             m = s.merge(la, on="seed", suffixes=("_s", "_l"))
             if m.empty:
                 continue
-            ax1.scatter(m.value_s, m.value_l, color=f"C{i}", marker=marker, s=10, alpha=0.4)
+            drawn.append(c)
+            ax1.scatter(m.value_s, m.value_l, color=color, marker=marker, s=10, alpha=0.4)
             xs, ys = over_seeds(s[s.seed.isin(m.seed)]), over_seeds(la[la.seed.isin(m.seed)])
             ax1.errorbar(xs[0], ys[0], xerr=[[xs[0] - xs[1]], [xs[2] - xs[0]]],
-                         yerr=[[ys[0] - ys[1]], [ys[2] - ys[0]]], color=f"C{i}", marker=marker, ms=7,
-                         capsize=2, label=f"{c}, {o}")
+                         yerr=[[ys[0] - ys[1]], [ys[2] - ys[0]]], color=color, marker=marker, ms=7, capsize=2)
     ax1.axvline(0, color="grey", lw=0.5)
-    ax1.set(xlabel="steering index at the p=0.5 fork, nats (outputs)",
-            ylabel="look-ahead k=2, last layer - layer 0\n(diagnostic positions; cognition)",
-            title="F8: each cell (mean, 95% CI; small: one seed)")
-    ax1.legend(fontsize=6, ncol=2)
+    ax1.set(xlabel="steering index at the asymmetric p = 0.5 fork, nats (outputs)",
+            ylabel="look-ahead at k = 2: last layer minus layer 0\n(diagnostic positions; cognition)",
+            title="F8: outputs and cognition per cell (large: mean; small: one seed)")
     gaps = gap_table(df)
-    columns = [f"{c} - {against}" for c, against in GAP_AGAINST]
-    width = 0.8 / len(columns)
-    for j, col in enumerate(columns):
-        v = [r[col] for r in gaps.to_dict("records")]
+    width = 0.8 / len(GAP_AGAINST)
+    for j, (c, against) in enumerate(GAP_AGAINST):
+        v = [r[f"{c} - {against}"] for r in gaps.to_dict("records")]
         m = np.array([x[0] for x in v])
-        x = np.arange(len(gaps)) + (j - (len(columns) - 1) / 2) * width
-        ax2.bar(x, m, width=width, color=f"C{j + 1}", label=col,
+        x = np.arange(len(gaps)) + (j - (len(GAP_AGAINST) - 1) / 2) * width
+        ax2.bar(x, m, width=width, color=style.cognition_color(cognition_label(c)),
+                hatch="//" if against == MATCHED else None,  # hatched in the matched model's colour
+                edgecolor=style.cognition_color(MATCHED) if against == MATCHED else None,
+                label=f"{cognition_label(c)} minus {against}",
                 yerr=[m - [x[1] for x in v], [x[2] for x in v] - m], capsize=3)
-    ax2.set_xticks(range(len(gaps)), [f"{r['position']}\nfloor {r['entropy_floor']:.2f}"
-                                      for r in gaps.to_dict("records")], fontsize=7)
+    ax2.set_xticks(range(len(gaps)), [f"{r['position'].replace('_', ' ')}\nfloor {r['entropy_floor']:.2f}"
+                                      for r in gaps.to_dict("records")])
     ax2.axhline(0, color="grey", lw=0.5)
-    ax2.set(ylabel="excess NLL gap, nats/token (paired by seed)", title="myopia gap per position class (supervised)")
-    ax2.legend(fontsize=7)
+    ax2.set(xlabel="position class (floor: its exact entropy, nats)",
+            ylabel="excess NLL gap, nats/token (paired by seed)",
+            title="myopia gap per position class (supervised models)")
+    ax2.legend()
     gates = gate_table(g)
     sup = gates[gates.objective == "supervised"]
-    for i, c in enumerate(COGNITIONS):
+    for c in COGNITIONS:
         t = sup[sup.cognition == c]
         if len(t):
-            ax3.scatter(t.kl, t.impossible.clip(lower=1e-4), color=f"C{i}", label=c, s=20)
+            ax3.scatter(t.kl, t.impossible.clip(lower=1e-4), color=style.cognition_color(cognition_label(c)), s=20)
     ax3.axvline(MAX_KL, color="grey", ls=":")
     ax3.axhline(MAX_IMPOSSIBLE, color="grey", ls=":")
-    ax3.set(xscale="log", yscale="log", xlabel="KL(p* || pi), nats/token",
-            ylabel="impossible rollout tokens after a p=0.5 fork (floored at 1e-4)",
-            title="capability gate, supervised runs (pass: below both lines)")
-    ax3.legend(fontsize=7)
-    fig.tight_layout()
+    ax3.set(xscale="log", yscale="log", xlabel="KL(p* ‖ π), nats/token",
+            ylabel="impossible rollout tokens after a p = 0.5 fork\n(floored at 1e-4)",
+            title="capability gate of the supervised runs (pass: left of and below the lines)")
+    handles = [Patch(color=style.cognition_color(cognition_label(c)), label=cognition_label(c))
+               for c in COGNITIONS if c in drawn]
+    handles += [Line2D([], [], ls="", marker=mk, color="0.3", label=OBJECTIVE_LABELS[o]) for o, mk in MARKERS.items()]
+    fig.legend(handles=handles, loc="outside upper center", ncol=len(handles),
+               title="colour: cognition (matched: the standard cognition stopped at the myopic model's KL); "
+                     "marker: objective")
+    style.caption(fig, style.SEED_CI)
     return save_figure(fig, folder, "F8_cognition_vs_objective")
 
 

@@ -17,6 +17,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from instrumentality.claims import style
 from instrumentality.claims.algebra import (
     Claim,
     ClaimFamily,
@@ -35,8 +36,9 @@ DISTILLATION_EXP = "F11"
 POLICY_EXP = "F2"  # the instrumental teacher's runs (and the margin's theory rows): the family reads them
 STRIDES = (1, 2, 4, 8)
 ARMS = (("truth", "direct"), ("truth", "distilled"), ("policy", "direct"), ("policy", "distilled"))
-ARM_STYLE = {("truth", "direct"): ("C0", "-"), ("truth", "distilled"): ("C0", "--"),
-             ("policy", "direct"): ("C3", "-"), ("policy", "distilled"): ("C3", "--")}
+# the teacher's colour (in F0 too) and the route's line: the policy is the truth critic's, so its colour
+TEACHER_COLORS = {"truth": style.BLUE, "policy": style.CRITIC_COLORS["truth"]}
+ROUTE_LINES = {"direct": "-", "distilled": "--"}
 STEERING = ("jump/forks/p=0.5", "instrumental_steering")
 
 
@@ -151,39 +153,39 @@ def report_section(df: pd.DataFrame) -> list[str]:
 
 def figure_f11(df: pd.DataFrame, folder) -> list:
     """Per k, for each teacher and route: KL to the exact target, instrumental output steering (C11's margin
-    shaded, the policy's own steering dotted), the simulation index with its ceiling, and distillation's
-    excess KL."""
+    shaded, the policy's own steering dash-dotted), the simulation index with its ceiling (dotted), and
+    distillation's excess KL. Colour: teacher; line: route; one legend above the panels."""
     table = arm_table(df)
     if table.empty:
         return []
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     fin = final_rows(df)
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), layout="constrained")
     (ax_kl, ax_steer), (ax_sim, ax_excess) = axes
 
-    def draw(ax, key, rows, color, ls, label, offset=0.0):
+    def draw(ax, key, rows, color, ls, offset=0.0):
         rows = rows[rows[key].map(lambda v: not math.isnan(v[0]))]
         if rows.empty:
             return
         k = rows.k.to_numpy(float) * 2 ** offset
         v, lo, hi = (np.array([t[i] for t in rows[key]]) for i in range(3))
-        ax.errorbar(k, v, yerr=[v - lo, hi - v], color=color, ls=ls, marker="o", ms=4, capsize=3, label=label)
+        ax.errorbar(k, v, yerr=[v - lo, hi - v], color=color, ls=ls, marker="o", ms=4, capsize=3)
 
     for n, (teacher, route) in enumerate(ARMS):
-        color, ls = ARM_STYLE[(teacher, route)]
+        color, ls = TEACHER_COLORS[teacher], ROUTE_LINES[route]
         rows = table[(table.teacher == teacher) & ((table.route == route) | (table.k == 1))]
-        label = f"{teacher}, {route}"
         offset = 0.04 * (n - 1.5)  # side by side, so that the intervals do not hide each other
-        draw(ax_kl, "kl", rows, color, ls, label, offset)
-        draw(ax_steer, "steering", rows, color, ls, label, offset)
-        draw(ax_sim, "simulation", rows[rows.k > 1], color, ls, label, offset)
+        draw(ax_kl, "kl", rows, color, ls, offset)
+        draw(ax_steer, "steering", rows, color, ls, offset)
+        draw(ax_sim, "simulation", rows[rows.k > 1], color, ls, offset)
         if route == "direct":
             ceiling = rows[(rows.k > 1)]
             ceiling = ceiling[ceiling.ceiling.map(lambda v: not math.isnan(v[0]))]
-            ax_sim.plot(ceiling.k, [c[0] for c in ceiling.ceiling], color=color, ls=":", lw=1,
-                        label=f"{teacher}: ceiling (exact belief)")
-    for teacher, color in (("truth", "C0"), ("policy", "C3")):
+            ax_sim.plot(ceiling.k, [c[0] for c in ceiling.ceiling], color=color, ls=":", lw=1)
+    for teacher, color in TEACHER_COLORS.items():
         rows = []
         for k in (2, 4, 8):
             e = excess_kl(fin, teacher, k)
@@ -191,29 +193,35 @@ def figure_f11(df: pd.DataFrame, folder) -> list:
                 rows.append((k, *combine_per_seed(e)))
         if rows:
             ks, v, lo, hi = (np.array(c, dtype=float) for c in zip(*rows))
-            ax_excess.errorbar(ks, v, yerr=[v - lo, hi - v], color=color, marker="o", ms=4, capsize=3, label=teacher)
+            ax_excess.errorbar(ks, v, yerr=[v - lo, hi - v], color=color, marker="o", ms=4, capsize=3)
+    handles = [Patch(color=c, label=f"teacher: {'the truth' if t == 'truth' else 'the RL policy'}")
+               for t, c in TEACHER_COLORS.items()]
+    handles += [Line2D([], [], color="0.3", ls=ls, label=f"route: {route}") for route, ls in ROUTE_LINES.items()]
+    handles.append(Line2D([], [], color="0.3", ls=":", lw=1, label="ceiling of the simulation index (exact belief)"))
     m = c1_margin(fin)
     if not math.isnan(m):
-        ax_steer.axhspan(-m, m, color="0.9", label=f"C11's margin ±{m:.2g}")
+        ax_steer.axhspan(-m, m, color="0.9")
+        handles.append(Patch(color="0.9", label=f"C11's margin ±{m:.2g} nats"))
     policy = policy_steering(df)
     if not math.isnan(policy[0]):
-        ax_steer.axhline(policy[0], color="C3", ls=":", lw=1, label=f"the policy itself ({policy[0]:.2g})")
+        ax_steer.axhline(policy[0], color=TEACHER_COLORS["policy"], ls="-.", lw=1)
+        handles.append(Line2D([], [], color=TEACHER_COLORS["policy"], ls="-.", lw=1,
+                              label=f"the RL policy itself ({policy[0]:.2g} nats)"))
     ax_kl.set_yscale("log")
     titles = {ax_kl: ("KL to the exact k-step target (nats per jump)", "KL(p* ‖ J)"),
-              ax_steer: ("output steering at the p = 0.5 fork (asym. minus sym.)", "nats"),
+              ax_steer: ("output steering at the p = 0.5 fork (asymmetric minus symmetric)", "nats"),
               ax_sim: ("skipped tokens decoded: last layer minus embedding", "accuracy gain, diagnostic positions"),
               ax_excess: ("distillation's cost: distilled minus direct KL", "nats per jump")}
     for ax, (title, ylabel) in titles.items():
         ax.set_xscale("log", base=2)
         ax.set_xticks(list(STRIDES), [str(k) for k in STRIDES])
-        ax.set_xlabel("k (tokens per jump)")
-        ax.set_title(title, fontsize=10)
-        ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8)
+        ax.set(xlabel="k (tokens per jump)", title=title, ylabel=ylabel)
         if ax is not ax_kl:
             ax.axhline(0, color="grey", lw=0.5)
-    fig.suptitle("F11: jump predictors of the truth and of an instrumental policy (mean over seeds, 95% CI)")
-    fig.tight_layout()
+    # the legend heads the figure (a suptitle beside a figure legend moves onto it in save_figure's tight box)
+    fig.legend(handles=handles, loc="outside upper center", ncol=4,
+               title="F11: jump predictors of the truth and of an instrumental RL policy (mean over seeds)")
+    style.caption(fig, style.SEED_CI)
     return save_figure(fig, folder, "F11_distillation")
 
 

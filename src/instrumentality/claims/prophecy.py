@@ -36,6 +36,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from instrumentality.claims import style
 from instrumentality.claims.algebra import Claim, ClaimFamily, claim_of, final_rows, format_ci, per_seed, save_figure
 from instrumentality.stats import seed_interval
 from instrumentality.world.performative import (
@@ -48,7 +49,6 @@ from instrumentality.world.performative import (
 
 PROPHECY_EXP = "F9"  # the prophecy forks: another world
 REGIMES = {"retrain": "repeated retraining", "prophecy_rl": "RL on the log-score"}
-COLORS = {"retrain": "C0", "prophecy_rl": "C3"}
 
 
 def runs(df: pd.DataFrame) -> pd.DataFrame:
@@ -171,6 +171,7 @@ def figure_f9(df: pd.DataFrame, folder) -> list:
 
     from instrumentality.world.performative import performative_risk
 
+    color = style.REGIME_COLORS
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     q = np.linspace(0.001, 0.999, 999)
     ax1.plot(q, f(q), color="k", lw=1.5, label="response map f(q)")
@@ -178,38 +179,41 @@ def figure_f9(df: pd.DataFrame, folder) -> list:
     for p in fixed_points(f):
         ax1.plot(p.q, p.q, "o", ms=9, mfc="k" if p.stable else "white", mec="k", zorder=5)
     q_opt, _ = performative_optimum(f)
-    ax1.plot(q_opt, float(f(q_opt)), "*", ms=16, color="gold", mec="k", zorder=6,
+    ax1.plot(q_opt, float(f(q_opt)), "*", ms=16, color=style.YELLOW, mec="k", zorder=6,
              label=f"performative optimum {q_opt:.3f}")
     risk_ax = ax1.twinx()
-    risk_ax.plot(q, performative_risk(f, q), color="C2", lw=1, ls="--")
-    risk_ax.set_ylabel("performative risk PR(q), nats (dashed)", color="C2")
+    risk_ax.spines["right"].set_visible(True)
+    risk_ax.plot(q, performative_risk(f, q), color=style.GREY, lw=1, ls="--")
+    risk_ax.set_ylabel("performative risk PR(q), nats (dashed)", color=style.GREY)
     risk_ax.set_ylim(0, 1.5)
     fin = final_rows(f9)
     for regime, label in REGIMES.items():
         t = fin[(fin.regime == regime) & (fin.probe == "prophecy") & (fin.metric == "forecast")]
         v = t.value.to_numpy(float)
-        ax1.scatter(v, f(v), color=COLORS[regime], s=22, alpha=0.6, zorder=7, label=f"{label}: final forecasts")
+        ax1.scatter(v, f(v), color=color[regime], s=22, alpha=0.7, zorder=7, label=f"{label}: final forecasts")
     ax1.set(xlabel="forecast q of the outcome", ylabel="probability the outcome happens",
             title="F9: the response map (filled: stable fixed point; open: unstable)", xlim=(0, 1), ylim=(0, 1))
-    ax1.legend(fontsize=7, loc="upper left")
+    ax1.legend(loc="upper left")
     curves = f9[f9.probe == "curve/prophecy"].copy()
     curves["step"] = pd.to_numeric(curves["step"], errors="coerce")
     for regime, label in REGIMES.items():
         c = curves[curves.regime == regime]
         for j, ((_, _), t) in enumerate(c.groupby(["run_id", "start"])):
             t = t.sort_values("step")
-            ax2.plot(t.step, t.value, color=COLORS[regime], lw=0.8, alpha=0.5, label=label if j == 0 else None)
+            ax2.plot(t.step, t.value, color=color[regime], lw=0.8, alpha=0.6, label=label if j == 0 else None)
     for s in starts(f9):
         e = ends(f, s)
-        ax2.axhline(e["stable"], color="C0", ls=":", lw=0.8)
-        ax2.axhline(e["risk_min"], color="C3", ls=":", lw=0.8)
+        ax2.axhline(e["stable"], color=color["retrain"], ls=":", lw=1)
+        ax2.axhline(e["risk_min"], color=color["prophecy_rl"], ls=":", lw=1)
     ax2.scatter([0] * len(starts(f9)), starts(f9), marker="x", color="k", zorder=5,
                 label="starts (the outcome rates before deployment)")
     ax2.set(xlabel="training step (warm-up on the world before deployment, then deployments)",
             ylabel="forecast at each marker",
-            title="forecasts over training (dotted: retraining's and risk descent's exact ends)", ylim=(0, 1))
-    ax2.legend(fontsize=8)
+            title="forecasts over training (dotted: the exact ends of retraining and of risk descent)", ylim=(0, 1))
+    ax2.legend()
     fig.tight_layout()
+    style.caption(fig, "no intervals: every point and line is one run (seed); the curves and dotted lines are "
+                       "the exact theory")
     return save_figure(fig, folder, "F9_prophecy")
 
 
