@@ -307,8 +307,34 @@ def check_command_line(args: list[str]) -> None:
         sys.exit(2)
 
 
+NOT_RUN_GROUPS = {"hydra", "sb3"}  # folders of configs/ that are not a run's groups (sb3: a zoo hyperparameter file)
+
+
+def help_text() -> str:
+    """`--help`: the config groups a run is composed from and their options, read from configs/ (the regimes'
+    `<name>_settings` schema nodes, which the regime files start from, are not options)."""
+    root = Path(CONFIG_DIR)
+    groups = {d.name: sorted(p.stem for p in d.glob("*.yaml")) for d in sorted(root.iterdir())
+              if d.is_dir() and d.name not in NOT_RUN_GROUPS}
+    width = max(map(len, groups))
+    lines = ["Train one run (a folder under runs/<preset>/<experiment>/) and evaluate it.", "",
+             "  python -m instrumentality.train [group=option ...] [key=value ...] [--multirun ...]", "",
+             "Config groups (group=option; cognition and quest have no default: +cognition=myopic, +quest=small,",
+             "unless an experiment sets them):"]
+    lines += [f"  {name:<{width}}  {', '.join(options)}" for name, options in groups.items()]
+    lines += ["", "Examples:", "  python -m instrumentality.train regime=reinforce preset=quick seed=1",
+              "  python -m instrumentality.train --multirun experiment=F2 preset=quick 'seed=range(3)'",
+              "  python -m instrumentality.train --multirun trainer.lr=1e-3,1e-1   (one folder per value)", "",
+              "The composed config: python -m instrumentality.train --cfg job [overrides]. Hydra's own options:",
+              "python -m instrumentality.train --hydra-help. More: docs/usage.md."]
+    return "\n".join(lines)
+
+
 def cli() -> None:
     """The command line (`python -m instrumentality.train`, `instrumentality-train`)."""
+    if sys.argv[1:] in (["--help"], ["-h"]):
+        print(help_text())
+        return
     check_command_line(sys.argv[1:])
     main()
 

@@ -290,3 +290,17 @@ def test_every_config_column_the_claims_read_is_one_an_experiment_declares():
     header = committed.open().readline().strip().split(",")
     assert [k for k in header if "." in k and k.split(".")[0] in {"world", "model", "regime", "quest", "trainer"}
             ] and set(swept_keys()) <= set(header)
+
+
+def test_help_lists_the_groups_a_run_is_made_of_and_not_the_schema_nodes():
+    """`--help` is read from configs/: every run group with its options, no `<regime>_settings` schema node
+    (the regime files start from them) and no `sb3` (a zoo hyperparameter file, not a run's group)."""
+    proc = subprocess.run([sys.executable, "-m", "instrumentality.train", "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=Path(CONFIG_DIR).parent)
+    assert proc.returncode == 0
+    groups = {line.split()[0]: line.split(None, 1)[1] for line in proc.stdout.splitlines()
+              if line.startswith("  ") and not line.startswith("  python")}
+    assert set(groups) == {p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir()} - {"hydra", "sb3"}
+    regimes = groups["regime"].split(", ")
+    assert regimes == sorted(p.stem for p in (Path(CONFIG_DIR) / "regime").glob("*.yaml"))
+    assert "_settings" not in proc.stdout and "sb3:" not in proc.stdout
