@@ -73,3 +73,13 @@ def seed_noise_bound(columns: list[str], alpha: float = 1e-3) -> dict:
     half_width = float(stats.t.ppf(1 - alpha / 2, dof) * sd * math.sqrt(1 + 1 / n))
     return {"n_seeds": n, "mean": df[columns].to_numpy().mean(), "sd": sd, "dof": dof, "half_width": half_width,
             "values": df[columns]}
+
+
+def load_script(name: str):
+    """A script of scripts/ as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,7 +3,6 @@ it, the tuner's best entry round-trips through scripts/train_sb3.py, the tuner's
 and pruned on its intermediate evaluations, and a training run logs its hyperparameters, SB3's diagnostics and
 its model to its tracker and writes nothing outside its run folder."""
 
-import importlib.util
 import inspect
 import math
 import tempfile
@@ -12,6 +11,7 @@ from pathlib import Path
 import gymnasium as gym
 import pytest
 import yaml
+from conftest import load_script
 
 import instrumentality.envs  # noqa: F401 - registers the env ids
 from instrumentality.envs.sb3 import (
@@ -43,13 +43,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_hyperparameter_file_is_in_the_zoos_format():

@@ -56,8 +56,21 @@ def _aggregates(scores: np.ndarray) -> np.ndarray:
                      metrics.aggregate_median(scores), metrics.aggregate_optimality_gap(scores)])
 
 
+_AGGREGATES: dict[tuple, pd.DataFrame] = {}  # a report asks twice (its F4 section and F4_aggregates)
+
+
 def aggregate_table(scores: dict[str, np.ndarray], reps: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Per agent and aggregate: the point value and its 95% stratified bootstrap interval."""
+    """Per agent and aggregate: the point value and its 95% stratified bootstrap interval (the same scores,
+    reps and seed give the same table: it is computed once)."""
+    key = (reps, seed, tuple((k, v.shape, np.asarray(v, dtype=np.float64).tobytes()) for k, v in scores.items()))
+    if key not in _AGGREGATES:
+        if len(_AGGREGATES) > 16:
+            _AGGREGATES.clear()
+        _AGGREGATES[key] = _aggregate_table(scores, reps, seed)
+    return _AGGREGATES[key].copy()
+
+
+def _aggregate_table(scores: dict[str, np.ndarray], reps: int, seed: int) -> pd.DataFrame:
     from rliable import library as rly
 
     with warnings.catch_warnings():  # rliable hands arch a RandomState, which arch deprecates
