@@ -54,3 +54,22 @@ def test_probability_of_improvement_is_1_for_a_dominating_agent_and_a_half_for_a
     assert list(t.index) == ["high", "copy"]  # a pair with an unknown agent is left out
     assert t.loc["high", "P(X > Y)"] == 1.0 and t.loc["high", "ci_low"] == 1.0
     assert t.loc["copy", "P(X > Y)"] == pytest.approx(0.5)  # every run ties with its copy: ties count half
+
+
+def test_the_bootstrap_intervals_do_not_depend_on_what_ran_before():
+    """rliable's bootstraps draw from numpy's global generator: seeded for each call (and put back), an
+    interval is the same whatever state the generator was left in, and the caller's state is kept."""
+    from instrumentality.claims.agent_scores import _aggregate_table, improvement_table
+
+    rng = np.random.default_rng(1)
+    scores = {"a": rng.random((5, 4)), "b": rng.random((5, 4))}
+    tables = []
+    for state in (0, 123):
+        np.random.seed(state)
+        tables.append((_aggregate_table(scores, 200, 0), improvement_table(scores, [("a", "b")], reps=200)))
+        after = np.random.random()
+        np.random.seed(state)
+        assert after == np.random.random()  # the caller's generator is where it was
+    (a0, i0), (a1, i1) = tables
+    pd.testing.assert_frame_equal(a0, a1)
+    pd.testing.assert_frame_equal(i0, i1)

@@ -17,6 +17,7 @@ describe the spread; the claims' verdicts use the Student-t intervals of stats.p
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -56,6 +57,19 @@ def _aggregates(scores: np.ndarray) -> np.ndarray:
                      metrics.aggregate_median(scores), metrics.aggregate_optimality_gap(scores)])
 
 
+@contextlib.contextmanager
+def global_seed(seed: int):
+    """numpy's global generator seeded for the block, then put back: rliable's bootstraps draw from it
+    (arch's resampling despite the RandomState handed to it; the performance profiles only from it), so
+    without this an interval would depend on whatever ran before it."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 _AGGREGATES: dict[tuple, pd.DataFrame] = {}  # a report asks twice (its F4 section and F4_aggregates)
 
 
@@ -73,7 +87,7 @@ def aggregate_table(scores: dict[str, np.ndarray], reps: int = 2000, seed: int =
 def _aggregate_table(scores: dict[str, np.ndarray], reps: int, seed: int) -> pd.DataFrame:
     from rliable import library as rly
 
-    with warnings.catch_warnings():  # rliable hands arch a RandomState, which arch deprecates
+    with warnings.catch_warnings(), global_seed(seed):  # rliable hands arch a RandomState, which arch deprecates
         warnings.simplefilter("ignore", FutureWarning)
         point, ci = rly.get_interval_estimates(scores, _aggregates, reps=reps,
                                                random_state=np.random.RandomState(seed))
@@ -96,7 +110,7 @@ def improvement_table(scores: dict[str, np.ndarray], pairs: list[tuple[str, str]
     pairs = [(x, y) for x, y in pairs if x in scores and y in scores]
     if not pairs:
         return pd.DataFrame()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), global_seed(seed):
         warnings.simplefilter("ignore", FutureWarning)
         point, ci = rly.get_interval_estimates({f"{x} > {y}": (scores[x], scores[y]) for x, y in pairs},
                                                metrics.probability_of_improvement, reps=reps,
@@ -114,8 +128,8 @@ def performance_profiles(scores: dict[str, np.ndarray], taus: np.ndarray, reps: 
     """Per agent: the share of its (seed, variant) scores above each tau, and its 95% interval."""
     from rliable import library as rly
 
-    np.random.seed(seed)  # rliable's profile bootstrap draws from numpy's global generator
-    return rly.create_performance_profile(scores, taus, reps=reps)
+    with global_seed(seed):  # rliable's profile bootstrap draws from numpy's global generator
+        return rly.create_performance_profile(scores, taus, reps=reps)
 
 
 def runs_label(name: str, seeds) -> str:
