@@ -343,6 +343,7 @@ def figure_f8(df: pd.DataFrame, folder) -> list:
     if g[g.cognition != "standard"].empty:
         return []
     import matplotlib.pyplot as plt
+    from matplotlib.artist import Artist
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -394,8 +395,8 @@ def figure_f8(df: pd.DataFrame, folder) -> list:
     ax3.set(xscale="log", yscale="log", xlabel="KL(p* ‖ π), nats/token",
             ylabel="impossible rollout tokens after a p = 0.5 fork\n(floored at 1e-4)",
             title="capability gate of the supervised runs (pass: left of and below the lines)")
-    handles = [Patch(color=style.cognition_color(cognition_label(c)), label=cognition_label(c))
-               for c in COGNITIONS if c in drawn]
+    handles: list[Artist] = [Patch(color=style.cognition_color(cognition_label(c)), label=cognition_label(c))
+                             for c in COGNITIONS if c in drawn]
     handles += [Line2D([], [], ls="", marker=mk, color="0.3", label=OBJECTIVE_LABELS[o]) for o, mk in MARKERS.items()]
     fig.legend(handles=handles, loc="outside upper center", ncol=len(handles),
                title="colour: cognition (matched: the standard cognition stopped at the myopic model's KL); "

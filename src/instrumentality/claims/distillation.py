@@ -159,6 +159,7 @@ def figure_f11(df: pd.DataFrame, folder) -> list:
     if table.empty:
         return []
     import matplotlib.pyplot as plt
+    from matplotlib.artist import Artist
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -194,8 +195,8 @@ def figure_f11(df: pd.DataFrame, folder) -> list:
         if rows:
             ks, v, lo, hi = (np.array(c, dtype=float) for c in zip(*rows))
             ax_excess.errorbar(ks, v, yerr=[v - lo, hi - v], color=color, marker="o", ms=4, capsize=3)
-    handles = [Patch(color=c, label=f"teacher: {'the truth' if t == 'truth' else 'the RL policy'}")
-               for t, c in TEACHER_COLORS.items()]
+    handles: list[Artist] = [Patch(color=c, label=f"teacher: {'the truth' if t == 'truth' else 'the RL policy'}")
+                             for t, c in TEACHER_COLORS.items()]
     handles += [Line2D([], [], color="0.3", ls=ls, label=f"route: {route}") for route, ls in ROUTE_LINES.items()]
     handles.append(Line2D([], [], color="0.3", ls=":", lw=1, label="ceiling of the simulation index (exact belief)"))
     m = c1_margin(fin)

@@ -7,8 +7,10 @@ from the maps below (never by position) and ends with `caption(fig, ...)`.
 
 from __future__ import annotations
 
+from typing import Any
+
 # matplotlib settings for every figure: fonts that stay readable at the width the README shows them
-RC = {
+RC: dict[Any, Any] = {
     "font.size": 10, "axes.titlesize": 10.5, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
     "legend.fontsize": 8.5, "legend.frameon": False, "axes.spines.top": False, "axes.spines.right": False,
     "axes.titlelocation": "left", "figure.dpi": 130, "savefig.dpi": 130, "lines.linewidth": 1.6,
