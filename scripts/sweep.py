@@ -111,9 +111,9 @@ def sweep_run_folders(preset: str, seeds: int, overrides: list[str]) -> list[str
 
     names = []
     for exp in experiments():
-        own = [o for o in unit_overrides(overrides, exp) if not o.startswith("hydra")]
-        swept_here = dict(swept_values(o) for o in own if swept_values(o) is not None)  # the command line's
-        own = [o for o in own if swept_values(o) is None]
+        parsed = [(o, swept_values(o)) for o in unit_overrides(overrides, exp) if not o.startswith("hydra")]
+        swept_here = dict(values for _, values in parsed if values is not None)  # the command line's
+        own = [o for o, values in parsed if values is None]
         base = compose(preset, f"experiment={exp}", *own, hydra=True)
         params = {k: str(v).split(",") for k, v in (base.hydra.sweeper.params or {}).items()}
         params.update(swept_here)  # as Hydra's sweeper takes them: the command line wins, one value too
@@ -583,7 +583,7 @@ def main() -> int:
     preset_dir = runs_root / args.preset
     made = sweep_run_folders(args.preset, seeds, args.overrides)
     ours = [preset_dir / name for name in made if (preset_dir / name).exists()]
-    others = sorted(str(r.relative_to(preset_dir)) for r in find_runs([preset_dir]) if r not in set(ours))
+    others = sorted(str(r.relative_to(preset_dir)) for r in set(find_runs([preset_dir])) - set(ours))
     if others:  # e.g. a run trained by hand under runs/<preset>/F1, or a seed beyond --seeds
         print(f"{len(others)} run folder(s) under {preset_dir} that a sweep of {seeds} seed(s) does not make are "
               f"left out of the table: {', '.join(others)}", file=sys.stderr)

@@ -74,6 +74,11 @@ def one(job: tuple) -> dict:
     watch = rest[0] if rest else None
     row = {"setting": name, "seed": seed}
     settings = {f"ppo.{k}": v for k, v in ppo.items()}
+
+    def pruned(env_steps: int, **timing) -> dict:  # a seed the pruner stopped: no scores
+        return {**row, "state": "pruned", "env_steps": env_steps, **timing, **dict.fromkeys(SCORES, math.nan),
+                **settings}
+
     callbacks = []
     if watch is not None:
         queue, stop, every, episodes = watch
@@ -83,15 +88,14 @@ def one(job: tuple) -> dict:
                 return not stop.is_set()
 
         if stop.is_set():
-            return {**row, "state": "pruned", "env_steps": 0, **dict.fromkeys(SCORES, math.nan), **settings}
+            return pruned(0)
         callbacks = [eval_on_probes(quest, every, episodes,
                                     log=lambda m, step: queue.put((step, m["env/probe_return"]))), StopWhenPruned()]
     model, curve, wall = train(quest, steps, seed, callbacks=callbacks, **ppo)  # the zoo file's n_envs
     timing = {"wall_s": round(wall, 1), "steps_per_s": round(model.num_timesteps / wall),
               "train_return_last": curve[-1][1] if curve else math.nan}
     if watch is not None and watch[1].is_set():
-        return {**row, "state": "pruned", "env_steps": int(model.num_timesteps), **timing,
-                **dict.fromkeys(SCORES, math.nan), **settings}
+        return pruned(int(model.num_timesteps), **timing)
     env_config = {k: v for k, v in quest.items() if k != "variant"}  # the probe sets the variant
     rows = {(r["probe"], r["metric"]): r for r in quest_rows({"sb3": SB3Agent(model)},
                                                               variants=("standard",), **env_config)}

@@ -114,9 +114,7 @@ def check_same_starts(out_dir: Path, config: dict) -> None:
     """A run resumed, or found finished, must still sit on the checkpoints it started from: one that has been
     trained again since (F1 rerun with more steps, a copied-in file) would leave this run's weights built on
     weights no longer there. Runs from before this record (no starts.json) are not checked."""
-    if not (out_dir / STARTS_NAME).exists():
-        return
-    changed = changed_starts(read_json(out_dir / STARTS_NAME, "record of start checkpoints", dict), config)
+    changed = changed_starts(out_dir, config)
     if changed:
         raise FolderConflict(f"{out_dir}: {', '.join(changed)} changed after this run started from it; its "
                              f"weights rest on the old one: delete {out_dir} to train it again from the new one")

@@ -132,11 +132,6 @@ def performance_profiles(scores: dict[str, np.ndarray], taus: np.ndarray, reps: 
         return rly.create_performance_profile(scores, taus, reps=reps)
 
 
-def runs_label(name: str, seeds) -> str:
-    """An agent's name in a figure with the runs its interval is over: `explorer · one run`, `SB3 PPO · 5 seeds`."""
-    return f"{name} · one run" if seeds == 1 else f"{name} · {seeds} seeds"
-
-
 def gamma_style(name: str) -> str:
     """A line style per F4_goal discount (its three arms share one colour): dotted 0.5, dashed 0.9, else solid."""
     return ":" if name.endswith("gamma 0.5)") else "--" if name.endswith("gamma 0.9)") else "-"
@@ -150,7 +145,7 @@ def figure(scores: dict[str, np.ndarray], reps: int = 2000):
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
-    from instrumentality.claims.style import BOOTSTRAP_CI, ONE_RUN, agent_color, caption
+    from instrumentality.claims.style import BOOTSTRAP_CI, ONE_RUN, agent_color, caption, runs_label
 
     table = aggregate_table(scores, reps=reps)
     agents = list(scores)

@@ -24,7 +24,6 @@ import math
 import numpy as np
 import pandas as pd
 
-from instrumentality.claims.agent_scores import runs_label
 from instrumentality.claims.algebra import (
     PLANNER,
     Claim,
@@ -46,7 +45,7 @@ from instrumentality.claims.quest import (
     ci_bars,
     quest_agent,
 )
-from instrumentality.claims.style import SEED_CI, agent_color, caption
+from instrumentality.claims.style import SEED_CI, agent_color, caption, runs_label
 
 PROBE = "quest/interruptible"
 TRAINED = "quest-PPO (trained on interruptible)"  # F10 hidden

@@ -24,7 +24,6 @@ from instrumentality.claims.agent_scores import (
     aggregate_table,
     improvement_table,
     normalised_scores,
-    runs_label,
 )
 from instrumentality.claims.agent_scores import figure as aggregates_figure
 from instrumentality.claims.algebra import (
@@ -40,7 +39,7 @@ from instrumentality.claims.algebra import (
     save_figure,
     weighted_sum,
 )
-from instrumentality.claims.style import ONE_RUN, SEED_CI, agent_color, caption
+from instrumentality.claims.style import ONE_RUN, SEED_CI, agent_color, caption, runs_label
 from instrumentality.claims.world import MARGIN_FRACTION
 from instrumentality.stats import seed_interval
 

@@ -57,9 +57,13 @@ def cognition_color(name: str) -> str:
 
 # what an interval in a figure is: one of these in every caption
 SEED_CI = "Error bars and bands: 95% CI of the mean over seeds (Student t)"
-ITEM_CI = "error bars: 95% CI over the probe items of one run"
 BOOTSTRAP_CI = "bands: 95% stratified bootstrap CI over runs"
 ONE_RUN = "a scripted agent is one run (no seed interval)"
+
+
+def runs_label(name: str, seeds) -> str:
+    """An agent's name in a figure with the runs its interval is over: `explorer · one run`, `SB3 PPO · 5 seeds`."""
+    return f"{name} · one run" if seeds == 1 else f"{name} · {seeds} seeds"
 
 
 def caption(fig, *parts: str) -> None:

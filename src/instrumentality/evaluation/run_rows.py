@@ -104,6 +104,9 @@ def find_runs(paths, warn: Callable[[str], None] | None = None) -> list[Path]:
         if p.is_file():
             add(p.parent)
             continue
+        if (p / CHECKPOINT_NAME).exists() or (p / "summary.json").exists():  # a run folder holds no other run
+            add(p)
+            continue
         seen: set[str] = set()
         for folder, dirs, files in os.walk(p, followlinks=True):
             real = os.path.realpath(folder)
@@ -248,10 +251,9 @@ def marked_stale(run_dir: Path, rows: pd.DataFrame) -> pd.DataFrame:
     `stale` (its status row's metric and every row's status): the report leaves it out and names it."""
     if not (run_dir / STARTS_NAME).exists() or not (run_dir / CHECKPOINT_NAME).exists():
         return rows
-    recorded = read_json(run_dir / STARTS_NAME, "record of start checkpoints", dict)
     summary = read_json(run_dir / "summary.json", "run summary", dict) if (run_dir / "summary.json").exists() else {}
     config = summary.get("config") or load_checkpoint(run_dir / CHECKPOINT_NAME)["run_config"]
-    if not changed_starts(recorded, config):
+    if not changed_starts(run_dir, config):
         return rows
     rows = rows.copy()
     rows.loc[rows.probe == "run", "metric"] = STALE

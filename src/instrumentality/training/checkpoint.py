@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from instrumentality.files import write_atomic
+from instrumentality.files import read_json, write_atomic
 
 CHECKPOINT_NAME = "checkpoint.pt"  # in a run folder
 
@@ -93,18 +93,22 @@ def start_checkpoints(config: dict) -> dict[str, str]:
     return {k: v for k, v in found.items() if isinstance(v, str) and Path(v).name == CHECKPOINT_NAME}
 
 
-def start_digests(config: dict) -> dict[str, str | None]:
+def start_digests(config: dict, paths: dict[str, str] | None = None) -> dict[str, str | None]:
     """Setting -> the sha256 of the checkpoint it names now (None: missing or damaged)."""
-    paths = start_checkpoints(config)
+    paths = start_checkpoints(config) if paths is None else paths
     digests = {path: checkpoint_digest(path) for path in set(paths.values())}
     return {k: digests[path] for k, path in paths.items()}
 
 
-def changed_starts(recorded: dict, config: dict) -> list[str]:
-    """The settings whose checkpoint is no longer the one the run started from (`recorded`: start_digests
-    when it started), as "<setting> (<path>)"."""
-    now = start_digests(config)
+def changed_starts(run_dir: str | os.PathLike, config: dict) -> list[str]:
+    """The settings whose checkpoint is no longer the one the run in `run_dir` started from (its STARTS_NAME
+    record), as "<setting> (<path>)"; none for a run without the record (one older than it)."""
+    record = Path(run_dir) / STARTS_NAME
+    if not record.exists():
+        return []
+    recorded = read_json(record, "record of start checkpoints", dict)
     paths = start_checkpoints(config)
+    now = start_digests(config, paths)
     return [f"{k} ({paths.get(k, '?')})" for k, digest in recorded.items() if now.get(k) != digest]
 
 
